@@ -1,0 +1,96 @@
+// The ops a model needs, implemented once per device. Models are written against this interface
+// only; the CPU backend is the reference every other backend is tested against.
+//
+// Conventions: activations are 2-D [tokens, features] tensors in the backend's activation dtype
+// (F32 on CPU) and may be column views (row_stride > cols). Weights keep the dtype they were
+// loaded with (F32, F16 or BF16). Integer metadata is I32.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace apus {
+
+class ThreadPool;
+
+// y[:, offset_p : offset_p + out_p] = x W_p^T + b_p for every part p. Several parts let q/k/v or
+// gate/up run as one fused op without copying the checkpoint's separate matrices.
+struct LinearPart {
+  Tensor weight;  // [out_p, in]
+  Tensor bias;    // [out_p] F32, or empty
+};
+struct Linear {
+  std::vector<LinearPart> parts;
+  int64_t in_features = 0;
+  int64_t out_features = 0;  // sum of the parts' rows
+};
+
+// One layer's paged cache: [num_blocks, block_size, num_kv_heads, head_dim] for K and for V.
+struct KvLayer {
+  Tensor k;
+  Tensor v;
+};
+
+// Metadata for one forward step over a flat batch of tokens from several sequences. Sequence s owns
+// query tokens [q_start[s], q_start[s+1]); they are the last (q_start[s+1]-q_start[s]) of its
+// ctx_len[s] positions, so query j of s sits at position ctx_len[s] - q_len + j and sees keys at
+// positions <= its own (and > its own - sliding_window when a window is set).
+struct AttentionBatch {
+  int num_seqs = 0;
+  int max_blocks_per_seq = 0;
+  int block_size = 0;
+  int sliding_window = 0;  // 0: unlimited
+  float scale = 1.0f;      // softmax scale, usually 1/sqrt(head_dim)
+  Tensor q_start;          // I32 [num_seqs + 1]
+  Tensor ctx_len;          // I32 [num_seqs]
+  Tensor block_table;      // I32 [num_seqs, max_blocks_per_seq]
+  Tensor slot_mapping;     // I32 [tokens]: block * block_size + offset where each new K/V goes
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+  virtual DType activation_dtype() const = 0;
+
+  // Memory. `alloc` returns zero-filled memory on the device. `upload` makes a host tensor usable
+  // by the backend (the CPU backend returns the same view: weights stay memory-mapped).
+  virtual Tensor alloc(DType dtype, std::vector<int64_t> shape) = 0;
+  virtual Tensor upload(const Tensor& host) = 0;
+  virtual void copy_to_host(const Tensor& src, void* dst) = 0;
+
+  // out[t] = table[ids[t]]; ids I32 [T], table [V, H] any float dtype, out [T, H].
+  virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
+  // out[r, c] = table row rows[r] (gather of activation rows); rows I32 [R].
+  virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
+  // RMSNorm over groups of w.numel() columns (w.numel() == cols for a plain norm; == head_dim
+  // for Qwen3's per-head q/k norm): out = w * x / sqrt(mean(x^2) + eps). `out` may alias `x`.
+  virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
+  // residual += x; out = rms_norm(residual).
+  virtual void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& w, float eps,
+                            Tensor& out) = 0;
+  virtual void linear(const Tensor& x, const Linear& w, Tensor& out) = 0;
+  // Rotate-half RoPE in place on x [T, heads * head_dim]: within each head, dim i < rot/2 pairs with
+  // i + rot/2, where rot = 2 * cos.cols(); cos/sin F32 [T, rot/2].
+  virtual void rope(Tensor& x, const Tensor& cos, const Tensor& sin, int head_dim) = 0;
+  // k, v [T, kv_heads * head_dim] written to cache slots.
+  virtual void store_kv(const Tensor& k, const Tensor& v, const Tensor& slot_mapping,
+                        KvLayer& cache) = 0;
+  // q [T, heads * head_dim] -> out [T, heads * head_dim], keys/values from the paged cache
+  // (the step's own K/V must already be stored). GQA: head h reads kv head h / (heads / kv_heads).
+  virtual void attention(const Tensor& q, const KvLayer& cache, const AttentionBatch& batch,
+                         Tensor& out) = 0;
+  // gate_up [T, 2I] (gate first) -> out [T, I] = silu(gate) * up.
+  virtual void silu_mul(const Tensor& gate_up, Tensor& out) = 0;
+  // x += y
+  virtual void add(Tensor& x, const Tensor& y) = 0;
+  // Makes the device finish queued work (a no-op on CPU).
+  virtual void synchronize() {}
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int num_threads);
+
+}  // namespace apus
