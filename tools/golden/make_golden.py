@@ -118,6 +118,8 @@ def main():
         cfg["torch_dtype"] = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype]
         model, tensors = build(cfg, dtype, os.path.join(args.tmp, name))
         prompt_lp, generated, steps = run(model, prompt)
+        # A continuation that repeats one token means the output ignores attention and MLP.
+        assert len(set(generated)) >= 8, f"{name}: degenerate continuation {generated}"
         margins = []
         for s in steps:
             top = sorted(s, reverse=True)[:2]

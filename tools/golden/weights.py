@@ -30,8 +30,11 @@ def center_scale(name: str, shape) -> tuple:
     if name.endswith(".bias"):
         return np.float32(0.0), np.float32(0.5)
     if len(shape) == 2 and not name.endswith("embed_tokens.weight"):
-        sharp = name.endswith(("q_proj.weight", "k_proj.weight", "lm_head.weight"))
-        gain = 2.0 if sharp else 1.0
+        gain = 1.0
+        if name.endswith(("q_proj.weight", "k_proj.weight", "lm_head.weight")):
+            gain = 2.0
+        elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            gain = 3.0
         return np.float32(0.0), np.float32(gain * math.sqrt(3.0) / math.sqrt(float(shape[1])))
     return np.float32(0.0), np.float32(1.0)
 
