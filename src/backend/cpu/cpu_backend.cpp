@@ -1,0 +1,175 @@
+// The CPU backend: F32 activations and KV cache, weights read in their stored dtype.
+#include <cmath>
+#include <cstring>
+
+#include "backend/backend.h"
+#include "backend/cpu/attention.h"
+#include "backend/cpu/gemm.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+namespace apus {
+
+namespace {
+
+// Below this many elements an elementwise op runs on the calling thread: waking the pool costs more.
+constexpr int64_t kParallelElements = 1 << 15;
+
+float load_float(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<const float*>(p)[i];
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    default: fail("unsupported dtype {} for a float tensor", dtype_name(t));
+  }
+}
+
+void rms_norm_row(const float* x, const float* w, int64_t n, float eps, float* out) {
+  float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(ss / float(n) + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * inv);
+}
+
+class CpuBackend : public Backend {
+ public:
+  explicit CpuBackend(int threads) : pool_(threads) {}
+
+  std::string name() const override { return fmt::format("cpu ({} threads, {})", pool_.size(), gemm_isa()); }
+  Device device() const override { return Device::CPU; }
+  DType activation_dtype() const override { return DType::F32; }
+
+  Tensor alloc(DType dtype, std::vector<int64_t> shape) override { return host_tensor(dtype, std::move(shape)); }
+  Tensor upload(const Tensor& host) override { return host; }
+  void copy_to_host(const Tensor& src, void* dst) override {
+    const size_t row_bytes = size_t(src.cols()) * dtype_size(src.dtype);
+    for (int64_t r = 0; r < src.rows(); ++r)
+      std::memcpy(static_cast<char*>(dst) + size_t(r) * row_bytes, src.row<char>(0) + size_t(r * src.row_stride) * dtype_size(src.dtype), row_bytes);
+  }
+
+  void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
+    const int64_t H = table.cols(), V = table.rows();
+    for (int64_t t = 0; t < ids.numel(); ++t) {
+      int64_t id = ids.ptr<int32_t>()[t];
+      APUS_CHECK(id >= 0 && id < V, "token id {} is outside the vocabulary (size {})", id, V);
+      float* dst = out.row<float>(t);
+      if (table.dtype == DType::F32) {
+        std::memcpy(dst, table.ptr<float>() + id * H, size_t(H) * 4);
+      } else {
+        for (int64_t i = 0; i < H; ++i) dst[i] = load_float(table.data, table.dtype, id * H + i);
+      }
+    }
+  }
+
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override {
+    for (int64_t r = 0; r < rows.numel(); ++r)
+      std::memcpy(out.row<float>(r), x.row<float>(rows.ptr<int32_t>()[r]), size_t(x.cols()) * 4);
+  }
+
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    const int64_t n = w.numel(), groups = x.cols() / n;
+    APUS_CHECK(x.cols() % n == 0, "rms_norm: {} columns are not groups of {}", x.cols(), n);
+    for_rows(x.rows(), x.cols(), [&](int64_t r) {
+      for (int64_t g = 0; g < groups; ++g)
+        rms_norm_row(x.row<float>(r) + g * n, w.ptr<float>(), n, eps, out.row<float>(r) + g * n);
+    });
+  }
+
+  void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    const int64_t n = residual.cols();
+    for_rows(residual.rows(), n, [&](int64_t r) {
+      float* res = residual.row<float>(r);
+      const float* xr = x.row<float>(r);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) res[i] += xr[i];
+      rms_norm_row(res, w.ptr<float>(), n, eps, out.row<float>(r));
+    });
+  }
+
+  void linear(const Tensor& x, const Linear& w, Tensor& out) override {
+    APUS_CHECK(x.cols() == w.in_features && out.cols() == w.out_features,
+               "linear: input {} / output {} do not fit weight [{}, {}]", x.describe(),
+               out.describe(), w.out_features, w.in_features);
+    int64_t col = 0;
+    for (const LinearPart& p : w.parts) {
+      const int64_t n = p.weight.shape[0];
+      gemm(x.ptr<float>(), x.row_stride, p.weight.data, p.weight.dtype, p.weight.row_stride,
+           p.bias.empty() ? nullptr : p.bias.ptr<float>(), out.ptr<float>() + col, out.row_stride,
+           x.rows(), n, x.cols(), pool_);
+      col += n;
+    }
+  }
+
+  void rope(Tensor& x, const Tensor& cos, const Tensor& sin, int head_dim) override {
+    const int64_t half = cos.cols(), heads = x.cols() / head_dim;
+    for_rows(x.rows(), x.cols(), [&](int64_t t) {
+      const float* c = cos.row<float>(t);
+      const float* s = sin.row<float>(t);
+      for (int64_t h = 0; h < heads; ++h) {
+        float* v = x.row<float>(t) + h * head_dim;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = v[i], b = v[i + half];
+          v[i] = a * c[i] - b * s[i];
+          v[i + half] = b * c[i] + a * s[i];
+        }
+      }
+    });
+  }
+
+  void store_kv(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, KvLayer& cache) override {
+    const int64_t row = cache.k.shape[2] * cache.k.shape[3];
+    const int64_t slots = cache.k.shape[0] * cache.k.shape[1];
+    for (int64_t t = 0; t < k.rows(); ++t) {
+      const int64_t slot = slot_mapping.ptr<int32_t>()[t];
+      APUS_CHECK(slot >= 0 && slot < slots, "store_kv: slot {} outside the cache ({} slots)", slot, slots);
+      std::memcpy(cache.k.ptr<float>() + slot * row, k.row<float>(t), size_t(row) * 4);
+      std::memcpy(cache.v.ptr<float>() + slot * row, v.row<float>(t), size_t(row) * 4);
+    }
+  }
+
+  void attention(const Tensor& q, const KvLayer& cache, const AttentionBatch& batch, Tensor& out) override {
+    cpu_paged_attention(q, cache, batch, out, pool_);
+  }
+
+  void silu_mul(const Tensor& gate_up, Tensor& out) override {
+    const int64_t n = out.cols();
+    for_rows(out.rows(), n, [&](int64_t r) {
+      const float* g = gate_up.row<float>(r);
+      const float* u = g + n;
+      float* o = out.row<float>(r);
+      for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    });
+  }
+
+  void add(Tensor& x, const Tensor& y) override {
+    const int64_t n = x.cols();
+    for_rows(x.rows(), n, [&](int64_t r) {
+      float* a = x.row<float>(r);
+      const float* b = y.row<float>(r);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+    });
+  }
+
+ private:
+  template <typename F>
+  void for_rows(int64_t rows, int64_t cols, F&& fn) {
+    if (rows * cols < kParallelElements) {
+      for (int64_t r = 0; r < rows; ++r) fn(r);
+      return;
+    }
+    pool_.parallel_for(rows, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) fn(r);
+    });
+  }
+
+  ThreadPool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int num_threads) { return std::make_unique<CpuBackend>(num_threads); }
+
+}  // namespace apus

@@ -1,0 +1,116 @@
+// `apus bench latency`: one prompt, then decode, timed; decode is compared with the floor set by
+// memory bandwidth (weight + KV bytes per token over the read bandwidth this machine shows now).
+#include <chrono>
+#include <cstring>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "core/error.h"
+#include "core/random.h"
+#include "core/thread_pool.h"
+#include "engine/generate.h"
+
+namespace apus::cli {
+
+namespace {
+
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+float sum_floats(const float* p, int64_t n) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += p[i];
+  return acc;
+}
+
+// Read bandwidth in bytes/s: every thread sums its share of a buffer far larger than the caches.
+double measure_read_bandwidth(int threads) {
+  const int64_t n = int64_t(1) << 28;  // 1 GiB of floats
+  Tensor buf = host_tensor(DType::F32, {n});
+  ThreadPool pool(threads);
+  pool.parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
+    std::memset(buf.ptr<float>() + b, 1, size_t(e - b) * 4);  // fault the pages in
+  });
+  double best = 0.0;
+  volatile float sink = 0.0f;
+  for (int rep = 0; rep < 5; ++rep) {
+    auto t0 = std::chrono::steady_clock::now();
+    pool.parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) { sink = sink + sum_floats(buf.ptr<float>() + b, e - b); });
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, double(n) * 4 / s);
+  }
+  return best;
+}
+
+struct LatencyArgs {
+  ModelOptions model;
+  int input_len = 512;
+  int output_len = 128;
+  int iters = 1;
+};
+
+void run_latency(const LatencyArgs& a) {
+  const int threads = a.model.num_threads();
+  auto backend = make_cpu_backend(threads);
+  auto t0 = std::chrono::steady_clock::now();
+  auto m = load_model(a.model.resolved(), *backend);
+  double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const ModelConfig& c = m->config();
+
+  std::vector<int32_t> prompt(size_t(a.input_len));
+  for (int i = 0; i < a.input_len; ++i) prompt[size_t(i)] = int32_t(splitmix64(uint64_t(i)) % uint64_t(c.vocab_size));
+  SamplingParams p;
+  p.temperature = 0.0f;
+  p.max_tokens = a.output_len;
+  p.ignore_eos = true;
+
+  double prefill_s = 1e30, decode_s = 1e30;
+  for (int it = 0; it < a.iters; ++it) {
+    GenerateResult r = generate(*m, prompt, p);
+    prefill_s = std::min(prefill_s, r.prefill_seconds);
+    decode_s = std::min(decode_s, r.decode_seconds);
+  }
+  const double bw = measure_read_bandwidth(threads);
+  const double decode_steps = a.output_len - 1;
+  const double kv_bytes_per_pos = double(KvCache::bytes_per_block(c, 1, backend->activation_dtype()));
+  const double avg_ctx = a.input_len + a.output_len / 2.0;
+  const double bytes_per_token = double(m->weights().matrix_bytes) + kv_bytes_per_pos * avg_ctx;
+  const double floor_tps = bw / bytes_per_token;
+  const double decode_tps = decode_steps / decode_s;
+
+  std::cout << fmt::format("model            {} ({} layers, hidden {}, vocab {})\n",
+                           a.model.load.config_preset.empty() ? a.model.load.model_dir : a.model.load.config_preset,
+                           c.num_layers, c.hidden_size, c.vocab_size);
+  std::cout << fmt::format("backend          {}\n", backend->name());
+  std::cout << fmt::format("load             {:.2f} s\n", load_s);
+  std::cout << fmt::format("prefill          {} tokens in {:.3f} s = {:.1f} tokens/s\n", a.input_len, prefill_s,
+                           a.input_len / prefill_s);
+  std::cout << fmt::format("decode           {} tokens in {:.3f} s = {:.2f} tokens/s ({:.1f} ms/token)\n",
+                           int(decode_steps), decode_s, decode_tps, 1000.0 * decode_s / decode_steps);
+  std::cout << fmt::format("read bandwidth   {:.1f} GB/s (measured, {} threads)\n", bw / 1e9, threads);
+  std::cout << fmt::format("bytes per token  {:.1f} MB (weights {:.1f} MB + KV at avg context {:.0f})\n",
+                           bytes_per_token / 1e6, double(m->weights().matrix_bytes) / 1e6, avg_ctx);
+  std::cout << fmt::format("decode floor     {:.2f} tokens/s; decode at {:.2f} of the floor\n", floor_tps,
+                           decode_tps / floor_tps);
+}
+
+}  // namespace
+
+void add_bench(CLI::App& root) {
+  auto* bench = root.add_subcommand("bench", "Benchmarks");
+  bench->require_subcommand(1);
+  auto* lat = bench->add_subcommand("latency", "Prefill and single-stream decode speed");
+  auto args = std::make_shared<LatencyArgs>();
+  args->model.add_to(*lat);
+  lat->add_option(opt("input-len"), args->input_len);
+  lat->add_option(opt("output-len"), args->output_len);
+  lat->add_option(opt("num-iters"), args->iters, "repetitions (the best is reported)");
+  lat->callback([args] {
+    APUS_CHECK(args->input_len > 0 && args->output_len > 1, "--input-len must be > 0 and --output-len > 1");
+    run_latency(*args);
+  });
+}
+
+}  // namespace apus::cli

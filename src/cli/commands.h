@@ -1,0 +1,10 @@
+// Each subcommand registers itself on the root app.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace apus::cli {
+
+void add_generate(CLI::App& root);
+void add_bench(CLI::App& root);
+
+}  // namespace apus::cli

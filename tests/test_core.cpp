@@ -1,0 +1,116 @@
+// dtype conversions, the thread pool, the block allocator and the sampler.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <set>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "kv/block_allocator.h"
+#include "sample/sampler.h"
+
+namespace apus {
+namespace {
+
+TEST(DType, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(bf16_to_f32(0x3f80), 1.0f);
+  // 1 + 2^-8 is halfway between two bf16 values: ties go to the even mantissa (down).
+  EXPECT_EQ(f32_to_bf16(1.0f + std::ldexp(1.0f, -8)), 0x3f80);
+  EXPECT_EQ(f32_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+}
+
+TEST(DType, F16RoundTripsAndRounds) {
+  for (float v : {0.0f, 1.0f, -2.5f, 65504.0f, 6.103515625e-05f, 5.960464477539063e-08f, 0.1f}) {
+    float back = f16_to_f32(f32_to_f16(v));
+    EXPECT_NEAR(back, v, std::fabs(v) * 1e-3 + 1e-8) << v;
+  }
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);        // rounds up to infinity
+  EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);  // tie to even
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -25)), 0x0000);         // half the smallest subnormal: tie to 0
+  EXPECT_EQ(f32_to_f16(std::ldexp(3.0f, -25)), 0x0002);         // 1.5 units: tie to even (2)
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));
+}
+
+TEST(ThreadPool, CoversRangeOnceAndPropagatesErrors) {
+  ThreadPool pool(3);
+  for (int64_t n : {1, 2, 7, 1000}) {
+    std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+    pool.parallel_for(n, 4, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+    });
+    for (auto& h : hits) EXPECT_EQ(h.load(), 1);
+  }
+  EXPECT_THROW(pool.run([](int t, int) {
+    if (t == 1) throw Error("boom");
+  }), Error);
+  std::atomic<int> ran{0};
+  pool.run([&](int, int) { ran++; });  // still usable after an error
+  EXPECT_EQ(ran.load(), 3);
+}
+
+TEST(BlockAllocator, RefCountsAndDoubleFree) {
+  BlockAllocator a(3);
+  int b0 = a.allocate(), b1 = a.allocate();
+  EXPECT_EQ(a.num_free(), 1);
+  a.retain(b0);
+  a.release(b0);
+  EXPECT_EQ(a.num_free(), 1);
+  a.release(b0);
+  a.release(b1);
+  EXPECT_EQ(a.num_free(), 3);
+  EXPECT_THROW(a.release(b1), Error);
+  a.allocate(), a.allocate(), a.allocate();
+  EXPECT_THROW(a.allocate(), Error);
+}
+
+TEST(Sampler, GreedyLogprobsAndSeeds) {
+  std::vector<float> logits{1.0f, 3.0f, 3.0f, -1.0f};
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  EXPECT_EQ(sample_token(logits.data(), 4, greedy, 0), 1);  // first maximum
+  std::vector<float> lp(4);
+  log_softmax(logits.data(), 4, lp.data());
+  double total = 0;
+  for (float v : lp) total += std::exp(double(v));
+  EXPECT_NEAR(total, 1.0, 1e-6);
+  auto top = top_logprobs(lp.data(), 4, 2);
+  EXPECT_EQ(top[0].first, 1);
+  EXPECT_EQ(top[1].first, 2);
+
+  SamplingParams p;
+  p.seed = 42;
+  std::vector<float> flat(50, 0.0f);
+  std::vector<int> a, b, c;
+  for (int s = 0; s < 20; ++s) {
+    a.push_back(sample_token(flat.data(), 50, p, uint64_t(s)));
+    b.push_back(sample_token(flat.data(), 50, p, uint64_t(s)));
+  }
+  p.seed = 43;
+  for (int s = 0; s < 20; ++s) c.push_back(sample_token(flat.data(), 50, p, uint64_t(s)));
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  EXPECT_GT(std::set<int>(a.begin(), a.end()).size(), 5u);
+}
+
+TEST(Sampler, TopKTopPMinPRestrictCandidates) {
+  std::vector<float> logits{5.0f, 4.0f, 0.0f, -1.0f, -2.0f};
+  SamplingParams p;
+  p.seed = 1;
+  p.top_k = 2;
+  for (int s = 0; s < 200; ++s) EXPECT_LT(sample_token(logits.data(), 5, p, uint64_t(s)), 2);
+  p.top_k = 0;
+  p.top_p = 0.5f;  // the first token alone has ~72% of the mass
+  for (int s = 0; s < 200; ++s) EXPECT_EQ(sample_token(logits.data(), 5, p, uint64_t(s)), 0);
+  p.top_p = 1.0f;
+  p.min_p = 0.3f;  // token 1 has e^-1 = 0.37 of token 0's probability; token 2 has e^-5
+  std::set<int> seen;
+  for (int s = 0; s < 400; ++s) seen.insert(sample_token(logits.data(), 5, p, uint64_t(s)));
+  EXPECT_EQ(seen, (std::set<int>{0, 1}));
+}
+
+}  // namespace
+}  // namespace apus

@@ -1,0 +1,61 @@
+// Helpers shared by tests: temporary directories and writing checkpoints from the deterministic
+// weight generator.
+#pragma once
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+
+#include "model/safetensors.h"
+#include "model/weights.h"
+
+namespace apus::test {
+
+// A fresh directory removed when the object goes out of scope.
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = std::filesystem::temp_directory_path() / ("apus_test_" + std::to_string(rd()) + std::to_string(rd()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::filesystem::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline void write_json(const std::filesystem::path& p, const nlohmann::json& j) {
+  std::ofstream(p) << j.dump(2);
+}
+
+inline nlohmann::json read_json(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  return nlohmann::json::parse(in);
+}
+
+struct NamedShape {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+// Writes config.json and the deterministic weights of `tensors` as a checkpoint in `dir`.
+// Returns the host tensors (kept alive for the caller's checks).
+inline std::vector<Tensor> write_random_checkpoint(const std::filesystem::path& dir, const nlohmann::json& config,
+                                                   const std::vector<NamedShape>& tensors, DType dtype,
+                                                   uint64_t seed, size_t max_shard_bytes = size_t(1) << 40) {
+  write_json(dir / "config.json", config);
+  std::vector<Tensor> values;
+  std::vector<TensorToWrite> out;
+  for (const auto& t : tensors) {
+    values.push_back(random_weight(t.name, t.shape, dtype, seed));
+    out.push_back({t.name, dtype, t.shape, values.back().data});
+  }
+  write_checkpoint(dir.string(), out, max_shard_bytes);
+  return values;
+}
+
+}  // namespace apus::test
