@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <algorithm>
 #include <set>
 
 #include "core/error.h"
@@ -115,6 +116,17 @@ Linear make_linear(std::vector<LinearPart> parts) {
   return l;
 }
 
+// out[j] = center + scale * (2u - 1) for u = uniform01(key, first + j); vectorised per ISA.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+void fill_uniform(uint64_t key, uint64_t first, int64_t n, float center, float scale, float* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float r = uniform01(key, first + uint64_t(j)) * 2.0f - 1.0f;
+    out[j] = center + scale * r;
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<WeightSource> open_checkpoint_source(const std::string& dir) {
@@ -148,17 +160,18 @@ Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape,
   Tensor t = host_tensor(dtype, shape);
   const uint64_t key = fnv1a64(name) ^ (seed * kGoldenGamma);
   auto fill = [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      float r = uniform01(key, uint64_t(i)) * 2.0f - 1.0f;
-      float v = center + scale * r;
-      switch (dtype) {
-        case DType::F32: t.ptr<float>()[i] = v; break;
-        case DType::BF16: t.ptr<uint16_t>()[i] = f32_to_bf16(v); break;
-        case DType::F16: t.ptr<uint16_t>()[i] = f32_to_f16(v); break;
-        default: fail("random weights: unsupported dtype {}", dtype_name(dtype));
+    float buf[1024];
+    for (int64_t i = begin; i < end; i += 1024) {
+      const int64_t n = std::min<int64_t>(1024, end - i);
+      fill_uniform(key, uint64_t(i), n, center, scale, buf);
+      for (int64_t j = 0; j < n; ++j) {
+        if (dtype == DType::F32) t.ptr<float>()[i + j] = buf[j];
+        else if (dtype == DType::BF16) t.ptr<uint16_t>()[i + j] = f32_to_bf16(buf[j]);
+        else t.ptr<uint16_t>()[i + j] = f32_to_f16(buf[j]);
       }
     }
   };
+  APUS_CHECK(is_float(dtype), "random weights: unsupported dtype {}", dtype_name(dtype));
   if (num_threads > 1 && t.numel() > (1 << 20)) {
     ThreadPool pool(num_threads);
     pool.parallel_for(t.numel(), 4096, fill);
