@@ -27,13 +27,7 @@ Exec run_apus(const std::string& args) {
   return {WEXITSTATUS(status), out};
 }
 
-// The qwen2 golden fixture's model: regenerated into `dir`.
-void write_fixture_model(const test::TempDir& dir) {
-  auto fx = test::read_json(std::string(APUS_SOURCE_DIR) + "/tests/golden/qwen2_tied_bf16.json");
-  std::vector<test::NamedShape> specs;
-  for (const auto& t : fx["tensors"]) specs.push_back({t["name"], t["shape"].get<std::vector<int64_t>>()});
-  test::write_random_checkpoint(dir.path(), fx["config"], specs, DType::BF16, fx["seed"].get<uint64_t>());
-}
+void write_fixture_model(const test::TempDir& dir) { test::write_fixture_model(dir.path(), "qwen2_tied_bf16"); }
 
 TEST(Cli, GenerateJsonMatchesLibrary) {
   test::TempDir dir;

@@ -58,4 +58,18 @@ inline std::vector<Tensor> write_random_checkpoint(const std::filesystem::path& 
   return values;
 }
 
+// Regenerates the checkpoint of golden fixture `name` (tests/golden/NAME.json) into `dir`;
+// `config_patch` is merged into its config.json (e.g. a longer max_position_embeddings).
+inline void write_fixture_model(const std::filesystem::path& dir, const std::string& name,
+                                const nlohmann::json& config_patch = nlohmann::json::object()) {
+  auto fx = read_json(std::string(APUS_SOURCE_DIR) + "/tests/golden/" + name + ".json");
+  std::vector<NamedShape> specs;
+  for (const auto& t : fx["tensors"]) specs.push_back({t["name"], t["shape"].get<std::vector<int64_t>>()});
+  DType dtype = DType::F32;
+  parse_dtype(fx["dtype"].get<std::string>(), &dtype);
+  nlohmann::json config = fx["config"];
+  config.merge_patch(config_patch);
+  write_random_checkpoint(dir, config, specs, dtype, fx["seed"].get<uint64_t>());
+}
+
 }  // namespace apus::test

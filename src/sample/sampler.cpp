@@ -29,6 +29,36 @@ std::vector<std::pair<int, float>> top_logprobs(const float* lp, int64_t n, int 
   return out;
 }
 
+bool needs_processing(const SamplingParams& p, int num_generated) {
+  return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f ||
+         !p.logit_bias.empty() || num_generated < p.min_tokens;
+}
+
+void process_logits(float* logits, int64_t n, const SamplingParams& p, const std::vector<int32_t>& prompt,
+                    const std::vector<int32_t>& output, const std::vector<int32_t>& stop_ids) {
+  if (p.repetition_penalty != 1.0f) {
+    std::vector<bool> seen(static_cast<size_t>(n), false);
+    for (const auto* list : {&prompt, &output})
+      for (int32_t t : *list)
+        if (t >= 0 && t < n) seen[size_t(t)] = true;
+    for (int64_t t = 0; t < n; ++t)
+      if (seen[size_t(t)]) logits[t] = logits[t] > 0 ? logits[t] / p.repetition_penalty : logits[t] * p.repetition_penalty;
+  }
+  if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) {
+    std::vector<int> count(static_cast<size_t>(n), 0);
+    for (int32_t t : output)
+      if (t >= 0 && t < n) count[size_t(t)]++;
+    for (int64_t t = 0; t < n; ++t)
+      if (count[size_t(t)] > 0)
+        logits[t] -= p.presence_penalty + p.frequency_penalty * float(count[size_t(t)]);
+  }
+  for (auto [t, bias] : p.logit_bias)
+    if (t >= 0 && t < n) logits[t] += bias;
+  if (int(output.size()) < p.min_tokens)
+    for (int32_t t : stop_ids)
+      if (t >= 0 && t < n) logits[t] = -INFINITY;
+}
+
 int argmax(const float* logits, int64_t n) {
   return int(std::max_element(logits, logits + n) - logits);  // first maximum, as torch.argmax
 }

@@ -16,7 +16,18 @@ struct SamplingParams {
   int max_tokens = 16;
   bool ignore_eos = false;
   int logprobs = 0;          // top-N log-probabilities reported per generated token
+  int min_tokens = 0;        // eos and stop ids are masked until this many tokens exist
+  float repetition_penalty = 1.0f;  // transformers-style, over prompt and output tokens
+  float presence_penalty = 0.0f;    // OpenAI-style, over output tokens
+  float frequency_penalty = 0.0f;   // OpenAI-style, over output tokens
+  std::vector<std::pair<int32_t, float>> logit_bias;  // added to the logits
 };
+
+// Applies penalties, logit bias and min_tokens masking (of `stop_ids`) in place.
+void process_logits(float* logits, int64_t n, const SamplingParams& p, const std::vector<int32_t>& prompt,
+                    const std::vector<int32_t>& output, const std::vector<int32_t>& stop_ids);
+// True when the parameters change the logits (so the caller must work on a copy).
+bool needs_processing(const SamplingParams& p, int num_generated);
 
 // log_softmax of the raw logits (float32, max-subtracted, sum in double).
 void log_softmax(const float* logits, int64_t n, float* out);

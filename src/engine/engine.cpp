@@ -1,0 +1,201 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace apus {
+
+namespace {
+
+int resolve_num_blocks(const DecoderModel& m, const EngineConfig& c, DType kv_dtype) {
+  if (c.num_blocks > 0) return c.num_blocks;
+  const size_t per_block = KvCache::bytes_per_block(m.config(), c.block_size, kv_dtype);
+  return int(std::max<size_t>(1, c.kv_cache_bytes / per_block));
+}
+
+}  // namespace
+
+Engine::Engine(DecoderModel& model, EngineConfig config)
+    : model_(model),
+      config_(config),
+      cache_(KvCache::create(model.backend(), model.config(),
+                             resolve_num_blocks(model, config, model.backend().activation_dtype()), config.block_size)),
+      blocks_(cache_.num_blocks, config.block_size),
+      scheduler_(config.scheduler, blocks_) {
+  const int capacity = cache_.num_blocks * config_.block_size;
+  if (config_.max_model_len <= 0) config_.max_model_len = std::min(model.config().max_position_embeddings, capacity);
+  APUS_CHECK(config_.max_model_len <= capacity,
+             "the KV cache holds {} tokens ({} blocks of {}), less than one sequence of max_model_len {}: "
+             "give the cache more memory or lower --max_model_len",
+             capacity, cache_.num_blocks, config_.block_size, config_.max_model_len);
+  APUS_CHECK(config_.scheduler.max_num_batched_tokens > 0 && config_.scheduler.max_num_seqs > 0,
+             "max_num_batched_tokens and max_num_seqs must be positive");
+}
+
+uint64_t Engine::add_request(Request req) {
+  const int64_t V = model_.config().vocab_size;
+  APUS_CHECK(!req.prompt.empty(), "the prompt is empty");
+  APUS_CHECK(int(req.prompt.size()) < config_.max_model_len,
+             "the prompt has {} tokens; this model accepts at most {} (max_model_len) including the reply",
+             req.prompt.size(), config_.max_model_len);
+  for (int32_t t : req.prompt) APUS_CHECK(t >= 0 && t < V, "prompt token id {} is outside the vocabulary (size {})", t, V);
+  APUS_CHECK(req.n >= 1, "n must be at least 1");
+  APUS_CHECK(req.params.max_tokens >= 1, "max_tokens must be at least 1");
+  const uint64_t rid = next_request_++;
+  std::vector<int32_t> stops = req.stop_token_ids;
+  if (!req.params.ignore_eos)
+    for (int32_t e : model_.config().eos_token_ids) stops.push_back(e);
+  stop_ids_[rid] = std::move(stops);
+  for (int i = 0; i < req.n; ++i) {
+    auto s = std::make_unique<Sequence>();
+    s->id = next_seq_++;
+    s->request_id = rid;
+    s->index = i;
+    s->tokens = req.prompt;
+    s->prompt_len = int(req.prompt.size());
+    s->params = req.params;
+    s->params.seed = req.params.seed + uint64_t(i);  // each choice its own random stream
+    s->priority = req.priority;
+    s->arrival = arrivals_++;
+    s->cache_salt = req.cache_salt;
+    scheduler_.add(s.get());
+    seqs_.emplace(s->id, std::move(s));
+  }
+  stats_.prompt_tokens += req.prompt.size() * size_t(req.n);
+  return rid;
+}
+
+void Engine::abort(uint64_t request_id) {
+  for (auto it = seqs_.begin(); it != seqs_.end();) {
+    if (it->second->request_id == request_id) {
+      scheduler_.remove(it->second.get());
+      it = seqs_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  stop_ids_.erase(request_id);
+}
+
+bool Engine::hit_stop(const Sequence& s, int32_t token) const {
+  if (s.num_generated() < s.params.min_tokens) return false;
+  const auto& stops = stop_ids_.at(s.request_id);
+  return std::find(stops.begin(), stops.end(), token) != stops.end();
+}
+
+void Engine::finish(Sequence& s, const std::string& reason, SeqOutput& out) {
+  out.finished = true;
+  out.finish_reason = reason;
+  s.status = SeqStatus::Finished;
+  s.finish_reason = reason;
+  scheduler_.remove(&s);
+}
+
+std::vector<SeqOutput> Engine::step() {
+  std::vector<ScheduledSeq> sched = scheduler_.schedule();
+  if (sched.empty()) return {};
+  const int bs = config_.block_size;
+
+  StepBatch& b = batch_;
+  b.tokens.clear(), b.q_start.assign(1, 0), b.ctx_len.clear(), b.slot_mapping.clear(), b.logit_rows.clear();
+  b.max_blocks = 0;
+  for (const auto& [s, n] : sched) b.max_blocks = std::max(b.max_blocks, int(s->block_table.size()));
+  b.block_table.assign(sched.size() * size_t(b.max_blocks), 0);
+  for (size_t i = 0; i < sched.size(); ++i) {
+    const auto& [s, n] = sched[i];
+    for (int j = 0; j < n; ++j) {
+      const int pos = s->num_computed + j;
+      b.tokens.push_back(s->tokens[size_t(pos)]);
+      b.slot_mapping.push_back(s->block_table[size_t(pos / bs)] * bs + pos % bs);
+    }
+    if (s->num_computed + n == s->length()) b.logit_rows.push_back(int32_t(b.tokens.size()) - 1);
+    b.q_start.push_back(int32_t(b.tokens.size()));
+    b.ctx_len.push_back(s->num_computed + n);
+    std::copy(s->block_table.begin(), s->block_table.end(), b.block_table.begin() + long(i) * b.max_blocks);
+  }
+  try {
+    model_.forward(b, cache_, logits_);
+  } catch (...) {
+    blocks_.drop_cache();
+    throw;
+  }
+  stats_.steps++;
+  stats_.computed_tokens += b.tokens.size();
+
+  const int64_t V = model_.config().vocab_size;
+  std::vector<SeqOutput> outputs;
+  std::vector<float> row, lp;
+  size_t logit_row = 0;
+  for (const auto& [s, n] : sched) {
+    s->num_computed += n;
+    if (s->num_computed < s->length()) continue;  // a prefill chunk: nothing to sample yet
+
+    SeqOutput out{s->request_id, s->index, {}, {}, {}, false, {}};
+    const float* raw = logits_.data() + int64_t(logit_row++) * V;
+    const float* use = raw;
+    if (needs_processing(s->params, s->num_generated())) {
+      row.assign(raw, raw + V);
+      std::vector<int32_t> prompt(s->tokens.begin(), s->tokens.begin() + s->prompt_len);
+      std::vector<int32_t> output(s->tokens.begin() + s->prompt_len, s->tokens.end());
+      process_logits(row.data(), V, s->params, prompt, output, stop_ids_.at(s->request_id));
+      use = row.data();
+    }
+    const int32_t tok = sample_token(use, V, s->params, uint64_t(s->num_generated()));
+    lp.resize(size_t(V));
+    log_softmax(raw, V, lp.data());
+    out.new_tokens.push_back(tok);
+    out.new_token_logprobs.push_back(lp[size_t(tok)]);
+    if (s->params.logprobs > 0) out.logprobs.push_back(top_logprobs(lp.data(), V, s->params.logprobs));
+    s->tokens.push_back(tok);
+    stats_.generated_tokens++;
+    if (hit_stop(*s, tok)) finish(*s, "stop", out);
+    else if (s->num_generated() >= s->params.max_tokens || s->length() >= config_.max_model_len) finish(*s, "length", out);
+    outputs.push_back(std::move(out));
+  }
+  // Finished sequences are dropped once their last output is built.
+  for (auto it = seqs_.begin(); it != seqs_.end();) {
+    if (it->second->status == SeqStatus::Finished) {
+      const uint64_t rid = it->second->request_id;
+      it = seqs_.erase(it);
+      bool more = std::any_of(seqs_.begin(), seqs_.end(), [&](const auto& kv) { return kv.second->request_id == rid; });
+      if (!more) stop_ids_.erase(rid);
+    } else {
+      ++it;
+    }
+  }
+  return outputs;
+}
+
+EngineStats Engine::stats() const {
+  EngineStats s = stats_;
+  s.preemptions = scheduler_.num_preemptions();
+  s.prefix_queried_blocks = blocks_.queried_blocks();
+  s.prefix_hit_blocks = blocks_.hit_blocks();
+  return s;
+}
+
+std::vector<std::vector<SeqOutput>> run_to_completion(Engine& engine, std::vector<Request> requests) {
+  std::vector<uint64_t> ids;
+  std::vector<std::vector<SeqOutput>> results(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    results[i].resize(size_t(requests[i].n));
+    ids.push_back(engine.add_request(std::move(requests[i])));
+  }
+  while (engine.has_unfinished()) {
+    for (SeqOutput& o : engine.step()) {
+      const size_t r = size_t(std::lower_bound(ids.begin(), ids.end(), o.request_id) - ids.begin());
+      SeqOutput& acc = results[r][size_t(o.index)];
+      acc.request_id = o.request_id;
+      acc.index = o.index;
+      acc.new_tokens.insert(acc.new_tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
+      acc.new_token_logprobs.insert(acc.new_token_logprobs.end(), o.new_token_logprobs.begin(), o.new_token_logprobs.end());
+      for (auto& l : o.logprobs) acc.logprobs.push_back(std::move(l));
+      acc.finished = o.finished;
+      acc.finish_reason = o.finish_reason;
+    }
+  }
+  return results;
+}
+
+}  // namespace apus

@@ -1,0 +1,92 @@
+// The engine core: requests in, tokens out, many sequences batched per step over one paged KV
+// cache. Single-threaded by design: whoever drives step() (the engine loop thread, or the offline
+// API) owns all of this state; see README.md beside this file.
+#pragma once
+#include <functional>
+#include <memory>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/scheduler.h"
+#include "engine/sequence.h"
+#include "kv/block_manager.h"
+#include "kv/kv_cache.h"
+#include "model/decoder.h"
+
+namespace apus {
+
+struct EngineConfig {
+  SchedulerConfig scheduler;
+  int block_size = 16;
+  int num_blocks = 0;        // 0: from kv_cache_bytes
+  size_t kv_cache_bytes = size_t(1) << 30;
+  int max_model_len = 0;     // 0: the model's max_position_embeddings, capped by the cache
+};
+
+struct Request {
+  std::vector<int32_t> prompt;
+  SamplingParams params;
+  int n = 1;
+  int priority = 0;
+  uint64_t cache_salt = 0;
+  std::vector<int32_t> stop_token_ids;  // in addition to the model's eos (unless ignore_eos)
+};
+
+// What one step produced for one sequence.
+struct SeqOutput {
+  uint64_t request_id;
+  int index;                       // choice index (n > 1)
+  std::vector<int32_t> new_tokens;  // usually one; empty for a prefill chunk that sampled nothing
+  std::vector<std::vector<std::pair<int, float>>> logprobs;  // per new token, when requested
+  std::vector<float> new_token_logprobs;                     // logprob of each new token
+  bool finished = false;
+  std::string finish_reason;        // "stop" | "length" | "abort"
+};
+
+struct EngineStats {
+  uint64_t steps = 0, prompt_tokens = 0, generated_tokens = 0, computed_tokens = 0;
+  uint64_t preemptions = 0, prefix_queried_blocks = 0, prefix_hit_blocks = 0;
+};
+
+class Engine {
+ public:
+  Engine(DecoderModel& model, EngineConfig config);
+
+  // Queues a request; returns its id. Throws apus::Error for a prompt that can never run.
+  uint64_t add_request(Request req);
+  // Cancels a request: its sequences leave the batch and free their blocks at once.
+  void abort(uint64_t request_id);
+  // Runs one forward step over the scheduled batch and returns what it produced.
+  std::vector<SeqOutput> step();
+  bool has_unfinished() const { return !scheduler_.empty(); }
+
+  const BlockManager& blocks() const { return blocks_; }
+  const EngineConfig& config() const { return config_; }
+  int max_model_len() const { return config_.max_model_len; }
+  EngineStats stats() const;
+  size_t num_waiting() const { return scheduler_.num_waiting(); }
+  size_t num_running() const { return scheduler_.num_running(); }
+
+ private:
+  void finish(Sequence& s, const std::string& reason, SeqOutput& out);
+  bool hit_stop(const Sequence& s, int32_t token) const;
+
+  DecoderModel& model_;
+  EngineConfig config_;
+  KvCache cache_;
+  BlockManager blocks_;
+  Scheduler scheduler_;
+  std::unordered_map<uint64_t, std::unique_ptr<Sequence>> seqs_;  // live sequences by id
+  std::unordered_map<uint64_t, std::vector<int32_t>> stop_ids_;   // per request
+  uint64_t next_request_ = 1, next_seq_ = 1, arrivals_ = 0;
+  EngineStats stats_;
+  StepBatch batch_;
+  std::vector<float> logits_;
+};
+
+// Runs requests to completion on `engine` (the offline batch path); returns, per request, its
+// sequences' outputs merged over all steps, in request order.
+std::vector<std::vector<SeqOutput>> run_to_completion(Engine& engine, std::vector<Request> requests);
+
+}  // namespace apus

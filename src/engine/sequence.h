@@ -1,0 +1,40 @@
+// One sequence being generated: its tokens, how much of it is in the KV cache, and its blocks.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sample/sampler.h"
+
+namespace apus {
+
+enum class SeqStatus { Waiting, Running, Finished };
+
+struct Sequence {
+  uint64_t id = 0;          // unique per sequence
+  uint64_t request_id = 0;  // several sequences share a request when n > 1
+  int index = 0;            // which of the request's n choices
+  std::vector<int32_t> tokens;  // prompt, then generated tokens
+  int prompt_len = 0;
+  // Leading tokens whose K/V are in the cache. Everything after is computed by the next step(s);
+  // when that reaches the end, the step samples a new token.
+  int num_computed = 0;
+  std::vector<int32_t> block_table;
+  std::vector<uint64_t> block_hashes;  // chained hashes of the full, computed blocks
+  uint64_t cache_salt = 0;             // separates prefix-cache entries (e.g. per LoRA adapter)
+  SamplingParams params;
+  int priority = 0;          // lower runs first (vLLM's convention)
+  uint64_t arrival = 0;      // FCFS order within a priority
+  SeqStatus status = SeqStatus::Waiting;
+  std::string finish_reason;
+  int num_preemptions = 0;
+  int num_cached_prompt_tokens = 0;  // prompt tokens served by the prefix cache at admission
+
+  int length() const { return int(tokens.size()); }
+  int num_generated() const { return length() - prompt_len; }
+  bool before(const Sequence& o) const {
+    return priority != o.priority ? priority < o.priority : arrival < o.arrival;
+  }
+};
+
+}  // namespace apus
