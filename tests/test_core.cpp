@@ -8,7 +8,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "kv/block_allocator.h"
+#include "kv/block_manager.h"
 #include "sample/sampler.h"
 
 namespace apus {
@@ -52,19 +52,36 @@ TEST(ThreadPool, CoversRangeOnceAndPropagatesErrors) {
   EXPECT_EQ(ran.load(), 3);
 }
 
-TEST(BlockAllocator, RefCountsAndDoubleFree) {
-  BlockAllocator a(3);
-  int b0 = a.allocate(), b1 = a.allocate();
-  EXPECT_EQ(a.num_free(), 1);
-  a.retain(b0);
-  a.release(b0);
-  EXPECT_EQ(a.num_free(), 1);
-  a.release(b0);
-  a.release(b1);
-  EXPECT_EQ(a.num_free(), 3);
-  EXPECT_THROW(a.release(b1), Error);
-  a.allocate(), a.allocate(), a.allocate();
-  EXPECT_THROW(a.allocate(), Error);
+TEST(BlockManager, RefCountsPrefixCacheAndLru) {
+  BlockManager m(4, 2);
+  std::vector<int32_t> a, b;
+  ASSERT_TRUE(m.allocate(2, a));
+  const std::vector<int32_t> toks{1, 2, 3, 4, 5};
+  const uint64_t h0 = BlockManager::hash_block(0, std::span(toks).subspan(0, 2), 0);
+  const uint64_t h1 = BlockManager::hash_block(h0, std::span(toks).subspan(2, 2), 0);
+  m.register_full(a[0], h0);
+  m.register_full(a[1], h1);
+  std::vector<uint64_t> hashes;
+  EXPECT_EQ(m.match_prefix(toks, 0, 10, b, hashes), 2);  // shared while both hold them
+  EXPECT_EQ(m.ref_count(a[0]), 2);
+  std::vector<int32_t> c;
+  std::vector<uint64_t> other;
+  EXPECT_EQ(m.match_prefix(toks, 7, 10, c, other), 0);  // another salt (adapter) never shares
+  m.release(a);
+  m.release(b);
+  EXPECT_EQ(m.num_free(), 4);  // cached blocks count as free...
+  std::vector<int32_t> d;
+  hashes.clear();
+  EXPECT_EQ(m.match_prefix(toks, 0, 10, d, hashes), 2);  // ...and are still found
+  m.release(d);
+  std::vector<int32_t> e;
+  ASSERT_TRUE(m.allocate(4, e));  // evicts them when the space is needed
+  EXPECT_FALSE(m.allocate(1, e));
+  m.release(e);
+  hashes.clear();
+  EXPECT_EQ(m.match_prefix(toks, 0, 10, d, hashes), 0);
+  std::vector<int32_t> twice{e.empty() ? 0 : 0};
+  EXPECT_THROW(m.release(twice), Error);
 }
 
 TEST(Sampler, GreedyLogprobsAndSeeds) {

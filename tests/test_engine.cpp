@@ -6,6 +6,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "engine/async_engine.h"
 #include "engine/engine.h"
 #include "model/load.h"
 #include "test_util.h"
@@ -234,6 +235,42 @@ TEST_F(EngineTest, FuzzArrivalsLengthsAndCancellations) {
     EXPECT_EQ(e.num_running() + e.num_waiting(), 0u);
     (void)aborted;
   }
+}
+
+TEST_F(EngineTest, LoopThreadServesConcurrentCallers) {
+  std::mt19937 rng(9);
+  std::vector<Request> reqs;
+  for (int i = 0; i < 12; ++i) reqs.push_back(greedy(random_prompt(rng, 5 + int(rng() % 40)), 1 + int(rng() % 15)));
+  Engine ref(*model_, config());
+  auto want = run_to_completion(ref, reqs);
+
+  AsyncEngine engine(*model_, config());
+  std::vector<std::vector<int32_t>> got(reqs.size());
+  std::vector<std::thread> callers;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    callers.emplace_back([&, i] {
+      auto stream = engine.submit(reqs[i]);
+      SeqOutput o;
+      while (stream->next(o)) got[i].insert(got[i].end(), o.new_tokens.begin(), o.new_tokens.end());
+    });
+  }
+  for (auto& t : callers) t.join();
+  for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(got[i], want[i][0].new_tokens) << i;
+
+  // An aborted stream ends with an error and its blocks come back; bad requests fail on submit.
+  auto stream = engine.submit(greedy(random_prompt(rng, 50), 500));
+  SeqOutput o;
+  ASSERT_TRUE(stream->next(o));
+  engine.abort(stream->id());
+  while (stream->next(o, std::chrono::milliseconds(2000))) {
+  }
+  EXPECT_EQ(stream->error(), "aborted");
+  for (int i = 0; i < 100 && engine.snapshot().free_blocks != 512; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(engine.snapshot().free_blocks, 512);
+  EXPECT_THROW(engine.submit(greedy({}, 1)), Error);
+  // Destroying the engine with a request in flight ends that stream instead of hanging.
+  auto orphan = engine.submit(greedy(random_prompt(rng, 10), 1000));
+  (void)orphan;
 }
 
 }  // namespace

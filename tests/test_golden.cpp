@@ -7,6 +7,7 @@
 
 #include "engine/generate.h"
 #include "model/load.h"
+#include "sequence_runner.h"
 #include "test_util.h"
 
 namespace apus {
@@ -69,7 +70,7 @@ TEST_P(Golden, MatchesTransformers) {
 
   // Prompt positions, then teacher-forced steps along the reference continuation.
   {
-    SequenceRunner seq(*model, int(prompt.size() + generated.size()));
+    test::SequenceRunner seq(*model, int(prompt.size() + generated.size()));
     const auto& logits = seq.feed(prompt, true);
     for (size_t p = 0; p < prompt.size(); ++p)
       EXPECT_LT(max_abs_diff(logits, int64_t(p), V, fx["prompt_logprobs"][p]), kLogprobTolerance) << "prompt position " << p;

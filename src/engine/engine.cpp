@@ -33,7 +33,7 @@ Engine::Engine(DecoderModel& model, EngineConfig config)
              "max_num_batched_tokens and max_num_seqs must be positive");
 }
 
-uint64_t Engine::add_request(Request req) {
+void Engine::validate(const Request& req) const {
   const int64_t V = model_.config().vocab_size;
   APUS_CHECK(!req.prompt.empty(), "the prompt is empty");
   APUS_CHECK(int(req.prompt.size()) < config_.max_model_len,
@@ -42,7 +42,12 @@ uint64_t Engine::add_request(Request req) {
   for (int32_t t : req.prompt) APUS_CHECK(t >= 0 && t < V, "prompt token id {} is outside the vocabulary (size {})", t, V);
   APUS_CHECK(req.n >= 1, "n must be at least 1");
   APUS_CHECK(req.params.max_tokens >= 1, "max_tokens must be at least 1");
-  const uint64_t rid = next_request_++;
+}
+
+uint64_t Engine::add_request(Request req, uint64_t id) {
+  validate(req);
+  const uint64_t rid = id ? id : next_request_++;
+  APUS_CHECK(!stop_ids_.count(rid), "request id {} is already in use", rid);
   std::vector<int32_t> stops = req.stop_token_ids;
   if (!req.params.ignore_eos)
     for (int32_t e : model_.config().eos_token_ids) stops.push_back(e);

@@ -53,8 +53,11 @@ class Engine {
  public:
   Engine(DecoderModel& model, EngineConfig config);
 
-  // Queues a request; returns its id. Throws apus::Error for a prompt that can never run.
-  uint64_t add_request(Request req);
+  // Throws apus::Error for a request that can never run. Reads only immutable state, so any
+  // thread may call it.
+  void validate(const Request& req) const;
+  // Validates and queues a request; returns its id (`id`, or a fresh one when 0).
+  uint64_t add_request(Request req, uint64_t id = 0);
   // Cancels a request: its sequences leave the batch and free their blocks at once.
   void abort(uint64_t request_id);
   // Runs one forward step over the scheduled batch and returns what it produced.

@@ -1,0 +1,75 @@
+// The engine loop thread. Callers (HTTP handlers, the offline API, the REPL) submit requests and
+// read their own RequestStream; only the loop thread touches the Engine, so no lock is ever held
+// around model state.
+#pragma once
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace apus {
+
+// One request's outputs, in order, as the loop thread produces them.
+class RequestStream {
+ public:
+  explicit RequestStream(int num_choices) : open_choices_(num_choices) {}
+  uint64_t id() const { return id_; }
+  // Waits for the next output; false once every choice has finished and all were read, or on
+  // timeout (check done()).
+  bool next(SeqOutput& out, std::chrono::milliseconds timeout = std::chrono::hours(24));
+  bool done() const;
+  // Set when the engine failed while running this request (the message says why).
+  std::string error() const;
+
+ private:
+  friend class AsyncEngine;
+  bool push(SeqOutput out);  // true when this closed the stream (its last choice finished)
+  void fail(const std::string& message);
+
+  uint64_t id_ = 0;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<SeqOutput> queue_;
+  int open_choices_;
+  std::string error_;
+};
+
+class AsyncEngine {
+ public:
+  AsyncEngine(DecoderModel& model, EngineConfig config);
+  ~AsyncEngine();  // cancels whatever is still running and joins the loop thread
+
+  // Validates on the caller's thread (throws apus::Error for a request that can never run), then
+  // queues the request for the loop thread.
+  std::shared_ptr<RequestStream> submit(Request req);
+  // Cancels a request; its blocks are freed before the next step.
+  void abort(uint64_t request_id);
+
+  struct Snapshot {
+    size_t running = 0, waiting = 0;
+    int free_blocks = 0, total_blocks = 0;
+    EngineStats stats;
+  };
+  Snapshot snapshot() const;  // updated after every step
+  int max_model_len() const { return engine_.max_model_len(); }
+
+ private:
+  void loop();
+
+  Engine engine_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::pair<Request, std::shared_ptr<RequestStream>>> incoming_;
+  std::vector<uint64_t> aborts_;
+  std::unordered_map<uint64_t, std::shared_ptr<RequestStream>> streams_;  // loop thread only
+  Snapshot snapshot_;
+  uint64_t next_id_ = 1;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace apus
