@@ -2,6 +2,7 @@
 // memory bandwidth (weight + KV bytes per token over the read bandwidth this machine shows now).
 #include <chrono>
 #include <cstring>
+#include <random>
 #include <iostream>
 
 #include "cli/commands.h"
@@ -9,6 +10,7 @@
 #include "core/error.h"
 #include "core/random.h"
 #include "core/thread_pool.h"
+#include "engine/engine.h"
 #include "engine/generate.h"
 
 namespace apus::cli {
@@ -96,6 +98,97 @@ void run_latency(const LatencyArgs& a) {
                            decode_tps / floor_tps);
 }
 
+struct ThroughputArgs {
+  ModelOptions model;
+  int num_prompts = 64;
+  int input_len = 128;
+  int output_len = 64;
+  double range_ratio = 0.0;  // lengths uniform in [len * (1 - r), len * (1 + r)]
+  std::string dataset = "random";  // random | sharegpt-like
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 2048;
+  double kv_cache_gib = 1.0;
+  bool compare_sequential = false;
+  uint64_t seed = 0;
+};
+
+// ShareGPT-like lengths: log-normal fits of the conversation set vLLM benchmarks use (median
+// prompt ~ 170 tokens, median reply ~ 200, long tails), clipped to [4, 2048].
+int lognormal_len(std::mt19937_64& rng, double median, double sigma) {
+  std::lognormal_distribution<double> d(std::log(median), sigma);
+  return std::clamp(int(d(rng)), 4, 2048);
+}
+
+std::vector<Request> make_requests(const ThroughputArgs& a, int64_t vocab) {
+  std::mt19937_64 rng(a.seed);
+  std::vector<Request> reqs;
+  for (int i = 0; i < a.num_prompts; ++i) {
+    int in = a.input_len, out = a.output_len;
+    if (a.dataset == "sharegpt-like") {
+      in = lognormal_len(rng, 170, 1.0);
+      out = lognormal_len(rng, 200, 0.9);
+    } else if (a.range_ratio > 0) {
+      std::uniform_int_distribution<int> din(int(in * (1 - a.range_ratio)), int(in * (1 + a.range_ratio)));
+      std::uniform_int_distribution<int> dout(int(out * (1 - a.range_ratio)), int(out * (1 + a.range_ratio)));
+      in = std::max(1, din(rng));
+      out = std::max(1, dout(rng));
+    }
+    Request r;
+    for (int t = 0; t < in; ++t) r.prompt.push_back(int32_t(rng() % uint64_t(vocab)));
+    r.params.temperature = 0.0f;
+    r.params.max_tokens = out;
+    r.params.ignore_eos = true;
+    reqs.push_back(std::move(r));
+  }
+  return reqs;
+}
+
+struct ThroughputResult {
+  double seconds;
+  size_t input_tokens, output_tokens;
+};
+
+ThroughputResult time_engine(DecoderModel& m, EngineConfig cfg, const std::vector<Request>& reqs) {
+  Engine engine(m, cfg);
+  auto t0 = std::chrono::steady_clock::now();
+  auto out = run_to_completion(engine, reqs);
+  ThroughputResult r{std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 0, 0};
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    r.input_tokens += reqs[i].prompt.size();
+    for (const auto& o : out[i]) r.output_tokens += o.new_tokens.size();
+  }
+  return r;
+}
+
+void print_throughput(const char* label, const ThroughputResult& r, size_t n) {
+  std::cout << fmt::format("{:<12} {:.2f} requests/s, {:.1f} input tokens/s, {:.2f} output tokens/s ({} requests in {:.2f} s)\n",
+                           label, n / r.seconds, r.input_tokens / r.seconds, r.output_tokens / r.seconds, n, r.seconds);
+}
+
+void run_throughput(const ThroughputArgs& a) {
+  auto backend = make_cpu_backend(a.model.num_threads());
+  auto m = load_model(a.model.resolved(), *backend);
+  const auto reqs = make_requests(a, m->config().vocab_size);
+  EngineConfig cfg;
+  cfg.scheduler.max_num_seqs = a.max_num_seqs;
+  cfg.scheduler.max_num_batched_tokens = a.max_num_batched_tokens;
+  cfg.kv_cache_bytes = size_t(a.kv_cache_gib * double(1ull << 30));
+  std::cout << fmt::format("model        {} on {}\n",
+                           a.model.load.config_preset.empty() ? a.model.load.model_dir : a.model.load.config_preset,
+                           backend->name());
+  std::cout << fmt::format("workload     {} requests, {} ({} in / {} out nominal), max_num_seqs {}, max_num_batched_tokens {}\n",
+                           reqs.size(), a.dataset, a.input_len, a.output_len, a.max_num_seqs, a.max_num_batched_tokens);
+  const ThroughputResult batched = time_engine(*m, cfg, reqs);
+  print_throughput("batched", batched, reqs.size());
+  if (a.compare_sequential) {
+    cfg.scheduler.max_num_seqs = 1;
+    const ThroughputResult seq = time_engine(*m, cfg, reqs);
+    print_throughput("one-at-a-time", seq, reqs.size());
+    std::cout << fmt::format("speed-up     {:.2f}x output tokens/s from batching\n",
+                             (batched.output_tokens / batched.seconds) / (seq.output_tokens / seq.seconds));
+  }
+}
+
 }  // namespace
 
 void add_bench(CLI::App& root) {
@@ -110,6 +203,25 @@ void add_bench(CLI::App& root) {
   lat->callback([args] {
     APUS_CHECK(args->input_len > 0 && args->output_len > 1, "--input-len must be > 0 and --output-len > 1");
     run_latency(*args);
+  });
+
+  auto* thr = bench->add_subcommand("throughput", "Offline throughput of many requests (like vLLM's)");
+  auto targs = std::make_shared<ThroughputArgs>();
+  targs->model.add_to(*thr);
+  thr->add_option(opt("num-prompts"), targs->num_prompts);
+  thr->add_option(opt("input-len"), targs->input_len);
+  thr->add_option(opt("output-len"), targs->output_len);
+  thr->add_option(opt("random-range-ratio"), targs->range_ratio, "spread of random lengths around the nominal ones");
+  thr->add_option(opt("dataset"), targs->dataset, "random | sharegpt-like (log-normal ShareGPT-shaped lengths)");
+  thr->add_option(opt("max-num-seqs"), targs->max_num_seqs);
+  thr->add_option(opt("max-num-batched-tokens"), targs->max_num_batched_tokens);
+  thr->add_option(opt("kv-cache-gib"), targs->kv_cache_gib, "KV cache memory budget");
+  thr->add_option(opt("seed"), targs->seed);
+  thr->add_flag(opt("compare-sequential"), targs->compare_sequential, "also run the requests one at a time and print the speed-up");
+  thr->callback([targs] {
+    APUS_CHECK(targs->num_prompts > 0 && targs->input_len > 0 && targs->output_len > 0, "lengths and counts must be positive");
+    APUS_CHECK(targs->dataset == "random" || targs->dataset == "sharegpt-like", "--dataset must be random or sharegpt-like");
+    run_throughput(*targs);
   });
 }
 

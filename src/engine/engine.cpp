@@ -16,9 +16,10 @@ int resolve_num_blocks(const DecoderModel& m, const EngineConfig& c, DType kv_dt
 
 }  // namespace
 
-Engine::Engine(DecoderModel& model, EngineConfig config)
+Engine::Engine(DecoderModel& model, EngineConfig config, const Tokenizer* tokenizer)
     : model_(model),
       config_(config),
+      tokenizer_(tokenizer),
       cache_(KvCache::create(model.backend(), model.config(),
                              resolve_num_blocks(model, config, model.backend().activation_dtype()), config.block_size)),
       blocks_(cache_.num_blocks, config.block_size),
@@ -42,6 +43,7 @@ void Engine::validate(const Request& req) const {
   for (int32_t t : req.prompt) APUS_CHECK(t >= 0 && t < V, "prompt token id {} is outside the vocabulary (size {})", t, V);
   APUS_CHECK(req.n >= 1, "n must be at least 1");
   APUS_CHECK(req.params.max_tokens >= 1, "max_tokens must be at least 1");
+  APUS_CHECK(req.stop.empty() || tokenizer_, "stop strings need a tokenizer");
 }
 
 uint64_t Engine::add_request(Request req, uint64_t id) {
@@ -64,6 +66,9 @@ uint64_t Engine::add_request(Request req, uint64_t id) {
     s->priority = req.priority;
     s->arrival = arrivals_++;
     s->cache_salt = req.cache_salt;
+    if (tokenizer_)
+      s->detokenizer = std::make_unique<IncrementalDetokenizer>(*tokenizer_, req.prompt, req.skip_special_tokens, req.stop,
+                                                                req.include_stop_str_in_output);
     scheduler_.add(s.get());
     seqs_.emplace(s->id, std::move(s));
   }
@@ -136,7 +141,9 @@ std::vector<SeqOutput> Engine::step() {
     s->num_computed += n;
     if (s->num_computed < s->length()) continue;  // a prefill chunk: nothing to sample yet
 
-    SeqOutput out{s->request_id, s->index, {}, {}, {}, false, {}};
+    SeqOutput out;
+    out.request_id = s->request_id;
+    out.index = s->index;
     const float* raw = logits_.data() + int64_t(logit_row++) * V;
     const float* use = raw;
     if (needs_processing(s->params, s->num_generated())) {
@@ -154,8 +161,15 @@ std::vector<SeqOutput> Engine::step() {
     if (s->params.logprobs > 0) out.logprobs.push_back(top_logprobs(lp.data(), V, s->params.logprobs));
     s->tokens.push_back(tok);
     stats_.generated_tokens++;
-    if (hit_stop(*s, tok)) finish(*s, "stop", out);
-    else if (s->num_generated() >= s->params.max_tokens || s->length() >= config_.max_model_len) finish(*s, "length", out);
+    if (s->detokenizer && s->detokenizer->add({tok})) {
+      out.stop_reason = s->detokenizer->matched_stop();
+      finish(*s, "stop", out);
+    } else if (hit_stop(*s, tok)) {
+      finish(*s, "stop", out);
+    } else if (s->num_generated() >= s->params.max_tokens || s->length() >= config_.max_model_len) {
+      finish(*s, "length", out);
+    }
+    if (s->detokenizer) out.text = s->detokenizer->take_delta(out.finished);
     outputs.push_back(std::move(out));
   }
   // Finished sequences are dropped once their last output is built.
@@ -196,8 +210,10 @@ std::vector<std::vector<SeqOutput>> run_to_completion(Engine& engine, std::vecto
       acc.new_tokens.insert(acc.new_tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
       acc.new_token_logprobs.insert(acc.new_token_logprobs.end(), o.new_token_logprobs.begin(), o.new_token_logprobs.end());
       for (auto& l : o.logprobs) acc.logprobs.push_back(std::move(l));
+      acc.text += o.text;
       acc.finished = o.finished;
       acc.finish_reason = o.finish_reason;
+      acc.stop_reason = o.stop_reason;
     }
   }
   return results;

@@ -31,17 +31,22 @@ struct Request {
   int priority = 0;
   uint64_t cache_salt = 0;
   std::vector<int32_t> stop_token_ids;  // in addition to the model's eos (unless ignore_eos)
+  std::vector<std::string> stop;        // stop strings (need a tokenizer)
+  bool include_stop_str_in_output = false;
+  bool skip_special_tokens = true;
 };
 
 // What one step produced for one sequence.
 struct SeqOutput {
-  uint64_t request_id;
-  int index;                       // choice index (n > 1)
+  uint64_t request_id = 0;
+  int index = 0;                   // choice index (n > 1)
   std::vector<int32_t> new_tokens;  // usually one; empty for a prefill chunk that sampled nothing
   std::vector<std::vector<std::pair<int, float>>> logprobs;  // per new token, when requested
   std::vector<float> new_token_logprobs;                     // logprob of each new token
+  std::string text;                 // new text (with a tokenizer), UTF-8 complete
   bool finished = false;
-  std::string finish_reason;        // "stop" | "length" | "abort"
+  std::string finish_reason;        // "stop" | "length"
+  std::string stop_reason;          // the stop string that ended it, if any
 };
 
 struct EngineStats {
@@ -51,7 +56,8 @@ struct EngineStats {
 
 class Engine {
  public:
-  Engine(DecoderModel& model, EngineConfig config);
+  // With a tokenizer the engine also produces text and honours stop strings.
+  Engine(DecoderModel& model, EngineConfig config, const Tokenizer* tokenizer = nullptr);
 
   // Throws apus::Error for a request that can never run. Reads only immutable state, so any
   // thread may call it.
@@ -77,6 +83,7 @@ class Engine {
 
   DecoderModel& model_;
   EngineConfig config_;
+  const Tokenizer* tokenizer_;
   KvCache cache_;
   BlockManager blocks_;
   Scheduler scheduler_;

@@ -4,7 +4,10 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+
 #include "sample/sampler.h"
+#include "text/detokenizer.h"
 
 namespace apus {
 
@@ -29,6 +32,7 @@ struct Sequence {
   std::string finish_reason;
   int num_preemptions = 0;
   int num_cached_prompt_tokens = 0;  // prompt tokens served by the prefix cache at admission
+  std::unique_ptr<IncrementalDetokenizer> detokenizer;  // when the engine has a tokenizer
 
   int length() const { return int(tokens.size()); }
   int num_generated() const { return length() - prompt_len; }
