@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Apus needs to build and test (idempotent; quick when present).
 set -euo pipefail
-PACKAGES=(cmake ninja-build g++ nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev)
+PACKAGES=(cmake ninja-build g++ nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
+          libpcre2-dev libutf8proc-dev libsentencepiece-dev libxxhash-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
