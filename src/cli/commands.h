@@ -6,5 +6,6 @@ namespace apus::cli {
 
 void add_generate(CLI::App& root);
 void add_bench(CLI::App& root);
+void add_tokenize(CLI::App& root);
 
 }  // namespace apus::cli

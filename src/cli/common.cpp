@@ -1,9 +1,11 @@
 #include "cli/common.h"
 
 #include <algorithm>
+#include <filesystem>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "text/model_types.h"
 
 namespace apus::cli {
 
@@ -31,6 +33,57 @@ LoadOptions ModelOptions::resolved() const {
   else if (dtype == "float32" || dtype == "fp32" || dtype == "float") o.dummy_dtype = DType::F32;
   else fail("unknown --dtype \"{}\" (bfloat16, float16, float32)", dtype);
   return o;
+}
+
+bool has_tokenizer(const std::string& dir) {
+  namespace fs = std::filesystem;
+  return !dir.empty() && (fs::exists(fs::path(dir) / "tokenizer.json") || fs::exists(fs::path(dir) / "tokenizer.model"));
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir, const std::string& why) {
+  APUS_CHECK(!dir.empty(), "{} needs a tokenizer: give --model DIR holding tokenizer.json or tokenizer.model", why);
+  APUS_CHECK(has_tokenizer(dir), "{} needs a tokenizer, and {} has no tokenizer.json or tokenizer.model", why, dir);
+  return Tokenizer::load(dir);
+}
+
+void TemplateOptions::add_to(CLI::App& app) {
+  app.add_option(opt("template-type"), template_type,
+                 "named template type (qwen, chatml, yi, llama, llama3, chatglm3, default, default-generation); "
+                 "default: the model type's, else the checkpoint's chat_template, else default");
+  app.add_option(opt("model-type"), model_type, "the reference tool's model type, e.g. qwen-7b-chat");
+  system_opt = app.add_option(opt("system"), system, "system prompt for conversations that have none");
+}
+
+std::unique_ptr<ChatTemplate> TemplateOptions::make(const Tokenizer& tok, const std::string& tokenizer_dir) const {
+  std::string type = template_type;
+  if ((type.empty() || type == "auto" || type == "AUTO") && !model_type.empty())
+    type = std::string(find_model_type(model_type).template_type);
+  else if (!model_type.empty())
+    find_model_type(model_type);  // still reject unknown names
+  return select_template(tok, type, "default", read_special_tokens_map(tokenizer_dir));
+}
+
+std::vector<ChatMessage> TemplateOptions::conversation(const std::string& json_text, const ChatTemplate& tmpl) const {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(json_text);
+  } catch (const nlohmann::json::exception& e) {
+    fail("--chat: invalid JSON ({}); expected a messages array like [{{\"role\": \"user\", \"content\": \"hi\"}}]",
+         e.what());
+  }
+  std::vector<ChatMessage> messages = parse_messages(j);
+  if (system_opt && system_opt->count() > 0 && (tmpl.name() != "jinja" || !system.empty()))
+    messages = with_default_system(std::move(messages), system);
+  return messages;
+}
+
+std::vector<std::string> TemplateOptions::stop_words(const ChatTemplate& tmpl) const {
+  std::vector<std::string> words = tmpl.stop_words();
+  if (!model_type.empty()) {
+    const std::string eos(find_model_type(model_type).eos_token);
+    if (!eos.empty() && std::find(words.begin(), words.end(), eos) == words.end()) words.push_back(eos);
+  }
+  return words;
 }
 
 }  // namespace apus::cli

@@ -1,9 +1,13 @@
-// Options shared by the subcommands that load a model.
+// Options shared by the subcommands that load a model or build prompts.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "model/load.h"
+#include "text/chat_template.h"
+#include "text/tokenizer/tokenizer.h"
 
 namespace apus::cli {
 
@@ -17,6 +21,27 @@ struct ModelOptions {
   void add_to(CLI::App& app);
   LoadOptions resolved() const;    // threads and dtype applied
   int num_threads() const;
+};
+
+// The tokenizer files in `dir`; `why` says which option needs them when they are missing.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir, const std::string& why);
+bool has_tokenizer(const std::string& dir);
+
+// --template_type / --model_type / --system: how a conversation becomes a prompt.
+struct TemplateOptions {
+  std::string template_type;  // a named template type; empty: the checkpoint's chat_template
+  std::string model_type;     // the reference's --model_type: its template type and eos token
+  std::string system;
+  CLI::Option* system_opt = nullptr;
+  void add_to(CLI::App& app);
+  // --template_type, else --model_type's template type, else the checkpoint's chat_template,
+  // else "default" (select_template); the special tokens come from `tokenizer_dir`.
+  std::unique_ptr<ChatTemplate> make(const Tokenizer& tok, const std::string& tokenizer_dir) const;
+  // A --chat JSON messages array, with --system in front when the conversation has no system
+  // message (for a Jinja template only when --system is non-empty).
+  std::vector<ChatMessage> conversation(const std::string& json_text, const ChatTemplate& tmpl) const;
+  // The template's stop words plus --model_type's eos token.
+  std::vector<std::string> stop_words(const ChatTemplate& tmpl) const;
 };
 
 }  // namespace apus::cli

@@ -1,5 +1,5 @@
-// `apus generate`: run one prompt of token ids and print the continuation (a test and debug entry
-// point that users keep for scripting).
+// `apus generate`: run one prompt (token ids, text, or a chat conversation) and print the
+// continuation (a test and debug entry point that users keep for scripting).
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -7,7 +7,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "core/error.h"
-#include "engine/generate.h"
+#include "engine/engine.h"
 
 namespace apus::cli {
 
@@ -30,54 +30,113 @@ std::vector<int32_t> parse_ids(const std::string& s) {
   return ids;
 }
 
+struct GenerateArgs {
+  ModelOptions model;
+  SamplingParams params;
+  TemplateOptions tmpl;
+  CLI::Option *prompt_ids_opt = nullptr, *prompt_opt = nullptr, *chat_opt = nullptr;
+  std::string prompt_ids, prompt, chat;
+  bool json = false;
+};
+
+// Stop words that are one special token of the tokenizer also stop as that id: the detokenizer
+// matches stop strings in text decoded without special tokens, where they never appear.
+std::vector<int32_t> special_stop_ids(const Tokenizer& tok, const std::vector<std::string>& words) {
+  std::vector<int32_t> ids;
+  for (const std::string& w : words) {
+    auto id = tok.token_to_id(w);
+    if (id && tok.is_special(*id) && tok.encode(w, false) == std::vector<int32_t>{*id}) ids.push_back(*id);
+  }
+  return ids;
+}
+
+void run_generate(const GenerateArgs& a) {
+  const int given = int(a.prompt_ids_opt->count() > 0) + int(a.prompt_opt->count() > 0) + int(a.chat_opt->count() > 0);
+  APUS_CHECK(given == 1, "give exactly one of --prompt-ids, --prompt and --chat");
+  const std::string& dir = a.model.load.model_dir;
+
+  std::unique_ptr<Tokenizer> tok;
+  Request req;
+  req.params = a.params;
+  std::string prompt_text;
+  if (a.prompt_ids_opt->count()) {
+    req.prompt = parse_ids(a.prompt_ids);
+    APUS_CHECK(!req.prompt.empty(), "--prompt-ids is empty");
+    if (has_tokenizer(dir)) tok = Tokenizer::load(dir);  // only for the output text
+  } else if (a.prompt_opt->count()) {
+    tok = load_tokenizer(dir, "--prompt");
+    req.prompt = tok->encode(a.prompt, true);  // as vLLM tokenizes a completion prompt
+    APUS_CHECK(!req.prompt.empty(), "--prompt encodes to no tokens");
+  } else {
+    tok = load_tokenizer(dir, "--chat");
+    auto tmpl = a.tmpl.make(*tok, dir);
+    RenderedPrompt p = tmpl->render(a.tmpl.conversation(a.chat, *tmpl), true);
+    prompt_text = std::move(p.text);
+    req.prompt = std::move(p.ids);
+    req.stop = a.tmpl.stop_words(*tmpl);
+    req.stop_token_ids = special_stop_ids(*tok, req.stop);
+  }
+
+  auto backend = make_cpu_backend(a.model.num_threads());
+  auto m = load_model(a.model.resolved(), *backend);
+  // One sequence: a cache just large enough, the whole prompt in one step (as generate() does).
+  EngineConfig cfg;
+  const int len = int(req.prompt.size()) + std::max(1, a.params.max_tokens);
+  cfg.num_blocks = (len + cfg.block_size - 1) / cfg.block_size;
+  cfg.max_model_len = len;
+  cfg.scheduler.max_num_batched_tokens = std::max<int>(1, int(req.prompt.size()));
+  cfg.scheduler.enable_prefix_caching = false;
+  Engine engine(*m, cfg, tok.get());
+  const std::vector<int32_t> prompt = req.prompt;
+  SeqOutput out = std::move(run_to_completion(engine, {std::move(req)})[0][0]);
+
+  if (a.json) {
+    nlohmann::json j;
+    j["token_ids"] = out.new_tokens;
+    j["finish_reason"] = out.finish_reason;
+    if (a.params.logprobs > 0) {
+      nlohmann::json steps = nlohmann::json::array();
+      for (const auto& step : out.logprobs) {
+        nlohmann::json s = nlohmann::json::array();
+        for (auto [id, lp] : step) s.push_back({id, lp});
+        steps.push_back(s);
+      }
+      j["logprobs"] = steps;
+    }
+    j["prompt_token_ids"] = prompt;
+    if (tok) j["text"] = out.text;
+    if (a.chat_opt->count()) j["prompt_text"] = prompt_text;
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else if (a.prompt_ids_opt->count() || !tok) {
+    for (size_t i = 0; i < out.new_tokens.size(); ++i) std::cout << (i ? "," : "") << out.new_tokens[i];
+    std::cout << "\nfinish_reason: " << out.finish_reason << "\n";
+  } else {
+    std::cout << out.text << "\nfinish_reason: " << out.finish_reason << "\n";
+  }
+}
+
 }  // namespace
 
 void add_generate(CLI::App& root) {
   auto* app = root.add_subcommand("generate", "Generate a continuation of one prompt");
-  auto model = std::make_shared<ModelOptions>();
-  auto params = std::make_shared<SamplingParams>();
-  auto prompt_ids = std::make_shared<std::string>();
-  auto json_out = std::make_shared<bool>(false);
-  model->add_to(*app);
-  params->temperature = 1.0f;
-  app->add_option(opt("prompt-ids"), *prompt_ids, "comma-separated token ids")->required();
-  app->add_option(opt("max-tokens") + "," + opt("max-new-tokens"), params->max_tokens, "tokens to generate");
-  app->add_option(opt("temperature"), params->temperature, "0 = greedy");
-  app->add_option(opt("top-p"), params->top_p);
-  app->add_option(opt("top-k"), params->top_k);
-  app->add_option(opt("min-p"), params->min_p);
-  app->add_option(opt("seed"), params->seed);
-  app->add_option(opt("logprobs"), params->logprobs, "report the top N log-probabilities of each step");
-  app->add_flag(opt("ignore-eos"), params->ignore_eos);
-  app->add_flag(opt("json"), *json_out, "print one JSON object");
-  app->callback([=] {
-    std::vector<int32_t> prompt = parse_ids(*prompt_ids);
-    APUS_CHECK(!prompt.empty(), "--prompt-ids is empty");
-    auto backend = make_cpu_backend(model->num_threads());
-    auto m = load_model(model->resolved(), *backend);
-    for (int32_t id : prompt)
-      APUS_CHECK(id < m->config().vocab_size, "prompt token id {} is outside the vocabulary (size {})", id,
-                 m->config().vocab_size);
-    GenerateResult r = generate(*m, prompt, *params);
-    if (*json_out) {
-      nlohmann::json j;
-      j["token_ids"] = r.token_ids;
-      j["finish_reason"] = r.finish_reason;
-      if (params->logprobs > 0) {
-        nlohmann::json steps = nlohmann::json::array();
-        for (const auto& step : r.logprobs) {
-          nlohmann::json s = nlohmann::json::array();
-          for (auto [id, lp] : step) s.push_back({id, lp});
-          steps.push_back(s);
-        }
-        j["logprobs"] = steps;
-      }
-      std::cout << j.dump() << "\n";
-    } else {
-      for (size_t i = 0; i < r.token_ids.size(); ++i) std::cout << (i ? "," : "") << r.token_ids[i];
-      std::cout << "\nfinish_reason: " << r.finish_reason << "\n";
-    }
-  });
+  auto a = std::make_shared<GenerateArgs>();
+  a->model.add_to(*app);
+  a->params.temperature = 1.0f;
+  a->prompt_ids_opt = app->add_option(opt("prompt-ids"), a->prompt_ids, "comma-separated token ids");
+  a->prompt_opt = app->add_option(opt("prompt"), a->prompt, "text, tokenized with the special tokens (BOS) added");
+  a->chat_opt = app->add_option(opt("chat"), a->chat,
+                                "a JSON messages array, rendered with the chat template and its generation prompt");
+  a->tmpl.add_to(*app);
+  app->add_option(opt("max-tokens") + "," + opt("max-new-tokens"), a->params.max_tokens, "tokens to generate");
+  app->add_option(opt("temperature"), a->params.temperature, "0 = greedy");
+  app->add_option(opt("top-p"), a->params.top_p);
+  app->add_option(opt("top-k"), a->params.top_k);
+  app->add_option(opt("min-p"), a->params.min_p);
+  app->add_option(opt("seed"), a->params.seed);
+  app->add_option(opt("logprobs"), a->params.logprobs, "report the top N log-probabilities of each step");
+  app->add_flag(opt("ignore-eos"), a->params.ignore_eos);
+  app->add_flag(opt("json"), a->json, "print one JSON object");
+  app->callback([a] { run_generate(*a); });
 }
 
 }  // namespace apus::cli
