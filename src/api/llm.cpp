@@ -56,6 +56,7 @@ Request make_request(const LlmEngine& e, const ChatTemplate& tmpl, const InferRe
   req.params.seed = g.seed;
   req.stop = tmpl.stop_words();
   req.stop.insert(req.stop.end(), g.stop.begin(), g.stop.end());
+  req.stop_token_ids = special_stop_ids(e.tokenizer(), req.stop);
   return req;
 }
 

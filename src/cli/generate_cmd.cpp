@@ -7,7 +7,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "core/error.h"
-#include "engine/engine.h"
+#include "engine/generate.h"
 
 namespace apus::cli {
 
@@ -39,17 +39,6 @@ struct GenerateArgs {
   bool json = false;
 };
 
-// Stop words that are one special token of the tokenizer also stop as that id: the detokenizer
-// matches stop strings in text decoded without special tokens, where they never appear.
-std::vector<int32_t> special_stop_ids(const Tokenizer& tok, const std::vector<std::string>& words) {
-  std::vector<int32_t> ids;
-  for (const std::string& w : words) {
-    auto id = tok.token_to_id(w);
-    if (id && tok.is_special(*id) && tok.encode(w, false) == std::vector<int32_t>{*id}) ids.push_back(*id);
-  }
-  return ids;
-}
-
 void run_generate(const GenerateArgs& a) {
   const int given = int(a.prompt_ids_opt->count() > 0) + int(a.prompt_opt->count() > 0) + int(a.chat_opt->count() > 0);
   APUS_CHECK(given == 1, "give exactly one of --prompt-ids, --prompt and --chat");
@@ -79,20 +68,12 @@ void run_generate(const GenerateArgs& a) {
 
   auto backend = make_cpu_backend(a.model.num_threads());
   auto m = load_model(a.model.resolved(), *backend);
-  // One sequence: a cache just large enough, the whole prompt in one step (as generate() does).
-  EngineConfig cfg;
-  const int len = int(req.prompt.size()) + std::max(1, a.params.max_tokens);
-  cfg.num_blocks = (len + cfg.block_size - 1) / cfg.block_size;
-  cfg.max_model_len = len;
-  cfg.scheduler.max_num_batched_tokens = std::max<int>(1, int(req.prompt.size()));
-  cfg.scheduler.enable_prefix_caching = false;
-  Engine engine(*m, cfg, tok.get());
   const std::vector<int32_t> prompt = req.prompt;
-  SeqOutput out = std::move(run_to_completion(engine, {std::move(req)})[0][0]);
+  GenerateResult out = generate(*m, std::move(req), tok.get());
 
   if (a.json) {
     nlohmann::json j;
-    j["token_ids"] = out.new_tokens;
+    j["token_ids"] = out.token_ids;
     j["finish_reason"] = out.finish_reason;
     if (a.params.logprobs > 0) {
       nlohmann::json steps = nlohmann::json::array();
@@ -108,7 +89,7 @@ void run_generate(const GenerateArgs& a) {
     if (a.chat_opt->count()) j["prompt_text"] = prompt_text;
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else if (a.prompt_ids_opt->count() || !tok) {
-    for (size_t i = 0; i < out.new_tokens.size(); ++i) std::cout << (i ? "," : "") << out.new_tokens[i];
+    for (size_t i = 0; i < out.token_ids.size(); ++i) std::cout << (i ? "," : "") << out.token_ids[i];
     std::cout << "\nfinish_reason: " << out.finish_reason << "\n";
   } else {
     std::cout << out.text << "\nfinish_reason: " << out.finish_reason << "\n";

@@ -174,4 +174,13 @@ std::vector<ChatMessage> with_default_system(std::vector<ChatMessage> messages, 
   return messages;
 }
 
+std::vector<int32_t> special_stop_ids(const Tokenizer& tok, const std::vector<std::string>& words) {
+  std::vector<int32_t> ids;
+  for (const std::string& w : words) {
+    auto id = tok.token_to_id(w);
+    if (id && tok.is_special(*id) && tok.encode(w, false) == std::vector<int32_t>{*id}) ids.push_back(*id);
+  }
+  return ids;
+}
+
 }  // namespace apus

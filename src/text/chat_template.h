@@ -77,6 +77,10 @@ nlohmann::ordered_json read_special_tokens_map(const std::string& dir);
 // Throws apus::Error naming the offending element.
 std::vector<ChatMessage> parse_messages(const nlohmann::json& messages);
 
+// The ids of those stop words that are a single special token. The detokenizer matches stop strings
+// in text decoded without special tokens, where such words never appear, so they stop as ids.
+std::vector<int32_t> special_stop_ids(const Tokenizer& tok, const std::vector<std::string>& words);
+
 // `messages` with a system message in front carrying `system`, unless it starts with one.
 std::vector<ChatMessage> with_default_system(std::vector<ChatMessage> messages, const std::string& system);
 
