@@ -237,6 +237,29 @@ TEST_F(EngineTest, FuzzArrivalsLengthsAndCancellations) {
   }
 }
 
+TEST_F(EngineTest, PromptLogprobsMatchTransformers) {
+  // The fixture's reference log-softmax of every prompt position (transformers, float32).
+  const auto fx = test::read_json(std::string(APUS_SOURCE_DIR) + "/tests/golden/llama_gqa_f32.json");
+  const auto prompt = fx["prompt"].get<std::vector<int32_t>>();
+  for (int chunk : {2048, 5}) {  // whole prompt, and chunked prefill
+    Request r = greedy(prompt, 2);
+    r.params.prompt_logprobs = 3;
+    Engine e(*model_, config(512, chunk));
+    auto out = run_to_completion(e, {r, r})[0][0];  // a second identical request: no prefix sharing
+    ASSERT_EQ(out.prompt_logprobs.size(), prompt.size() - 1);
+    for (size_t i = 1; i < prompt.size(); ++i) {
+      const auto& pl = out.prompt_logprobs[i - 1];
+      EXPECT_EQ(pl.token, prompt[i]);
+      EXPECT_NEAR(pl.logprob, fx["prompt_logprobs"][i - 1][size_t(prompt[i])].get<double>(), 2e-3) << i;
+      ASSERT_EQ(pl.top.size(), 3u);
+      EXPECT_GE(pl.top[0].second, pl.logprob);
+    }
+    if (fx["step_margins"][0].get<double>() > 0.05) {
+      EXPECT_EQ(out.new_tokens[0], fx["generated"][0].get<int32_t>());
+    }
+  }
+}
+
 TEST_F(EngineTest, LoopThreadServesConcurrentCallers) {
   std::mt19937 rng(9);
   std::vector<Request> reqs;

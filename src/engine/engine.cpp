@@ -119,6 +119,9 @@ std::vector<SeqOutput> Engine::step() {
       b.tokens.push_back(s->tokens[size_t(pos)]);
       b.slot_mapping.push_back(s->block_table[size_t(pos / bs)] * bs + pos % bs);
     }
+    if (s->collecting_prompt_logprobs())  // position p's logits score prompt token p + 1
+      for (int j = 0; j < n; ++j)
+        if (s->num_computed + j < s->prompt_len - 1) b.logit_rows.push_back(b.q_start.back() + j);
     if (s->num_computed + n == s->length()) b.logit_rows.push_back(int32_t(b.tokens.size()) - 1);
     b.q_start.push_back(int32_t(b.tokens.size()));
     b.ctx_len.push_back(s->num_computed + n);
@@ -138,12 +141,22 @@ std::vector<SeqOutput> Engine::step() {
   std::vector<float> row, lp;
   size_t logit_row = 0;
   for (const auto& [s, n] : sched) {
+    if (s->collecting_prompt_logprobs()) {
+      for (int pos = s->num_computed; pos < std::min(s->num_computed + n, s->prompt_len - 1); ++pos) {
+        lp.resize(size_t(V));
+        log_softmax(logits_.data() + int64_t(logit_row++) * V, V, lp.data());
+        if (size_t(pos) != s->prompt_logprobs.size()) continue;  // recomputed after a preemption
+        const int32_t t = s->tokens[size_t(pos) + 1];
+        s->prompt_logprobs.push_back({t, lp[size_t(t)], top_logprobs(lp.data(), V, s->params.prompt_logprobs)});
+      }
+    }
     s->num_computed += n;
     if (s->num_computed < s->length()) continue;  // a prefill chunk: nothing to sample yet
 
     SeqOutput out;
     out.request_id = s->request_id;
     out.index = s->index;
+    if (s->num_generated() == 0) out.prompt_logprobs = std::move(s->prompt_logprobs);
     const float* raw = logits_.data() + int64_t(logit_row++) * V;
     const float* use = raw;
     if (needs_processing(s->params, s->num_generated())) {
@@ -210,6 +223,7 @@ std::vector<std::vector<SeqOutput>> run_to_completion(Engine& engine, std::vecto
       acc.new_tokens.insert(acc.new_tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
       acc.new_token_logprobs.insert(acc.new_token_logprobs.end(), o.new_token_logprobs.begin(), o.new_token_logprobs.end());
       for (auto& l : o.logprobs) acc.logprobs.push_back(std::move(l));
+      for (auto& l : o.prompt_logprobs) acc.prompt_logprobs.push_back(std::move(l));
       acc.text += o.text;
       acc.finished = o.finished;
       acc.finish_reason = o.finish_reason;

@@ -83,7 +83,8 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
   while (!waiting_.empty() && budget > 0 && int(running_.size()) < config_.max_num_seqs) {
     Sequence* s = waiting_.front();
     const int bs = blocks_.block_size();
-    if (config_.enable_prefix_caching && s->num_computed == 0) {
+    // Prompt log-probabilities need the logits of every prompt position: no cached prefix then.
+    if (config_.enable_prefix_caching && s->num_computed == 0 && !s->wants_prompt_logprobs()) {
       // At least one token must be computed to produce the next token's logits.
       const int matched = blocks_.match_prefix(s->tokens, s->cache_salt, (s->length() - 1) / bs,
                                                s->block_table, s->block_hashes);

@@ -13,6 +13,13 @@ namespace apus {
 
 enum class SeqStatus { Waiting, Running, Finished };
 
+// The log-probability of one prompt token given the tokens before it, and the top alternatives.
+struct PromptLogprob {
+  int32_t token = 0;
+  float logprob = 0.0f;
+  std::vector<std::pair<int, float>> top;
+};
+
 struct Sequence {
   uint64_t id = 0;          // unique per sequence
   uint64_t request_id = 0;  // several sequences share a request when n > 1
@@ -33,6 +40,10 @@ struct Sequence {
   int num_preemptions = 0;
   int num_cached_prompt_tokens = 0;  // prompt tokens served by the prefix cache at admission
   std::unique_ptr<IncrementalDetokenizer> detokenizer;  // when the engine has a tokenizer
+  std::vector<PromptLogprob> prompt_logprobs;  // for prompt tokens 1.. (token 0 has no context)
+  bool wants_prompt_logprobs() const { return params.prompt_logprobs >= 0; }
+  // Still scoring the prompt (they are reported with the first generated token).
+  bool collecting_prompt_logprobs() const { return wants_prompt_logprobs() && num_generated() == 0; }
 
   int length() const { return int(tokens.size()); }
   int num_generated() const { return length() - prompt_len; }
