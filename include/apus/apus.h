@@ -57,6 +57,7 @@ struct EngineOptions {
   size_t kv_cache_bytes = size_t(1) << 30;
   int max_num_seqs = 256;
   int max_model_len = 0;           // 0: the model's
+  bool verbose = true;             // report the KV cache size on stderr at load
 };
 
 class LlmEngine {

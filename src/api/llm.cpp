@@ -1,6 +1,7 @@
 // The offline inference API (include/apus/apus.h) over the engine.
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "apus/apus.h"
@@ -83,6 +84,7 @@ std::unique_ptr<LlmEngine> LlmEngine::load(const std::string& model_dir, const E
   ec.max_model_len = o.max_model_len;
   ec.scheduler.max_num_seqs = o.max_num_seqs;
   impl->engine = std::make_unique<Engine>(*impl->model, ec, impl->tokenizer.get());
+  if (o.verbose) std::cerr << impl->engine->describe_cache() << "\n";
   std::unique_ptr<LlmEngine> e(new LlmEngine(std::move(impl)));
   e->generation_config = read_generation_config(model_dir);
   return e;

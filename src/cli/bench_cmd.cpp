@@ -150,6 +150,7 @@ struct ThroughputResult {
 
 ThroughputResult time_engine(DecoderModel& m, EngineConfig cfg, const std::vector<Request>& reqs) {
   Engine engine(m, cfg);
+  std::cout << engine.describe_cache() << "\n";
   auto t0 = std::chrono::steady_clock::now();
   auto out = run_to_completion(engine, reqs);
   ThroughputResult r{std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 0, 0};

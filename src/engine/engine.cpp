@@ -199,6 +199,12 @@ std::vector<SeqOutput> Engine::step() {
   return outputs;
 }
 
+std::string Engine::describe_cache() const {
+  return fmt::format("KV cache: {} blocks of {} tokens ({} tokens, {:.1f} MiB); max_model_len {}", cache_.num_blocks,
+                     config_.block_size, cache_.num_blocks * config_.block_size, double(cache_.bytes()) / (1 << 20),
+                     config_.max_model_len);
+}
+
 EngineStats Engine::stats() const {
   EngineStats s = stats_;
   s.preemptions = scheduler_.num_preemptions();

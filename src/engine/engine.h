@@ -75,6 +75,8 @@ class Engine {
   const EngineConfig& config() const { return config_; }
   int max_model_len() const { return config_.max_model_len; }
   EngineStats stats() const;
+  // "KV cache: 4096 blocks of 16 tokens (65536 tokens, 768.0 MiB); max_model_len 32768"
+  std::string describe_cache() const;
   size_t num_waiting() const { return scheduler_.num_waiting(); }
   size_t num_running() const { return scheduler_.num_running(); }
 
