@@ -167,11 +167,13 @@ std::vector<SeqOutput> Engine::step() {
       use = row.data();
     }
     const int32_t tok = sample_token(use, V, s->params, uint64_t(s->num_generated()));
-    lp.resize(size_t(V));
-    log_softmax(raw, V, lp.data());
     out.new_tokens.push_back(tok);
-    out.new_token_logprobs.push_back(lp[size_t(tok)]);
-    if (s->params.logprobs > 0) out.logprobs.push_back(top_logprobs(lp.data(), V, s->params.logprobs));
+    if (s->params.logprobs > 0) {  // a full-vocabulary log-softmax: only when asked for
+      lp.resize(size_t(V));
+      log_softmax(raw, V, lp.data());
+      out.new_token_logprobs.push_back(lp[size_t(tok)]);
+      out.logprobs.push_back(top_logprobs(lp.data(), V, s->params.logprobs));
+    }
     s->tokens.push_back(tok);
     stats_.generated_tokens++;
     if (s->detokenizer && s->detokenizer->add({tok})) {

@@ -42,7 +42,7 @@ struct SeqOutput {
   int index = 0;                   // choice index (n > 1)
   std::vector<int32_t> new_tokens;  // usually one; empty for a prefill chunk that sampled nothing
   std::vector<std::vector<std::pair<int, float>>> logprobs;  // per new token, when requested
-  std::vector<float> new_token_logprobs;                     // logprob of each new token
+  std::vector<float> new_token_logprobs;                     // logprob of each new token (with logprobs)
   std::vector<PromptLogprob> prompt_logprobs;  // with the first token, when requested
   std::string text;                 // new text (with a tokenizer), UTF-8 complete
   bool finished = false;
