@@ -89,7 +89,6 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
       const int matched = blocks_.match_prefix(s->tokens, s->cache_salt, (s->length() - 1) / bs,
                                                s->block_table, s->block_hashes);
       s->num_computed = matched * bs;
-      if (s->num_preemptions == 0) s->num_cached_prompt_tokens = s->num_computed;
     }
     const int n = std::min(s->length() - s->num_computed, budget);
     if (!blocks_.allocate(blocks_needed(*s, n), s->block_table)) {

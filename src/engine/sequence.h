@@ -38,7 +38,6 @@ struct Sequence {
   SeqStatus status = SeqStatus::Waiting;
   std::string finish_reason;
   int num_preemptions = 0;
-  int num_cached_prompt_tokens = 0;  // prompt tokens served by the prefix cache at admission
   std::unique_ptr<IncrementalDetokenizer> detokenizer;  // when the engine has a tokenizer
   std::vector<PromptLogprob> prompt_logprobs;  // for prompt tokens 1.. (token 0 has no context)
   bool wants_prompt_logprobs() const { return params.prompt_logprobs >= 0; }
