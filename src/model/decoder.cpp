@@ -16,8 +16,9 @@ namespace {
 
 Tensor rows_of(const Tensor& t, int64_t n) { return t.rows_view(0, n); }
 
-Tensor host_i32(std::vector<int32_t>& v, std::vector<int64_t> shape) {
-  return make_view(v.data(), DType::I32, std::move(shape));
+// A read-only view of host metadata (backends only read it, or upload a copy).
+Tensor host_i32(const std::vector<int32_t>& v, std::vector<int64_t> shape) {
+  return make_view(const_cast<int32_t*>(v.data()), DType::I32, std::move(shape));
 }
 
 }  // namespace
@@ -62,7 +63,6 @@ void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<floa
   Workspace& w = workspace(T, R);
 
   // Host metadata (the rope table is computed here, per token, from its sequence's length).
-  StepBatch meta = in;
   std::vector<float> cos_h(size_t(T * rope_.half())), sin_h(cos_h.size());
   for (int s = 0; s < in.num_seqs(); ++s) {
     const int q_len = in.q_start[size_t(s) + 1] - in.q_start[size_t(s)];
@@ -72,8 +72,8 @@ void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<floa
       rope_.fill(pos, in.ctx_len[size_t(s)], &cos_h[size_t(t * rope_.half())], &sin_h[size_t(t * rope_.half())]);
     }
   }
-  Tensor tokens = backend_.upload(host_i32(meta.tokens, {T}));
-  Tensor logit_rows = backend_.upload(host_i32(meta.logit_rows, {R}));
+  Tensor tokens = backend_.upload(host_i32(in.tokens, {T}));
+  Tensor logit_rows = backend_.upload(host_i32(in.logit_rows, {R}));
   Tensor cos = backend_.upload(make_view(cos_h.data(), DType::F32, {T, rope_.half()}));
   Tensor sin = backend_.upload(make_view(sin_h.data(), DType::F32, {T, rope_.half()}));
   AttentionBatch ab;
@@ -82,10 +82,10 @@ void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<floa
   ab.block_size = cache.block_size;
   ab.sliding_window = c.sliding_window;
   ab.scale = 1.0f / std::sqrt(float(c.head_dim));
-  ab.q_start = backend_.upload(host_i32(meta.q_start, {ab.num_seqs + 1}));
-  ab.ctx_len = backend_.upload(host_i32(meta.ctx_len, {ab.num_seqs}));
-  ab.block_table = backend_.upload(host_i32(meta.block_table, {ab.num_seqs, in.max_blocks}));
-  ab.slot_mapping = backend_.upload(host_i32(meta.slot_mapping, {T}));
+  ab.q_start = backend_.upload(host_i32(in.q_start, {ab.num_seqs + 1}));
+  ab.ctx_len = backend_.upload(host_i32(in.ctx_len, {ab.num_seqs}));
+  ab.block_table = backend_.upload(host_i32(in.block_table, {ab.num_seqs, in.max_blocks}));
+  ab.slot_mapping = backend_.upload(host_i32(in.slot_mapping, {T}));
 
   Tensor x = rows_of(w.x, T), h = rows_of(w.h, T), tmp = rows_of(w.tmp, T);
   Tensor qkv = rows_of(w.qkv, T), attn = rows_of(w.attn, T);

@@ -44,9 +44,10 @@ class CpuBackend : public Backend {
   Tensor alloc(DType dtype, std::vector<int64_t> shape) override { return host_tensor(dtype, std::move(shape)); }
   Tensor upload(const Tensor& host) override { return host; }
   void copy_to_host(const Tensor& src, void* dst) override {
-    const size_t row_bytes = size_t(src.cols()) * dtype_size(src.dtype);
+    const size_t esize = dtype_size(src.dtype), row_bytes = size_t(src.cols()) * esize;
+    const char* from = static_cast<const char*>(src.data);
     for (int64_t r = 0; r < src.rows(); ++r)
-      std::memcpy(static_cast<char*>(dst) + size_t(r) * row_bytes, src.row<char>(0) + size_t(r * src.row_stride) * dtype_size(src.dtype), row_bytes);
+      std::memcpy(static_cast<char*>(dst) + size_t(r) * row_bytes, from + size_t(r * src.row_stride) * esize, row_bytes);
   }
 
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
