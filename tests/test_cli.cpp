@@ -12,27 +12,13 @@
 namespace apus {
 namespace {
 
-struct Exec {
-  int status;
-  std::string out;
-};
-
-Exec run_apus(const std::string& args) {
-  std::string cmd = std::string(APUS_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WEXITSTATUS(status), out};
-}
 
 void write_fixture_model(const test::TempDir& dir) { test::write_fixture_model(dir.path(), "qwen2_tied_bf16"); }
 
 TEST(Cli, GenerateJsonMatchesLibrary) {
   test::TempDir dir;
   write_fixture_model(dir);
-  Exec r = run_apus("generate --model " + dir.str() +
+  test::Exec r = test::run_apus("generate --model " + dir.str() +
                    " --prompt-ids 5,6,7,8 --max-tokens 6 --temperature 0 --logprobs 3 --json --threads 2");
   ASSERT_EQ(r.status, 0) << r.out;
   auto j = nlohmann::json::parse(r.out);
@@ -57,7 +43,7 @@ TEST(Cli, SeededSamplingIsReproducibleAndUnderscoresWork) {
   test::TempDir dir;
   write_fixture_model(dir);
   const std::string base = "generate --model " + dir.str() + " --prompt-ids 9,10 --max_tokens 8 --temperature 1.0 --json";
-  Exec a = run_apus(base + " --seed 7"), b = run_apus(base + " --seed 7"), c = run_apus(base + " --seed 8");
+  test::Exec a = test::run_apus(base + " --seed 7"), b = test::run_apus(base + " --seed 7"), c = test::run_apus(base + " --seed 8");
   ASSERT_EQ(a.status, 0) << a.out;
   EXPECT_EQ(a.out, b.out);
   EXPECT_NE(a.out, c.out);
@@ -66,16 +52,16 @@ TEST(Cli, SeededSamplingIsReproducibleAndUnderscoresWork) {
 TEST(Cli, ErrorsAreClear) {
   test::TempDir dir;
   write_fixture_model(dir);
-  Exec r = run_apus("generate --model " + dir.str() + " --prompt-ids 1,x");
+  test::Exec r = test::run_apus("generate --model " + dir.str() + " --prompt-ids 1,x");
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.out, ::testing::HasSubstr("\"x\" is not a token id"));
-  r = run_apus("generate --model " + dir.str() + " --prompt-ids 1,99999");
+  r = test::run_apus("generate --model " + dir.str() + " --prompt-ids 1,99999");
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.out, ::testing::HasSubstr("outside the vocabulary"));
-  r = run_apus("generate --model /nonexistent --prompt-ids 1");
+  r = test::run_apus("generate --model /nonexistent --prompt-ids 1");
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.out, ::testing::HasSubstr("/nonexistent/config.json"));
-  r = run_apus("generate --load-format dummy --config-preset nope --prompt-ids 1");
+  r = test::run_apus("generate --load-format dummy --config-preset nope --prompt-ids 1");
   EXPECT_THAT(r.out, ::testing::HasSubstr("qwen2.5-0.5b"));
 }
 

@@ -20,26 +20,12 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-struct Exec {
-  int status;
-  std::string out;
-};
-
 std::string quote(const std::string& s) {  // single-quoted for /bin/sh
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
 }
 
-Exec run_apus(const std::string& args) {
-  std::string cmd = std::string(APUS_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WEXITSTATUS(status), out};
-}
 
 fs::path tokenizer_dir(const std::string& name) { return fs::path(APUS_SOURCE_DIR) / "third_party" / "tokenizers" / name; }
 
@@ -80,7 +66,7 @@ class CliText : public ::testing::Test {
     if (!dir_) GTEST_SKIP() << tokenizer_dir("qwen3") << " is absent (run scripts/fetch-tokenizers.sh)";
   }
   static std::string model() { return "--model " + dir_->str() + " --threads 2 "; }
-  static nlohmann::json json_of(const Exec& r) {
+  static nlohmann::json json_of(const test::Exec& r) {
     EXPECT_EQ(r.status, 0) << r.out;
     return nlohmann::json::parse(r.out);
   }
@@ -94,19 +80,19 @@ Tokenizer* CliText::tok_ = nullptr;
 TEST_F(CliText, TokenizeText) {
   EXPECT_GE(tok_->vocab_size(), 151669);
   const std::string text = "Hello world, 你好!";
-  auto j = json_of(run_apus("tokenize --model " + dir_->str() + " " + quote(text)));
+  auto j = json_of(test::run_apus("tokenize --model " + dir_->str() + " " + quote(text)));
   EXPECT_EQ(j["ids"], nlohmann::json(tok_->encode(text, false)));
   // A directory with only tokenizer files; --add-special-tokens adds Llama's BOS.
   const std::string llama2 = tokenizer_dir("llama2").string();
-  auto plain = json_of(run_apus("tokenize --model " + llama2 + " Hello"));
-  auto with = json_of(run_apus("tokenize --model " + llama2 + " --add-special-tokens Hello"));
+  auto plain = json_of(test::run_apus("tokenize --model " + llama2 + " Hello"));
+  auto with = json_of(test::run_apus("tokenize --model " + llama2 + " --add-special-tokens Hello"));
   ASSERT_EQ(with["ids"].size(), plain["ids"].size() + 1);
   EXPECT_EQ(with["ids"][0], 1);
   EXPECT_EQ(with["ids"][1], plain["ids"][0]);
 }
 
 TEST_F(CliText, TokenizeChatShowsTextIdsAndStopWords) {
-  auto j = json_of(run_apus("tokenize --model " + dir_->str() + " --template_type qwen --chat " +
+  auto j = json_of(test::run_apus("tokenize --model " + dir_->str() + " --template_type qwen --chat " +
                             quote(R"([{"role": "user", "content": "hi"}])")));
   EXPECT_EQ(j["template"], "qwen");
   EXPECT_EQ(j["text"], "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
@@ -117,7 +103,7 @@ TEST_F(CliText, TokenizeChatShowsTextIdsAndStopWords) {
 
 TEST_F(CliText, GeneratePromptIsTokenizedWithSpecialTokens) {
   const std::string prompt = "浙江 -> 杭州\n安徽 -> 合肥\n四川 ->";
-  auto j = json_of(run_apus("generate " + model() + "--prompt " + quote(prompt) + " --max-tokens 5 --temperature 0 --json"));
+  auto j = json_of(test::run_apus("generate " + model() + "--prompt " + quote(prompt) + " --max-tokens 5 --temperature 0 --json"));
   const auto ids = tok_->encode(prompt, true);
   EXPECT_EQ(j["prompt_token_ids"], nlohmann::json(ids));
   ASSERT_EQ(j["token_ids"].size(), 5u);
@@ -137,14 +123,14 @@ TEST_F(CliText, GeneratePromptIsTokenizedWithSpecialTokens) {
   // --prompt-ids of the same ids gives the same output (with text, since DIR has a tokenizer).
   std::string csv;
   for (int32_t id : ids) csv += (csv.empty() ? "" : ",") + std::to_string(id);
-  auto k = json_of(run_apus("generate " + model() + "--prompt-ids " + csv + " --max-tokens 5 --temperature 0 --json"));
+  auto k = json_of(test::run_apus("generate " + model() + "--prompt-ids " + csv + " --max-tokens 5 --temperature 0 --json"));
   EXPECT_EQ(k["token_ids"], j["token_ids"]);
   EXPECT_EQ(k["text"], j["text"]);
 }
 
 TEST_F(CliText, GenerateChatUsesTheCheckpointTemplate) {
   const std::string chat = R"([{"role": "user", "content": "你好!"}])";
-  auto j = json_of(run_apus("generate " + model() + "--chat " + quote(chat) + " --max-tokens 4 --temperature 0 --json"));
+  auto j = json_of(test::run_apus("generate " + model() + "--chat " + quote(chat) + " --max-tokens 4 --temperature 0 --json"));
   const std::string want = "<|im_start|>user\n你好!<|im_end|>\n<|im_start|>assistant\n";  // Qwen3's own template
   EXPECT_EQ(j["prompt_text"], want);
   EXPECT_EQ(j["prompt_token_ids"], nlohmann::json(tok_->encode(want, false)));
@@ -156,7 +142,7 @@ TEST_F(CliText, GenerateChatWithTemplateTypeModelTypeAndSystem) {
   const std::string chat = quote(R"([{"role": "user", "content": "hi"}])");
   const std::string user = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n";
   auto run = [&](const std::string& extra) {
-    return json_of(run_apus("generate " + model() + "--chat " + chat + " --max-tokens 2 --temperature 0 --json " + extra));
+    return json_of(test::run_apus("generate " + model() + "--chat " + chat + " --max-tokens 2 --temperature 0 --json " + extra));
   };
   EXPECT_EQ(run("--template_type qwen")["prompt_text"], "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + user);
   EXPECT_EQ(run("--model_type qwen-7b-chat")["prompt_text"],
@@ -171,14 +157,14 @@ TEST_F(CliText, GenerateChatWithTemplateTypeModelTypeAndSystem) {
 }
 
 TEST_F(CliText, HumanReadableOutputIsTheText) {
-  Exec r = run_apus("generate " + model() + "--prompt hello --max-tokens 3 --temperature 0");
+  test::Exec r = test::run_apus("generate " + model() + "--prompt hello --max-tokens 3 --temperature 0");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("finish_reason: "));
 }
 
 TEST_F(CliText, ErrorsAreClear) {
   auto err = [&](const std::string& args) {
-    Exec r = run_apus(args);
+    test::Exec r = test::run_apus(args);
     EXPECT_EQ(r.status, 1) << args << "\n" << r.out;
     return r.out;
   };

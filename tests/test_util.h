@@ -1,6 +1,10 @@
 // Helpers shared by tests: temporary directories and writing checkpoints from the deterministic
 // weight generator.
 #pragma once
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -35,6 +39,21 @@ inline void write_json(const std::filesystem::path& p, const nlohmann::json& j) 
 inline nlohmann::json read_json(const std::filesystem::path& p) {
   std::ifstream in(p);
   return nlohmann::json::parse(in);
+}
+
+// Runs the apus binary with `args` (shell syntax), returning its exit status and stdout+stderr.
+struct Exec {
+  int status;
+  std::string out;
+};
+inline Exec run_apus(const std::string& args) {
+  std::string cmd = std::string(APUS_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  int status = pclose(p);
+  return {WEXITSTATUS(status), out};
 }
 
 struct NamedShape {

@@ -7,7 +7,7 @@ The context is the one apply_chat_template builds: messages, tools=None, documen
 add_generation_prompt, the tokenizer's special_tokens_map (bos/eos/unk/sep/pad/cls/mask tokens and
 additional_special_tokens, read from tokenizer_config.json), then the extra keyword arguments. The
 environment is transformers': ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-extensions=[loopcontrols]) with its tojson filter and the raise_exception / strftime_now globals.
+extensions=[loopcontrols] and the {% generation %} tag) with its tojson filter and the raise_exception / strftime_now globals.
 Only texts are stored: the test checks ids as Tokenizer::encode(text, add_special_tokens=false),
 which is what apply_chat_template does and which tests/test_tokenizer.cpp checks against the
 tokenizers library.
@@ -18,18 +18,20 @@ Llama-2-chat template) from this folder.
 Run with Debian's interpreter, which has python3-jinja2 (apt-get install -y python3-jinja2):
     /usr/bin/python3 tools/templates/make_template_golden.py
 """
-import datetime
 import json
 import pathlib
 
+import sys
+
 import jinja2
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+# transformers' Jinja environment, shared with the interpreter's differential fixtures.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "jinja"))
+from make_jinja_golden import FIXED_NOW, make_env  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "data" / "templates"
 TOKENIZERS = ROOT / "third_party" / "tokenizers"
-FIXED_NOW = 1721995200  # 2024-07-26 12:00:00 UTC; the test pins strftime_now to it
 SPECIAL = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]
 
 SYS = {"role": "system", "content": "You are a pirate. Answer briefly."}
@@ -47,23 +49,6 @@ CONVERSATIONS = {
     "whitespace": [{"role": "user", "content": "  spaced out \n\n"}],
     "finished": [U1, A1],
 }
-
-
-def make_env():
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    def strftime_now(format):
-        return datetime.datetime.fromtimestamp(FIXED_NOW, datetime.timezone.utc).strftime(format)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    return env
 
 
 def token_text(v):
