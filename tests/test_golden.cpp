@@ -1,13 +1,16 @@
 // Model outputs against the Hugging Face implementation (fixtures from tools/golden/make_golden.py):
 // the log-softmax of every prompt position and of every greedy step within 2e-3, and greedy tokens
-// equal wherever the reference's top-1 margin exceeds 0.05.
+// equal wherever the reference's top-1 margin exceeds 0.05. Built again as test_golden_gpu (label
+// gpu): a GPU computes 16-bit models in their dtype, so the tolerances follow that dtype's rounding.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <iostream>
 
 #include "engine/generate.h"
 #include "model/load.h"
 #include "sequence_runner.h"
+#include "test_device.h"
 #include "test_util.h"
 
 namespace apus {
@@ -15,6 +18,33 @@ namespace {
 
 constexpr double kLogprobTolerance = 2e-3;
 constexpr double kMarginForTokens = 0.05;
+
+// A GPU runs 16-bit models with 16-bit activations, rounded at every op, against the float32
+// reference. Far-tail tokens (large |logit|) then move by a few tenths in log-probability, so for
+// 16-bit the checks are the probabilities (max |p - p_ref| over the vocabulary), the reference's top
+// token's log-probability, and a loose bound on the vocabulary-wide log-probability error. A CPU
+// backend that rounds every op's output to bf16 gave, on these fixtures, at most 0.032 / 0.10 / 0.38
+// (f16: 0.0018 / 0.0073 / 0.023); the limits are about twice that. Greedy tokens are compared where
+// the reference's margin exceeds both top-token errors.
+struct Tolerance {
+  double logprob, prob, top, margin;
+};
+Tolerance tolerance_for(DType activations) {
+  switch (activations) {
+    case DType::BF16: return {0.8, 0.06, 0.2, 0.4};
+    case DType::F16: return {0.06, 0.005, 0.02, 0.05};
+    default: return {kLogprobTolerance, kLogprobTolerance, kLogprobTolerance, kMarginForTokens};
+  }
+}
+
+struct Errors {
+  double logprob = 0, prob = 0, top = 0;  // worst over positions (see Tolerance)
+  void add(const Errors& e) {
+    logprob = std::max(logprob, e.logprob);
+    prob = std::max(prob, e.prob);
+    top = std::max(top, e.top);
+  }
+};
 
 std::vector<std::string> fixture_names() {
   std::vector<std::string> names;
@@ -24,17 +54,31 @@ std::vector<std::string> fixture_names() {
   return names;
 }
 
-double max_abs_diff(const std::vector<float>& logits, int64_t row, int64_t V, const nlohmann::json& ref) {
+Errors errors(const std::vector<float>& logits, int64_t row, int64_t V, const nlohmann::json& ref) {
   std::vector<float> lp(static_cast<size_t>(V));
   log_softmax(logits.data() + row * V, V, lp.data());
-  double worst = 0.0;
-  for (int64_t i = 0; i < V; ++i) worst = std::max(worst, std::fabs(double(lp[size_t(i)]) - ref[size_t(i)].get<double>()));
-  return worst;
+  Errors e;
+  size_t top = 0;
+  for (size_t i = 0; i < size_t(V); ++i) {
+    const double r = ref[i].get<double>();
+    if (r > ref[top].get<double>()) top = i;
+    e.logprob = std::max(e.logprob, std::fabs(double(lp[i]) - r));
+    e.prob = std::max(e.prob, std::fabs(std::exp(double(lp[i])) - std::exp(r)));
+  }
+  e.top = std::fabs(double(lp[top]) - ref[top].get<double>());
+  return e;
+}
+
+void expect_within(const Errors& e, const Tolerance& tol, const std::string& where) {
+  EXPECT_LT(e.logprob, tol.logprob) << where << ": log-probabilities";
+  EXPECT_LT(e.prob, tol.prob) << where << ": probabilities";
+  EXPECT_LT(e.top, tol.top) << where << ": the reference's top token";
 }
 
 class Golden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Golden, MatchesTransformers) {
+  if (!test::device_available()) GTEST_SKIP() << "no CUDA GPU";
   const auto fx = test::read_json(std::string(APUS_SOURCE_DIR) + "/tests/golden/" + GetParam() + ".json");
   DType dtype;
   ASSERT_TRUE(parse_dtype(fx["dtype"].get<std::string>(), &dtype));
@@ -59,10 +103,12 @@ TEST_P(Golden, MatchesTransformers) {
     ASSERT_NEAR(sum, want, 1e-6 * (1.0 + std::fabs(want))) << "weights differ from tools/golden/weights.py: " << specs[i].name;
   }
 
-  auto backend = make_cpu_backend(2);
+  auto backend = test::make_test_backend(2);
   LoadOptions opts;
   opts.model_dir = dir.str();
   auto model = load_model(opts, *backend);
+  const Tolerance tol = tolerance_for(backend->activation_dtype());
+  Errors worst;  // reported, to keep the tolerances honest
   const int64_t V = model->config().vocab_size;
   const auto prompt = fx["prompt"].get<std::vector<int32_t>>();
   const auto generated = fx["generated"].get<std::vector<int32_t>>();
@@ -72,13 +118,18 @@ TEST_P(Golden, MatchesTransformers) {
   {
     test::SequenceRunner seq(*model, int(prompt.size() + generated.size()));
     const auto& logits = seq.feed(prompt, true);
-    for (size_t p = 0; p < prompt.size(); ++p)
-      EXPECT_LT(max_abs_diff(logits, int64_t(p), V, fx["prompt_logprobs"][p]), kLogprobTolerance) << "prompt position " << p;
+    for (size_t p = 0; p < prompt.size(); ++p) {
+      const Errors e = errors(logits, int64_t(p), V, fx["prompt_logprobs"][p]);
+      worst.add(e);
+      expect_within(e, tol, fmt::format("prompt position {}", p));
+    }
     const std::vector<float>* step = &logits;
     int64_t row = int64_t(prompt.size()) - 1;
     for (size_t s = 0; s < generated.size(); ++s) {
-      EXPECT_LT(max_abs_diff(*step, row, V, fx["step_logprobs"][s]), kLogprobTolerance) << "step " << s;
-      if (margins[s].get<double>() > kMarginForTokens) {
+      const Errors e = errors(*step, row, V, fx["step_logprobs"][s]);
+      worst.add(e);
+      expect_within(e, tol, fmt::format("step {}", s));
+      if (margins[s].get<double>() > tol.margin) {
         EXPECT_EQ(argmax(step->data() + row * V, V), generated[s]) << "step " << s;
       }
       step = &seq.feed({generated[s]}, false);
@@ -89,7 +140,9 @@ TEST_P(Golden, MatchesTransformers) {
   // Free-running greedy generation (whole prompt, then chunked prefill) agrees until the reference
   // first becomes uncertain. Dynamic NTK rope depends on the step boundaries, so it is not chunked.
   size_t sure = 0;
-  while (sure < generated.size() && margins[sure].get<double>() > kMarginForTokens) ++sure;
+  while (sure < generated.size() && margins[sure].get<double>() > tol.margin) ++sure;
+  // In float32 even the first uncertain token agrees; 16-bit rounding may flip it.
+  const size_t compared = backend->activation_dtype() == DType::F32 ? sure + 1 : sure;
   SamplingParams greedy;
   greedy.temperature = 0.0f;
   greedy.max_tokens = int(generated.size());
@@ -99,9 +152,13 @@ TEST_P(Golden, MatchesTransformers) {
     if (chunk && dynamic) continue;
     GenerateResult r = generate(*model, prompt, greedy, chunk);
     ASSERT_EQ(r.token_ids.size(), generated.size());
-    for (size_t s = 0; s <= std::min(sure, generated.size() - 1); ++s)
+    for (size_t s = 0; s < std::min(compared, generated.size()); ++s)
       EXPECT_EQ(r.token_ids[s], generated[s]) << "chunk " << chunk << " step " << s;
   }
+  std::cout << fmt::format("{} on {}: largest errors: log-probability {:.3g}, probability {:.3g}, top token {:.3g}; "
+                           "{} of {} greedy tokens compared\n",
+                           GetParam(), backend->name(), worst.logprob, worst.prob, worst.top,
+                           std::min(compared, generated.size()), generated.size());
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(fixture_names()),

@@ -11,6 +11,7 @@
 #include <random>
 #include <string>
 
+#include "model/demo_model.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
 
@@ -91,39 +92,12 @@ inline void write_fixture_model(const std::filesystem::path& dir, const std::str
   write_random_checkpoint(dir, config, specs, dtype, fx["seed"].get<uint64_t>());
 }
 
-// A tiny random Qwen2 model that speaks through a real tokenizer (third_party/tokenizers/NAME):
-// the tokenizer files are copied next to the checkpoint. Returns false when the tokenizer files
-// are missing (tests then skip). Output is random text, but every path from chat messages to
-// streamed text runs for real.
+// The demo model (src/model/demo_model.h) with the tokenizer third_party/tokenizers/NAME. Returns
+// false when the tokenizer files are missing (tests then skip).
 inline bool write_tiny_chat_model(const std::filesystem::path& dir, const std::string& tokenizer = "qwen3") {
   const std::filesystem::path src = std::filesystem::path(APUS_SOURCE_DIR) / "third_party/tokenizers" / tokenizer;
   if (!std::filesystem::exists(src / "tokenizer.json")) return false;
-  for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), dir / e.path().filename());
-  auto config = read_json(std::string(APUS_SOURCE_DIR) + "/tests/golden/qwen2_tied_bf16.json")["config"];
-  const int64_t vocab = 151936;  // Qwen's padded embedding size (the tokenizer has 151669 entries)
-  config["vocab_size"] = vocab;
-  config["hidden_size"] = 32;
-  config["intermediate_size"] = 64;
-  config["num_hidden_layers"] = 1;
-  config["num_attention_heads"] = 2;
-  config["num_key_value_heads"] = 1;
-  config["eos_token_id"] = 151645;  // <|im_end|>
-  config["max_position_embeddings"] = 4096;
-  std::vector<NamedShape> t{{"model.embed_tokens.weight", {vocab, 32}},
-                            {"model.layers.0.input_layernorm.weight", {32}},
-                            {"model.layers.0.self_attn.q_proj.weight", {32, 32}},
-                            {"model.layers.0.self_attn.q_proj.bias", {32}},
-                            {"model.layers.0.self_attn.k_proj.weight", {16, 32}},
-                            {"model.layers.0.self_attn.k_proj.bias", {16}},
-                            {"model.layers.0.self_attn.v_proj.weight", {16, 32}},
-                            {"model.layers.0.self_attn.v_proj.bias", {16}},
-                            {"model.layers.0.self_attn.o_proj.weight", {32, 32}},
-                            {"model.layers.0.post_attention_layernorm.weight", {32}},
-                            {"model.layers.0.mlp.gate_proj.weight", {64, 32}},
-                            {"model.layers.0.mlp.up_proj.weight", {64, 32}},
-                            {"model.layers.0.mlp.down_proj.weight", {32, 64}},
-                            {"model.norm.weight", {32}}};
-  write_random_checkpoint(dir, config, t, DType::BF16, 77);
+  write_demo_model(src.string(), dir.string());
   return true;
 }
 

@@ -54,7 +54,9 @@ struct EngineOptions {
   std::string model_type;          // the reference's --model_type (optional)
   std::string load_format = "auto";  // auto | safetensors | dummy
   int num_threads = 0;             // 0: all cores
-  size_t kv_cache_bytes = size_t(1) << 30;
+  std::string device = "auto";     // cpu | cuda | auto (cuda when a GPU is present)
+  size_t kv_cache_bytes = size_t(1) << 30;  // on the CPU
+  double gpu_memory_utilization = 0.9;      // on a GPU: the share of its memory to use (KV cache: the rest)
   int max_num_seqs = 256;
   int max_model_len = 0;           // 0: the model's
   bool verbose = true;             // report the KV cache size on stderr at load
@@ -88,7 +90,8 @@ std::shared_ptr<const ChatTemplate> get_template(const LlmEngine& engine, const 
 
 std::vector<InferResponse> inference(LlmEngine& engine, const ChatTemplate& tmpl,
                                      const std::vector<InferRequest>& requests);
-// Calls `on_update` with every request's response so far each time any of them grows.
+// Calls `on_update` with every request's response so far each time any of them grows. An
+// exception from `on_update` cancels the requests still running and propagates.
 void inference_stream(LlmEngine& engine, const ChatTemplate& tmpl, const std::vector<InferRequest>& requests,
                       const std::function<void(const std::vector<InferResponse>&)>& on_update);
 

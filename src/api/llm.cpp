@@ -72,7 +72,7 @@ std::unique_ptr<LlmEngine> LlmEngine::load(const std::string& model_dir, const E
   impl->model_type = o.model_type;
   if (!o.model_type.empty()) find_model_type(o.model_type);  // unknown names fail early, listing the known ones
   const int threads = o.num_threads > 0 ? o.num_threads : ThreadPool::default_threads();
-  impl->backend = make_cpu_backend(threads);
+  impl->backend = make_backend(o.device, threads);
   LoadOptions lo;
   lo.model_dir = model_dir;
   lo.load_format = o.load_format;
@@ -81,6 +81,7 @@ std::unique_ptr<LlmEngine> LlmEngine::load(const std::string& model_dir, const E
   impl->tokenizer = Tokenizer::load(model_dir);
   EngineConfig ec;
   ec.kv_cache_bytes = o.kv_cache_bytes;
+  ec.gpu_memory_utilization = o.gpu_memory_utilization;
   ec.max_model_len = o.max_model_len;
   ec.scheduler.max_num_seqs = o.max_num_seqs;
   impl->engine = std::make_unique<Engine>(*impl->model, ec, impl->tokenizer.get());
@@ -116,21 +117,28 @@ void inference_stream(LlmEngine& engine, const ChatTemplate& tmpl, const std::ve
     throw;
   }
   size_t open = requests.size();
-  while (open > 0) {
-    bool grew = false;
-    for (const SeqOutput& o : core.step()) {
-      const size_t i = size_t(std::find(ids.begin(), ids.end(), o.request_id) - ids.begin());
-      if (i == ids.size()) continue;
-      out[i].response += o.text;
-      out[i].history = requests[i].history;
-      out[i].history.emplace_back(requests[i].query, out[i].response);
-      grew = grew || !o.text.empty() || o.finished;
-      if (o.finished) {
-        out[i].finish_reason = o.finish_reason;
-        --open;
+  try {
+    while (open > 0) {
+      bool grew = false;
+      for (const SeqOutput& o : core.step()) {
+        const size_t i = size_t(std::find(ids.begin(), ids.end(), o.request_id) - ids.begin());
+        if (i == ids.size()) continue;
+        out[i].response += o.text;
+        out[i].history = requests[i].history;
+        out[i].history.emplace_back(requests[i].query, out[i].response);
+        grew = grew || !o.text.empty() || o.finished;
+        if (o.finished) {
+          out[i].finish_reason = o.finish_reason;
+          --open;
+        }
       }
+      if (grew && on_update) on_update(out);
     }
-    if (grew && on_update) on_update(out);
+  } catch (...) {
+    // A failed step, or an on_update that throws to stop early (`apus infer` on Ctrl-C): the
+    // unfinished requests must not keep running (and holding KV blocks) into the next call.
+    for (uint64_t id : ids) core.abort(id);
+    throw;
   }
 }
 

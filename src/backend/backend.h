@@ -2,8 +2,9 @@
 // only; the CPU backend is the reference every other backend is tested against.
 //
 // Conventions: activations are 2-D [tokens, features] tensors in the backend's activation dtype
-// (F32 on CPU) and may be column views (row_stride > cols). Weights keep the dtype they were
-// loaded with (F32, F16 or BF16). Integer metadata is I32.
+// (F32 on CPU; the model's 16-bit dtype on CUDA) and may be column views (row_stride > cols).
+// Weight matrices are in weight_dtype() of their stored dtype; norm weights and biases are F32.
+// Integer metadata is I32. Tensors passed to a backend live on its device.
 #pragma once
 #include <memory>
 #include <string>
@@ -43,6 +44,8 @@ struct AttentionBatch {
   int block_size = 0;
   int sliding_window = 0;  // 0: unlimited
   float scale = 1.0f;      // softmax scale, usually 1/sqrt(head_dim)
+  int max_q_len = 0;       // max over sequences of q_start[s+1] - q_start[s] (sizes GPU grids)
+  int max_ctx_len = 0;     // max over sequences of ctx_len[s]
   Tensor q_start;          // I32 [num_seqs + 1]
   Tensor ctx_len;          // I32 [num_seqs]
   Tensor block_table;      // I32 [num_seqs, max_blocks_per_seq]
@@ -55,12 +58,29 @@ class Backend {
   virtual std::string name() const = 0;
   virtual Device device() const = 0;
   virtual DType activation_dtype() const = 0;
+  // Called once by the weight loader before any upload, with the dtype of the model's matrices:
+  // a GPU backend computes in that dtype (BF16, F16; F32 models run in F32). The CPU ignores it.
+  virtual void set_model_dtype(DType) {}
+  // The dtype a weight matrix stored as `stored` must have on this backend (the loader converts):
+  // the CPU reads any float dtype; a GPU backend wants its activation dtype.
+  virtual DType weight_dtype(DType stored) const { return stored; }
 
   // Memory. `alloc` returns zero-filled memory on the device. `upload` makes a host tensor usable
   // by the backend (the CPU backend returns the same view: weights stay memory-mapped).
   virtual Tensor alloc(DType dtype, std::vector<int64_t> shape) = 0;
   virtual Tensor upload(const Tensor& host) = 0;
+  // Per-step host data (token ids, block tables, rope tables) for the ops that follow. The CPU
+  // returns `host` itself; a GPU backend copies it into `staging` (device memory the caller keeps
+  // between steps, replaced only when too small, so steady-state steps allocate nothing) and
+  // returns a view of it. The copy is taken during the call: `host` may be reused at once.
+  virtual Tensor upload_step(const Tensor& host, Tensor& staging) = 0;
+  // Contiguous copy of `src` (rows may be strided) into host memory; waits for the device.
   virtual void copy_to_host(const Tensor& src, void* dst) = 0;
+  // Lets a backend rearrange a loaded linear layer once (the CUDA backend concatenates the parts
+  // into one matrix, so q/k/v run as one GEMM; the CPU keeps them pointing into the checkpoint).
+  virtual Linear prepare_linear(Linear l) { return l; }
+  // Device memory in bytes, free and total; false where memory is the host's (CPU).
+  virtual bool memory_info(size_t* free_bytes, size_t* total_bytes) { return false; }
 
   // out[t] = table[ids[t]]; ids I32 [T], table [V, H] any float dtype, out [T, H].
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
@@ -89,8 +109,17 @@ class Backend {
   virtual void add(Tensor& x, const Tensor& y) = 0;
   // Makes the device finish queued work (a no-op on CPU).
   virtual void synchronize() {}
+
+  // Ceilings for benchmarks, measured now on the device (0 where the caller measures the host's):
+  // copy bandwidth counting bytes read plus written, and the dense bf16 matrix-product rate.
+  virtual double measure_copy_bandwidth() { return 0.0; }
+  virtual double measure_matmul_flops() { return 0.0; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads);
+// "cpu", "cuda" or "auto" (CUDA when this build has it and a GPU is present, else the CPU).
+std::unique_ptr<Backend> make_backend(const std::string& device, int num_threads);
+// Whether this build has the CUDA backend and a usable GPU is present (no driver: false).
+bool cuda_available();
 
 }  // namespace apus

@@ -5,6 +5,7 @@
 #include <random>
 #include <iostream>
 
+#include "cli/bench.h"
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "core/error.h"
@@ -55,7 +56,7 @@ struct LatencyArgs {
 
 void run_latency(const LatencyArgs& a) {
   const int threads = a.model.num_threads();
-  auto backend = make_cpu_backend(threads);
+  auto backend = a.model.make_backend();
   auto t0 = std::chrono::steady_clock::now();
   auto m = load_model(a.model.resolved(), *backend);
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -74,7 +75,9 @@ void run_latency(const LatencyArgs& a) {
     prefill_s = std::min(prefill_s, r.prefill_seconds);
     decode_s = std::min(decode_s, r.decode_seconds);
   }
-  const double bw = measure_read_bandwidth(threads);
+  // A GPU's ceiling is its device-to-device copy rate (bytes read + written); the CPU's, its read rate.
+  const double device_bw = backend->measure_copy_bandwidth();
+  const double bw = device_bw > 0 ? device_bw : measure_read_bandwidth(threads);
   const double decode_steps = a.output_len - 1;
   const double kv_bytes_per_pos = double(KvCache::bytes_per_block(c, 1, backend->activation_dtype()));
   const double avg_ctx = a.input_len + a.output_len / 2.0;
@@ -91,25 +94,35 @@ void run_latency(const LatencyArgs& a) {
                            a.input_len / prefill_s);
   std::cout << fmt::format("decode           {} tokens in {:.3f} s = {:.2f} tokens/s ({:.1f} ms/token)\n",
                            int(decode_steps), decode_s, decode_tps, 1000.0 * decode_s / decode_steps);
-  std::cout << fmt::format("read bandwidth   {:.1f} GB/s (measured, {} threads)\n", bw / 1e9, threads);
+  if (device_bw > 0) std::cout << fmt::format("copy bandwidth   {:.1f} GB/s (measured on the device, read + write)\n", bw / 1e9);
+  else std::cout << fmt::format("read bandwidth   {:.1f} GB/s (measured, {} threads)\n", bw / 1e9, threads);
   std::cout << fmt::format("bytes per token  {:.1f} MB (weights {:.1f} MB + KV at avg context {:.0f})\n",
                            bytes_per_token / 1e6, double(m->weights().matrix_bytes) / 1e6, avg_ctx);
   std::cout << fmt::format("decode floor     {:.2f} tokens/s; decode at {:.2f} of the floor\n", floor_tps,
                            decode_tps / floor_tps);
+  // Prefill against the dense matrix-product rate the device reaches (GPU only): the matrices'
+  // 2 * params FLOPs per token (lm_head aside) plus causal attention's 2 * 2 * L * q_size * n^2 / 2.
+  const double gemm_flops = backend->measure_matmul_flops();
+  if (gemm_flops > 0) {
+    const double n = a.input_len;  // lm_head runs for the last token only
+    const double params = double(m->weights().matrix_bytes) / dtype_size(backend->activation_dtype()) -
+                          double(c.vocab_size) * double(c.hidden_size);
+    const double flops = 2.0 * params * n + 2.0 * c.num_layers * double(c.q_size()) * n * n;
+    const double rate = flops / prefill_s;
+    std::cout << fmt::format("prefill rate     {:.1f} TFLOP/s ({:.1f} TFLOP of matrices and attention)\n", rate / 1e12,
+                             flops / 1e12);
+    std::cout << fmt::format("matmul ceiling   {:.1f} TFLOP/s (cuBLAS bf16 8192^3, measured); prefill at {:.2f} of it\n",
+                             gemm_flops / 1e12, rate / gemm_flops);
+  }
 }
 
 struct ThroughputArgs {
   ModelOptions model;
-  int num_prompts = 64;
-  int input_len = 128;
-  int output_len = 64;
-  double range_ratio = 0.0;  // lengths uniform in [len * (1 - r), len * (1 + r)]
-  std::string dataset = "random";  // random | sharegpt-like
+  WorkloadOptions work;
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
   double kv_cache_gib = 1.0;
   bool compare_sequential = false;
-  uint64_t seed = 0;
 };
 
 // ShareGPT-like lengths: log-normal fits of the conversation set vLLM benchmarks use (median
@@ -119,24 +132,13 @@ int lognormal_len(std::mt19937_64& rng, double median, double sigma) {
   return std::clamp(int(d(rng)), 4, 2048);
 }
 
-std::vector<Request> make_requests(const ThroughputArgs& a, int64_t vocab) {
-  std::mt19937_64 rng(a.seed);
+std::vector<Request> make_requests(const WorkloadOptions& w, int64_t vocab) {
   std::vector<Request> reqs;
-  for (int i = 0; i < a.num_prompts; ++i) {
-    int in = a.input_len, out = a.output_len;
-    if (a.dataset == "sharegpt-like") {
-      in = lognormal_len(rng, 170, 1.0);
-      out = lognormal_len(rng, 200, 0.9);
-    } else if (a.range_ratio > 0) {
-      std::uniform_int_distribution<int> din(int(in * (1 - a.range_ratio)), int(in * (1 + a.range_ratio)));
-      std::uniform_int_distribution<int> dout(int(out * (1 - a.range_ratio)), int(out * (1 + a.range_ratio)));
-      in = std::max(1, din(rng));
-      out = std::max(1, dout(rng));
-    }
+  for (WorkloadItem& item : make_workload(w, vocab)) {
     Request r;
-    for (int t = 0; t < in; ++t) r.prompt.push_back(int32_t(rng() % uint64_t(vocab)));
+    r.prompt = std::move(item.prompt);
     r.params.temperature = 0.0f;
-    r.params.max_tokens = out;
+    r.params.max_tokens = item.output_len;
     r.params.ignore_eos = true;
     reqs.push_back(std::move(r));
   }
@@ -167,18 +169,19 @@ void print_throughput(const char* label, const ThroughputResult& r, size_t n) {
 }
 
 void run_throughput(const ThroughputArgs& a) {
-  auto backend = make_cpu_backend(a.model.num_threads());
+  auto backend = a.model.make_backend();
   auto m = load_model(a.model.resolved(), *backend);
-  const auto reqs = make_requests(a, m->config().vocab_size);
+  const auto reqs = make_requests(a.work, m->config().vocab_size);
   EngineConfig cfg;
   cfg.scheduler.max_num_seqs = a.max_num_seqs;
   cfg.scheduler.max_num_batched_tokens = a.max_num_batched_tokens;
   cfg.kv_cache_bytes = size_t(a.kv_cache_gib * double(1ull << 30));
+  cfg.gpu_memory_utilization = a.model.gpu_memory_utilization;
   std::cout << fmt::format("model        {} on {}\n",
                            a.model.load.config_preset.empty() ? a.model.load.model_dir : a.model.load.config_preset,
                            backend->name());
   std::cout << fmt::format("workload     {} requests, {} ({} in / {} out nominal), max_num_seqs {}, max_num_batched_tokens {}\n",
-                           reqs.size(), a.dataset, a.input_len, a.output_len, a.max_num_seqs, a.max_num_batched_tokens);
+                           reqs.size(), a.work.dataset, a.work.input_len, a.work.output_len, a.max_num_seqs, a.max_num_batched_tokens);
   const ThroughputResult batched = time_engine(*m, cfg, reqs);
   print_throughput("batched", batched, reqs.size());
   if (a.compare_sequential) {
@@ -191,6 +194,43 @@ void run_throughput(const ThroughputArgs& a) {
 }
 
 }  // namespace
+
+std::vector<WorkloadItem> make_workload(const WorkloadOptions& o, int64_t vocab) {
+  std::mt19937_64 rng(o.seed);
+  std::vector<WorkloadItem> items;
+  for (int i = 0; i < o.num_prompts; ++i) {
+    int in = o.input_len, out = o.output_len;
+    if (o.dataset == "sharegpt-like") {
+      in = lognormal_len(rng, 170, 1.0);
+      out = lognormal_len(rng, 200, 0.9);
+    } else if (o.range_ratio > 0) {
+      std::uniform_int_distribution<int> din(int(in * (1 - o.range_ratio)), int(in * (1 + o.range_ratio)));
+      std::uniform_int_distribution<int> dout(int(out * (1 - o.range_ratio)), int(out * (1 + o.range_ratio)));
+      in = std::max(1, din(rng));
+      out = std::max(1, dout(rng));
+    }
+    WorkloadItem item;
+    for (int t = 0; t < in; ++t) item.prompt.push_back(int32_t(rng() % uint64_t(vocab)));
+    item.output_len = out;
+    items.push_back(std::move(item));
+  }
+  return items;
+}
+
+void WorkloadOptions::add_to(CLI::App& app) {
+  app.add_option(opt("num-prompts"), num_prompts);
+  app.add_option(opt("input-len"), input_len);
+  app.add_option(opt("output-len"), output_len);
+  app.add_option(opt("random-range-ratio"), range_ratio, "spread of random lengths around the nominal ones");
+  app.add_option(opt("dataset"), dataset, "random | sharegpt-like (log-normal ShareGPT-shaped lengths)");
+  app.add_option(opt("seed"), seed);
+}
+
+void WorkloadOptions::check() const {
+  APUS_CHECK(num_prompts > 0 && input_len > 0 && output_len > 0, "lengths and counts must be positive");
+  APUS_CHECK(dataset == "random" || dataset == "sharegpt-like", "--dataset must be random or sharegpt-like");
+  APUS_CHECK(range_ratio >= 0 && range_ratio < 1, "--random-range-ratio must be in [0, 1)");
+}
 
 void add_bench(CLI::App& root) {
   auto* bench = root.add_subcommand("bench", "Benchmarks");
@@ -209,21 +249,17 @@ void add_bench(CLI::App& root) {
   auto* thr = bench->add_subcommand("throughput", "Offline throughput of many requests (like vLLM's)");
   auto targs = std::make_shared<ThroughputArgs>();
   targs->model.add_to(*thr);
-  thr->add_option(opt("num-prompts"), targs->num_prompts);
-  thr->add_option(opt("input-len"), targs->input_len);
-  thr->add_option(opt("output-len"), targs->output_len);
-  thr->add_option(opt("random-range-ratio"), targs->range_ratio, "spread of random lengths around the nominal ones");
-  thr->add_option(opt("dataset"), targs->dataset, "random | sharegpt-like (log-normal ShareGPT-shaped lengths)");
+  targs->work.add_to(*thr);
   thr->add_option(opt("max-num-seqs"), targs->max_num_seqs);
   thr->add_option(opt("max-num-batched-tokens"), targs->max_num_batched_tokens);
-  thr->add_option(opt("kv-cache-gib"), targs->kv_cache_gib, "KV cache memory budget");
-  thr->add_option(opt("seed"), targs->seed);
+  thr->add_option(opt("kv-cache-gib"), targs->kv_cache_gib, "KV cache memory budget (CPU; a GPU's follows --gpu-memory-utilization)");
   thr->add_flag(opt("compare-sequential"), targs->compare_sequential, "also run the requests one at a time and print the speed-up");
   thr->callback([targs] {
-    APUS_CHECK(targs->num_prompts > 0 && targs->input_len > 0 && targs->output_len > 0, "lengths and counts must be positive");
-    APUS_CHECK(targs->dataset == "random" || targs->dataset == "sharegpt-like", "--dataset must be random or sharegpt-like");
+    targs->work.check();
     run_throughput(*targs);
   });
+
+  add_bench_serve(*bench);
 }
 
 }  // namespace apus::cli

@@ -7,5 +7,8 @@ namespace apus::cli {
 void add_generate(CLI::App& root);
 void add_bench(CLI::App& root);
 void add_tokenize(CLI::App& root);
+void add_infer(CLI::App& root);
+void add_deploy(CLI::App& root);
+void add_client(CLI::App& root);
 
 }  // namespace apus::cli

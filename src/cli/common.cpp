@@ -16,14 +16,20 @@ std::string opt(const std::string& dashed) {
 }
 
 void ModelOptions::add_to(CLI::App& app) {
-  app.add_option(opt("model") + "," + opt("model-id-or-path"), load.model_dir, "Hugging Face model directory");
+  app.add_option(opt("model") + "," + opt("model-id-or-path") + "," + opt("ckpt-dir"), load.model_dir,
+                 "Hugging Face model directory");
   app.add_option(opt("load-format"), load.load_format, "auto | safetensors | dummy (random weights of the config)");
   app.add_option(opt("config-preset"), load.config_preset, "with dummy weights and no --model: a known model's config");
   app.add_option(opt("dtype"), dtype, "dtype of dummy weights: bfloat16 | float16 | float32");
   app.add_option(opt("threads"), threads, "CPU threads (default: all cores, or APUS_NUM_THREADS)");
+  app.add_option(opt("device"), device, "cpu | cuda | auto (default: cuda when a GPU is present)");
+  app.add_option(opt("gpu-memory-utilization"), gpu_memory_utilization,
+                 "share of the GPU's memory for weights, activations and the KV cache (default 0.9)");
 }
 
 int ModelOptions::num_threads() const { return threads > 0 ? threads : ThreadPool::default_threads(); }
+
+std::unique_ptr<Backend> ModelOptions::make_backend() const { return apus::make_backend(device, num_threads()); }
 
 LoadOptions ModelOptions::resolved() const {
   LoadOptions o = load;
@@ -40,9 +46,13 @@ bool has_tokenizer(const std::string& dir) {
   return !dir.empty() && (fs::exists(fs::path(dir) / "tokenizer.json") || fs::exists(fs::path(dir) / "tokenizer.model"));
 }
 
-std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir, const std::string& why) {
+void require_tokenizer(const std::string& dir, const std::string& why) {
   APUS_CHECK(!dir.empty(), "{} needs a tokenizer: give --model DIR holding tokenizer.json or tokenizer.model", why);
   APUS_CHECK(has_tokenizer(dir), "{} needs a tokenizer, and {} has no tokenizer.json or tokenizer.model", why, dir);
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir, const std::string& why) {
+  require_tokenizer(dir, why);
   return Tokenizer::load(dir);
 }
 
@@ -72,9 +82,13 @@ std::vector<ChatMessage> TemplateOptions::conversation(const std::string& json_t
          e.what());
   }
   std::vector<ChatMessage> messages = parse_messages(j);
-  if (system_opt && system_opt->count() > 0 && (tmpl.name() != "jinja" || !system.empty()))
-    messages = with_default_system(std::move(messages), system);
+  if (auto s = given_system(tmpl)) messages = with_default_system(std::move(messages), *s);
   return messages;
+}
+
+std::optional<std::string> TemplateOptions::given_system(const ChatTemplate& tmpl) const {
+  if (system_opt && system_opt->count() > 0 && (tmpl.name() != "jinja" || !system.empty())) return system;
+  return std::nullopt;
 }
 
 std::vector<std::string> TemplateOptions::stop_words(const ChatTemplate& tmpl) const {

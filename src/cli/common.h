@@ -2,6 +2,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,13 +19,17 @@ struct ModelOptions {
   LoadOptions load;
   std::string dtype = "bfloat16";  // dummy weights only
   int threads = 0;                 // 0: all cores
+  std::string device = "auto";     // cpu | cuda | auto (cuda when a GPU is present)
+  double gpu_memory_utilization = 0.9;  // GPU only: see EngineConfig
   void add_to(CLI::App& app);
   LoadOptions resolved() const;    // threads and dtype applied
   int num_threads() const;
+  std::unique_ptr<Backend> make_backend() const;  // for --device
 };
 
 // The tokenizer files in `dir`; `why` says which option needs them when they are missing.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir, const std::string& why);
+void require_tokenizer(const std::string& dir, const std::string& why);  // the same check, loading nothing
 bool has_tokenizer(const std::string& dir);
 
 // --template_type / --model_type / --system: how a conversation becomes a prompt.
@@ -40,6 +45,8 @@ struct TemplateOptions {
   // A --chat JSON messages array, with --system in front when the conversation has no system
   // message (for a Jinja template only when --system is non-empty).
   std::vector<ChatMessage> conversation(const std::string& json_text, const ChatTemplate& tmpl) const;
+  // --system when given (for a Jinja template only when non-empty: "" there means none), else nullopt.
+  std::optional<std::string> given_system(const ChatTemplate& tmpl) const;
   // The template's stop words plus --model_type's eos token.
   std::vector<std::string> stop_words(const ChatTemplate& tmpl) const;
 };

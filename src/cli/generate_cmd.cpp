@@ -66,7 +66,7 @@ void run_generate(const GenerateArgs& a) {
     req.stop_token_ids = special_stop_ids(*tok, req.stop);
   }
 
-  auto backend = make_cpu_backend(a.model.num_threads());
+  auto backend = a.model.make_backend();
   auto m = load_model(a.model.resolved(), *backend);
   const std::vector<int32_t> prompt = req.prompt;
   GenerateResult out = generate(*m, std::move(req), tok.get());

@@ -9,6 +9,9 @@ int main(int argc, char** argv) {
   apus::cli::add_generate(app);
   apus::cli::add_bench(app);
   apus::cli::add_tokenize(app);
+  apus::cli::add_infer(app);
+  apus::cli::add_deploy(app);
+  apus::cli::add_client(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

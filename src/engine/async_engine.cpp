@@ -13,6 +13,14 @@ bool RequestStream::next(SeqOutput& out, std::chrono::milliseconds timeout) {
   return true;
 }
 
+bool RequestStream::try_next(SeqOutput& out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (queue_.empty()) return false;
+  out = std::move(queue_.front());
+  queue_.pop_front();
+  return true;
+}
+
 bool RequestStream::done() const {
   std::lock_guard<std::mutex> lock(mu_);
   return queue_.empty() && (open_choices_ == 0 || !error_.empty());
@@ -32,6 +40,7 @@ bool RequestStream::push(SeqOutput out) {
     queue_.push_back(std::move(out));
   }
   cv_.notify_all();
+  if (on_output_) on_output_();
   return closed;
 }
 
@@ -41,10 +50,11 @@ void RequestStream::fail(const std::string& message) {
     error_ = message;
   }
   cv_.notify_all();
+  if (on_output_) on_output_();
 }
 
-AsyncEngine::AsyncEngine(DecoderModel& model, EngineConfig config)
-    : engine_(model, config), thread_([this] { loop(); }) {}
+AsyncEngine::AsyncEngine(DecoderModel& model, EngineConfig config, const Tokenizer* tokenizer)
+    : engine_(model, config, tokenizer), thread_([this] { loop(); }) {}
 
 AsyncEngine::~AsyncEngine() {
   {
@@ -55,9 +65,9 @@ AsyncEngine::~AsyncEngine() {
   thread_.join();
 }
 
-std::shared_ptr<RequestStream> AsyncEngine::submit(Request req) {
+std::shared_ptr<RequestStream> AsyncEngine::submit(Request req, std::function<void()> on_output) {
   engine_.validate(req);
-  auto stream = std::make_shared<RequestStream>(req.n);
+  auto stream = std::make_shared<RequestStream>(req.n, std::move(on_output));
   {
     std::lock_guard<std::mutex> lock(mu_);
     stream->id_ = next_id_++;
@@ -73,6 +83,11 @@ void AsyncEngine::abort(uint64_t request_id) {
     aborts_.push_back(request_id);
   }
   cv_.notify_all();
+}
+
+size_t AsyncEngine::num_queued() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return incoming_.size() + snapshot_.waiting;
 }
 
 AsyncEngine::Snapshot AsyncEngine::snapshot() const {

@@ -4,6 +4,7 @@
 #pragma once
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -16,11 +17,14 @@ namespace apus {
 // One request's outputs, in order, as the loop thread produces them.
 class RequestStream {
  public:
-  explicit RequestStream(int num_choices) : open_choices_(num_choices) {}
+  explicit RequestStream(int num_choices, std::function<void()> on_output = {})
+      : open_choices_(num_choices), on_output_(std::move(on_output)) {}
   uint64_t id() const { return id_; }
   // Waits for the next output; false once every choice has finished and all were read, or on
   // timeout (check done()).
   bool next(SeqOutput& out, std::chrono::milliseconds timeout = std::chrono::hours(24));
+  // Takes the next output if one is queued (for event-driven readers woken by on_output).
+  bool try_next(SeqOutput& out);
   bool done() const;
   // Set when the engine failed while running this request (the message says why).
   std::string error() const;
@@ -36,16 +40,21 @@ class RequestStream {
   std::deque<SeqOutput> queue_;
   int open_choices_;
   std::string error_;
+  // Called on the loop thread after each output or failure, with no lock held; it must be quick
+  // (an HTTP connection posts a wake-up to its own thread).
+  std::function<void()> on_output_;
 };
 
 class AsyncEngine {
  public:
-  AsyncEngine(DecoderModel& model, EngineConfig config);
+  // With a tokenizer the outputs carry text and stop strings are honoured.
+  AsyncEngine(DecoderModel& model, EngineConfig config, const Tokenizer* tokenizer = nullptr);
   ~AsyncEngine();  // cancels whatever is still running and joins the loop thread
 
   // Validates on the caller's thread (throws apus::Error for a request that can never run), then
-  // queues the request for the loop thread.
-  std::shared_ptr<RequestStream> submit(Request req);
+  // queues the request for the loop thread. `on_output` (optional) is called on the loop thread
+  // whenever the stream has something new: see RequestStream.
+  std::shared_ptr<RequestStream> submit(Request req, std::function<void()> on_output = {});
   // Cancels a request; its blocks are freed before the next step.
   void abort(uint64_t request_id);
 
@@ -55,7 +64,11 @@ class AsyncEngine {
     EngineStats stats;
   };
   Snapshot snapshot() const;  // updated after every step
+  // Requests submitted but not yet running (queued for the loop thread or waiting to be scheduled).
+  size_t num_queued() const;
   int max_model_len() const { return engine_.max_model_len(); }
+  std::string describe_cache() const { return engine_.describe_cache(); }  // immutable: any thread
+  int64_t vocab_size() const { return engine_.vocab_size(); }
 
  private:
   void loop();

@@ -8,10 +8,26 @@ namespace apus {
 
 namespace {
 
-int resolve_num_blocks(const DecoderModel& m, const EngineConfig& c, DType kv_dtype) {
+int resolve_num_blocks(DecoderModel& m, const EngineConfig& c, DType kv_dtype) {
   if (c.num_blocks > 0) return c.num_blocks;
   const size_t per_block = KvCache::bytes_per_block(m.config(), c.block_size, kv_dtype);
-  return int(std::max<size_t>(1, c.kv_cache_bytes / per_block));
+  size_t budget = c.kv_cache_bytes, free_bytes = 0, total = 0;
+  if (c.gpu_memory_utilization > 0 && m.backend().memory_info(&free_bytes, &total)) {
+    APUS_CHECK(c.gpu_memory_utilization <= 1.0, "gpu_memory_utilization {} is not in (0, 1]", c.gpu_memory_utilization);
+    // Activations of the largest step first (logits for up to one row per sequence), then measure.
+    m.reserve(c.scheduler.max_num_batched_tokens,
+              std::min(c.scheduler.max_num_batched_tokens, c.scheduler.max_num_seqs));
+    m.backend().memory_info(&free_bytes, &total);
+    const double allowed = c.gpu_memory_utilization * double(total), used = double(total - free_bytes);
+    APUS_CHECK(allowed >= used + double(per_block),
+               "no GPU memory left for the KV cache: {:.2f} GiB of {:.2f} GiB are in use (weights, activations, "
+               "other processes) and gpu_memory_utilization {} allows {:.2f} GiB",
+               used / double(1 << 30), double(total) / double(1 << 30), c.gpu_memory_utilization,
+               allowed / double(1 << 30));
+    budget = size_t(allowed - used);
+  }
+  // Slots are int32 (slot mapping): at most 2^31 tokens of cache.
+  return int(std::min<size_t>(std::max<size_t>(1, budget / per_block), size_t(INT32_MAX / c.block_size)));
 }
 
 }  // namespace
@@ -168,7 +184,7 @@ std::vector<SeqOutput> Engine::step() {
     }
     const int32_t tok = sample_token(use, V, s->params, uint64_t(s->num_generated()));
     out.new_tokens.push_back(tok);
-    if (s->params.logprobs > 0) {  // a full-vocabulary log-softmax: only when asked for
+    if (s->params.logprobs >= 0) {  // a full-vocabulary log-softmax: only when asked for
       lp.resize(size_t(V));
       log_softmax(raw, V, lp.data());
       out.new_token_logprobs.push_back(lp[size_t(tok)]);

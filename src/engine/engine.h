@@ -19,8 +19,11 @@ namespace apus {
 struct EngineConfig {
   SchedulerConfig scheduler;
   int block_size = 16;
-  int num_blocks = 0;        // 0: from kv_cache_bytes
-  size_t kv_cache_bytes = size_t(1) << 30;
+  int num_blocks = 0;        // 0: from kv_cache_bytes, or on a GPU from gpu_memory_utilization
+  size_t kv_cache_bytes = size_t(1) << 30;  // the cache's memory on the CPU
+  // On a GPU: the share of the card's memory this process may use; the cache gets what the
+  // weights and the activation buffers of a full step (reserved first) leave of it.
+  double gpu_memory_utilization = 0.9;
   int max_model_len = 0;     // 0: the model's max_position_embeddings, capped by the cache
 };
 
@@ -74,6 +77,7 @@ class Engine {
   const BlockManager& blocks() const { return blocks_; }
   const EngineConfig& config() const { return config_; }
   int max_model_len() const { return config_.max_model_len; }
+  int64_t vocab_size() const { return model_.config().vocab_size; }
   EngineStats stats() const;
   // "KV cache: 4096 blocks of 16 tokens (65536 tokens, 768.0 MiB); max_model_len 32768"
   std::string describe_cache() const;

@@ -1,5 +1,6 @@
 #include "model/decoder.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -9,16 +10,46 @@ namespace apus {
 // Activation buffers, grown to the largest step seen and reused (no allocation per step).
 struct DecoderModel::Workspace {
   int64_t capacity = 0, logit_capacity = 0;
-  Tensor x, h, qkv, attn, gate_up, act, tmp, cos, sin, final_h, logits;
+  Tensor x, h, qkv, attn, gate_up, act, tmp, final_h, logits;
+  // The step's metadata in one host buffer of 4-byte words (token ids, rows, block tables, rope
+  // tables), so that a GPU backend uploads it in one copy into `meta_device`.
+  Tensor meta_host, meta_device;
 };
 
 namespace {
 
 Tensor rows_of(const Tensor& t, int64_t n) { return t.rows_view(0, n); }
 
-// A read-only view of host metadata (backends only read it, or upload a copy).
-Tensor host_i32(const std::vector<int32_t>& v, std::vector<int64_t> shape) {
-  return make_view(const_cast<int32_t*>(v.data()), DType::I32, std::move(shape));
+// Packs a step's metadata into consecutive 4-byte words; each part is later a view of the uploaded copy.
+class MetaPacker {
+ public:
+  explicit MetaPacker(Tensor& buffer) : buf_(buffer) {}
+  size_t add(const std::vector<int32_t>& v) {
+    const size_t at = reserve(v.size());
+    std::copy(v.begin(), v.end(), buf_.ptr<int32_t>() + at);
+    return at;
+  }
+  size_t reserve(size_t words) {
+    const size_t at = used_;
+    used_ += words;
+    if (buf_.empty() || int64_t(used_) > buf_.numel()) {  // grow, keeping what is packed already
+      Tensor bigger = host_tensor(DType::I32, {int64_t(used_ * 3 / 2 + 1024)});
+      std::copy(buf_.ptr<int32_t>(), buf_.ptr<int32_t>() + at, bigger.ptr<int32_t>());
+      buf_ = bigger;
+    }
+    return at;
+  }
+  float* floats(size_t at) { return reinterpret_cast<float*>(buf_.ptr<int32_t>() + at); }
+  Tensor packed() const { return make_view(buf_.data, DType::I32, {int64_t(used_)}); }
+
+ private:
+  Tensor& buf_;
+  size_t used_ = 0;
+};
+
+// Part of the uploaded metadata as a tensor of its own.
+Tensor meta_view(const Tensor& meta, size_t at, DType dtype, std::vector<int64_t> shape) {
+  return make_view(meta.ptr<int32_t>() + at, dtype, std::move(shape), meta.device, meta.owner);
 }
 
 }  // namespace
@@ -42,8 +73,6 @@ DecoderModel::Workspace& DecoderModel::workspace(int64_t tokens, int64_t logit_r
     w.attn = backend_.alloc(a, {T, c.q_size()});
     w.gate_up = backend_.alloc(a, {T, 2 * c.intermediate_size});
     w.act = backend_.alloc(a, {T, c.intermediate_size});
-    w.cos = backend_.alloc(DType::F32, {T, rope_.half()});
-    w.sin = backend_.alloc(DType::F32, {T, rope_.half()});
     w.capacity = T;
   }
   if (logit_rows > w.logit_capacity) {
@@ -62,30 +91,43 @@ void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<floa
              "malformed step batch");
   Workspace& w = workspace(T, R);
 
-  // Host metadata (the rope table is computed here, per token, from its sequence's length).
-  std::vector<float> cos_h(size_t(T * rope_.half())), sin_h(cos_h.size());
-  for (int s = 0; s < in.num_seqs(); ++s) {
+  // Host metadata, packed for one upload (the rope table is computed here, per token, from its
+  // sequence's length).
+  const int S = in.num_seqs();
+  const int64_t half = rope_.half();
+  MetaPacker pack(w.meta_host);
+  const size_t tokens_at = pack.add(in.tokens), rows_at = pack.add(in.logit_rows);
+  const size_t q_start_at = pack.add(in.q_start), ctx_at = pack.add(in.ctx_len);
+  const size_t table_at = pack.add(in.block_table), slots_at = pack.add(in.slot_mapping);
+  const size_t cos_at = pack.reserve(size_t(T * half)), sin_at = pack.reserve(size_t(T * half));
+  int max_q_len = 0, max_ctx_len = 0;
+  for (int s = 0; s < S; ++s) {
     const int q_len = in.q_start[size_t(s) + 1] - in.q_start[size_t(s)];
+    max_q_len = std::max(max_q_len, q_len);
+    max_ctx_len = std::max(max_ctx_len, in.ctx_len[size_t(s)]);
     for (int j = 0; j < q_len; ++j) {
       const int64_t t = in.q_start[size_t(s)] + j;
       const int pos = in.ctx_len[size_t(s)] - q_len + j;
-      rope_.fill(pos, in.ctx_len[size_t(s)], &cos_h[size_t(t * rope_.half())], &sin_h[size_t(t * rope_.half())]);
+      rope_.fill(pos, in.ctx_len[size_t(s)], pack.floats(cos_at + size_t(t * half)), pack.floats(sin_at + size_t(t * half)));
     }
   }
-  Tensor tokens = backend_.upload(host_i32(in.tokens, {T}));
-  Tensor logit_rows = backend_.upload(host_i32(in.logit_rows, {R}));
-  Tensor cos = backend_.upload(make_view(cos_h.data(), DType::F32, {T, rope_.half()}));
-  Tensor sin = backend_.upload(make_view(sin_h.data(), DType::F32, {T, rope_.half()}));
+  const Tensor meta = backend_.upload_step(pack.packed(), w.meta_device);
+  Tensor tokens = meta_view(meta, tokens_at, DType::I32, {T});
+  Tensor logit_rows = meta_view(meta, rows_at, DType::I32, {R});
+  Tensor cos = meta_view(meta, cos_at, DType::F32, {T, half});
+  Tensor sin = meta_view(meta, sin_at, DType::F32, {T, half});
   AttentionBatch ab;
-  ab.num_seqs = in.num_seqs();
+  ab.num_seqs = S;
   ab.max_blocks_per_seq = in.max_blocks;
   ab.block_size = cache.block_size;
   ab.sliding_window = c.sliding_window;
   ab.scale = 1.0f / std::sqrt(float(c.head_dim));
-  ab.q_start = backend_.upload(host_i32(in.q_start, {ab.num_seqs + 1}));
-  ab.ctx_len = backend_.upload(host_i32(in.ctx_len, {ab.num_seqs}));
-  ab.block_table = backend_.upload(host_i32(in.block_table, {ab.num_seqs, in.max_blocks}));
-  ab.slot_mapping = backend_.upload(host_i32(in.slot_mapping, {T}));
+  ab.max_q_len = max_q_len;
+  ab.max_ctx_len = max_ctx_len;
+  ab.q_start = meta_view(meta, q_start_at, DType::I32, {S + 1});
+  ab.ctx_len = meta_view(meta, ctx_at, DType::I32, {S});
+  ab.block_table = meta_view(meta, table_at, DType::I32, {S, in.max_blocks});
+  ab.slot_mapping = meta_view(meta, slots_at, DType::I32, {T});
 
   Tensor x = rows_of(w.x, T), h = rows_of(w.h, T), tmp = rows_of(w.tmp, T);
   Tensor qkv = rows_of(w.qkv, T), attn = rows_of(w.attn, T);

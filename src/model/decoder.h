@@ -35,6 +35,9 @@ class DecoderModel {
 
   // Runs the step, writing K/V into `cache`; `logits` becomes [logit_rows, vocab] row-major.
   void forward(const StepBatch& batch, KvCache& cache, std::vector<float>& logits);
+  // Allocates the activation buffers for steps of up to `tokens` tokens and `logit_rows` logit
+  // rows now (they otherwise grow on demand), so that free device memory can be measured after.
+  void reserve(int64_t tokens, int64_t logit_rows) { workspace(tokens, logit_rows); }
 
  private:
   struct Workspace;

@@ -18,13 +18,17 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
 
-Tensor to_f32(const Tensor& t) {
-  if (t.dtype == DType::F32) return t;
-  Tensor out = host_tensor(DType::F32, t.shape);
-  float* dst = out.ptr<float>();
-  const uint16_t* src = t.ptr<uint16_t>();
-  for (int64_t i = 0; i < t.numel(); ++i)
-    dst[i] = t.dtype == DType::BF16 ? bf16_to_f32(src[i]) : f16_to_f32(src[i]);
+// A float tensor converted to another float dtype (host memory; the same view when equal).
+Tensor convert(const Tensor& t, DType to) {
+  if (t.dtype == to) return t;
+  Tensor out = host_tensor(to, t.shape);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const float f = t.dtype == DType::F32    ? t.ptr<float>()[i]
+                    : t.dtype == DType::BF16 ? bf16_to_f32(t.ptr<uint16_t>()[i])
+                                             : f16_to_f32(t.ptr<uint16_t>()[i]);
+    if (to == DType::F32) out.ptr<float>()[i] = f;
+    else out.ptr<uint16_t>()[i] = to == DType::BF16 ? f32_to_bf16(f) : f32_to_f16(f);
+  }
   return out;
 }
 
@@ -67,11 +71,14 @@ class Loader {
   Loader(WeightSource& source, Backend& backend) : source_(source), backend_(backend) {}
 
   Tensor matrix(const std::string& name, std::vector<int64_t> shape, size_t* bytes) {
-    Tensor t = fetch(name, shape);
-    *bytes += t.nbytes();
-    return backend_.upload(t);
+    return upload_matrix(fetch(name, shape), bytes);
   }
-  Tensor vector(const std::string& name, int64_t n) { return backend_.upload(to_f32(fetch(name, {n}))); }
+  // A fetched matrix in the dtype the backend wants (a GPU backend: its activation dtype).
+  Tensor upload_matrix(const Tensor& t, size_t* bytes) {
+    *bytes += t.nbytes();
+    return backend_.upload(convert(t, backend_.weight_dtype(t.dtype)));
+  }
+  Tensor vector(const std::string& name, int64_t n) { return backend_.upload(convert(fetch(name, {n}), DType::F32)); }
   LinearPart part(const std::string& prefix, int64_t out, int64_t in, bool bias, size_t* bytes) {
     LinearPart p;
     p.weight = matrix(prefix + ".weight", {out, in}, bytes);
@@ -90,7 +97,7 @@ class Loader {
          source_.where(extra[0]), fmt::join(extra, ", "));
   }
 
- private:
+  // The host tensor `name`, checked against the shape the config implies.
   Tensor fetch(const std::string& name, const std::vector<int64_t>& shape) {
     Tensor t = source_.get(name, shape);
     APUS_CHECK(!t.empty(), "{}: missing tensor {} (expected shape {})", source_.where(name), name,
@@ -103,17 +110,18 @@ class Loader {
     return t;
   }
 
+ private:
   WeightSource& source_;
   Backend& backend_;
   std::set<std::string> used_;
 };
 
-Linear make_linear(std::vector<LinearPart> parts) {
+Linear make_linear(Backend& backend, std::vector<LinearPart> parts) {
   Linear l;
   l.in_features = parts[0].weight.shape[1];
   for (auto& p : parts) l.out_features += p.weight.shape[0];
   l.parts = std::move(parts);
-  return l;
+  return backend.prepare_linear(std::move(l));
 }
 
 // out[j] = center + scale * (2u - 1) for u = uniform01(key, first + j); vectorised per ISA.
@@ -186,33 +194,35 @@ ModelWeights load_weights(const ModelConfig& c, WeightSource& source, Backend& b
   ModelWeights w;
   const int64_t H = c.hidden_size, I = c.intermediate_size;
   size_t embed_bytes = 0;  // a step reads one embedding row per token, not the matrix
-  w.embed = ld.matrix("model.embed_tokens.weight", {c.vocab_size, H}, &embed_bytes);
+  const Tensor embed = ld.fetch("model.embed_tokens.weight", {c.vocab_size, H});
+  backend.set_model_dtype(embed.dtype);  // the model's dtype: the one of its embedding matrix
+  w.embed = ld.upload_matrix(embed, &embed_bytes);
   for (int i = 0; i < c.num_layers; ++i) {
     const std::string p = fmt::format("model.layers.{}.", i);
     LayerWeights L;
     L.attn_norm = ld.vector(p + "input_layernorm.weight", H);
-    L.qkv = make_linear({ld.part(p + "self_attn.q_proj", c.q_size(), H, c.qkv_bias, &w.matrix_bytes),
-                         ld.part(p + "self_attn.k_proj", c.kv_size(), H, c.qkv_bias, &w.matrix_bytes),
-                         ld.part(p + "self_attn.v_proj", c.kv_size(), H, c.qkv_bias, &w.matrix_bytes)});
-    L.o = make_linear({ld.part(p + "self_attn.o_proj", H, c.q_size(), c.o_bias, &w.matrix_bytes)});
+    L.qkv = make_linear(backend, {ld.part(p + "self_attn.q_proj", c.q_size(), H, c.qkv_bias, &w.matrix_bytes),
+                                  ld.part(p + "self_attn.k_proj", c.kv_size(), H, c.qkv_bias, &w.matrix_bytes),
+                                  ld.part(p + "self_attn.v_proj", c.kv_size(), H, c.qkv_bias, &w.matrix_bytes)});
+    L.o = make_linear(backend, {ld.part(p + "self_attn.o_proj", H, c.q_size(), c.o_bias, &w.matrix_bytes)});
     if (c.qk_norm) {
       L.q_norm = ld.vector(p + "self_attn.q_norm.weight", c.head_dim);
       L.k_norm = ld.vector(p + "self_attn.k_norm.weight", c.head_dim);
     }
     L.mlp_norm = ld.vector(p + "post_attention_layernorm.weight", H);
-    L.gate_up = make_linear({ld.part(p + "mlp.gate_proj", I, H, c.mlp_bias, &w.matrix_bytes),
-                             ld.part(p + "mlp.up_proj", I, H, c.mlp_bias, &w.matrix_bytes)});
-    L.down = make_linear({ld.part(p + "mlp.down_proj", H, I, c.mlp_bias, &w.matrix_bytes)});
+    L.gate_up = make_linear(backend, {ld.part(p + "mlp.gate_proj", I, H, c.mlp_bias, &w.matrix_bytes),
+                                      ld.part(p + "mlp.up_proj", I, H, c.mlp_bias, &w.matrix_bytes)});
+    L.down = make_linear(backend, {ld.part(p + "mlp.down_proj", H, I, c.mlp_bias, &w.matrix_bytes)});
     w.layers.push_back(std::move(L));
   }
   w.final_norm = ld.vector("model.norm.weight", H);
   if (c.tie_word_embeddings) {
     // transformers ignores a stored lm_head.weight when the embeddings are tied; so do we.
     ld.ignore("lm_head.weight");
-    w.lm_head = make_linear({LinearPart{w.embed, {}}});
+    w.lm_head = make_linear(backend, {LinearPart{w.embed, {}}});
     w.matrix_bytes += w.embed.nbytes();
   } else {
-    w.lm_head = make_linear({ld.part("lm_head", c.vocab_size, H, false, &w.matrix_bytes)});
+    w.lm_head = make_linear(backend, {ld.part("lm_head", c.vocab_size, H, false, &w.matrix_bytes)});
   }
   ld.check_no_leftovers();
   return w;

@@ -65,43 +65,61 @@ int argmax(const float* logits, int64_t n) {
 
 int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64_t step) {
   if (p.temperature <= 0.0f || p.top_k == 1) return argmax(logits, n);
-  // Candidates sorted by logit, cut by top-k, then probabilities at the temperature.
+  // The draw walks candidates from the most to the least likely (ties: lower id first). Sorting
+  // the whole vocabulary would cost more than the forward pass of a small model, so the order is
+  // built lazily: the walk usually ends within the first few dozen tokens.
+  auto by_logit = [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
   std::vector<int> idx(static_cast<size_t>(n));
   std::iota(idx.begin(), idx.end(), 0);
-  int64_t keep = p.top_k > 0 ? std::min<int64_t>(p.top_k, n) : n;
-  auto by_logit = [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  std::partial_sort(idx.begin(), idx.begin() + keep, idx.end(), by_logit);
-  idx.resize(size_t(keep));
-  std::vector<double> prob(idx.size());
-  const double mx = logits[idx[0]];
-  double sum = 0.0;
-  for (size_t i = 0; i < idx.size(); ++i) {
-    prob[i] = std::exp((double(logits[idx[i]]) - mx) / p.temperature);
-    sum += prob[i];
+  size_t sorted = 0;  // idx[0, sorted) is in final order, and before everything after it
+  auto sort_upto = [&](size_t k) {
+    k = std::min(k, idx.size());
+    if (k <= sorted) return;
+    std::partial_sort(idx.begin() + long(sorted), idx.begin() + long(k), idx.end(), by_logit);
+    sorted = k;
+  };
+  if (p.top_k > 0 && p.top_k < n) {
+    sort_upto(size_t(p.top_k));
+    idx.resize(size_t(p.top_k));
   }
-  for (double& q : prob) q /= sum;
-  // min-p: drop tokens below min_p times the most likely one.
-  size_t cut = prob.size();
-  if (p.min_p > 0.0f)
-    for (size_t i = 1; i < prob.size(); ++i)
-      if (prob[i] < p.min_p * prob[0]) { cut = i; break; }
+  float mx = logits[idx[0]];
+  for (int i : idx) mx = std::max(mx, logits[i]);
+  // Unnormalised probabilities at the temperature; the most likely token has weight 1.
+  thread_local std::vector<double> w;
+  w.resize(size_t(n));
+  double total = 0.0;
+  for (int i : idx) total += (w[size_t(i)] = std::exp((double(logits[i]) - double(mx)) / p.temperature));
+  // min-p: drop tokens below min_p times the most likely one (which always stays).
+  if (p.min_p > 0.0f) {
+    const int best = *std::min_element(idx.begin(), idx.end(), by_logit);
+    std::erase_if(idx, [&](int i) { return i != best && w[size_t(i)] < double(p.min_p); });
+    sorted = 0;
+  }
+  auto at = [&](size_t i) {
+    if (i >= sorted) sort_upto(std::max<size_t>(64, 2 * sorted));
+    return idx[i];
+  };
   // top-p: the smallest prefix whose mass reaches top_p (always at least one token).
-  if (p.top_p < 1.0f) {
-    double acc = 0.0;
-    for (size_t i = 0; i < cut; ++i) {
-      acc += prob[i];
-      if (acc >= p.top_p) { cut = i + 1; break; }
-    }
-  }
+  size_t cut = idx.size();
   double mass = 0.0;
-  for (size_t i = 0; i < cut; ++i) mass += prob[i];
+  if (p.top_p < 1.0f) {
+    for (size_t i = 0; i < idx.size(); ++i) {
+      mass += w[size_t(at(i))] / total;
+      if (mass >= p.top_p) {
+        cut = i + 1;
+        break;
+      }
+    }
+  } else {
+    for (int i : idx) mass += w[size_t(i)] / total;
+  }
   const double u = double(uniform01(splitmix64(p.seed), step)) * mass;
   double acc = 0.0;
   for (size_t i = 0; i < cut; ++i) {
-    acc += prob[i];
+    acc += w[size_t(at(i))] / total;
     if (u < acc) return idx[i];
   }
-  return idx[cut - 1];
+  return at(cut - 1);
 }
 
 }  // namespace apus

@@ -15,7 +15,7 @@ struct SamplingParams {
   uint64_t seed = 0;
   int max_tokens = 16;
   bool ignore_eos = false;
-  int logprobs = 0;          // top-N log-probabilities reported per generated token
+  int logprobs = -1;         // >= 0: each generated token's logprob plus the top N alternatives
   int prompt_logprobs = -1;  // >= 0: each prompt token's logprob plus the top N (completions' echo)
   int min_tokens = 0;        // eos and stop ids are masked until this many tokens exist
   float repetition_penalty = 1.0f;  // transformers-style, over prompt and output tokens

@@ -43,6 +43,7 @@ class CpuBackend : public Backend {
 
   Tensor alloc(DType dtype, std::vector<int64_t> shape) override { return host_tensor(dtype, std::move(shape)); }
   Tensor upload(const Tensor& host) override { return host; }
+  Tensor upload_step(const Tensor& host, Tensor&) override { return host; }
   void copy_to_host(const Tensor& src, void* dst) override {
     const size_t esize = dtype_size(src.dtype), row_bytes = size_t(src.cols()) * esize;
     const char* from = static_cast<const char*>(src.data);

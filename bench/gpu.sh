@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Everything the GPU machine does, in one device call: configure and build (Release, CUDA, ninja),
+# run the `gpu` tests (CUDA ops against the CPU backend, golden fixtures and engine suites on the
+# GPU), then time the Qwen2.5-7B shape with dummy weights: prefill of 2,048 tokens and decode at
+# ~1k context. Logs go to $OUT (the device tool's folder) or bench/out; a summary is printed last.
+#
+# The GPU machine has CUDA, CMake, ninja and a compiler but no Debian packages and no network:
+# run scripts/pack-gpu-deps.sh here first and carry .gpu-deps (device tool: carry [".gpu-deps"]).
+# APUS_GPU_MEMCHECK=1 also runs the op tests under compute-sanitizer (slower).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+if [ -d .gpu-deps ]; then
+  D=$PWD/.gpu-deps/usr
+  export CMAKE_PREFIX_PATH=$D${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
+  export CPATH=$D/include:$D/include/x86_64-linux-gnu${CPATH:+:$CPATH}
+  export LIBRARY_PATH=$D/lib/x86_64-linux-gnu${LIBRARY_PATH:+:$LIBRARY_PATH}
+  export LD_LIBRARY_PATH=$D/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+export PATH=$PATH:/usr/local/cuda/bin
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+  nvcc --version | tail -1; cmake --version | head -1; c++ --version | head -1; nproc
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+B=build-gpu
+t0=$(date +%s)
+if ! cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DAPUS_CUDA=ON > "$OUT/configure.log" 2>&1; then
+  tail -40 "$OUT/configure.log"; exit 1
+fi
+if ! cmake --build $B -j16 --target apus test_backend_ops test_golden_gpu test_engine_gpu > "$OUT/build.log" 2>&1; then
+  grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1
+fi
+echo "configure + build: $(( $(date +%s) - t0 )) s"
+
+t0=$(date +%s)
+(cd $B && timeout 400 ctest -L gpu -V --timeout 300) > "$OUT/ctest.log" 2>&1
+echo "ctest -L gpu: $(( $(date +%s) - t0 )) s"
+
+if [ "${APUS_GPU_MEMCHECK:-0}" = 1 ]; then
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops > "$OUT/memcheck.log" 2>&1
+  echo "memcheck: exit $? ($(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' "$OUT/memcheck.log") problem lines)"
+  timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/test_backend_ops \
+    --gtest_filter='*Attention*BF16*' > "$OUT/racecheck.log" 2>&1
+  echo "racecheck: exit $? ($(grep -c 'ERROR SUMMARY: [1-9]\|Race reported' "$OUT/racecheck.log") problem lines)"
+fi
+
+LAT="$B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b"
+timeout 150 $LAT --input-len 2048 --output-len 2 --num-iters 3 > "$OUT/bench_prefill.log" 2>&1
+timeout 150 $LAT --input-len 1024 --output-len 128 --num-iters 2 > "$OUT/bench_decode.log" 2>&1
+# Offline throughput, with the KV cache sized by --gpu-memory-utilization (the default 0.9).
+timeout 150 $B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b \
+  --num-prompts 256 --input-len 512 --output-len 128 > "$OUT/bench_throughput.log" 2>&1
+# Where a step's time goes: device time per op (decode at ~1k context).
+APUS_CUDA_PROFILE=1 timeout 150 $LAT --input-len 1024 --output-len 64 > "$OUT/bench_profile.log" 2>&1
+
+echo "==== summary"
+grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|\*\*\*" "$OUT/ctest.log"
+grep -E "FAILED|Failure" "$OUT/ctest.log" | sort | uniq | head -30
+grep -E "largest errors" "$OUT/ctest.log"
+echo "---- prefill 2048 (bench_prefill.log)"; grep -E "backend|load|prefill|matmul|Error|error" "$OUT/bench_prefill.log"
+echo "---- decode at ~1k context (bench_decode.log)"; grep -E "decode|bandwidth|bytes per|Error|error" "$OUT/bench_decode.log"
+echo "---- throughput (bench_throughput.log)"; grep -E "KV cache|workload|batched|Error|error" "$OUT/bench_throughput.log"
+echo "---- device time per op, 1024-token prefill + 63 decode steps (bench_profile.log)"
+grep -A16 "APUS_CUDA_PROFILE" "$OUT/bench_profile.log"

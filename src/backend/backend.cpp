@@ -1,0 +1,29 @@
+#include "backend/backend.h"
+
+#include "core/error.h"
+#ifdef APUS_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
+
+namespace apus {
+
+bool cuda_available() {
+#ifdef APUS_HAVE_CUDA
+  return cuda_device_count() > 0;
+#else
+  return false;
+#endif
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& device, int num_threads) {
+  if (device == "cpu") return make_cpu_backend(num_threads);
+  if (device == "auto") return cuda_available() ? make_backend("cuda", num_threads) : make_cpu_backend(num_threads);
+  APUS_CHECK(device == "cuda", "unknown --device \"{}\" (cpu, cuda, auto)", device);
+#ifdef APUS_HAVE_CUDA
+  return make_cuda_backend(0);
+#else
+  fail("--device cuda: this apus was built without CUDA (configure with -DAPUS_CUDA=ON where nvcc is installed)");
+#endif
+}
+
+}  // namespace apus

@@ -1,0 +1,361 @@
+// Paged attention for prefill and decode alike, on CUDA cores with float32 arithmetic.
+//
+// A block serves R consecutive "rows" of one sequence and one kv head, where a row is a (query
+// token, query head) pair of that kv head's group, token-major: GQA reads each key once for all
+// heads of the group, and a prefill block covers several tokens. Its 4 warps take turns over
+// 32-key tiles of the sequence's keys (per-warp online softmax: lane j scores key j of the tile
+// against every row, then each lane accumulates head_dim/32 output dims over the tile's values);
+// the warps' partial results are merged in shared memory at the end. Shared memory does not grow
+// with the context (one tile per warp), so any context length runs.
+//
+// When a step has too few (sequence, kv head, row-tile) blocks to fill the GPU -- decode of a few
+// sequences -- each sequence's keys are also split across `num_splits` blocks, which write
+// unnormalised partial results that a second kernel merges (flash-decoding).
+//
+// Tiles come in with cp.async (all of a tile's copies in flight at once; V reuses the K buffer once
+// the scores are done). Not yet done (issue 6): tensor cores (FA2-style tiles), double buffering
+// across tiles, sharing one K/V tile between the warps of a prefill block.
+#include <cuda_pipeline.h>
+
+#include <algorithm>
+
+#include "backend/cuda/device_util.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace apus::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kTile = 32;  // keys per warp tile: one per lane
+
+int dims_per_lane(int head_dim) {
+  int d = 1;
+  while (d * 32 < head_dim) d *= 2;
+  return d;
+}
+int rows_per_block(int dpl) { return dpl >= 8 ? 8 : 16; }
+
+// Row `r` of a block in bytes of padded K-tile rows: 16 bytes of padding keep the 16-byte lane
+// reads of one tile row per lane free of bank conflicts.
+template <typename T>
+__host__ __device__ int k_row_elems(int head_dim) { return head_dim + 16 / int(sizeof(T)); }
+
+struct SmemLayout {
+  size_t q, p, k, combine, total;  // byte offsets (q at 0) and the total
+};
+
+template <typename T>
+__host__ __device__ SmemLayout smem_layout(int head_dim, int rows) {
+  SmemLayout s;
+  const size_t q_bytes = size_t(rows) * head_dim * sizeof(float);
+  const size_t p_bytes = size_t(kWarps) * rows * kTile * sizeof(float);
+  const size_t k_bytes = size_t(kWarps) * kTile * k_row_elems<T>(head_dim) * sizeof(T) + kWarps * kTile * sizeof(int);
+  const size_t c_bytes = size_t(kWarps) * rows * (head_dim + 2) * sizeof(float);
+  s.q = 0;
+  s.p = q_bytes;
+  s.k = s.combine = q_bytes + p_bytes;  // the merge reuses the tile area once every warp is done
+  s.total = s.k + (k_bytes > c_bytes ? k_bytes : c_bytes);
+  return s;
+}
+
+template <typename T, int DPL>
+struct alignas(sizeof(T) * DPL >= 16 ? 16 : sizeof(T) * DPL) VecT {
+  T v[DPL];
+};
+
+// One warp copies a 32-key tile of K or V (rows `slot_s`, -1: zeros) into shared memory with
+// asynchronous copies, all in flight at once, and waits for them.
+template <typename T>
+__device__ __forceinline__ void load_tile(T* tile, const T* cache, const int* slot_s, int64_t kv_row, int64_t head_off,
+                                          int chunks, int kre, int lane) {
+  constexpr int kEpc = 16 / int(sizeof(T));
+  __syncwarp();  // every lane is done reading the previous contents
+  for (int i = lane; i < kTile * chunks; i += 32) {
+    const int j = i / chunks, c = i % chunks;
+    const int slot = slot_s[j];
+    T* dst = tile + j * kre + c * kEpc;
+    if (slot >= 0) __pipeline_memcpy_async(dst, cache + int64_t(slot) * kv_row + head_off + c * kEpc, 16);
+    else *reinterpret_cast<float4*>(dst) = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+  __syncwarp();
+}
+
+template <typename T, int DPL, int R>
+__global__ void __launch_bounds__(kWarps * 32) paged_attention_kernel(AttentionParams p) {
+  extern __shared__ float4 smem_raw[];
+  char* smem = reinterpret_cast<char*>(smem_raw);
+  const int hd = p.head_dim;
+  const SmemLayout lay = smem_layout<T>(hd, R);
+  float* q_s = reinterpret_cast<float*>(smem + lay.q);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  const int group = p.heads / p.kv_heads;
+  const int seq = blockIdx.y;
+  const int kvh = blockIdx.z / p.num_splits, split = blockIdx.z % p.num_splits;
+  const int q0 = p.q_start[seq], q_len = p.q_start[seq + 1] - q0;
+  const int ctx = p.ctx_len[seq];
+  const int row0 = blockIdx.x * R;
+  const int nrows = min(R, q_len * group - row0);
+  if (nrows <= 0) return;
+
+  // Keys this block reads: the union of its rows' causal (and windowed) ranges, cut to its split.
+  const int pos_first = ctx - q_len + row0 / group, pos_last = ctx - q_len + (row0 + nrows - 1) / group;
+  int klo = p.sliding_window > 0 ? max(0, pos_first - p.sliding_window + 1) : 0;
+  int khi = pos_last + 1;
+  if (p.num_splits > 1) {
+    const int chunk = (ctx + p.num_splits * kTile - 1) / (p.num_splits * kTile) * kTile;
+    klo = max(klo, split * chunk);
+    khi = min(khi, (split + 1) * chunk);
+  }
+
+  // The rows' queries, scaled, as float.
+  for (int i = threadIdx.x; i < R * hd; i += blockDim.x) {
+    const int r = i / hd, d = i % hd;
+    float v = 0.0f;
+    if (r < nrows) {
+      const int row = row0 + r;
+      const int64_t tok = q0 + row / group;
+      const int head = kvh * group + row % group;
+      v = to_f(static_cast<const T*>(p.q)[tok * p.q_stride + int64_t(head) * hd + d]) * p.scale;
+    }
+    q_s[i] = v;
+  }
+  __syncthreads();
+
+  int pos[R], lo[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    pos[r] = r < nrows ? ctx - q_len + (row0 + r) / group : -1;  // -1: a padding row sees no key
+    lo[r] = p.sliding_window > 0 ? pos[r] - p.sliding_window + 1 : 0;
+  }
+
+  float m[R], l[R], acc[R][DPL];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < DPL; ++e) acc[r][e] = 0.0f;
+  }
+
+  const int kre = k_row_elems<T>(hd);
+  T* k_s = reinterpret_cast<T*>(smem + lay.k) + size_t(warp) * kTile * kre;
+  int* slot_s = reinterpret_cast<int*>(smem + lay.k + size_t(kWarps) * kTile * kre * sizeof(T)) + warp * kTile;
+  float* p_s = reinterpret_cast<float*>(smem + lay.p) + size_t(warp) * R * kTile;
+  const T* k_cache = static_cast<const T*>(p.k_cache);
+  const T* v_cache = static_cast<const T*>(p.v_cache);
+  const int32_t* table = p.block_table + int64_t(seq) * p.max_blocks_per_seq;
+  const int64_t kv_row = int64_t(p.kv_heads) * hd;
+  const int chunks = hd * int(sizeof(T)) / 16;  // 16-byte chunks per key row
+  constexpr int kEpc = 16 / int(sizeof(T));     // elements per chunk
+  const int d0 = lane * DPL;
+
+  const int ntiles = khi > klo ? (khi - klo + kTile - 1) / kTile : 0;
+  for (int tile = warp; tile < ntiles; tile += kWarps) {
+    const int kbase = klo + tile * kTile;
+    {
+      const int kp = kbase + lane;
+      slot_s[lane] = kp < khi ? table[kp / p.block_size] * p.block_size + kp % p.block_size : -1;
+    }
+    __syncwarp();
+    load_tile(k_s, k_cache, slot_s, kv_row, int64_t(kvh) * hd, chunks, kre, lane);
+
+    // Scores: lane j against key kbase + j.
+    float s[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) s[r] = 0.0f;
+    const T* krow = k_s + lane * kre;
+    for (int c = 0; c < chunks; ++c) {
+      const float4 raw = *reinterpret_cast<const float4*>(krow + c * kEpc);
+      const T* kv = reinterpret_cast<const T*>(&raw);
+      float kf[kEpc];
+#pragma unroll
+      for (int e = 0; e < kEpc; ++e) kf[e] = to_f(kv[e]);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float4* qr = reinterpret_cast<const float4*>(q_s + r * hd + c * kEpc);
+#pragma unroll
+        for (int e4 = 0; e4 < kEpc / 4; ++e4) {
+          const float4 q4 = qr[e4];
+          s[r] += q4.x * kf[e4 * 4] + q4.y * kf[e4 * 4 + 1] + q4.z * kf[e4 * 4 + 2] + q4.w * kf[e4 * 4 + 3];
+        }
+      }
+    }
+
+    // Online softmax per row; p goes to shared memory for the value pass.
+    const int kp = kbase + lane;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const bool ok = kp < khi && kp <= pos[r] && kp >= lo[r];
+      const float sv = ok ? s[r] : -INFINITY;
+      const float m_new = fmaxf(m[r], warp_max(sv));
+      float pr = 0.0f, alpha = 1.0f;
+      if (m_new != -INFINITY) {
+        pr = ok ? __expf(sv - m_new) : 0.0f;
+        alpha = m[r] == -INFINITY ? 0.0f : __expf(m[r] - m_new);
+      }
+      m[r] = m_new;
+      l[r] = l[r] * alpha + pr;
+#pragma unroll
+      for (int e = 0; e < DPL; ++e) acc[r][e] *= alpha;
+      p_s[r * kTile + lane] = pr;
+    }
+    __syncwarp();
+
+    // Values, into the tile buffer the keys are done with; lane owns output dims [d0, d0 + DPL).
+    load_tile(k_s, v_cache, slot_s, kv_row, int64_t(kvh) * hd, chunks, kre, lane);
+    const int nkeys = min(kTile, khi - kbase);
+    if (d0 < hd) {
+      for (int j = 0; j < nkeys; ++j) {
+        const VecT<T, DPL> vv = *reinterpret_cast<const VecT<T, DPL>*>(k_s + j * kre + d0);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+              const float pj = p_s[r * kTile + j];
+#pragma unroll
+          for (int e = 0; e < DPL; ++e) acc[r][e] += pj * to_f(vv.v[e]);
+        }
+      }
+    }
+    __syncwarp();
+  }
+
+  // Merge the warps: (m, l, acc) per warp and row into shared memory, then combine.
+#pragma unroll
+  for (int r = 0; r < R; ++r) l[r] = warp_sum(l[r]);
+  __syncthreads();  // every warp is done with its tile area
+  float* c_m = reinterpret_cast<float*>(smem + lay.combine);
+  float* c_l = c_m + kWarps * R;
+  float* c_acc = c_l + kWarps * R;
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      c_m[warp * R + r] = m[r];
+      c_l[warp * R + r] = l[r];
+    }
+  }
+  if (d0 < hd) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int e = 0; e < DPL; ++e) c_acc[(warp * R + r) * hd + d0 + e] = acc[r][e];
+  }
+  __syncthreads();
+
+  for (int i = threadIdx.x; i < nrows * hd; i += blockDim.x) {
+    const int r = i / hd, d = i % hd;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, c_m[w * R + r]);
+    float sum = 0.0f, a = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = c_m[w * R + r];
+        const float f = mw == -INFINITY ? 0.0f : __expf(mw - mx);
+        sum += c_l[w * R + r] * f;
+        a += c_acc[(w * R + r) * hd + d] * f;
+      }
+    }
+    const int row = row0 + r;
+    const int64_t tok = q0 + row / group;
+    const int head = kvh * group + row % group;
+    if (p.num_splits == 1) {
+      static_cast<T*>(p.out)[tok * p.out_stride + int64_t(head) * hd + d] = from_f<T>(a / sum);
+    } else {
+      float* part = p.partial + ((tok * p.heads + head) * p.num_splits + split) * (hd + 2);
+      part[d] = a;
+      if (d == 0) {
+        part[hd] = mx;
+        part[hd + 1] = sum;
+      }
+    }
+  }
+}
+
+// Merges the splits of each (token, head): out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+template <typename T>
+__global__ void combine_splits_kernel(AttentionParams p) {
+  const int64_t tok = blockIdx.x;
+  const int head = blockIdx.y, hd = p.head_dim, S = p.num_splits;
+  const float* part = p.partial + (tok * p.heads + head) * S * (hd + 2);
+  float mx = -INFINITY;
+  for (int s = 0; s < S; ++s) mx = fmaxf(mx, part[s * (hd + 2) + hd]);
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float sum = 0.0f, a = 0.0f;
+    for (int s = 0; s < S; ++s) {
+      const float* ps = part + s * (hd + 2);
+      const float f = ps[hd] == -INFINITY ? 0.0f : __expf(ps[hd] - mx);
+      sum += ps[hd + 1] * f;
+      a += ps[d] * f;
+    }
+    static_cast<T*>(p.out)[tok * p.out_stride + int64_t(head) * hd + d] = from_f<T>(a / sum);
+  }
+}
+
+template <typename T, int DPL>
+cudaError_t launch(const AttentionParams& p, cudaStream_t stream) {
+  constexpr int R = DPL >= 8 ? 8 : 16;
+  const size_t smem = smem_layout<T>(p.head_dim, R).total;
+  // Raised once per kernel instantiation, to the largest size asked for so far.
+  static size_t raised = 48 * 1024;
+  if (smem > raised) {
+    const cudaError_t e = cudaFuncSetAttribute(paged_attention_kernel<T, DPL, R>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return e;
+    raised = smem;
+  }
+  const int group = p.heads / p.kv_heads;
+  const dim3 grid(ceil_div(int64_t(p.max_q_len) * group, R), unsigned(p.num_seqs), unsigned(p.kv_heads * p.num_splits));
+  paged_attention_kernel<T, DPL, R><<<grid, kWarps * 32, smem, stream>>>(p);
+  if (p.num_splits > 1) {
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    const unsigned threads = p.head_dim >= 128 ? 128 : (p.head_dim + 31) / 32 * 32;
+    combine_splits_kernel<T><<<dim3(unsigned(p.tokens), unsigned(p.heads)), threads, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+int attention_splits(const AttentionParams& p, int multiprocessors) {
+  const int group = p.heads / p.kv_heads;
+  const int rows = rows_per_block(dims_per_lane(p.head_dim));
+  const int64_t blocks = int64_t(p.num_seqs) * ceil_div(int64_t(p.max_q_len) * group, rows) * p.kv_heads;
+  if (blocks >= multiprocessors || p.max_ctx_len < 4 * kTile) return 1;
+  // Enough blocks for about two waves, each split at least 128 keys long.
+  const int64_t want = std::min<int64_t>(ceil_div(2 * multiprocessors, blocks), ceil_div(p.max_ctx_len, 4 * kTile));
+  return int(std::clamp<int64_t>(want, 1, 32));
+}
+
+size_t attention_scratch_floats(const AttentionParams& p) {
+  return p.num_splits > 1 ? size_t(p.tokens) * p.heads * p.num_splits * (p.head_dim + 2) : 0;
+}
+
+size_t attention_smem_bytes(const AttentionParams& p) {
+  const int dpl = dims_per_lane(p.head_dim), rows = rows_per_block(dpl);
+  switch (p.dt) {
+    case DType::F32: return smem_layout<float>(p.head_dim, rows).total;
+    case DType::F16: return smem_layout<__half>(p.head_dim, rows).total;
+    default: return smem_layout<__nv_bfloat16>(p.head_dim, rows).total;
+  }
+}
+
+cudaError_t paged_attention(const AttentionParams& p, cudaStream_t stream) {
+  if (p.tokens == 0) return cudaSuccess;
+  APUS_DISPATCH_FLOAT(p.dt, T, {
+    switch (dims_per_lane(p.head_dim)) {
+      case 1: return launch<T, 1>(p, stream);
+      case 2: return launch<T, 2>(p, stream);
+      case 4: return launch<T, 4>(p, stream);
+      case 8: return launch<T, 8>(p, stream);
+      default: return cudaErrorInvalidValue;
+    }
+  });
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace apus::cuda

@@ -1,0 +1,543 @@
+// The CUDA backend: weights, KV cache and activations on one GPU, in the model's 16-bit dtype
+// (F32 models run in F32); linear layers through cuBLAS with float32 accumulation, everything else
+// through our kernels (kernels.h). All work is queued on one stream; the host waits only in
+// copy_to_host() and synchronize(), i.e. once per step for the logits.
+#include "backend/cuda/cuda_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+
+#include "backend/cuda/cublas.h"
+#include "backend/cuda/kernels.h"
+#include "core/error.h"
+
+namespace apus {
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA error in {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+#define APUS_CUDA_CHECK(call) check((call), #call)
+
+void check_blas(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS error in {}: {}", what, cuda::cublas().status_string(s));
+}
+
+cudaDataType_t blas_type(DType t) {
+  switch (t) {
+    case DType::F32: return CUDA_R_32F;
+    case DType::F16: return CUDA_R_16F;
+    case DType::BF16: return CUDA_R_16BF;
+    default: fail("cuBLAS: unsupported dtype {}", dtype_name(t));
+  }
+}
+
+bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+
+// Page-locked host memory for the per-step copies (DMA straight from/to it), grown on demand.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() {
+    if (p_) cudaFreeHost(p_);
+  }
+  // The caller guarantees no copy still reads or writes the old buffer.
+  void* get(size_t bytes) {
+    if (bytes > cap_) {
+      if (p_) APUS_CUDA_CHECK(cudaFreeHost(p_));
+      p_ = nullptr;
+      cap_ = std::max(bytes, cap_ * 3 / 2);
+      APUS_CUDA_CHECK(cudaMallocHost(&p_, cap_));
+    }
+    return p_;
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t cap_ = 0;
+};
+
+// APUS_CUDA_PROFILE=1: device time of every op, measured with a pair of CUDA events around it and
+// keyed by op and shape, printed to stderr when the backend goes. For finding where a step's time
+// goes without a profiler; it adds a few microseconds of host time per op.
+class OpProfile {
+ public:
+  explicit OpProfile(cudaStream_t stream) : stream_(stream), on_(std::getenv("APUS_CUDA_PROFILE") != nullptr) {}
+  OpProfile(const OpProfile&) = delete;
+  OpProfile& operator=(const OpProfile&) = delete;
+  ~OpProfile() {
+    if (!on_) return;
+    collect();
+    std::vector<std::pair<std::string, Total>> rows(totals_.begin(), totals_.end());
+    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+    double all = 0;
+    for (const auto& [k, t] : rows) all += t.ms;
+    fmt::print(stderr, "APUS_CUDA_PROFILE: device time per op ({:.1f} ms in all)\n", all);
+    for (const auto& [k, t] : rows)
+      fmt::print(stderr, "  {:<44} {:>7} calls {:>10.3f} ms {:>9.1f} us/call {:>5.1f}%\n", k, t.calls, t.ms,
+                 1e3 * t.ms / double(t.calls), 100.0 * t.ms / all);
+  }
+  bool on() const { return on_; }
+  void start(std::string key) {
+    Pending p{std::move(key), nullptr, nullptr};
+    APUS_CUDA_CHECK(cudaEventCreate(&p.start));
+    APUS_CUDA_CHECK(cudaEventCreate(&p.stop));
+    APUS_CUDA_CHECK(cudaEventRecord(p.start, stream_));
+    pending_.push_back(std::move(p));
+  }
+  void stop() { APUS_CUDA_CHECK(cudaEventRecord(pending_.back().stop, stream_)); }
+  // Adds up finished ops (called where the host waits for the device anyway).
+  void collect() {
+    for (Pending& p : pending_) {
+      APUS_CUDA_CHECK(cudaEventSynchronize(p.stop));
+      float ms = 0;
+      APUS_CUDA_CHECK(cudaEventElapsedTime(&ms, p.start, p.stop));
+      Total& t = totals_[p.key];
+      t.calls++;
+      t.ms += ms;
+      cudaEventDestroy(p.start);
+      cudaEventDestroy(p.stop);
+    }
+    pending_.clear();
+  }
+
+ private:
+  struct Pending {
+    std::string key;
+    cudaEvent_t start, stop;
+  };
+  struct Total {
+    int64_t calls = 0;
+    double ms = 0;
+  };
+  cudaStream_t stream_;
+  bool on_;
+  std::vector<Pending> pending_;
+  std::map<std::string, Total> totals_;
+};
+
+constexpr size_t kCublasWorkspace = size_t(32) << 20;
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    APUS_CUDA_CHECK(cudaSetDevice(device));
+    APUS_CUDA_CHECK(cudaGetDeviceProperties(&props_, device));
+    APUS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    APUS_CUDA_CHECK(cudaEventCreateWithFlags(&upload_done_, cudaEventDisableTiming));
+    const cuda::Cublas& cb = cuda::cublas();
+    check_blas(cb.create(&blas_), "cublasCreate");
+    check_blas(cb.set_stream(blas_, stream_), "cublasSetStream");
+    // Our own workspace: cuBLAS then never allocates during a step (and CUDA graphs can capture it).
+    blas_workspace_ = raw_alloc(DType::U8, {int64_t(kCublasWorkspace)});
+    check_blas(cb.set_workspace(blas_, blas_workspace_.data, kCublasWorkspace), "cublasSetWorkspace");
+    errors_ = alloc(DType::I32, {2});
+    errors_host_ = static_cast<cuda::DeviceError*>(error_pinned_.get(sizeof(cuda::DeviceError)));
+    profile_ = std::make_unique<OpProfile>(stream_);
+  }
+
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    profile_.reset();
+    cuda::cublas().destroy(blas_);
+    cudaEventDestroy(upload_done_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override {
+    return fmt::format("cuda ({}, sm_{}{}, {} activations, cuBLAS)", props_.name, props_.major, props_.minor,
+                       dtype_name(act_));
+  }
+  Device device() const override { return Device::CUDA; }
+  DType activation_dtype() const override { return act_; }
+  void set_model_dtype(DType t) override {
+    APUS_CHECK(is_float(t), "the CUDA backend runs F32, F16 or BF16 models, not {}", dtype_name(t));
+    act_ = t;
+  }
+  DType weight_dtype(DType) const override { return act_; }
+
+  Tensor alloc(DType dtype, std::vector<int64_t> shape) override {
+    Tensor t = raw_alloc(dtype, std::move(shape));
+    APUS_CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.nbytes(), stream_));
+    return t;
+  }
+
+  Tensor upload(const Tensor& host) override {
+    if (host.device == Device::CUDA) return host;
+    APUS_CHECK(host.contiguous(), "upload: {} is a strided view", host.describe());
+    Tensor t = raw_alloc(host.dtype, host.shape);
+    // Stream-ordered, and synchronous so that `host` (often a temporary) may go at once.
+    APUS_CUDA_CHECK(cudaMemcpyAsync(t.data, host.data, host.nbytes(), cudaMemcpyHostToDevice, stream_));
+    APUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return t;
+  }
+
+  Tensor upload_step(const Tensor& host, Tensor& staging) override {
+    APUS_CHECK(host.contiguous(), "upload_step: {} is a strided view", host.describe());
+    const size_t bytes = host.nbytes();
+    if (staging.empty() || staging.nbytes() < bytes) staging = raw_alloc(DType::U8, {int64_t(bytes + bytes / 4 + 256)});
+    APUS_CUDA_CHECK(cudaEventSynchronize(upload_done_));  // the previous copy has left the pinned buffer
+    void* pinned = upload_pinned_.get(bytes);
+    std::memcpy(pinned, host.data, bytes);
+    APUS_CUDA_CHECK(cudaMemcpyAsync(staging.data, pinned, bytes, cudaMemcpyHostToDevice, stream_));
+    APUS_CUDA_CHECK(cudaEventRecord(upload_done_, stream_));
+    Tensor v = make_view(staging.data, host.dtype, host.shape, Device::CUDA, staging.owner);
+    return v;
+  }
+
+  void copy_to_host(const Tensor& src, void* dst) override {
+    on_device(src, "copy_to_host");
+    const size_t esize = dtype_size(src.dtype), row_bytes = size_t(src.cols()) * esize;
+    const size_t bytes = row_bytes * size_t(src.rows());
+    if (bytes == 0) return;
+    void* pinned = download_pinned_.get(bytes);
+    APUS_CUDA_CHECK(cudaMemcpy2DAsync(pinned, row_bytes, src.data, size_t(src.row_stride) * esize, row_bytes,
+                                      size_t(src.rows()), cudaMemcpyDeviceToHost, stream_));
+    synchronize();
+    std::memcpy(dst, pinned, bytes);
+  }
+
+  bool memory_info(size_t* free_bytes, size_t* total_bytes) override {
+    APUS_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+    return true;
+  }
+
+  // One matrix per linear layer: q/k/v and gate/up parts are concatenated at load (the parts are
+  // device copies already), so each runs as one GEMM.
+  Linear prepare_linear(Linear l) override {
+    if (l.parts.size() < 2) return l;
+    const int64_t in = l.in_features;
+    const DType dt = l.parts[0].weight.dtype;
+    bool any_bias = false;
+    for (const auto& p : l.parts) {
+      APUS_CHECK(p.weight.dtype == dt && p.weight.contiguous() && p.weight.device == Device::CUDA,
+                 "prepare_linear: parts must be contiguous device matrices of one dtype");
+      any_bias = any_bias || !p.bias.empty();
+    }
+    LinearPart fused;
+    fused.weight = raw_alloc(dt, {l.out_features, in});
+    if (any_bias) fused.bias = alloc(DType::F32, {l.out_features});
+    int64_t row = 0;
+    for (const auto& p : l.parts) {
+      const int64_t n = p.weight.shape[0];
+      APUS_CUDA_CHECK(cudaMemcpyAsync(fused.weight.row<char>(0) + size_t(row * in) * dtype_size(dt), p.weight.data,
+                                      p.weight.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+      if (!p.bias.empty())
+        APUS_CUDA_CHECK(cudaMemcpyAsync(fused.bias.ptr<float>() + row, p.bias.data, size_t(n) * 4,
+                                        cudaMemcpyDeviceToDevice, stream_));
+      row += n;
+    }
+    APUS_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the parts are freed when `l` goes
+    Linear out;
+    out.in_features = in;
+    out.out_features = l.out_features;
+    out.parts.push_back(std::move(fused));
+    return out;
+  }
+
+  void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
+    on_device(ids, "embedding");
+    activation(out, "embedding");
+    APUS_CHECK(table.dtype == act_ && table.cols() == out.cols(), "embedding: table {} does not fit output {}",
+               table.describe(), out.describe());
+    vocab_ = table.rows();
+    Timed t(*profile_, "embedding", ids.numel());
+    launched(cuda::embedding(act_, ids.ptr<int32_t>(), ids.numel(), table.data, table.rows(), table.cols(), out.data,
+                             out.row_stride, error_word(), stream_),
+             "embedding");
+  }
+
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override {
+    activation(x, "gather_rows");
+    activation(out, "gather_rows");
+    Timed t(*profile_, "gather_rows", rows.numel());
+    launched(cuda::gather_rows(act_, x.data, x.row_stride, rows.ptr<int32_t>(), rows.numel(), x.cols(), out.data,
+                               out.row_stride, stream_),
+             "gather_rows");
+  }
+
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    activation(x, "rms_norm");
+    activation(out, "rms_norm");
+    const int64_t n = w.numel();
+    APUS_CHECK(x.cols() % n == 0 && out.cols() == x.cols(), "rms_norm: {} columns are not groups of {}", x.cols(), n);
+    Timed t(*profile_, "rms_norm", x.rows(), fmt::format(" cols={}", n));
+    launched(cuda::rms_norm(act_, x.data, x.row_stride, w.ptr<float>(), n, x.cols() / n, eps, out.data,
+                            out.row_stride, x.rows(), stream_),
+             "rms_norm");
+  }
+
+  void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    activation(residual, "add_rms_norm");
+    activation(x, "add_rms_norm");
+    activation(out, "add_rms_norm");
+    APUS_CHECK(w.numel() == residual.cols(), "add_rms_norm: weight [{}] for {} columns", w.numel(), residual.cols());
+    Timed t(*profile_, "add_rms_norm", residual.rows());
+    launched(cuda::add_rms_norm(act_, residual.data, residual.row_stride, x.data, x.row_stride, w.ptr<float>(),
+                                residual.cols(), eps, out.data, out.row_stride, residual.rows(), stream_),
+             "add_rms_norm");
+  }
+
+  void linear(const Tensor& x, const Linear& w, Tensor& out) override {
+    activation(x, "linear");
+    on_device(out, "linear");
+    APUS_CHECK(x.cols() == w.in_features && out.cols() == w.out_features && x.rows() == out.rows(),
+               "linear: input {} / output {} do not fit weight [{}, {}]", x.describe(), out.describe(),
+               w.out_features, w.in_features);
+    APUS_CHECK(out.dtype == act_ || out.dtype == DType::F32, "linear: output {} must be {} or F32", out.describe(),
+               dtype_name(act_));
+    if (x.rows() == 0) return;
+    Timed t(*profile_, "linear", x.rows(), fmt::format(" n={} k={}", w.out_features, w.in_features));
+    const float alpha = 1.0f, beta = 0.0f;
+    const size_t out_esize = dtype_size(out.dtype);
+    int64_t col = 0;
+    for (const LinearPart& p : w.parts) {
+      const int64_t n = p.weight.shape[0];
+      APUS_CHECK(p.weight.dtype == act_ && p.weight.device == Device::CUDA,
+                 "linear: weight {} on {} (expected {} on the GPU)", p.weight.describe(),
+                 p.weight.device == Device::CUDA ? "the GPU" : "the host", dtype_name(act_));
+      void* y = static_cast<char*>(out.data) + size_t(col) * out_esize;
+      // Row-major Y[M, n] = X[M, K] W[n, K]^T is column-major Y^T = W^T(op T) X^T.
+      check_blas(cuda::cublas().gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(x.rows()), int(x.cols()), &alpha,
+                                        p.weight.data, blas_type(act_), int(p.weight.row_stride), x.data,
+                                        blas_type(act_), int(x.row_stride), &beta, y, blas_type(out.dtype),
+                                        int(out.row_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx");
+      if (!p.bias.empty())
+        launched(cuda::add_bias(out.dtype, y, out.row_stride, p.bias.ptr<float>(), x.rows(), n, stream_), "add_bias");
+      col += n;
+    }
+  }
+
+  void rope(Tensor& x, const Tensor& cos, const Tensor& sin, int head_dim) override {
+    activation(x, "rope");
+    on_device(cos, "rope");
+    const int half = int(cos.cols());
+    Timed t(*profile_, "rope", x.rows());
+    APUS_CHECK(x.cols() % head_dim == 0 && 2 * half <= head_dim, "rope: {} with head_dim {} and {} frequencies",
+               x.describe(), head_dim, half);
+    launched(cuda::rope(act_, x.data, x.row_stride, x.rows(), int(x.cols() / head_dim), head_dim, cos.ptr<float>(),
+                        sin.ptr<float>(), half, stream_),
+             "rope");
+  }
+
+  void store_kv(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, KvLayer& cache) override {
+    activation(k, "store_kv");
+    activation(v, "store_kv");
+    activation(cache.k, "store_kv");
+    const int64_t row = cache.k.shape[2] * cache.k.shape[3];
+    APUS_CHECK(k.cols() == row && v.cols() == row, "store_kv: rows of {} for a cache of {} per slot", k.cols(), row);
+    num_slots_ = cache.k.shape[0] * cache.k.shape[1];
+    Timed t(*profile_, "store_kv", k.rows());
+    launched(cuda::store_kv(act_, k.data, k.row_stride, v.data, v.row_stride, slot_mapping.ptr<int32_t>(), k.rows(),
+                            row, cache.k.data, cache.v.data, num_slots_, error_word(), stream_),
+             "store_kv");
+  }
+
+  void attention(const Tensor& q, const KvLayer& cache, const AttentionBatch& b, Tensor& out) override {
+    activation(q, "attention");
+    activation(out, "attention");
+    activation(cache.k, "attention");
+    cuda::AttentionParams p{};
+    p.dt = act_;
+    p.q = q.data;
+    p.q_stride = q.row_stride;
+    p.out = out.data;
+    p.out_stride = out.row_stride;
+    p.k_cache = cache.k.data;
+    p.v_cache = cache.v.data;
+    p.q_start = b.q_start.ptr<int32_t>();
+    p.ctx_len = b.ctx_len.ptr<int32_t>();
+    p.block_table = b.block_table.ptr<int32_t>();
+    p.tokens = q.rows();
+    p.num_seqs = b.num_seqs;
+    p.max_blocks_per_seq = b.max_blocks_per_seq;
+    p.block_size = int(cache.k.shape[1]);
+    p.sliding_window = b.sliding_window;
+    p.kv_heads = int(cache.k.shape[2]);
+    p.head_dim = int(cache.k.shape[3]);
+    p.heads = int(q.cols() / p.head_dim);
+    p.scale = b.scale;
+    p.max_q_len = b.max_q_len;
+    p.max_ctx_len = b.max_ctx_len;
+    APUS_CHECK(p.max_q_len > 0 && p.max_ctx_len >= p.max_q_len,
+               "attention: AttentionBatch.max_q_len / max_ctx_len are not set ({} / {})", p.max_q_len, p.max_ctx_len);
+    APUS_CHECK(p.head_dim <= 256 && p.head_dim * int(dtype_size(act_)) % 16 == 0,
+               "attention: head_dim {} is not supported on CUDA (a multiple of 16 bytes, at most 256)", p.head_dim);
+    APUS_CHECK(p.heads % p.kv_heads == 0 && out.cols() == q.cols(), "attention: {} query heads for {} kv heads",
+               p.heads, p.kv_heads);
+    const size_t smem = cuda::attention_smem_bytes(p);
+    APUS_CHECK(smem <= props_.sharedMemPerBlockOptin, "attention: head_dim {} needs {} bytes of shared memory; {} has {}",
+               p.head_dim, smem, props_.name, props_.sharedMemPerBlockOptin);
+    p.num_splits = cuda::attention_splits(p, props_.multiProcessorCount);
+    const size_t scratch = cuda::attention_scratch_floats(p);
+    if (scratch > 0) {
+      if (size_t(attention_scratch_.numel()) < scratch) attention_scratch_ = raw_alloc(DType::F32, {int64_t(scratch)});
+      p.partial = attention_scratch_.ptr<float>();
+    }
+    Timed t(*profile_, "attention", p.tokens, fmt::format(" max_q={} splits={}", p.max_q_len, p.num_splits));
+    launched(cuda::paged_attention(p, stream_), "paged_attention");
+  }
+
+  void silu_mul(const Tensor& gate_up, Tensor& out) override {
+    activation(gate_up, "silu_mul");
+    activation(out, "silu_mul");
+    APUS_CHECK(gate_up.cols() == 2 * out.cols(), "silu_mul: {} -> {}", gate_up.describe(), out.describe());
+    Timed t(*profile_, "silu_mul", out.rows());
+    launched(cuda::silu_mul(act_, gate_up.data, gate_up.row_stride, out.data, out.row_stride, out.rows(), out.cols(),
+                            stream_),
+             "silu_mul");
+  }
+
+  void add(Tensor& x, const Tensor& y) override {
+    activation(x, "add");
+    activation(y, "add");
+    Timed t(*profile_, "add", x.rows());
+    launched(cuda::add(act_, x.data, x.row_stride, y.data, y.row_stride, x.rows(), x.cols(), stream_), "add");
+  }
+
+  void synchronize() override {
+    APUS_CUDA_CHECK(cudaMemcpyAsync(errors_host_, errors_.data, sizeof(cuda::DeviceError), cudaMemcpyDeviceToHost,
+                                    stream_));
+    APUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    profile_->collect();
+    const cuda::DeviceError e = *errors_host_;
+    if (e.code == cuda::kErrNone) return;
+    APUS_CUDA_CHECK(cudaMemsetAsync(errors_.data, 0, sizeof(cuda::DeviceError), stream_));
+    APUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (e.code == cuda::kErrTokenId) fail("token id {} is outside the vocabulary (size {})", e.value, vocab_);
+    fail("store_kv: slot {} outside the cache ({} slots)", e.value, num_slots_);
+  }
+
+  double measure_copy_bandwidth() override {
+    const int64_t n = int64_t(1) << 28;  // 1 GiB of floats each way
+    Tensor a = raw_alloc(DType::F32, {n}), b = raw_alloc(DType::F32, {n});
+    launched(cuda::fill_random(DType::F32, a.data, n, 1, stream_), "fill_random");
+    const double s = median_seconds(10, [&] {
+      APUS_CUDA_CHECK(cudaMemcpyAsync(b.data, a.data, a.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+    });
+    return 2.0 * double(a.nbytes()) / s;
+  }
+
+  double measure_matmul_flops() override {
+    const int n = 8192;
+    Tensor a = raw_alloc(DType::BF16, {n, n}), b = raw_alloc(DType::BF16, {n, n}), c = raw_alloc(DType::BF16, {n, n});
+    launched(cuda::fill_random(DType::BF16, a.data, a.numel(), 2, stream_), "fill_random");
+    launched(cuda::fill_random(DType::BF16, b.data, b.numel(), 3, stream_), "fill_random");
+    const float alpha = 1.0f, beta = 0.0f;
+    const double s = median_seconds(10, [&] {
+      check_blas(cuda::cublas().gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a.data, CUDA_R_16BF, n,
+                                        b.data, CUDA_R_16BF, n, &beta, c.data, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
+                                        CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx");
+    });
+    return 2.0 * double(n) * n * n / s;
+  }
+
+ private:
+  Tensor raw_alloc(DType dtype, std::vector<int64_t> shape) {
+    Tensor t = make_view(nullptr, dtype, std::move(shape), Device::CUDA);
+    const size_t bytes = std::max<size_t>(t.nbytes(), 16);
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      fail("out of GPU memory allocating {} ({:.1f} MiB; {:.1f} GiB free of {:.1f} GiB): {}", t.describe(),
+           double(bytes) / (1 << 20), double(free_b) / (1 << 30), double(total_b) / (1 << 30), cudaGetErrorString(e));
+    }
+    t.data = p;
+    t.owner = std::shared_ptr<void>(p, [](void* q) { cudaFree(q); });
+    return t;
+  }
+
+  void on_device(const Tensor& t, const char* op) const {
+    APUS_CHECK(t.device == Device::CUDA, "{}: {} is in host memory; the CUDA backend takes device tensors", op,
+               t.describe());
+  }
+  void activation(const Tensor& t, const char* op) const {
+    on_device(t, op);
+    APUS_CHECK(t.dtype == act_, "{}: {} is not in the activation dtype {}", op, t.describe(), dtype_name(act_));
+  }
+  void launched(cudaError_t e, const char* kernel) const { check(e, kernel); }
+
+  // Times the op it is constructed in when APUS_CUDA_PROFILE is set; `rows` is the op's row count.
+  class Timed {
+   public:
+    Timed(OpProfile& p, const char* op, int64_t rows, const std::string& detail = {}) : p_(p) {
+      if (p_.on()) p_.start(fmt::format("{} rows={}{}", op, rows, detail));
+    }
+    ~Timed() {
+      if (p_.on()) p_.stop();
+    }
+    Timed(const Timed&) = delete;
+    Timed& operator=(const Timed&) = delete;
+
+   private:
+    OpProfile& p_;
+  };
+  cuda::DeviceError* error_word() const { return static_cast<cuda::DeviceError*>(errors_.data); }
+
+  template <typename F>
+  double median_seconds(int reps, F&& run) {
+    cudaEvent_t start, stop;
+    APUS_CUDA_CHECK(cudaEventCreate(&start));
+    APUS_CUDA_CHECK(cudaEventCreate(&stop));
+    run();  // warm-up (and cuBLAS's heuristics)
+    run();
+    std::vector<float> ms;
+    for (int i = 0; i < reps; ++i) {
+      APUS_CUDA_CHECK(cudaEventRecord(start, stream_));
+      run();
+      APUS_CUDA_CHECK(cudaEventRecord(stop, stream_));
+      APUS_CUDA_CHECK(cudaEventSynchronize(stop));
+      float t = 0.0f;
+      APUS_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+      ms.push_back(t);
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    std::sort(ms.begin(), ms.end());
+    return double(ms[ms.size() / 2]) / 1e3;
+  }
+
+  int device_;
+  cudaDeviceProp props_{};
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t upload_done_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  DType act_ = DType::BF16;
+  Tensor blas_workspace_, errors_, attention_scratch_;
+  PinnedBuffer upload_pinned_, download_pinned_, error_pinned_;
+  cuda::DeviceError* errors_host_ = nullptr;
+  int64_t vocab_ = 0, num_slots_ = 0;
+  std::unique_ptr<OpProfile> profile_;
+};
+
+}  // namespace
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" / "no device" error
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index) {
+  const int n = cuda_device_count();
+  APUS_CHECK(n > 0, "--device cuda: no CUDA GPU is visible (no device, or no NVIDIA driver); use --device cpu");
+  APUS_CHECK(device_index >= 0 && device_index < n, "CUDA device {} does not exist ({} visible)", device_index, n);
+  return std::make_unique<CudaBackend>(device_index);
+}
+
+}  // namespace apus

@@ -1,0 +1,86 @@
+// Device-side helpers shared by the .cu files: float conversion for each activation dtype, dtype
+// dispatch, warp and block reductions.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace apus::cuda {
+
+template <typename T>
+struct Num;
+template <>
+struct Num<float> {
+  static __device__ __forceinline__ float to_float(float x) { return x; }
+  static __device__ __forceinline__ float from_float(float x) { return x; }
+};
+template <>
+struct Num<__half> {
+  static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
+};
+template <>
+struct Num<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+};
+
+template <typename T>
+__device__ __forceinline__ float to_f(T x) { return Num<T>::to_float(x); }
+template <typename T>
+__device__ __forceinline__ T from_f(float x) { return Num<T>::from_float(x); }
+
+// Runs `body` with T bound to the C++ type of activation dtype `dt`; other dtypes return
+// cudaErrorInvalidValue (the backend never passes them).
+#define APUS_DISPATCH_FLOAT(dt, T, ...)                \
+  switch (dt) {                                        \
+    case ::apus::DType::F32: {                         \
+      using T = float;                                 \
+      __VA_ARGS__;                                     \
+      break;                                           \
+    }                                                  \
+    case ::apus::DType::F16: {                         \
+      using T = __half;                                \
+      __VA_ARGS__;                                     \
+      break;                                           \
+    }                                                  \
+    case ::apus::DType::BF16: {                        \
+      using T = __nv_bfloat16;                         \
+      __VA_ARGS__;                                     \
+      break;                                           \
+    }                                                  \
+    default:                                           \
+      return cudaErrorInvalidValue;                    \
+  }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[32];
+  v = warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();  // `partial` may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < warps ? partial[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+
+}  // namespace apus::cuda

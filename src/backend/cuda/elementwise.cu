@@ -1,0 +1,251 @@
+// The small per-token kernels: embedding, row gather, RMSNorm (plain, per head, fused with the
+// residual add), RoPE, the KV-cache store, SiLU*up, add, bias. Arithmetic is float32; results are
+// rounded to the activation dtype once, where transformers rounds (see each kernel).
+//
+// These are straightforward one-pass kernels (a grid-stride loop or one block per row); they move
+// a few MB per layer against hundreds of MB of weights, so they are not where decode time goes.
+#include "backend/cuda/device_util.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace apus::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return unsigned(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+#define GRID_STRIDE(i, n) \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+__device__ void record_error(DeviceError* err, int code, int value) {
+  if (atomicCAS(&err->code, kErrNone, code) == kErrNone) err->value = value;
+}
+
+template <typename T>
+__global__ void embedding_kernel(const int32_t* ids, int64_t n, const T* table, int64_t vocab, int64_t hidden,
+                                 T* out, int64_t out_stride, DeviceError* err) {
+  GRID_STRIDE(i, n * hidden) {
+    const int64_t t = i / hidden, c = i % hidden;
+    const int32_t id = ids[t];
+    if (id < 0 || id >= vocab) {
+      if (c == 0) record_error(err, kErrTokenId, id);
+      out[t * out_stride + c] = from_f<T>(0.0f);
+    } else {
+      out[t * out_stride + c] = table[int64_t(id) * hidden + c];
+    }
+  }
+}
+
+template <typename T>
+__global__ void gather_rows_kernel(const T* x, int64_t x_stride, const int32_t* rows, int64_t n, int64_t cols, T* out,
+                                   int64_t out_stride) {
+  GRID_STRIDE(i, n * cols) {
+    const int64_t r = i / cols, c = i % cols;
+    out[r * out_stride + c] = x[int64_t(rows[r]) * x_stride + c];
+  }
+}
+
+// One block per (row, group). transformers: weight * (x * rsqrt(mean(x^2) + eps)).to(dtype), the
+// statistics in float32; the normalised value is rounded to the dtype before the weight multiplies.
+template <typename T>
+__global__ void rms_norm_kernel(const T* x, int64_t x_stride, const float* w, int64_t group, float eps, T* out,
+                                int64_t out_stride) {
+  const T* xr = x + int64_t(blockIdx.x) * x_stride + int64_t(blockIdx.y) * group;
+  T* orow = out + int64_t(blockIdx.x) * out_stride + int64_t(blockIdx.y) * group;
+  float ss = 0.0f;
+#pragma unroll 4
+  for (int64_t i = threadIdx.x; i < group; i += blockDim.x) {
+    const float v = to_f(xr[i]);
+    ss += v * v;
+  }
+  const float inv = rsqrtf(block_sum(ss) / float(group) + eps);
+  for (int64_t i = threadIdx.x; i < group; i += blockDim.x)
+    orow[i] = from_f<T>(w[i] * to_f(from_f<T>(to_f(xr[i]) * inv)));
+}
+
+// residual += x (rounded to the dtype, as transformers adds two bf16 tensors), then the norm of it.
+// The three never overlap (the decoder passes distinct buffers); saying so lets the loads of
+// successive elements overlap instead of waiting for each store (a decode step runs this on one
+// row, where latency is all there is).
+template <typename T>
+__global__ void add_rms_norm_kernel(T* __restrict__ residual, int64_t res_stride, const T* __restrict__ x,
+                                    int64_t x_stride, const float* __restrict__ w, int64_t cols, float eps,
+                                    T* __restrict__ out, int64_t out_stride) {
+  T* res = residual + int64_t(blockIdx.x) * res_stride;
+  const T* xr = x + int64_t(blockIdx.x) * x_stride;
+  T* orow = out + int64_t(blockIdx.x) * out_stride;
+  float ss = 0.0f;
+#pragma unroll 4
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const T sum = from_f<T>(to_f(res[i]) + to_f(xr[i]));
+    res[i] = sum;
+    const float v = to_f(sum);
+    ss += v * v;
+  }
+  const float inv = rsqrtf(block_sum(ss) / float(cols) + eps);
+#pragma unroll 4
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)  // each thread rereads what it wrote
+    orow[i] = from_f<T>(w[i] * to_f(from_f<T>(to_f(res[i]) * inv)));
+}
+
+unsigned norm_threads(int64_t n) { return n >= 2048 ? 512 : n >= 512 ? 256 : n >= 128 ? 128 : 32; }
+
+template <typename T>
+__global__ void rope_kernel(T* x, int64_t x_stride, int64_t rows, int heads, int head_dim, const float* cos,
+                            const float* sin, int half) {
+  GRID_STRIDE(i, rows * heads * half) {
+    const int64_t t = i / (int64_t(heads) * half);
+    const int h = int(i / half % heads), j = int(i % half);
+    T* v = x + t * x_stride + int64_t(h) * head_dim;
+    const float a = to_f(v[j]), b = to_f(v[j + half]);
+    const float c = cos[t * half + j], s = sin[t * half + j];
+    v[j] = from_f<T>(a * c - b * s);
+    v[j + half] = from_f<T>(b * c + a * s);
+  }
+}
+
+template <typename T>
+__global__ void store_kv_kernel(const T* k, int64_t k_stride, const T* v, int64_t v_stride, const int32_t* slots,
+                                int64_t rows, int64_t row_elems, T* k_cache, T* v_cache, int64_t num_slots,
+                                DeviceError* err) {
+  GRID_STRIDE(i, rows * row_elems) {
+    const int64_t t = i / row_elems, c = i % row_elems;
+    const int32_t slot = slots[t];
+    if (slot < 0 || slot >= num_slots) {
+      if (c == 0) record_error(err, kErrSlot, slot);
+      continue;
+    }
+    k_cache[int64_t(slot) * row_elems + c] = k[t * k_stride + c];
+    v_cache[int64_t(slot) * row_elems + c] = v[t * v_stride + c];
+  }
+}
+
+template <typename T>
+__global__ void silu_mul_kernel(const T* gate_up, int64_t gu_stride, T* out, int64_t out_stride, int64_t rows,
+                                int64_t cols) {
+  GRID_STRIDE(i, rows * cols) {
+    const int64_t r = i / cols, c = i % cols;
+    const float g = to_f(gate_up[r * gu_stride + c]), u = to_f(gate_up[r * gu_stride + cols + c]);
+    out[r * out_stride + c] = from_f<T>(g / (1.0f + __expf(-g)) * u);
+  }
+}
+
+template <typename T>
+__global__ void add_kernel(T* x, int64_t x_stride, const T* y, int64_t y_stride, int64_t rows, int64_t cols) {
+  GRID_STRIDE(i, rows * cols) {
+    const int64_t r = i / cols, c = i % cols;
+    x[r * x_stride + c] = from_f<T>(to_f(x[r * x_stride + c]) + to_f(y[r * y_stride + c]));
+  }
+}
+
+template <typename T>
+__global__ void add_bias_kernel(T* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols) {
+  GRID_STRIDE(i, rows * cols) {
+    const int64_t r = i / cols, c = i % cols;
+    y[r * y_stride + c] = from_f<T>(to_f(y[r * y_stride + c]) + bias[c]);
+  }
+}
+
+template <typename T>
+__global__ void fill_random_kernel(T* x, int64_t n, uint64_t seed) {
+  GRID_STRIDE(i, n) {
+    uint64_t z = seed + uint64_t(i) * 0x9e3779b97f4a7c15ull;  // splitmix64
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    x[i] = from_f<T>(float(z >> 40) * (2.0f / 16777216.0f) - 1.0f);
+  }
+}
+
+}  // namespace
+
+cudaError_t embedding(DType dt, const int32_t* ids, int64_t n, const void* table, int64_t vocab, int64_t hidden,
+                      void* out, int64_t out_stride, DeviceError* err, cudaStream_t stream) {
+  APUS_DISPATCH_FLOAT(dt, T,
+                      embedding_kernel<T><<<grid_for(n * hidden), kThreads, 0, stream>>>(
+                          ids, n, static_cast<const T*>(table), vocab, hidden, static_cast<T*>(out), out_stride, err));
+  return cudaGetLastError();
+}
+
+cudaError_t gather_rows(DType dt, const void* x, int64_t x_stride, const int32_t* rows, int64_t n, int64_t cols,
+                        void* out, int64_t out_stride, cudaStream_t stream) {
+  APUS_DISPATCH_FLOAT(dt, T,
+                      gather_rows_kernel<T><<<grid_for(n * cols), kThreads, 0, stream>>>(
+                          static_cast<const T*>(x), x_stride, rows, n, cols, static_cast<T*>(out), out_stride));
+  return cudaGetLastError();
+}
+
+cudaError_t rms_norm(DType dt, const void* x, int64_t x_stride, const float* w, int64_t group, int64_t groups,
+                     float eps, void* out, int64_t out_stride, int64_t rows, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(groups));
+  APUS_DISPATCH_FLOAT(dt, T,
+                      rms_norm_kernel<T><<<grid, norm_threads(group), 0, stream>>>(
+                          static_cast<const T*>(x), x_stride, w, group, eps, static_cast<T*>(out), out_stride));
+  return cudaGetLastError();
+}
+
+cudaError_t add_rms_norm(DType dt, void* residual, int64_t res_stride, const void* x, int64_t x_stride,
+                         const float* w, int64_t cols, float eps, void* out, int64_t out_stride, int64_t rows,
+                         cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  APUS_DISPATCH_FLOAT(dt, T,
+                      add_rms_norm_kernel<T><<<unsigned(rows), norm_threads(cols), 0, stream>>>(
+                          static_cast<T*>(residual), res_stride, static_cast<const T*>(x), x_stride, w, cols, eps,
+                          static_cast<T*>(out), out_stride));
+  return cudaGetLastError();
+}
+
+cudaError_t rope(DType dt, void* x, int64_t x_stride, int64_t rows, int heads, int head_dim, const float* cos,
+                 const float* sin, int half, cudaStream_t stream) {
+  APUS_DISPATCH_FLOAT(dt, T,
+                      rope_kernel<T><<<grid_for(rows * heads * half), kThreads, 0, stream>>>(
+                          static_cast<T*>(x), x_stride, rows, heads, head_dim, cos, sin, half));
+  return cudaGetLastError();
+}
+
+cudaError_t store_kv(DType dt, const void* k, int64_t k_stride, const void* v, int64_t v_stride, const int32_t* slots,
+                     int64_t rows, int64_t row_elems, void* k_cache, void* v_cache, int64_t num_slots, DeviceError* err,
+                     cudaStream_t stream) {
+  APUS_DISPATCH_FLOAT(dt, T,
+                      store_kv_kernel<T><<<grid_for(rows * row_elems), kThreads, 0, stream>>>(
+                          static_cast<const T*>(k), k_stride, static_cast<const T*>(v), v_stride, slots, rows,
+                          row_elems, static_cast<T*>(k_cache), static_cast<T*>(v_cache), num_slots, err));
+  return cudaGetLastError();
+}
+
+cudaError_t silu_mul(DType dt, const void* gate_up, int64_t gu_stride, void* out, int64_t out_stride, int64_t rows,
+                     int64_t cols, cudaStream_t stream) {
+  APUS_DISPATCH_FLOAT(dt, T,
+                      silu_mul_kernel<T><<<grid_for(rows * cols), kThreads, 0, stream>>>(
+                          static_cast<const T*>(gate_up), gu_stride, static_cast<T*>(out), out_stride, rows, cols));
+  return cudaGetLastError();
+}
+
+cudaError_t add(DType dt, void* x, int64_t x_stride, const void* y, int64_t y_stride, int64_t rows, int64_t cols,
+                cudaStream_t stream) {
+  APUS_DISPATCH_FLOAT(dt, T,
+                      add_kernel<T><<<grid_for(rows * cols), kThreads, 0, stream>>>(
+                          static_cast<T*>(x), x_stride, static_cast<const T*>(y), y_stride, rows, cols));
+  return cudaGetLastError();
+}
+
+cudaError_t add_bias(DType dt, void* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols,
+                     cudaStream_t stream) {
+  APUS_DISPATCH_FLOAT(dt, T,
+                      add_bias_kernel<T><<<grid_for(rows * cols), kThreads, 0, stream>>>(
+                          static_cast<T*>(y), y_stride, bias, rows, cols));
+  return cudaGetLastError();
+}
+
+cudaError_t fill_random(DType dt, void* x, int64_t n, uint64_t seed, cudaStream_t stream) {
+  APUS_DISPATCH_FLOAT(dt, T,
+                      fill_random_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<T*>(x), n, seed));
+  return cudaGetLastError();
+}
+
+}  // namespace apus::cuda

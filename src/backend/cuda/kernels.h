@@ -1,0 +1,77 @@
+// Launchers for the CUDA kernels (the .cu files beside this one). Plain pointers and sizes only, so
+// that nvcc compiles nothing but kernels; the backend (cuda_backend.cpp) checks shapes and dtypes.
+// `dt` is the activation dtype (F32, F16 or BF16); strides are in elements. Every launcher queues
+// work on `stream` and returns cudaGetLastError().
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace apus::cuda {
+
+// Kernels that validate indices record the first bad one here; the backend reports it as an
+// apus::Error at its next synchronizing call (a kernel cannot throw).
+struct DeviceError {
+  int code;   // kErrNone, kErrTokenId, kErrSlot
+  int value;  // the offending id or slot
+};
+enum : int { kErrNone = 0, kErrTokenId = 1, kErrSlot = 2 };
+
+cudaError_t embedding(DType dt, const int32_t* ids, int64_t n, const void* table, int64_t vocab, int64_t hidden,
+                      void* out, int64_t out_stride, DeviceError* err, cudaStream_t stream);
+cudaError_t gather_rows(DType dt, const void* x, int64_t x_stride, const int32_t* rows, int64_t n, int64_t cols,
+                        void* out, int64_t out_stride, cudaStream_t stream);
+// RMSNorm of each `group`-column group of each row (groups per row = cols / group); out may alias x.
+cudaError_t rms_norm(DType dt, const void* x, int64_t x_stride, const float* w, int64_t group, int64_t groups,
+                     float eps, void* out, int64_t out_stride, int64_t rows, cudaStream_t stream);
+// residual, x and out must not overlap.
+cudaError_t add_rms_norm(DType dt, void* residual, int64_t res_stride, const void* x, int64_t x_stride,
+                         const float* w, int64_t cols, float eps, void* out, int64_t out_stride, int64_t rows,
+                         cudaStream_t stream);
+cudaError_t rope(DType dt, void* x, int64_t x_stride, int64_t rows, int heads, int head_dim, const float* cos,
+                 const float* sin, int half, cudaStream_t stream);
+// k, v rows of `row_elems` elements into the caches' slots ([num_slots, row_elems] each).
+cudaError_t store_kv(DType dt, const void* k, int64_t k_stride, const void* v, int64_t v_stride, const int32_t* slots,
+                     int64_t rows, int64_t row_elems, void* k_cache, void* v_cache, int64_t num_slots, DeviceError* err,
+                     cudaStream_t stream);
+cudaError_t silu_mul(DType dt, const void* gate_up, int64_t gu_stride, void* out, int64_t out_stride, int64_t rows,
+                     int64_t cols, cudaStream_t stream);
+cudaError_t add(DType dt, void* x, int64_t x_stride, const void* y, int64_t y_stride, int64_t rows, int64_t cols,
+                cudaStream_t stream);
+// y[r, c] += bias[c]; `dt` is y's dtype (F32 logits or the activation dtype).
+cudaError_t add_bias(DType dt, void* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols,
+                     cudaStream_t stream);
+// Deterministic pseudo-random values in [-1, 1) (benchmark inputs: never time on zeros).
+cudaError_t fill_random(DType dt, void* x, int64_t n, uint64_t seed, cudaStream_t stream);
+
+// Paged attention over block tables (see AttentionBatch in backend/backend.h for the layout).
+struct AttentionParams {
+  DType dt;
+  const void* q;        // [tokens, heads * head_dim], row stride q_stride
+  int64_t q_stride;
+  void* out;            // [tokens, heads * head_dim], row stride out_stride
+  int64_t out_stride;
+  const void* k_cache;  // [num_blocks, block_size, kv_heads, head_dim]
+  const void* v_cache;
+  const int32_t* q_start;      // [num_seqs + 1]
+  const int32_t* ctx_len;      // [num_seqs]
+  const int32_t* block_table;  // [num_seqs, max_blocks_per_seq]
+  int64_t tokens;
+  int num_seqs, max_blocks_per_seq, block_size, sliding_window;
+  int heads, kv_heads, head_dim;
+  float scale;
+  int max_q_len, max_ctx_len;
+  int num_splits;   // > 1: each sequence's keys are split over this many blocks (flash-decoding)
+  float* partial;   // num_splits > 1: scratch of attention_scratch_floats() floats
+};
+
+// The split count for a step: more blocks than the GPU has multiprocessors need none.
+int attention_splits(const AttentionParams& p, int multiprocessors);
+size_t attention_scratch_floats(const AttentionParams& p);
+// Shared memory one block needs (the launcher raises the kernel's limit when above 48 KiB).
+size_t attention_smem_bytes(const AttentionParams& p);
+cudaError_t paged_attention(const AttentionParams& p, cudaStream_t stream);
+
+}  // namespace apus::cuda

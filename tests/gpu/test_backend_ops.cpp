@@ -1,0 +1,345 @@
+// Every CUDA op against the CPU backend (the reference) on random inputs, for each activation dtype
+// the GPU runs (BF16, F16, F32): both backends get the same values (inputs rounded to the dtype
+// first), GPU outputs are poisoned with NaN before each op so that unwritten elements fail, and
+// results are compared by relative L2 error against a tolerance set by the dtype's rounding.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "backend/backend.h"
+#include "core/error.h"
+
+namespace apus {
+namespace {
+
+// Relative L2 error allowed: outputs are rounded once or twice to the dtype (bf16: 2^-9 relative).
+double tolerance(DType t) { return t == DType::BF16 ? 1e-2 : t == DType::F16 ? 2e-3 : 2e-5; }
+
+float round_to(float f, DType t) {
+  if (t == DType::BF16) return bf16_to_f32(f32_to_bf16(f));
+  if (t == DType::F16) return f16_to_f32(f32_to_f16(f));
+  return f;
+}
+
+class BackendOps : public ::testing::TestWithParam<DType> {
+ protected:
+  static void SetUpTestSuite() {
+    if (!cuda_available()) return;
+    cpu_ = make_cpu_backend(4).release();
+    gpu_ = make_backend("cuda", 1).release();
+  }
+  static void TearDownTestSuite() {
+    delete gpu_;
+    delete cpu_;
+    gpu_ = cpu_ = nullptr;
+  }
+  void SetUp() override {
+    if (!gpu_) GTEST_SKIP() << "no CUDA GPU";
+    dt_ = GetParam();
+    gpu_->set_model_dtype(dt_);
+  }
+
+  // Host F32 values in [lo, hi), rounded to the dtype under test.
+  Tensor random(std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
+    Tensor t = host_tensor(DType::F32, std::move(shape));
+    std::uniform_real_distribution<float> d(lo, hi);
+    for (int64_t i = 0; i < t.numel(); ++i) t.ptr<float>()[i] = round_to(d(rng_), dt_);
+    return t;
+  }
+  // A host F32 tensor on the GPU in dtype `t` (default: the activation dtype).
+  Tensor to_gpu(const Tensor& f32, DType t = DType::F32, bool as_activation = true) {
+    if (as_activation) t = dt_;
+    Tensor h = host_tensor(t, f32.shape);
+    for (int64_t i = 0; i < f32.numel(); ++i) {
+      const float v = f32.ptr<float>()[i];
+      if (t == DType::F32) h.ptr<float>()[i] = v;
+      else if (t == DType::BF16) h.ptr<uint16_t>()[i] = f32_to_bf16(v);
+      else h.ptr<uint16_t>()[i] = f32_to_f16(v);
+    }
+    return gpu_->upload(h);
+  }
+  Tensor to_gpu_f32(const Tensor& f32) { return to_gpu(f32, DType::F32, false); }
+  Tensor to_gpu_i32(const std::vector<int32_t>& v) {
+    return gpu_->upload(make_view(const_cast<int32_t*>(v.data()), DType::I32, {int64_t(v.size())}));
+  }
+  // A GPU activation tensor full of NaN.
+  Tensor poisoned(std::vector<int64_t> shape) {
+    Tensor nan = host_tensor(DType::F32, std::move(shape));
+    std::fill(nan.ptr<float>(), nan.ptr<float>() + nan.numel(), NAN);
+    return to_gpu(nan);
+  }
+  // Any GPU float tensor (possibly a strided view) back as contiguous host F32.
+  Tensor to_host(const Tensor& g) {
+    Tensor raw = host_tensor(g.dtype, {g.rows(), g.cols()});
+    gpu_->copy_to_host(g, raw.data);
+    Tensor out = host_tensor(DType::F32, {g.rows(), g.cols()});
+    for (int64_t i = 0; i < raw.numel(); ++i) {
+      const uint16_t h = raw.ptr<uint16_t>()[i];
+      out.ptr<float>()[i] = g.dtype == DType::F32    ? raw.ptr<float>()[i]
+                            : g.dtype == DType::BF16 ? bf16_to_f32(h)
+                                                     : f16_to_f32(h);
+    }
+    return out;
+  }
+  // ||got - want|| / ||want|| within the dtype's tolerance, every element finite. `want` may be a
+  // strided view.
+  void expect_close(const Tensor& want, const Tensor& got_gpu, const std::string& what, double tol = 0) {
+    const Tensor got = to_host(got_gpu);
+    ASSERT_EQ(got.rows(), want.rows()) << what;
+    ASSERT_EQ(got.cols(), want.cols()) << what;
+    double num = 0, den = 0;
+    int64_t bad = 0;
+    for (int64_t r = 0; r < want.rows(); ++r)
+      for (int64_t c = 0; c < want.cols(); ++c) {
+        const double w = want.row<float>(r)[c], g = got.row<float>(r)[c];
+        if (!std::isfinite(g)) ++bad;
+        num += (g - w) * (g - w);
+        den += w * w;
+      }
+    EXPECT_EQ(bad, 0) << what << ": non-finite (unwritten?) elements";
+    const double rel = std::sqrt(num / std::max(den, 1e-30));
+    EXPECT_LT(rel, tol > 0 ? tol : tolerance(dt_)) << what << " (" << dtype_name(dt_) << ")";
+  }
+
+  static Backend* cpu_;
+  static Backend* gpu_;
+  DType dt_ = DType::BF16;
+  std::mt19937 rng_{12345};
+};
+Backend* BackendOps::cpu_ = nullptr;
+Backend* BackendOps::gpu_ = nullptr;
+
+TEST_P(BackendOps, LinearPartsBiasStridesAndF32Output) {
+  for (int64_t m : {1, 7, 64, 300}) {
+    const int64_t k = 96, n1 = 48, n2 = 80;
+    // Input: a column view of a wider matrix; output: a column view too.
+    Tensor xw = random({m, k + 32});
+    Tensor x = xw.cols_view(16, k);
+    Tensor w1 = random({n1, k}, -0.2f, 0.2f), w2 = random({n2, k}, -0.2f, 0.2f), b1 = random({n1});
+    Linear cl{{LinearPart{w1, b1}, LinearPart{w2, {}}}, k, n1 + n2};
+    Tensor yw = host_tensor(DType::F32, {m, n1 + n2 + 8});
+    Tensor y = yw.cols_view(8, n1 + n2);
+    cpu_->linear(x, cl, y);
+
+    Linear gl = gpu_->prepare_linear(
+        Linear{{LinearPart{to_gpu(w1), to_gpu_f32(b1)}, LinearPart{to_gpu(w2), {}}}, k, n1 + n2});
+    Tensor gx = to_gpu(xw).cols_view(16, k);
+    Tensor gy = poisoned({m, n1 + n2 + 8}).cols_view(8, n1 + n2);
+    gpu_->linear(gx, gl, gy);
+    expect_close(y, gy, fmt::format("linear m={}", m));
+
+    // Logits: activations in, F32 out.
+    Tensor gf = gpu_->alloc(DType::F32, {m, n1 + n2});
+    gpu_->linear(gx, gl, gf);
+    expect_close(y, gf, fmt::format("linear m={} to F32", m), dt_ == DType::F32 ? 0 : 3e-3);
+  }
+}
+
+TEST_P(BackendOps, RmsNormPlainPerHeadInPlaceAndFusedAdd) {
+  for (int64_t rows : {1, 5, 129}) {
+    for (int64_t cols : {64, 896, 3584, 8192}) {
+      Tensor x = random({rows, cols}, -3.0f, 3.0f), w = random({cols}, 0.5f, 1.5f);
+      Tensor out = host_tensor(DType::F32, {rows, cols});
+      cpu_->rms_norm(x, w, 1e-6f, out);
+      Tensor gout = poisoned({rows, cols});
+      gpu_->rms_norm(to_gpu(x), to_gpu_f32(w), 1e-6f, gout);
+      expect_close(out, gout, fmt::format("rms_norm {}x{}", rows, cols));
+
+      // residual += y; out = norm(residual)
+      Tensor res = random({rows, cols}, -3.0f, 3.0f), y = random({rows, cols}, -3.0f, 3.0f);
+      Tensor gres = to_gpu(res), gout2 = poisoned({rows, cols});
+      cpu_->add_rms_norm(res, y, w, 1e-6f, out);
+      gpu_->add_rms_norm(gres, to_gpu(y), to_gpu_f32(w), 1e-6f, gout2);
+      expect_close(res, gres, "add_rms_norm residual");
+      expect_close(out, gout2, "add_rms_norm out");
+    }
+  }
+  // Qwen3's per-head q norm: groups of head_dim, in place on a column view.
+  for (int64_t hd : {64, 128}) {
+    Tensor qkv = random({9, 8 * hd + 2 * 2 * hd}, -2.0f, 2.0f), w = random({hd}, 0.5f, 1.5f);
+    Tensor gqkv = to_gpu(qkv);
+    Tensor q = qkv.cols_view(0, 8 * hd), gq = gqkv.cols_view(0, 8 * hd);
+    cpu_->rms_norm(q, w, 1e-6f, q);
+    gpu_->rms_norm(gq, to_gpu_f32(w), 1e-6f, gq);
+    expect_close(qkv, gqkv, fmt::format("per-head rms_norm hd={}", hd));
+  }
+}
+
+TEST_P(BackendOps, RopeFullAndPartial) {
+  for (int hd : {32, 64, 128}) {
+    for (int half : {hd / 2, hd / 4}) {
+      const int64_t T = 13, heads = 6;
+      Tensor xw = random({T, heads * hd + 40}, -2.0f, 2.0f);
+      Tensor cos = host_tensor(DType::F32, {T, half}), sin = host_tensor(DType::F32, {T, half});
+      for (int64_t t = 0; t < T; ++t)
+        for (int i = 0; i < half; ++i) {
+          const float a = float(t * 7 + 3) * std::pow(10000.0f, -float(i) / float(half));
+          cos.row<float>(t)[i] = std::cos(a);
+          sin.row<float>(t)[i] = std::sin(a);
+        }
+      Tensor gxw = to_gpu(xw);
+      Tensor x = xw.cols_view(8, heads * hd), gx = gxw.cols_view(8, heads * hd);
+      cpu_->rope(x, cos, sin, hd);
+      gpu_->rope(gx, to_gpu_f32(cos), to_gpu_f32(sin), hd);
+      expect_close(xw, gxw, fmt::format("rope hd={} half={}", hd, half));
+    }
+  }
+}
+
+TEST_P(BackendOps, EmbeddingGatherSiluMulAdd) {
+  const int64_t V = 1000, H = 320, T = 37;
+  Tensor table = random({V, H});
+  std::vector<int32_t> ids(T);
+  for (auto& id : ids) id = int32_t(rng_() % V);
+  Tensor out = host_tensor(DType::F32, {T, H});
+  cpu_->embedding(make_view(ids.data(), DType::I32, {T}), table, out);
+  Tensor gout = poisoned({T, H});
+  gpu_->embedding(to_gpu_i32(ids), to_gpu(table), gout);
+  expect_close(out, gout, "embedding");
+
+  std::vector<int32_t> rows = {36, 0, 5, 5, 17};
+  Tensor g = host_tensor(DType::F32, {5, H});
+  cpu_->gather_rows(out, make_view(rows.data(), DType::I32, {5}), g);
+  Tensor gg = poisoned({5, H});
+  gpu_->gather_rows(gout, to_gpu_i32(rows), gg);
+  expect_close(g, gg, "gather_rows");
+
+  Tensor gu = random({T, 2 * H}, -4.0f, 4.0f);
+  Tensor act = host_tensor(DType::F32, {T, H});
+  cpu_->silu_mul(gu, act);
+  Tensor gact = poisoned({T, H});
+  gpu_->silu_mul(to_gpu(gu), gact);
+  expect_close(act, gact, "silu_mul");
+
+  Tensor a = random({T, H}), b = random({T, H});
+  Tensor ga = to_gpu(a);
+  cpu_->add(a, b);
+  gpu_->add(ga, to_gpu(b));
+  expect_close(a, ga, "add");
+}
+
+TEST_P(BackendOps, BadTokenIdIsAnErrorNotAWrongAnswer) {
+  Tensor table = to_gpu(random({10, 64}));
+  std::vector<int32_t> ids = {1, 10};
+  Tensor out = poisoned({2, 64});
+  gpu_->embedding(to_gpu_i32(ids), table, out);
+  EXPECT_THAT([&] { gpu_->synchronize(); }, ::testing::ThrowsMessage<Error>(::testing::HasSubstr("token id 10")));
+  gpu_->synchronize();  // the error was reported once and cleared
+}
+
+// One attention scenario: sequences (context length, new tokens), model geometry, window.
+struct AttnCase {
+  std::vector<std::pair<int, int>> seqs;
+  int heads, kv_heads, head_dim, window;
+};
+
+class BackendAttention : public BackendOps {
+ protected:
+  void run(const AttnCase& ac) {
+    const int bs = 16, S = int(ac.seqs.size());
+    const std::string name = fmt::format("attention heads {}/{} hd {} window {} seqs {}", ac.heads, ac.kv_heads,
+                                         ac.head_dim, ac.window, S);
+    // Blocks: every sequence's table drawn from a shuffled pool (non-contiguous, any order).
+    int max_blocks = 0, total_blocks = 0, max_q = 0, max_ctx = 0;
+    for (auto [ctx, q] : ac.seqs) {
+      max_blocks = std::max(max_blocks, (ctx + bs - 1) / bs);
+      total_blocks += (ctx + bs - 1) / bs;
+      max_q = std::max(max_q, q);
+      max_ctx = std::max(max_ctx, ctx);
+    }
+    const int num_blocks = total_blocks + 7;
+    std::vector<int32_t> pool(static_cast<size_t>(num_blocks));
+    std::iota(pool.begin(), pool.end(), 0);
+    std::shuffle(pool.begin(), pool.end(), rng_);
+    std::vector<int32_t> table(size_t(S * max_blocks), 0), q_start{0}, ctx_len, all_slots, new_slots;
+    size_t next = 0;
+    for (int s = 0; s < S; ++s) {
+      const auto [ctx, q] = ac.seqs[size_t(s)];
+      for (int b = 0; b < (ctx + bs - 1) / bs; ++b) table[size_t(s * max_blocks + b)] = pool[next++];
+      for (int p = 0; p < ctx; ++p) {
+        const int32_t slot = table[size_t(s * max_blocks + p / bs)] * bs + p % bs;
+        all_slots.push_back(slot);
+        if (p >= ctx - q) new_slots.push_back(slot);
+      }
+      q_start.push_back(q_start.back() + q);
+      ctx_len.push_back(ctx);
+    }
+    const int64_t kv = int64_t(ac.kv_heads) * ac.head_dim, qd = int64_t(ac.heads) * ac.head_dim;
+    const int64_t n_all = int64_t(all_slots.size()), T = q_start.back();
+
+    // Every position's K/V through store_kv (from column views of a fused qkv, as the model does).
+    Tensor kvw = random({n_all, 2 * kv + 8}, -2.0f, 2.0f);
+    Tensor k = kvw.cols_view(0, kv), v = kvw.cols_view(kv + 8, kv);
+    const std::vector<int64_t> shape{num_blocks, bs, ac.kv_heads, ac.head_dim};
+    KvLayer ccache{host_tensor(DType::F32, shape), host_tensor(DType::F32, shape)};
+    KvLayer gcache{gpu_->alloc(dt_, shape), gpu_->alloc(dt_, shape)};
+    cpu_->store_kv(k, v, make_view(all_slots.data(), DType::I32, {n_all}), ccache);
+    Tensor gkvw = to_gpu(kvw);
+    gpu_->store_kv(gkvw.cols_view(0, kv), gkvw.cols_view(kv + 8, kv), to_gpu_i32(all_slots), gcache);
+    const std::vector<int64_t> flat{int64_t(num_blocks) * bs, kv};
+    expect_close(make_view(ccache.k.data, DType::F32, flat), make_view(gcache.k.data, dt_, flat, Device::CUDA),
+                 name + " store_kv k", 1e-7);
+    expect_close(make_view(ccache.v.data, DType::F32, flat), make_view(gcache.v.data, dt_, flat, Device::CUDA),
+                 name + " store_kv v", 1e-7);
+
+    AttentionBatch cb;
+    cb.num_seqs = S;
+    cb.max_blocks_per_seq = max_blocks;
+    cb.block_size = bs;
+    cb.sliding_window = ac.window;
+    cb.scale = 1.0f / std::sqrt(float(ac.head_dim));
+    cb.max_q_len = max_q;
+    cb.max_ctx_len = max_ctx;
+    AttentionBatch gb = cb;
+    cb.q_start = make_view(q_start.data(), DType::I32, {S + 1});
+    cb.ctx_len = make_view(ctx_len.data(), DType::I32, {S});
+    cb.block_table = make_view(table.data(), DType::I32, {S, max_blocks});
+    gb.q_start = to_gpu_i32(q_start);
+    gb.ctx_len = to_gpu_i32(ctx_len);
+    gb.block_table = gpu_->upload(make_view(table.data(), DType::I32, {S, max_blocks}));
+
+    Tensor qw = random({T, qd + 2 * kv}, -2.0f, 2.0f);  // q is a column view of the fused qkv
+    Tensor out = host_tensor(DType::F32, {T, qd});
+    cpu_->attention(qw.cols_view(0, qd), ccache, cb, out);
+    Tensor gout = poisoned({T, qd});
+    gpu_->attention(to_gpu(qw).cols_view(0, qd), gcache, gb, gout);
+    expect_close(out, gout, name);
+  }
+};
+
+TEST_P(BackendAttention, PrefillDecodeAndMixedBatches) {
+  // Mixed: a fresh prompt, a decode, a chunked-prefill continuation, a long decode, a 1-token prompt.
+  const std::vector<std::pair<int, int>> mixed = {{37, 37}, {300, 1}, {530, 17}, {2000, 1}, {1, 1}};
+  for (auto [heads, kv_heads, hd] : std::vector<std::tuple<int, int, int>>{
+           {8, 2, 128}, {14, 2, 64}, {4, 4, 128}, {4, 1, 64}, {4, 2, 16}, {4, 2, 32}, {28, 4, 128}, {2, 1, 256}}) {
+    run({mixed, heads, kv_heads, hd, 0});
+  }
+}
+
+TEST_P(BackendAttention, LongDecodesSplitAcrossBlocks) {
+  // Few sequences with long contexts: the keys are split over several blocks and merged.
+  run({{{3000, 1}}, 28, 4, 128, 0});
+  run({{{4097, 1}, {33, 1}}, 8, 8, 64, 0});
+  run({{{1500, 3}}, 32, 8, 128, 0});
+}
+
+TEST_P(BackendAttention, ManyDecodesAndSlidingWindow) {
+  std::vector<std::pair<int, int>> many;
+  for (int i = 0; i < 100; ++i) many.push_back({1 + int(rng_() % 700), 1});
+  run({many, 14, 2, 64, 0});
+  run({{{37, 37}, {300, 1}, {530, 17}, {2000, 1}}, 8, 2, 128, 64});
+  run({{{20, 20}, {9, 2}}, 4, 2, 16, 6});  // the Mistral fixture's window
+  run({{{3000, 1}}, 8, 2, 128, 100});       // windowed and split
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, BackendOps, ::testing::Values(DType::BF16, DType::F16, DType::F32),
+                         [](const ::testing::TestParamInfo<DType>& p) { return std::string(dtype_name(p.param)); });
+INSTANTIATE_TEST_SUITE_P(Dtypes, BackendAttention, ::testing::Values(DType::BF16, DType::F16, DType::F32),
+                         [](const ::testing::TestParamInfo<DType>& p) { return std::string(dtype_name(p.param)); });
+
+}  // namespace
+}  // namespace apus
