@@ -30,15 +30,19 @@ t0=$(date +%s)
 if ! cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DAPUS_CUDA=ON > "$OUT/configure.log" 2>&1; then
   tail -40 "$OUT/configure.log"; exit 1
 fi
-if ! cmake --build $B -j16 --target apus test_backend_ops test_golden_gpu test_engine_gpu > "$OUT/build.log" 2>&1; then
+if ! cmake --build $B -j16 --target apus test_backend_ops test_decode_graphs test_golden_gpu test_engine_gpu > "$OUT/build.log" 2>&1; then
   grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1
 fi
 echo "configure + build: $(( $(date +%s) - t0 )) s"
 
 t0=$(date +%s)
-(cd $B && timeout 400 ctest -L gpu -V --timeout 300) > "$OUT/ctest.log" 2>&1
+(cd $B && timeout 300 ctest -L gpu -V --timeout 200) > "$OUT/ctest.log" 2>&1
 echo "ctest -L gpu: $(( $(date +%s) - t0 )) s"
 
+# The newest kernels under memcheck every time (a few seconds); everything with APUS_GPU_MEMCHECK=1.
+timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops \
+  --gtest_filter='*Gemv*:*StoreKv*:*Overstated*' > "$OUT/memcheck_new.log" 2>&1
+echo "memcheck (new kernels): exit $? ($(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' "$OUT/memcheck_new.log") problem lines)"
 if [ "${APUS_GPU_MEMCHECK:-0}" = 1 ]; then
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops > "$OUT/memcheck.log" 2>&1
   echo "memcheck: exit $? ($(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' "$OUT/memcheck.log") problem lines)"
@@ -50,18 +54,29 @@ fi
 LAT="$B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b"
 timeout 150 $LAT --input-len 2048 --output-len 2 --num-iters 3 > "$OUT/bench_prefill.log" 2>&1
 timeout 150 $LAT --input-len 1024 --output-len 128 --num-iters 2 > "$OUT/bench_decode.log" 2>&1
+# The same decode op by op (no CUDA graphs), and op by op with cuBLAS for every linear layer (the
+# first increment's configuration): before and after in one run, on one card.
+APUS_CUDA_GRAPHS=0 timeout 150 $LAT --input-len 1024 --output-len 128 > "$OUT/bench_decode_eager.log" 2>&1
+APUS_CUDA_GRAPHS=0 APUS_CUDA_GEMV=0 timeout 150 $LAT --input-len 1024 --output-len 128 \
+  > "$OUT/bench_decode_cublas.log" 2>&1
 # Offline throughput, with the KV cache sized by --gpu-memory-utilization (the default 0.9).
 timeout 150 $B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b \
   --num-prompts 256 --input-len 512 --output-len 128 > "$OUT/bench_throughput.log" 2>&1
-# Where a step's time goes: device time per op (decode at ~1k context).
+# Where a step's time goes: device time per op (decode at ~1k context), with our GEMV and with cuBLAS.
 APUS_CUDA_PROFILE=1 timeout 150 $LAT --input-len 1024 --output-len 64 > "$OUT/bench_profile.log" 2>&1
+APUS_CUDA_PROFILE=1 APUS_CUDA_GEMV=0 timeout 150 $LAT --input-len 1024 --output-len 64 > "$OUT/bench_profile_cublas.log" 2>&1
 
 echo "==== summary"
 grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|\*\*\*" "$OUT/ctest.log"
 grep -E "FAILED|Failure" "$OUT/ctest.log" | sort | uniq | head -30
 grep -E "largest errors" "$OUT/ctest.log"
 echo "---- prefill 2048 (bench_prefill.log)"; grep -E "backend|load|prefill|matmul|Error|error" "$OUT/bench_prefill.log"
-echo "---- decode at ~1k context (bench_decode.log)"; grep -E "decode|bandwidth|bytes per|Error|error" "$OUT/bench_decode.log"
+echo "---- decode at ~1k context (bench_decode.log: CUDA graphs + GEMV)"
+grep -E "decode|bandwidth|bytes per|Error|error" "$OUT/bench_decode.log"
+echo "---- decode op by op (bench_decode_eager.log)"; grep -E "decode  |Error|error" "$OUT/bench_decode_eager.log"
+echo "---- decode op by op, cuBLAS only (bench_decode_cublas.log)"; grep -E "decode  |Error|error" "$OUT/bench_decode_cublas.log"
 echo "---- throughput (bench_throughput.log)"; grep -E "KV cache|workload|batched|Error|error" "$OUT/bench_throughput.log"
 echo "---- device time per op, 1024-token prefill + 63 decode steps (bench_profile.log)"
-grep -A16 "APUS_CUDA_PROFILE" "$OUT/bench_profile.log"
+grep -A24 "APUS_CUDA_PROFILE" "$OUT/bench_profile.log"
+echo "---- linear layers with cuBLAS only (bench_profile_cublas.log)"
+grep -A24 "APUS_CUDA_PROFILE" "$OUT/bench_profile_cublas.log" | grep -E "APUS|linear"

@@ -49,7 +49,8 @@ struct AttentionBatch {
   Tensor q_start;          // I32 [num_seqs + 1]
   Tensor ctx_len;          // I32 [num_seqs]
   Tensor block_table;      // I32 [num_seqs, max_blocks_per_seq]
-  Tensor slot_mapping;     // I32 [tokens]: block * block_size + offset where each new K/V goes
+  Tensor slot_mapping;     // I32 [tokens]: block * block_size + offset where each new K/V goes;
+                           // -1: a padding token whose K/V is not stored
 };
 
 class Backend {
@@ -109,6 +110,17 @@ class Backend {
   virtual void add(Tensor& x, const Tensor& y) = 0;
   // Makes the device finish queued work (a no-op on CPU).
   virtual void synchronize() {}
+
+  // Recorded op sequences (CUDA graphs). Between begin_capture() and end_capture() the ops are
+  // recorded, not run (no upload_step, copy_to_host or synchronize in between, and nothing may be
+  // allocated); replay(g) runs them again on the same buffers, whose contents may have changed.
+  // A backend without them returns false from graphs_supported() and is never asked.
+  virtual bool graphs_supported() const { return false; }
+  virtual void begin_capture() {}
+  virtual int end_capture() { return -1; }
+  virtual void replay(int /*graph*/) {}
+  // Destroys a recorded graph (before the buffers it uses go).
+  virtual void drop_graph(int /*graph*/) {}
 
   // Ceilings for benchmarks, measured now on the device (0 where the caller measures the host's):
   // copy bandwidth counting bytes read plus written, and the dense bf16 matrix-product rate.

@@ -96,8 +96,8 @@ Outcome run_request(server::HttpClient& http, const std::string& path, const std
   return o;
 }
 
-// The server's vocabulary size: the first token id POST /detokenize refuses (apus and vLLM check
-// ids there), found by bisection in ~25 small requests.
+// The server's vocabulary size: the first token id POST /detokenize refuses (apus deploy answers
+// 400 for ids outside the vocabulary), found by bisection in ~25 small requests.
 int64_t probe_vocab_size(server::HttpClient& http) {
   const auto accepted = [&](int64_t id) {
     const server::ClientResponse r = http.post("/detokenize", json{{"tokens", json::array({id})}}.dump());

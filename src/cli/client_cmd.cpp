@@ -49,16 +49,23 @@ class Client {
       std::cout << piece << std::flush;
       text += piece;
     };
-    const server::ClientResponse r =
-        a_.no_stream ? http_.post(path, body.dump())
-                     : http_.post_stream(path, body.dump(), [&](const std::string& data) {
-                         if (data == "[DONE]") return true;
-                         const json chunk = json::parse(data, nullptr, false);
-                         error = error_message(chunk);
-                         if (!error.empty()) return false;
-                         show(choice_text(chunk));
-                         return true;
-                       });
+    // Text that is not UTF-8 (typed in another encoding) goes as U+FFFD rather than failing here.
+    const std::string payload = body.dump(-1, ' ', false, json::error_handler_t::replace);
+    server::ClientResponse r;
+    try {
+      r = a_.no_stream ? http_.post(path, payload)
+                       : http_.post_stream(path, payload, [&](const std::string& data) {
+                           if (data == "[DONE]") return true;
+                           const json chunk = json::parse(data, nullptr, false);
+                           error = error_message(chunk);
+                           if (!error.empty()) return false;
+                           show(choice_text(chunk));
+                           return true;
+                         });
+    } catch (const Error&) {  // the connection failed: end the half-shown answer's line first
+      if (!text.empty()) std::cout << std::endl;
+      throw;
+    }
     if (r.status != 200) fail("POST {} failed: {}", path, describe_failure(r));
     if (!error.empty()) {
       if (!text.empty()) std::cout << std::endl;

@@ -153,12 +153,13 @@ void run_deploy(DeployArgs& a) {
     http_thread.join();
   };
   try {
-    backend = make_cpu_backend(a.model.num_threads());
+    backend = a.model.make_backend();
     model = load_model(load, *backend);
     tok = Tokenizer::load(load.model_dir);
     tmpl = a.tmpl.make(*tok, load.model_dir);
     EngineConfig ec;
-    ec.kv_cache_bytes = size_t(a.kv_cache_gib * double(size_t(1) << 30));
+    ec.kv_cache_bytes = size_t(a.kv_cache_gib * double(size_t(1) << 30));  // CPU
+    ec.gpu_memory_utilization = a.model.gpu_memory_utilization;
     ec.max_model_len = a.max_model_len;
     ec.scheduler.max_num_seqs = a.max_num_seqs;
     if (a.max_num_batched_tokens > 0) ec.scheduler.max_num_batched_tokens = a.max_num_batched_tokens;

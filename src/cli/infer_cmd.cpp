@@ -124,6 +124,8 @@ void run_infer(const InferArgs& a) {
   eo.model_type = a.tmpl.model_type;
   eo.load_format = a.model.load.load_format;
   eo.num_threads = a.model.num_threads();
+  eo.device = a.model.device;
+  eo.gpu_memory_utilization = a.model.gpu_memory_utilization;
   eo.max_model_len = a.max_model_len;
   eo.max_num_seqs = a.max_num_seqs;
   std::unique_ptr<LlmEngine> engine;

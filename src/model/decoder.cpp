@@ -2,10 +2,23 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "core/error.h"
 
 namespace apus {
+
+// A recorded decode step: `bucket` sequences of one token, block tables `max_blocks` wide, over one
+// KV cache (every layer's K and V buffers: a later cache may reuse some of the addresses, not
+// necessarily all); its metadata lives in `staging` (same size every step, never reallocated).
+struct DecoderModel::Graph {
+  int bucket = 0, max_blocks = 0;
+  std::vector<const void*> cache;
+  int64_t cache_blocks = 0;
+  Tensor staging;
+  int id = -1;
+};
 
 // Activation buffers, grown to the largest step seen and reused (no allocation per step).
 struct DecoderModel::Workspace {
@@ -14,6 +27,13 @@ struct DecoderModel::Workspace {
   // The step's metadata in one host buffer of 4-byte words (token ids, rows, block tables, rope
   // tables), so that a GPU backend uploads it in one copy into `meta_device`.
   Tensor meta_host, meta_device;
+  std::vector<Graph> graphs;
+};
+
+struct DecoderModel::StepViews {
+  int64_t T = 0, R = 0;
+  Tensor tokens, logit_rows, cos, sin;
+  AttentionBatch ab;
 };
 
 namespace {
@@ -24,11 +44,14 @@ Tensor rows_of(const Tensor& t, int64_t n) { return t.rows_view(0, n); }
 class MetaPacker {
  public:
   explicit MetaPacker(Tensor& buffer) : buf_(buffer) {}
-  size_t add(const std::vector<int32_t>& v) {
-    const size_t at = reserve(v.size());
+  // v, then `pad` more words of `fill`.
+  size_t add(const std::vector<int32_t>& v, size_t pad = 0, int32_t fill = 0) {
+    const size_t at = reserve(v.size() + pad);
     std::copy(v.begin(), v.end(), buf_.ptr<int32_t>() + at);
+    std::fill_n(buf_.ptr<int32_t>() + at + v.size(), pad, fill);
     return at;
   }
+  int32_t* words(size_t at) { return buf_.ptr<int32_t>() + at; }
   size_t reserve(size_t words) {
     const size_t at = used_;
     used_ += words;
@@ -55,15 +78,33 @@ Tensor meta_view(const Tensor& meta, size_t at, DType dtype, std::vector<int64_t
 }  // namespace
 
 DecoderModel::DecoderModel(ModelConfig config, ModelWeights weights, Backend& backend)
-    : config_(std::move(config)), weights_(std::move(weights)), backend_(backend), rope_(config_) {}
+    : config_(std::move(config)), weights_(std::move(weights)), backend_(backend), rope_(config_) {
+  const char* env = std::getenv("APUS_CUDA_GRAPHS");
+  pad_decode_ = backend_.graphs_supported();
+  use_graphs_ = pad_decode_ && (env == nullptr || std::string(env) != "0");
+}
 
-DecoderModel::~DecoderModel() = default;
+DecoderModel::~DecoderModel() {
+  if (ws_) drop_graphs();
+}
+
+void DecoderModel::set_use_graphs(bool on) {
+  use_graphs_ = on && backend_.graphs_supported();
+  if (!use_graphs_ && ws_) drop_graphs();
+}
+
+void DecoderModel::drop_graphs() {
+  for (Graph& g : ws_->graphs)
+    if (g.id >= 0) backend_.drop_graph(g.id);
+  ws_->graphs.clear();
+}
 
 DecoderModel::Workspace& DecoderModel::workspace(int64_t tokens, int64_t logit_rows) {
   if (!ws_) ws_ = std::make_unique<Workspace>();
   Workspace& w = *ws_;
   const ModelConfig& c = config_;
   const DType a = backend_.activation_dtype();
+  if ((tokens > w.capacity || logit_rows > w.logit_capacity) && !w.graphs.empty()) drop_graphs();  // they use the old buffers
   if (tokens > w.capacity) {
     const int64_t T = std::max<int64_t>(tokens, 16);
     w.x = backend_.alloc(a, {T, c.hidden_size});
@@ -83,60 +124,88 @@ DecoderModel::Workspace& DecoderModel::workspace(int64_t tokens, int64_t logit_r
   return w;
 }
 
-void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<float>& logits) {
+DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t pad_tokens, int64_t pad_rows,
+                                                  int max_blocks, int max_ctx_len, const KvCache& cache,
+                                                  Tensor& staging) {
   const ModelConfig& c = config_;
-  const int64_t T = int64_t(in.tokens.size());
-  const int64_t R = int64_t(in.logit_rows.size());
-  APUS_CHECK(T > 0 && int64_t(in.slot_mapping.size()) == T && int64_t(in.q_start.size()) == in.num_seqs() + 1,
-             "malformed step batch");
-  Workspace& w = workspace(T, R);
-
-  // Host metadata, packed for one upload (the rope table is computed here, per token, from its
-  // sequence's length).
+  Workspace& w = *ws_;
+  const int64_t T = int64_t(in.tokens.size()), R = int64_t(in.logit_rows.size());
   const int S = in.num_seqs();
+  const int64_t extra = pad_tokens - T;  // padding sequences, one token each
+  const int Sp = S + int(extra);
   const int64_t half = rope_.half();
   MetaPacker pack(w.meta_host);
-  const size_t tokens_at = pack.add(in.tokens), rows_at = pack.add(in.logit_rows);
-  const size_t q_start_at = pack.add(in.q_start), ctx_at = pack.add(in.ctx_len);
-  const size_t table_at = pack.add(in.block_table), slots_at = pack.add(in.slot_mapping);
-  const size_t cos_at = pack.reserve(size_t(T * half)), sin_at = pack.reserve(size_t(T * half));
-  int max_q_len = 0, max_ctx_len = 0;
+  const size_t tokens_at = pack.add(in.tokens, size_t(extra), 0);
+  const size_t rows_at = pack.add(in.logit_rows, size_t(pad_rows - R), 0);
+  const size_t q_start_at = pack.add(in.q_start, size_t(extra), 0);
+  for (int64_t e = 0; e < extra; ++e) pack.words(q_start_at)[S + 1 + e] = int32_t(T + e + 1);
+  const size_t ctx_at = pack.add(in.ctx_len, size_t(extra), 1);
+  size_t table_at = 0;
+  if (max_blocks == in.max_blocks) {
+    table_at = pack.add(in.block_table, size_t(extra) * size_t(max_blocks), 0);
+  } else {  // wider rows: copy each sequence's row, zeros after
+    table_at = pack.reserve(size_t(Sp) * size_t(max_blocks));
+    int32_t* t = pack.words(table_at);
+    std::fill_n(t, size_t(Sp) * size_t(max_blocks), 0);
+    for (int s = 0; s < S; ++s)
+      std::copy_n(in.block_table.begin() + ptrdiff_t(s) * in.max_blocks, in.max_blocks, t + size_t(s) * size_t(max_blocks));
+  }
+  const size_t slots_at = pack.add(in.slot_mapping, size_t(extra), -1);
+  const size_t cos_at = pack.reserve(size_t(pad_tokens * half)), sin_at = pack.reserve(size_t(pad_tokens * half));
+  int max_q_len = 0, max_ctx = 0;
   for (int s = 0; s < S; ++s) {
     const int q_len = in.q_start[size_t(s) + 1] - in.q_start[size_t(s)];
     max_q_len = std::max(max_q_len, q_len);
-    max_ctx_len = std::max(max_ctx_len, in.ctx_len[size_t(s)]);
+    max_ctx = std::max(max_ctx, in.ctx_len[size_t(s)]);
     for (int j = 0; j < q_len; ++j) {
       const int64_t t = in.q_start[size_t(s)] + j;
       const int pos = in.ctx_len[size_t(s)] - q_len + j;
       rope_.fill(pos, in.ctx_len[size_t(s)], pack.floats(cos_at + size_t(t * half)), pack.floats(sin_at + size_t(t * half)));
     }
   }
-  const Tensor meta = backend_.upload_step(pack.packed(), w.meta_device);
-  Tensor tokens = meta_view(meta, tokens_at, DType::I32, {T});
-  Tensor logit_rows = meta_view(meta, rows_at, DType::I32, {R});
-  Tensor cos = meta_view(meta, cos_at, DType::F32, {T, half});
-  Tensor sin = meta_view(meta, sin_at, DType::F32, {T, half});
-  AttentionBatch ab;
-  ab.num_seqs = S;
-  ab.max_blocks_per_seq = in.max_blocks;
+  for (int64_t t = T; t < pad_tokens; ++t) {
+    rope_.fill(0, 1, pack.floats(cos_at + size_t(t * half)), pack.floats(sin_at + size_t(t * half)));
+    max_q_len = std::max(max_q_len, 1);
+    max_ctx = std::max(max_ctx, 1);
+  }
+  const Tensor meta = backend_.upload_step(pack.packed(), staging);
+  StepViews v;
+  v.T = pad_tokens;
+  v.R = pad_rows;
+  v.tokens = meta_view(meta, tokens_at, DType::I32, {pad_tokens});
+  v.logit_rows = meta_view(meta, rows_at, DType::I32, {pad_rows});
+  v.cos = meta_view(meta, cos_at, DType::F32, {pad_tokens, half});
+  v.sin = meta_view(meta, sin_at, DType::F32, {pad_tokens, half});
+  AttentionBatch& ab = v.ab;
+  ab.num_seqs = Sp;
+  ab.max_blocks_per_seq = max_blocks;
   ab.block_size = cache.block_size;
   ab.sliding_window = c.sliding_window;
   ab.scale = 1.0f / std::sqrt(float(c.head_dim));
   ab.max_q_len = max_q_len;
-  ab.max_ctx_len = max_ctx_len;
-  ab.q_start = meta_view(meta, q_start_at, DType::I32, {S + 1});
-  ab.ctx_len = meta_view(meta, ctx_at, DType::I32, {S});
-  ab.block_table = meta_view(meta, table_at, DType::I32, {S, in.max_blocks});
-  ab.slot_mapping = meta_view(meta, slots_at, DType::I32, {T});
+  ab.max_ctx_len = std::max(max_ctx, max_ctx_len);  // a graph sizes attention for its widest table
+  ab.q_start = meta_view(meta, q_start_at, DType::I32, {Sp + 1});
+  ab.ctx_len = meta_view(meta, ctx_at, DType::I32, {Sp});
+  ab.block_table = meta_view(meta, table_at, DType::I32, {Sp, max_blocks});
+  ab.slot_mapping = meta_view(meta, slots_at, DType::I32, {pad_tokens});
+  return v;
+}
 
+void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
+  const ModelConfig& c = config_;
+  Workspace& w = *ws_;
+  const int64_t T = sv.T, R = sv.R;
+  const AttentionBatch& ab = sv.ab;
   Tensor x = rows_of(w.x, T), h = rows_of(w.h, T), tmp = rows_of(w.tmp, T);
   Tensor qkv = rows_of(w.qkv, T), attn = rows_of(w.attn, T);
   Tensor gate_up = rows_of(w.gate_up, T), act = rows_of(w.act, T);
   Tensor q = qkv.cols_view(0, c.q_size());
   Tensor k = qkv.cols_view(c.q_size(), c.kv_size());
   Tensor v = qkv.cols_view(c.q_size() + c.kv_size(), c.kv_size());
+  Tensor qk = qkv.cols_view(0, c.q_size() + c.kv_size());
+  Tensor cos = sv.cos, sin = sv.sin;
 
-  backend_.embedding(tokens, weights_.embed, x);
+  backend_.embedding(sv.tokens, weights_.embed, x);
   for (int i = 0; i < c.num_layers; ++i) {
     const LayerWeights& L = weights_.layers[size_t(i)];
     if (i == 0) backend_.rms_norm(x, L.attn_norm, c.rms_norm_eps, h);
@@ -146,8 +215,7 @@ void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<floa
       backend_.rms_norm(q, L.q_norm, c.rms_norm_eps, q);
       backend_.rms_norm(k, L.k_norm, c.rms_norm_eps, k);
     }
-    backend_.rope(q, cos, sin, c.head_dim);
-    backend_.rope(k, cos, sin, c.head_dim);
+    backend_.rope(qk, cos, sin, c.head_dim);  // q's heads and k's, side by side in qkv: one launch
     backend_.store_kv(k, v, ab.slot_mapping, cache.layers[size_t(i)]);
     backend_.attention(q, cache.layers[size_t(i)], ab, attn);
     backend_.linear(attn, L.o, tmp);
@@ -157,16 +225,104 @@ void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<floa
     backend_.linear(act, L.down, tmp);
   }
   backend_.add(x, tmp);
+  if (R == 0) return;
+  Tensor fh = rows_of(w.final_h, R), lg = rows_of(w.logits, R);
+  backend_.gather_rows(x, sv.logit_rows, fh);
+  backend_.rms_norm(fh, weights_.final_norm, c.rms_norm_eps, fh);
+  backend_.linear(fh, weights_.lm_head, lg);
+}
+
+namespace {
+
+int graph_bucket(int64_t n) {
+  int b = 1;
+  while (b < n) b *= 2;
+  return b;
+}
+
+// Block-table width of a decode step's graph: tables up to that wide share it.
+int decode_width(int max_blocks) { return std::max(16, graph_bucket(std::max(1, max_blocks))); }
+
+// One new token for each of at most kMaxGraphBatch sequences.
+bool is_decode(const StepBatch& in) {
+  const int S = in.num_seqs();
+  if (S != int64_t(in.tokens.size()) || S > DecoderModel::kMaxGraphBatch) return false;
+  for (int s = 0; s < S; ++s)
+    if (in.q_start[size_t(s) + 1] - in.q_start[size_t(s)] != 1) return false;
+  return true;
+}
+
+}  // namespace
+
+// Replays the recorded graph of this decode step's shape (`bucket` sequences, tables `width`
+// blocks wide, this cache), or, the first time, runs the step op by op (which also sizes scratch
+// buffers and loads library kernels) and records it for the next.
+void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket, int width) {
+  Workspace& w = *ws_;
+  std::vector<const void*> cache_ptrs;
+  for (const KvLayer& l : cache.layers) {
+    cache_ptrs.push_back(l.k.data);
+    cache_ptrs.push_back(l.v.data);
+  }
+  const int64_t cache_blocks = cache.layers[0].k.shape[0];
+  Graph* g = nullptr;
+  for (Graph& cand : w.graphs)
+    if (cand.bucket == bucket && cand.max_blocks == width && cand.cache_blocks == cache_blocks &&
+        cand.cache == cache_ptrs)
+      g = &cand;
+  const int max_ctx_len = width * cache.block_size;
+  if (g != nullptr) {
+    upload_meta(in, bucket, bucket, width, max_ctx_len, cache, g->staging);
+    backend_.replay(g->id);
+    return;
+  }
+  if (w.graphs.size() >= 64) drop_graphs();  // caches come and go (generate() makes one per call)
+  w.graphs.push_back(Graph{bucket, width, std::move(cache_ptrs), cache_blocks, Tensor(), -1});
+  Graph& ng = w.graphs.back();
+  const StepViews sv = upload_meta(in, bucket, bucket, width, max_ctx_len, cache, ng.staging);
+  run_layers(sv, cache);  // this step's result, op by op
+  backend_.begin_capture();
+  try {
+    run_layers(sv, cache);
+  } catch (...) {
+    try {
+      backend_.end_capture();
+    } catch (...) {
+    }
+    w.graphs.pop_back();
+    throw;
+  }
+  ng.id = backend_.end_capture();
+}
+
+void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<float>& logits) {
+  const ModelConfig& c = config_;
+  const int64_t T = int64_t(in.tokens.size());
+  const int64_t R = int64_t(in.logit_rows.size());
+  APUS_CHECK(T > 0 && int64_t(in.slot_mapping.size()) == T && int64_t(in.q_start.size()) == in.num_seqs() + 1,
+             "malformed step batch");
+  if (pad_decode_ && is_decode(in) && R > 0 && R <= T && !cache.layers.empty()) {
+    // A decode step runs padded to its bucket and table width whether replayed from a graph or
+    // not, so that both give the same results bit for bit.
+    const int bucket = graph_bucket(T), width = decode_width(in.max_blocks);
+    Workspace& w = workspace(bucket, bucket);  // may drop graphs recorded on smaller buffers
+    if (use_graphs_) {
+      forward_graph(in, cache, bucket, width);
+    } else {
+      const StepViews sv = upload_meta(in, bucket, bucket, width, width * cache.block_size, cache, w.meta_device);
+      run_layers(sv, cache);
+    }
+  } else {
+    Workspace& w = workspace(T, R);
+    const StepViews sv = upload_meta(in, T, R, in.max_blocks, 0, cache, w.meta_device);
+    run_layers(sv, cache);
+  }
   if (R == 0) {
     logits.clear();
     return;
   }
-  Tensor fh = rows_of(w.final_h, R), lg = rows_of(w.logits, R);
-  backend_.gather_rows(x, logit_rows, fh);
-  backend_.rms_norm(fh, weights_.final_norm, c.rms_norm_eps, fh);
-  backend_.linear(fh, weights_.lm_head, lg);
   logits.resize(size_t(R * c.vocab_size));
-  backend_.copy_to_host(lg, logits.data());
+  backend_.copy_to_host(rows_of(ws_->logits, R), logits.data());
 }
 
 }  // namespace apus

@@ -38,16 +38,36 @@ class DecoderModel {
   // Allocates the activation buffers for steps of up to `tokens` tokens and `logit_rows` logit
   // rows now (they otherwise grow on demand), so that free device memory can be measured after.
   void reserve(int64_t tokens, int64_t logit_rows) { workspace(tokens, logit_rows); }
+  // Decode steps (one new token per sequence, at most kMaxGraphBatch sequences) replay a recorded
+  // graph of the whole forward pass, one per padded batch size and block-table width, where the
+  // backend supports it (CUDA, not under APUS_CUDA_PROFILE; APUS_CUDA_GRAPHS=0 turns them off).
+  // Other steps run op by op. Where graphs exist, decode steps run padded to the graph's shape
+  // with or without them, so that both give the same results bit for bit.
+  void set_use_graphs(bool on);
+  bool use_graphs() const { return use_graphs_; }
+  static constexpr int kMaxGraphBatch = 256;
 
  private:
   struct Workspace;
+  struct Graph;
+  struct StepViews;
   Workspace& workspace(int64_t tokens, int64_t logit_rows);
+  // Packs the step's metadata padded to `pad_tokens` tokens (each extra one a sequence of its own,
+  // at position 0, not stored), `pad_rows` logit rows and block tables `max_blocks` wide, uploads
+  // it into `staging` and returns the views the ops take.
+  StepViews upload_meta(const StepBatch& in, int64_t pad_tokens, int64_t pad_rows, int max_blocks, int max_ctx_len,
+                        const KvCache& cache, Tensor& staging);
+  void run_layers(const StepViews& v, KvCache& cache);
+  void forward_graph(const StepBatch& in, KvCache& cache, int bucket, int width);
+  void drop_graphs();
 
   ModelConfig config_;
   ModelWeights weights_;
   Backend& backend_;
   Rope rope_;
   std::unique_ptr<Workspace> ws_;
+  bool pad_decode_ = false;  // decode steps padded to their graph's shape (where graphs exist)
+  bool use_graphs_ = false;
 };
 
 }  // namespace apus

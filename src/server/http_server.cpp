@@ -31,7 +31,6 @@ std::string HttpRequest::header(std::string_view name) const {
 namespace {
 
 constexpr size_t kHeaderLimit = 64 * 1024;
-constexpr size_t kReadAheadLimit = 1 << 20;  // pipelined bytes buffered while a request is answered
 
 std::string status_line(int status) {
   return "HTTP/1.1 " + std::to_string(status) + " " +
@@ -237,16 +236,17 @@ class Session final : public SessionBase {
   }
 
   // While a request is answered, keep a read pending: it completes with an error when the client
-  // goes away, or with the next pipelined request's bytes (kept for later).
+  // goes away, or with the first bytes of the next request (kept in buf_ for read_header).
   void watch() {
-    if (gone_ || reading_ || buf_.size() > kReadAheadLimit) return;
+    if (gone_ || reading_ || buf_.size() > 0) return;  // bytes of the next request are here already
     reading_ = true;
     stream_.async_read_some(buf_.prepare(16384), [self = self()](error_code ec, size_t n) {
       self->reading_ = false;
       if (ec) return self->client_gone();
       self->buf_.commit(n);
-      if (self->busy_) self->watch();
-      else self->read_header();
+      // The next (pipelined) request has begun: answered() reads it. Until then a disconnect
+      // shows as a failed write.
+      if (!self->busy_) self->read_header();
     });
   }
 

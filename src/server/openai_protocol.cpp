@@ -1,5 +1,6 @@
 #include "server/openai_protocol.h"
 
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -233,6 +234,8 @@ OpenAIRequest parse_openai_request(Endpoint endpoint, std::string_view body_text
   }
   r.ignore_eos = f.boolean("ignore_eos", false);
   r.min_tokens = int(f.integer("min_tokens", 0, INT32_MAX).value_or(0));
+  if (r.max_tokens && r.min_tokens > *r.max_tokens)
+    throw bad("min_tokens", "'min_tokens' must not be greater than 'max_tokens'");
   r.skip_special_tokens = f.boolean("skip_special_tokens", true);
   r.include_stop_str_in_output = f.boolean("include_stop_str_in_output", false);
   if (const json* b = f.get("logit_bias")) {
@@ -241,7 +244,7 @@ OpenAIRequest parse_openai_request(Endpoint endpoint, std::string_view body_text
       char* end = nullptr;
       errno = 0;
       const long id = std::strtol(k.c_str(), &end, 10);
-      if (k.empty() || *end != '\0' || errno != 0 || id < 0 || id > INT32_MAX)
+      if (k.empty() || !std::isdigit(static_cast<unsigned char>(k[0])) || *end != '\0' || errno != 0 || id > INT32_MAX)
         throw bad("logit_bias", "'logit_bias' keys must be token ids, not \"" + k + "\"");
       if (!v.is_number() || !(v.get<double>() >= -100.0 && v.get<double>() <= 100.0))
         throw bad("logit_bias", "'logit_bias' values must be numbers between -100 and 100");

@@ -51,6 +51,14 @@ json parse_body(const HttpRequest& req) {
   return j;
 }
 
+// body[key] as a boolean (`fallback` when absent or null).
+bool flag(const json& body, const char* key, bool fallback) {
+  const auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) throw ApiError(400, fmt::format("'{}' must be a boolean", key), key);
+  return it->get<bool>();
+}
+
 }  // namespace
 
 HttpResponse error_response(const ApiError& e) { return {e.status, "application/json", e.body(), {}}; }
@@ -61,7 +69,10 @@ struct OpenAIServer::Job {
   struct Prompt {
     std::vector<int32_t> ids;
     std::string text;  // for echo
-    std::shared_ptr<RequestStream> stream;
+    // The engine's stream owns the job (through its output callback), so the job only points back;
+    // `stream` is used only from that callback, `id` (to abort) at any time.
+    RequestStream* stream = nullptr;
+    uint64_t id = 0;
     bool first_token_seen = false;
   };
   struct Choice {
@@ -260,7 +271,7 @@ struct OpenAIServer::Job {
   void fail(const std::string& message) {
     closed = true;
     for (auto& p : prompts)
-      if (p.stream) engine->abort(p.stream->id());
+      if (p.id) engine->abort(p.id);
     const ApiError e(500, message, "", "internal_error");
     if (stream) {
       ex->send("data: " + e.body() + "\n\ndata: [DONE]\n\n");
@@ -277,7 +288,7 @@ struct OpenAIServer::Job {
     closed = true;
     metrics->aborted++;
     for (auto& p : prompts)
-      if (p.stream) engine->abort(p.stream->id());
+      if (p.id) engine->abort(p.id);
   }
 };
 
@@ -395,14 +406,18 @@ void OpenAIServer::completions(const HttpRequest& http, std::shared_ptr<Exchange
     } catch (const jinja::TemplateRaised& e) {
       throw ApiError(400, e.what(), "messages");
     }
-    job->prompts.push_back({std::move(rp.ids), std::move(rp.text), nullptr});
+    job->prompts.push_back({std::move(rp.ids), std::move(rp.text)});
   } else {
     for (const PromptInput& in : r.prompts) {
-      if (in.is_ids) job->prompts.push_back({in.ids, r.echo ? tok_.decode(in.ids, false) : std::string(), nullptr});
-      else job->prompts.push_back({tok_.encode(in.text, true), in.text, nullptr});
+      if (in.is_ids) job->prompts.push_back({in.ids, r.echo ? tok_.decode(in.ids, false) : std::string()});
+      else job->prompts.push_back({tok_.encode(in.text, true), in.text});
     }
   }
 
+  constexpr size_t kMaxChoices = 4096;  // prompts x n in one request: beyond this, send several requests
+  if (job->prompts.size() * size_t(r.n) > kMaxChoices)
+    throw ApiError(400, fmt::format("{} prompts x n={} is more than {} choices in one request", job->prompts.size(), r.n, kMaxChoices),
+                   "prompt");
   std::vector<Request> requests;
   uint64_t seed = r.seed ? uint64_t(*r.seed) : (uint64_t(std::random_device{}()) << 32 | std::random_device{}());
   for (const auto& p : job->prompts) {
@@ -435,6 +450,8 @@ void OpenAIServer::completions(const HttpRequest& http, std::shared_ptr<Exchange
     sp.presence_penalty = r.presence_penalty;
     sp.frequency_penalty = r.frequency_penalty;
     sp.logit_bias = r.logit_bias;
+    for (int32_t t : r.stop_token_ids)
+      if (t >= vocab) throw ApiError(400, fmt::format("stop_token_ids: {} is outside the vocabulary", t), "stop_token_ids");
     for (auto [t, b] : sp.logit_bias)
       if (t >= vocab) throw ApiError(400, fmt::format("logit_bias token id {} is outside the vocabulary", t), "logit_bias");
     q.stop = r.stop;
@@ -463,9 +480,11 @@ void OpenAIServer::completions(const HttpRequest& http, std::shared_ptr<Exchange
   if (job->stream) job->start_stream();
   for (size_t p = 0; p < requests.size(); ++p) {
     try {
-      job->prompts[p].stream = engine_.submit(std::move(requests[p]), [job, p] { job->drain(p); });
+      auto stream = engine_.submit(std::move(requests[p]), [job, p] { job->drain(p); });
+      job->prompts[p].stream = stream.get();
+      job->prompts[p].id = stream->id();
     } catch (const Error& e) {
-      for (size_t i = 0; i < p; ++i) engine_.abort(job->prompts[i].stream->id());
+      for (size_t i = 0; i < p; ++i) engine_.abort(job->prompts[i].id);
       job->closed = true;
       if (job->stream) {
         ex->send("data: " + ApiError(400, e.what()).body() + "\n\ndata: [DONE]\n\n");
@@ -484,17 +503,15 @@ HttpResponse OpenAIServer::tokenize(const HttpRequest& req) const {
   if (body.contains("messages")) {
     std::vector<ChatMessage> messages = parse_messages(body["messages"]);
     if (config_.default_system) messages = with_default_system(std::move(messages), *config_.default_system);
-    const bool add_gen = body.value("add_generation_prompt", true);
+    const bool add_gen = flag(body, "add_generation_prompt", true);
     ids = tmpl_.render(messages, add_gen).ids;
   } else if (body.contains("prompt") && body["prompt"].is_string()) {
-    const auto add_special = body.find("add_special_tokens");
-    if (add_special != body.end() && !add_special->is_boolean()) throw ApiError(400, "'add_special_tokens' must be a boolean", "add_special_tokens");
-    ids = tok_.encode(body["prompt"].get<std::string>(), add_special == body.end() || add_special->get<bool>());
+    ids = tok_.encode(body["prompt"].get<std::string>(), flag(body, "add_special_tokens", true));
   } else {
     throw ApiError(400, "give 'prompt' (a string) or 'messages'", "prompt");
   }
   json out = {{"count", ids.size()}, {"max_model_len", engine_.max_model_len()}, {"tokens", ids}, {"token_strs", nullptr}};
-  if (body.value("return_token_strs", false)) {
+  if (flag(body, "return_token_strs", false)) {
     json strs = json::array();
     for (int32_t t : ids) strs.push_back(tok_.id_to_token(t));
     out["token_strs"] = strs;

@@ -156,7 +156,8 @@ std::vector<ChatMessage> parse_messages(const nlohmann::json& messages) {
     } else if (content->is_array()) {
       for (size_t k = 0; k < content->size(); ++k) {
         const auto& part = (*content)[k];
-        APUS_CHECK(part.is_object() && part.value("type", "") == "text" && part.contains("text") && part["text"].is_string(),
+        const auto type = part.is_object() ? part.find("type") : part.end();
+        APUS_CHECK(part.is_object() && type != part.end() && *type == "text" && part.contains("text") && part["text"].is_string(),
                    "messages[{}].content[{}]: only {{\"type\": \"text\", \"text\": ...}} parts are supported", i, k);
         if (k) msg.content += "\n";
         msg.content += part["text"].get<std::string>();

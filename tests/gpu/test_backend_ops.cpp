@@ -139,6 +139,71 @@ TEST_P(BackendOps, LinearPartsBiasStridesAndF32Output) {
   }
 }
 
+// The decode GEMV (<= 8 rows): vectorized and scalar paths (k not a multiple of 16 bytes, unaligned
+// views), one and several parts, bias, F32 output, and the 7B shapes' k.
+TEST_P(BackendOps, GemvSmallBatchesOddShapes) {
+  struct Shape {
+    int64_t k, n, offset;  // offset: first input column inside a wider matrix
+  };
+  for (const Shape sh : {Shape{8, 1, 0}, Shape{100, 13, 0}, Shape{264, 257, 0}, Shape{1000, 33, 1},
+                         Shape{3584, 96, 0}, Shape{18944, 40, 8}, Shape{520, 64, 3}}) {
+    for (int64_t m : {1, 2, 3, 5, 8}) {
+      const int64_t k = sh.k, n = sh.n;
+      Tensor xw = random({m, k + 16});
+      Tensor x = xw.cols_view(sh.offset, k);
+      Tensor w = random({n, k}, -0.2f, 0.2f), b = random({n});
+      Linear cl{{LinearPart{w, b}}, k, n};
+      Tensor y = host_tensor(DType::F32, {m, n});
+      cpu_->linear(x, cl, y);
+      Linear gl = gpu_->prepare_linear(Linear{{LinearPart{to_gpu(w), to_gpu_f32(b)}}, k, n});
+      Tensor gx = to_gpu(xw).cols_view(sh.offset, k);
+      Tensor gy = poisoned({m, n});
+      gpu_->linear(gx, gl, gy);
+      const std::string what = fmt::format("gemv m={} k={} n={} offset={}", m, k, n, sh.offset);
+      expect_close(y, gy, what);
+      Tensor gf = gpu_->alloc(DType::F32, {m, n});
+      gpu_->linear(gx, gl, gf);
+      expect_close(y, gf, what + " to F32", dt_ == DType::F32 ? 0 : 3e-3);
+    }
+  }
+}
+
+// A row's result does not depend on the rows beside it (decode batches, padded graph batches).
+TEST_P(BackendOps, GemvRowsAreIndependentOfBatchSize) {
+  const int64_t k = 3584, n = 200;
+  Tensor xw = random({8, k}), w = random({n, k}, -0.1f, 0.1f);
+  Linear gl = gpu_->prepare_linear(Linear{{LinearPart{to_gpu(w), {}}}, k, n});
+  Tensor gx = to_gpu(xw);
+  Tensor all = gpu_->alloc(DType::F32, {8, n});
+  gpu_->linear(gx, gl, all);
+  const Tensor all_h = to_host(all);
+  for (int64_t m : {1, 2, 3, 4, 7}) {
+    Tensor part = gpu_->alloc(DType::F32, {m, n});
+    gpu_->linear(gx.rows_view(0, m), gl, part);
+    const Tensor part_h = to_host(part);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t c = 0; c < n; ++c)
+        ASSERT_EQ(part_h.row<float>(r)[c], all_h.row<float>(r)[c]) << "m=" << m << " row " << r << " col " << c;
+  }
+}
+
+TEST_P(BackendOps, StoreKvSkipsPaddingSlots) {
+  const int64_t row = 64;
+  const std::vector<int64_t> shape{4, 16, 2, 32};
+  Tensor k = random({3, row}), v = random({3, row});
+  std::vector<int32_t> slots = {5, -1, 17};
+  KvLayer cc{host_tensor(DType::F32, shape), host_tensor(DType::F32, shape)};
+  std::fill(cc.k.ptr<float>(), cc.k.ptr<float>() + cc.k.numel(), 0.0f);
+  std::fill(cc.v.ptr<float>(), cc.v.ptr<float>() + cc.v.numel(), 0.0f);
+  KvLayer gc{gpu_->alloc(dt_, shape), gpu_->alloc(dt_, shape)};
+  cpu_->store_kv(k, v, make_view(slots.data(), DType::I32, {3}), cc);
+  gpu_->store_kv(to_gpu(k), to_gpu(v), to_gpu_i32(slots), gc);
+  gpu_->synchronize();  // no error for -1
+  const std::vector<int64_t> flat{64, row};
+  expect_close(make_view(cc.k.data, DType::F32, flat), make_view(gc.k.data, dt_, flat, Device::CUDA), "store_kv k", 1e-7);
+  expect_close(make_view(cc.v.data, DType::F32, flat), make_view(gc.v.data, dt_, flat, Device::CUDA), "store_kv v", 1e-7);
+}
+
 TEST_P(BackendOps, RmsNormPlainPerHeadInPlaceAndFusedAdd) {
   for (int64_t rows : {1, 5, 129}) {
     for (int64_t cols : {64, 896, 3584, 8192}) {
@@ -235,6 +300,7 @@ TEST_P(BackendOps, BadTokenIdIsAnErrorNotAWrongAnswer) {
 struct AttnCase {
   std::vector<std::pair<int, int>> seqs;
   int heads, kv_heads, head_dim, window;
+  int max_ctx_len = 0;  // > 0: AttentionBatch.max_ctx_len overstated (as a decode graph sizes it)
 };
 
 class BackendAttention : public BackendOps {
@@ -293,7 +359,7 @@ class BackendAttention : public BackendOps {
     cb.sliding_window = ac.window;
     cb.scale = 1.0f / std::sqrt(float(ac.head_dim));
     cb.max_q_len = max_q;
-    cb.max_ctx_len = max_ctx;
+    cb.max_ctx_len = std::max(max_ctx, ac.max_ctx_len);
     AttentionBatch gb = cb;
     cb.q_start = make_view(q_start.data(), DType::I32, {S + 1});
     cb.ctx_len = make_view(ctx_len.data(), DType::I32, {S});
@@ -325,6 +391,15 @@ TEST_P(BackendAttention, LongDecodesSplitAcrossBlocks) {
   run({{{3000, 1}}, 28, 4, 128, 0});
   run({{{4097, 1}, {33, 1}}, 8, 8, 64, 0});
   run({{{1500, 3}}, 32, 8, 128, 0});
+}
+
+TEST_P(BackendAttention, OverstatedMaxContextSplitsMore) {
+  // A decode graph sizes attention for the widest block table it serves: more splits than the
+  // contexts need, many of them empty.
+  run({{{1, 1}}, 28, 4, 128, 0, 4096});
+  run({{{100, 1}, {7, 1}, {300, 1}}, 28, 4, 128, 0, 8192});
+  run({{{1100, 1}}, 28, 4, 128, 0, 2048});
+  run({{{50, 1}, {3, 1}}, 8, 2, 64, 16, 4096});
 }
 
 TEST_P(BackendAttention, ManyDecodesAndSlidingWindow) {

@@ -125,6 +125,7 @@ class CpuBackend : public Backend {
     const int64_t slots = cache.k.shape[0] * cache.k.shape[1];
     for (int64_t t = 0; t < k.rows(); ++t) {
       const int64_t slot = slot_mapping.ptr<int32_t>()[t];
+      if (slot == -1) continue;  // padding
       APUS_CHECK(slot >= 0 && slot < slots, "store_kv: slot {} outside the cache ({} slots)", slot, slots);
       std::memcpy(cache.k.ptr<float>() + slot * row, k.row<float>(t), size_t(row) * 4);
       std::memcpy(cache.v.ptr<float>() + slot * row, v.row<float>(t), size_t(row) * 4);

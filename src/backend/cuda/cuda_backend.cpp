@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "backend/cuda/cublas.h"
 #include "backend/cuda/kernels.h"
@@ -86,6 +88,14 @@ class OpProfile {
   }
   bool on() const { return on_; }
   void start(std::string key) {
+    // Events time device work only while the device runs behind the host: an idle GPU stamps the
+    // start event at once and then waits for the host to launch the op, and that wait (host time)
+    // would count. A ~30 ms busy kernel before the first op after each wait lets the host queue the
+    // step ahead (host launch gaps were what made small ops read ~5-10 us before).
+    if (!ahead_) {
+      APUS_CUDA_CHECK(cuda::spin(30'000'000, stream_));
+      ahead_ = true;
+    }
     Pending p{std::move(key), nullptr, nullptr};
     APUS_CUDA_CHECK(cudaEventCreate(&p.start));
     APUS_CUDA_CHECK(cudaEventCreate(&p.stop));
@@ -106,6 +116,7 @@ class OpProfile {
       cudaEventDestroy(p.stop);
     }
     pending_.clear();
+    ahead_ = false;
   }
 
  private:
@@ -119,6 +130,7 @@ class OpProfile {
   };
   cudaStream_t stream_;
   bool on_;
+  bool ahead_ = false;
   std::vector<Pending> pending_;
   std::map<std::string, Total> totals_;
 };
@@ -141,10 +153,13 @@ class CudaBackend final : public Backend {
     errors_ = alloc(DType::I32, {2});
     errors_host_ = static_cast<cuda::DeviceError*>(error_pinned_.get(sizeof(cuda::DeviceError)));
     profile_ = std::make_unique<OpProfile>(stream_);
+    const char* g = std::getenv("APUS_CUDA_GEMV");
+    gemv_ = g == nullptr || std::string(g) != "0";
   }
 
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    for (auto& [id, e] : graphs_) cudaGraphExecDestroy(e);
     profile_.reset();
     cuda::cublas().destroy(blas_);
     cudaEventDestroy(upload_done_);
@@ -152,8 +167,8 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override {
-    return fmt::format("cuda ({}, sm_{}{}, {} activations, cuBLAS)", props_.name, props_.major, props_.minor,
-                       dtype_name(act_));
+    return fmt::format("cuda ({}, sm_{}{}, {} activations, cuBLAS", props_.name, props_.major, props_.minor,
+                       dtype_name(act_)) + (gemv_ ? " + GEMV for <= 8 rows)" : ")");
   }
   Device device() const override { return Device::CUDA; }
   DType activation_dtype() const override { return act_; }
@@ -304,6 +319,15 @@ class CudaBackend final : public Backend {
                  "linear: weight {} on {} (expected {} on the GPU)", p.weight.describe(),
                  p.weight.device == Device::CUDA ? "the GPU" : "the host", dtype_name(act_));
       void* y = static_cast<char*>(out.data) + size_t(col) * out_esize;
+      if (gemv_ && x.rows() <= cuda::kGemvMaxRows) {
+        // Decode: our GEMV streams the weights at ~0.9 of the copy rate where cuBLAS reaches 0.5-0.9
+        // on these shapes (README, "Measured"), with the bias fused.
+        launched(cuda::gemv(act_, out.dtype, p.weight.data, p.weight.row_stride, x.data, x.row_stride, x.rows(),
+                            p.bias.empty() ? nullptr : p.bias.ptr<float>(), y, out.row_stride, n, x.cols(), stream_),
+                 "gemv");
+        col += n;
+        continue;
+      }
       // Row-major Y[M, n] = X[M, K] W[n, K]^T is column-major Y^T = W^T(op T) X^T.
       check_blas(cuda::cublas().gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(x.rows()), int(x.cols()), &alpha,
                                         p.weight.data, blas_type(act_), int(p.weight.row_stride), x.data,
@@ -379,7 +403,10 @@ class CudaBackend final : public Backend {
     p.num_splits = cuda::attention_splits(p, props_.multiProcessorCount);
     const size_t scratch = cuda::attention_scratch_floats(p);
     if (scratch > 0) {
-      if (size_t(attention_scratch_.numel()) < scratch) attention_scratch_ = raw_alloc(DType::F32, {int64_t(scratch)});
+      if (size_t(attention_scratch_.numel()) < scratch) {
+        if (!graphs_.empty()) retired_.push_back(attention_scratch_);  // a recorded graph may use it
+        attention_scratch_ = raw_alloc(DType::F32, {int64_t(scratch)});
+      }
       p.partial = attention_scratch_.ptr<float>();
     }
     Timed t(*profile_, "attention", p.tokens, fmt::format(" max_q={} splits={}", p.max_q_len, p.num_splits));
@@ -414,6 +441,40 @@ class CudaBackend final : public Backend {
     APUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     if (e.code == cuda::kErrTokenId) fail("token id {} is outside the vocabulary (size {})", e.value, vocab_);
     fail("store_kv: slot {} outside the cache ({} slots)", e.value, num_slots_);
+  }
+
+  // With APUS_CUDA_PROFILE the ops are timed one by one, eagerly.
+  bool graphs_supported() const override { return !profile_->on(); }
+
+  void begin_capture() override {
+    // Thread-local: another thread's CUDA calls (the server's) do not break this capture.
+    APUS_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  }
+
+  int end_capture() override {
+    cudaGraph_t g = nullptr;
+    APUS_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+    cudaGraphExec_t e = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&e, g, 0);
+    cudaGraphDestroy(g);
+    check(err, "cudaGraphInstantiate");
+    graphs_[next_graph_] = e;
+    return next_graph_++;
+  }
+
+  void replay(int graph) override {
+    const auto it = graphs_.find(graph);
+    APUS_CHECK(it != graphs_.end(), "replay: no graph {}", graph);
+    APUS_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+  }
+
+  void drop_graph(int graph) override {
+    const auto it = graphs_.find(graph);
+    if (it == graphs_.end()) return;
+    APUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cudaGraphExecDestroy(it->second);
+    graphs_.erase(it);
+    if (graphs_.empty()) retired_.clear();
   }
 
   double measure_copy_bandwidth() override {
@@ -519,6 +580,10 @@ class CudaBackend final : public Backend {
   PinnedBuffer upload_pinned_, download_pinned_, error_pinned_;
   cuda::DeviceError* errors_host_ = nullptr;
   int64_t vocab_ = 0, num_slots_ = 0;
+  bool gemv_ = true;                    // APUS_CUDA_GEMV=0: cuBLAS for every linear layer
+  std::map<int, cudaGraphExec_t> graphs_;
+  int next_graph_ = 0;
+  std::vector<Tensor> retired_;         // buffers replaced while graphs that use them live
   std::unique_ptr<OpProfile> profile_;
 };
 

@@ -32,7 +32,8 @@ cudaError_t add_rms_norm(DType dt, void* residual, int64_t res_stride, const voi
                          cudaStream_t stream);
 cudaError_t rope(DType dt, void* x, int64_t x_stride, int64_t rows, int heads, int head_dim, const float* cos,
                  const float* sin, int half, cudaStream_t stream);
-// k, v rows of `row_elems` elements into the caches' slots ([num_slots, row_elems] each).
+// k, v rows of `row_elems` elements into the caches' slots ([num_slots, row_elems] each); slot -1
+// (a padding token) is skipped.
 cudaError_t store_kv(DType dt, const void* k, int64_t k_stride, const void* v, int64_t v_stride, const int32_t* slots,
                      int64_t rows, int64_t row_elems, void* k_cache, void* v_cache, int64_t num_slots, DeviceError* err,
                      cudaStream_t stream);
@@ -43,6 +44,13 @@ cudaError_t add(DType dt, void* x, int64_t x_stride, const void* y, int64_t y_st
 // y[r, c] += bias[c]; `dt` is y's dtype (F32 logits or the activation dtype).
 cudaError_t add_bias(DType dt, void* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols,
                      cudaStream_t stream);
+// Decode-sized linear layer: y[m, n] = x[m, k] w[n, k]^T (+ bias[n] F32, or null) for m <= kGemvMaxRows,
+// float32 accumulation; w and x in `dt`, y in `out_dt` (dt or F32). Strides in elements.
+constexpr int kGemvMaxRows = 8;
+cudaError_t gemv(DType dt, DType out_dt, const void* w, int64_t w_stride, const void* x, int64_t x_stride, int64_t m,
+                 const float* bias, void* y, int64_t y_stride, int64_t n, int64_t k, cudaStream_t stream);
+// Keeps the GPU busy for about `ns` nanoseconds (the op profiler lets the host queue a step ahead).
+cudaError_t spin(int64_t ns, cudaStream_t stream);
 // Deterministic pseudo-random values in [-1, 1) (benchmark inputs: never time on zeros).
 cudaError_t fill_random(DType dt, void* x, int64_t n, uint64_t seed, cudaStream_t stream);
 
