@@ -4,18 +4,16 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <fstream>
 #include <optional>
-#include <regex>
-#include <sstream>
 #include <thread>
 
 #include "server/http_client.h"
+#include "deploy_process.h"
 #include "test_util.h"
 
 namespace apus {
@@ -25,89 +23,24 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// `apus deploy` of the tiny chat model on a free port; ready once /health answers 200.
+// `apus deploy` of the tiny chat model on a free port.
 class Deployment {
  public:
-  explicit Deployment(const fs::path& dir) : log_(dir / "deploy.log") {
+  explicit Deployment(const fs::path& dir) {
     const fs::path model = dir / "tiny-chat";
     fs::create_directories(model);
     if (!test::write_tiny_chat_model(model)) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);  // no server left behind when the test is killed
-      FILE* f = std::freopen(log_.c_str(), "w", stderr);
-      if (f) execl(APUS_BINARY, APUS_BINARY, "deploy", "--model", model.c_str(), "--port", "0", "--threads", "1",
-                   "--log-interval", "0", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    // deploy prints `apus: serving "NAME" at http://HOST:PORT/v1 ...` once the model is loaded.
-    const std::regex serving(R"re(serving "([^"]+)" at (http://[^ ]+)/v1)re");
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    std::smatch m;
-    std::string log;
-    while (std::chrono::steady_clock::now() < deadline) {
-      log = read_file(log_);
-      if (std::regex_search(log, m, serving)) break;
-      if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
-        pid_ = -1;
-        ADD_FAILURE() << "apus deploy exited:\n" << log;
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    if (m.empty()) {
-      ADD_FAILURE() << "apus deploy did not get ready:\n" << log;
-      return;
-    }
-    name_ = m[1];
-    url_ = m[2];
-    for (int i = 0; i < 100; ++i) {
-      try {
-        if (server::HttpClient(url_, "", 10.0).get("/health").status == 200) {
-          ready_ = true;
-          return;
-        }
-      } catch (const std::exception& e) {
-        ADD_FAILURE() << "GET /health: " << e.what();
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ADD_FAILURE() << "GET /health never answered 200";
+    ready_ = process_.start(model, dir / "deploy.log", {"--threads", "1", "--log-interval", "0"});
   }
-  ~Deployment() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-
   bool ready() const { return ready_; }
-  const std::string& url() const { return url_; }    // http://HOST:PORT
-  const std::string& name() const { return name_; }  // the served model name
-  std::string log() const { return read_file(log_); }
-
-  // SIGTERM: the server drains and exits; returns its exit status (-1: killed by a signal).
-  int stop() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
+  const std::string& url() const { return process_.url(); }
+  const std::string& name() const { return process_.name(); }
+  std::string log() const { return process_.log(); }
+  int stop() { return process_.stop(std::chrono::seconds(60)); }
 
  private:
-  fs::path log_;
-  pid_t pid_ = -1;
+  test::DeployProcess process_;
   bool ready_ = false;
-  std::string url_, name_;
 };
 
 // `apus ARGS` with stdout and stderr apart (stdin: `input`, through a pipe).
@@ -141,7 +74,7 @@ class ClientBenchTest : public ::testing::Test {
     char buf[4096];
     while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
     const int status = pclose(p);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, read_file(err)};
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, test::read_text(err)};
   }
   // The client on the server, greedy, with a bound on each wait.
   static Output client(const std::string& args, const std::string& input = "") {

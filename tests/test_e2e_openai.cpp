@@ -6,7 +6,6 @@
 //     streams and errors;
 //   - SIGTERM with a stream in flight: the stream completes, the server exits 0.
 // The tests share one server and run in the order written; the last one stops it.
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -16,11 +15,10 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <regex>
-#include <sstream>
 #include <thread>
 
 #include "server/http_client.h"
+#include "deploy_process.h"
 #include "test_util.h"
 
 namespace apus {
@@ -45,18 +43,9 @@ test::Exec sh(const std::string& cmd) {
 
 bool have(const std::string& program) { return sh("command -v " + program + " >/dev/null 2>&1").status == 0; }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // The server process, shared by the suite.
 struct Deploy {
-  pid_t pid = -1;
-  std::string base;  // http://127.0.0.1:PORT
-  fs::path log;
+  test::DeployProcess process;
   std::string skip;  // why the suite is skipped ("" when it runs)
   std::unique_ptr<test::TempDir> dir;
 
@@ -65,64 +54,13 @@ struct Deploy {
     const fs::path model = dir->path() / "model";
     if (!test::write_tiny_chat_model(model)) return "no tokenizer files: run scripts/fetch-tokenizers.sh";
     if (!have("curl")) return "curl is not installed (scripts/install-deps.sh installs it)";
-    log = dir->path() / "deploy.log";
-    std::vector<std::string> args = {APUS_BINARY, "deploy", "--model", model.string(), "--port", "0", "--api_key", kKey,
-                                     "--served_model_name", kModel, "--max_model_len", std::to_string(kMaxModelLen),
-                                     "--kv_cache_gib", "0.25", "--threads", "2", "--log_interval", "0",
-                                     // the drain must not be cut short on a slow (sanitizer) build
-                                     "--drain_timeout", "600"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid = fork();
-    if (pid == 0) {
-      const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    // Ready when it says where it serves (the port it was given) and /health answers 200.
-    const std::regex ready(R"re(apus: serving "[^"]*" at (http://127\.0\.0\.1:[0-9]+)/v1)re");
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(180);
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        ADD_FAILURE() << "apus deploy exited early (status " << status << "):\n" << slurp(log);
-        return "apus deploy did not start";
-      }
-      std::smatch m;
-      const std::string text = slurp(log);
-      if (std::regex_search(text, m, ready)) {
-        base = m[1];
-        server::HttpClient c(base, "", 5.0);
-        if (c.get("/health").status == 200) return "";
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    ADD_FAILURE() << "apus deploy did not become ready:\n" << slurp(log);
-    return "apus deploy did not become ready";
-  }
-
-  // SIGTERM (unless already sent: a second one ends the drain), then the exit status (-1: it
-  // had to be killed).
-  int stop(std::chrono::seconds wait, bool signal = true) {
-    if (pid <= 0) return -1;
-    if (signal) kill(pid, SIGTERM);
-    const auto deadline = std::chrono::steady_clock::now() + wait;
-    int status = 0;
-    while (waitpid(pid, &status, WNOHANG) == 0) {
-      if (std::chrono::steady_clock::now() > deadline) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-        pid = -1;
-        return -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    pid = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    const bool ok = process.start(model, dir->path() / "deploy.log",
+                                  {"--api_key", kKey, "--served_model_name", kModel, "--max_model_len",
+                                   std::to_string(kMaxModelLen), "--kv_cache_gib", "0.25", "--threads", "2",
+                                   "--log_interval", "0",
+                                   // the drain must not be cut short on a slow (sanitizer) build
+                                   "--drain_timeout", "600"});
+    return ok ? "" : "apus deploy did not start";
   }
 };
 
@@ -135,16 +73,16 @@ class E2EOpenAI : public ::testing::Test {
     server_->skip = server_->start();
   }
   static void TearDownTestSuite() {
-    server_->stop(std::chrono::seconds(30));
+    server_->process.stop(std::chrono::seconds(30));
     delete server_;
     server_ = nullptr;
   }
   void SetUp() override {
     if (!server_->skip.empty()) GTEST_SKIP() << server_->skip;
-    if (server_->pid <= 0) GTEST_SKIP() << "the server was already stopped";
+    if (!server_->process.running()) GTEST_SKIP() << "the server was already stopped";
   }
 
-  const std::string& base() const { return server_->base; }
+  const std::string& base() const { return server_->process.url(); }
   std::string auth() const { return std::string("-H \"Authorization: Bearer ") + kKey + "\" "; }
 
   // `curl ARGS` with the status code on a last line of its own: {status, body}.
@@ -297,15 +235,15 @@ TEST_F(E2EOpenAI, SigtermDrainsAStreamInFlight) {
   ASSERT_NE(fgets(line, sizeof line, p), nullptr);
   out += line;
   ASSERT_EQ(out.rfind("data: {", 0), 0u) << out;
-  kill(server_->pid, SIGTERM);
+  kill(server_->process.pid(), SIGTERM);
   while (size_t n = fread(line, 1, sizeof line, p)) out.append(line, n);
   EXPECT_EQ(WEXITSTATUS(pclose(p)), 0) << out;
   EXPECT_NE(out.find("\"finish_reason\":\"length\""), std::string::npos) << out.substr(out.size() > 2000 ? out.size() - 2000 : 0);
   EXPECT_TRUE(out.size() >= 14 && out.compare(out.size() - 14, 14, "data: [DONE]\n\n") == 0)
       << out.substr(out.size() > 2000 ? out.size() - 2000 : 0);
 
-  EXPECT_EQ(server_->stop(std::chrono::seconds(600), /*signal=*/false), 0) << slurp(server_->log);
-  const std::string log = slurp(server_->log);
+  EXPECT_EQ(server_->process.stop(std::chrono::seconds(600), /*signal=*/false), 0) << server_->process.log();
+  const std::string log = server_->process.log();
   EXPECT_NE(log.find("draining (1 requests in flight"), std::string::npos) << log;
   EXPECT_NE(log.find("apus: stopped"), std::string::npos) << log;
 }

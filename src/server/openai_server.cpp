@@ -327,7 +327,6 @@ HttpResponse OpenAIServer::models() const {
 void OpenAIServer::handle(const HttpRequest& req, std::shared_ptr<Exchange> ex) {
   try {
     const std::string& path = req.path;
-    const bool post = req.method == "POST";
     const bool protected_path = path.rfind("/v1/", 0) == 0 || path == "/tokenize" || path == "/detokenize";
     if (protected_path && !config_.api_key.empty() && req.header("Authorization") != "Bearer " + config_.api_key)
       throw ApiError(401, "Incorrect or missing API key: send it as 'Authorization: Bearer KEY'", "", "invalid_api_key",
@@ -363,7 +362,6 @@ void OpenAIServer::handle(const HttpRequest& req, std::shared_ptr<Exchange> ex) 
       need("POST");
       return ex->respond(detokenize(req));
     }
-    (void)post;
     throw ApiError(404, fmt::format("no route for {} {}", req.method, path), "", "not_found");
   } catch (const ApiError& e) {
     metrics_->rejected++;

@@ -295,9 +295,8 @@ __global__ void combine_splits_kernel(AttentionParams p) {
   }
 }
 
-template <typename T, int DPL>
-cudaError_t launch(const AttentionParams& p, cudaStream_t stream) {
-  constexpr int R = DPL >= 8 ? 8 : 16;
+template <typename T, int DPL, int R>
+cudaError_t launch_rows(const AttentionParams& p, cudaStream_t stream) {
   const size_t smem = smem_layout<T>(p.head_dim, R).total;
   // Raised once per kernel instantiation, to the largest size asked for so far.
   static size_t raised = 48 * 1024;
@@ -317,6 +316,16 @@ cudaError_t launch(const AttentionParams& p, cudaStream_t stream) {
     combine_splits_kernel<T><<<dim3(unsigned(p.tokens), unsigned(p.heads)), threads, 0, stream>>>(p);
   }
   return cudaGetLastError();
+}
+
+// 16 rows per block (8 for head_dim > 128); 8 where every sequence's rows fit in 8 (decode steps
+// with up to 8 query heads per kv head): a block's score and value work is per row, used or not,
+// so a decode block of Qwen2.5-7B (7 heads per kv head) did 16/7 of the work it needs.
+template <typename T, int DPL>
+cudaError_t launch(const AttentionParams& p, cudaStream_t stream) {
+  constexpr int R = DPL >= 8 ? 8 : 16;
+  if (R > 8 && int64_t(p.max_q_len) * (p.heads / p.kv_heads) <= 8) return launch_rows<T, DPL, 8>(p, stream);
+  return launch_rows<T, DPL, R>(p, stream);
 }
 
 }  // namespace
