@@ -31,15 +31,7 @@ const char* const kKey = "sk-apus-e2e";
 const char* const kModel = "apus-e2e";
 constexpr int kMaxModelLen = 512;
 
-// Runs `cmd` under /bin/sh; stdout (and stderr when the command redirects it).
-test::Exec sh(const std::string& cmd) {
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
-}
+using test::sh;
 
 bool have(const std::string& program) { return sh("command -v " + program + " >/dev/null 2>&1").status == 0; }
 

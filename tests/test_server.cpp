@@ -25,7 +25,8 @@ using server::HttpClient;
 
 class ServerTest : public ::testing::Test {
  protected:
-  void start(int max_num_seqs = 256, size_t max_queued = 0, std::string api_key = "", size_t max_body = 1 << 20) {
+  void start(int max_num_seqs = 256, size_t max_queued = 0, std::string api_key = "", size_t max_body = 1 << 20,
+             bool tls = false) {
     if (!test::write_tiny_chat_model(dir_.path())) GTEST_SKIP() << "run scripts/fetch-tokenizers.sh";
     backend_ = make_cpu_backend(2);
     LoadOptions lo;
@@ -36,6 +37,10 @@ class ServerTest : public ::testing::Test {
     server::HttpOptions ho;
     ho.port = 0;
     ho.max_body_bytes = max_body;
+    if (tls) {  // a self-signed certificate made for these tests (openssl req -x509 -days 36500)
+      ho.ssl_certfile = std::string(APUS_SOURCE_DIR) + "/tests/data/tls_test_cert.pem";
+      ho.ssl_keyfile = std::string(APUS_SOURCE_DIR) + "/tests/data/tls_test_key.pem";
+    }
     http_ = std::make_unique<server::HttpServer>(ho, [this](const server::HttpRequest& r, std::shared_ptr<server::Exchange> ex) {
       api_->handle(r, std::move(ex));
     });
@@ -51,7 +56,7 @@ class ServerTest : public ::testing::Test {
     sc.chat_stop_words = tmpl_->stop_words();
     api_ = std::make_unique<server::OpenAIServer>(*engine_, *tok_, *tmpl_, sc);
     thread_ = std::thread([this] { http_->run(); });
-    url_ = "http://127.0.0.1:" + std::to_string(http_->port());
+    url_ = std::string(tls ? "https" : "http") + "://127.0.0.1:" + std::to_string(http_->port());
   }
   void TearDown() override {
     if (!http_) return;
@@ -356,6 +361,18 @@ TEST_F(ServerTest, ClientThatLeavesIsCancelledAndItsBlocksFreed) {
   }
   expect_idle();
   EXPECT_EQ(metrics_value("apus:request_aborted_total"), 2);
+}
+
+TEST_F(ServerTest, Https) {
+  start(256, 0, "", 1 << 20, /*tls=*/true);
+  if (std::system("command -v curl >/dev/null 2>&1") != 0) GTEST_SKIP() << "curl is not installed";
+  const test::Exec r = test::sh("curl -sSk -N " + url_ + "/v1/completions -d '{\"prompt\": \"hi\", \"max_tokens\": 3, \"stream\": true}'");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("\"finish_reason\":\"length\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("data: [DONE]"), std::string::npos) << r.out;
+  // Plain HTTP to the TLS port is refused, and the server goes on.
+  EXPECT_NE(test::sh("curl -sS http" + url_.substr(5) + "/health").status, 0);
+  EXPECT_EQ(test::sh("curl -sSk -o /dev/null -w '%{http_code}' " + url_ + "/health").out, "200");
 }
 
 // The load test, bounded: 256 concurrent streaming clients, a fifth of them hanging up at a

@@ -47,15 +47,16 @@ struct Exec {
   int status;
   std::string out;
 };
-inline Exec run_apus(const std::string& args) {
-  std::string cmd = std::string(APUS_BINARY) + " " + args + " 2>&1";
+// Runs `cmd` under /bin/sh: its exit status (128 + N when killed by signal N) and stdout.
+inline Exec sh(const std::string& cmd) {
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   std::array<char, 4096> buf;
   while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  int status = pclose(p);
-  return {WEXITSTATUS(status), out};
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
 }
+inline Exec run_apus(const std::string& args) { return sh(std::string(APUS_BINARY) + " " + args + " 2>&1"); }
 
 struct NamedShape {
   std::string name;
