@@ -7,7 +7,10 @@
 # The GPU machine has CUDA, CMake, ninja and a compiler but no Debian packages and no network:
 # run scripts/pack-gpu-deps.sh here first and carry .gpu-deps (device tool: carry [".gpu-deps"]).
 # APUS_GPU_MEMCHECK=1 also runs the op tests under compute-sanitizer (slower).
+# APUS_GPU_PARTS picks what runs after the build: test, bench, serve (default: all three).
 set -uo pipefail
+PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
+part() { [[ $PARTS == *",$1,"* ]]; }
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
@@ -30,11 +33,14 @@ t0=$(date +%s)
 if ! cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DAPUS_CUDA=ON > "$OUT/configure.log" 2>&1; then
   tail -40 "$OUT/configure.log"; exit 1
 fi
-if ! cmake --build $B -j16 --target apus test_backend_ops test_decode_graphs test_golden_gpu test_engine_gpu > "$OUT/build.log" 2>&1; then
+TARGETS="apus"
+part test && TARGETS="$TARGETS test_backend_ops test_decode_graphs test_golden_gpu test_engine_gpu"
+if ! cmake --build $B -j16 --target $TARGETS > "$OUT/build.log" 2>&1; then
   grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1
 fi
 echo "configure + build: $(( $(date +%s) - t0 )) s"
 
+if part test; then
 t0=$(date +%s)
 (cd $B && timeout 300 ctest -L gpu -V --timeout 200) > "$OUT/ctest.log" 2>&1
 echo "ctest -L gpu: $(( $(date +%s) - t0 )) s"
@@ -51,6 +57,9 @@ if [ "${APUS_GPU_MEMCHECK:-0}" = 1 ]; then
   echo "racecheck: exit $? ($(grep -c 'ERROR SUMMARY: [1-9]\|Race reported' "$OUT/racecheck.log") problem lines)"
 fi
 
+fi
+
+if part bench; then
 LAT="$B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b"
 timeout 150 $LAT --input-len 2048 --output-len 2 --num-iters 3 > "$OUT/bench_prefill.log" 2>&1
 timeout 150 $LAT --input-len 1024 --output-len 128 --num-iters 2 > "$OUT/bench_decode.log" 2>&1
@@ -66,7 +75,37 @@ timeout 150 $B/apus bench throughput --device cuda --load-format dummy --config-
 APUS_CUDA_PROFILE=1 timeout 150 $LAT --input-len 1024 --output-len 64 > "$OUT/bench_profile.log" 2>&1
 APUS_CUDA_PROFILE=1 APUS_CUDA_GEMV=0 timeout 150 $LAT --input-len 1024 --output-len 64 > "$OUT/bench_profile_cublas.log" 2>&1
 
+fi
+
+# Serving: apus deploy (Qwen2.5-7B shape, dummy weights, the real Qwen tokenizer: carry
+# third_party/tokenizers/qwen3) and apus bench serve at 32 concurrent streams of 512-token prompts.
+if part serve && [ -f third_party/tokenizers/qwen3/tokenizer.json ]; then
+  M=$(mktemp -d)
+  cp third_party/tokenizers/qwen3/tokenizer*.json "$M"/
+    cat > "$M/config.json" <<'JSON'
+{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944,
+ "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+ "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": false,
+ "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu", "torch_dtype": "bfloat16"}
+JSON
+  t0=$(date +%s.%N)
+  $B/apus deploy --model "$M" --load-format dummy --device cuda --port 8000 --served-model-name qwen7b-dummy \
+    --log-interval 5 > "$OUT/serve_server.log" 2>&1 &
+  SP=$!
+  healthy() { exec 3<>/dev/tcp/127.0.0.1/8000 && printf 'GET /health HTTP/1.0\r\n\r\n' >&3 && head -1 <&3 | grep -q ' 200'; } 2>/dev/null
+  for _ in $(seq 600); do healthy && break; sleep 0.1; done
+  echo "server ready (dummy 7B, until GET /health = 200): $(awk "BEGIN {print $(date +%s.%N) - $t0}") s" > "$OUT/serve_ready.txt"
+  SB="$B/apus bench serve --url http://127.0.0.1:8000 --vocab-size 151000 --input-len 512 --output-len 128"
+  timeout 200 $SB --num-prompts 256 --max-concurrency 32 > "$OUT/serve_c32.log" 2>&1
+  timeout 200 $SB --num-prompts 512 --max-concurrency 256 > "$OUT/serve_c256.log" 2>&1
+  kill -TERM $SP; wait $SP
+fi
+
 echo "==== summary"
+if [ -f "$OUT/serve_ready.txt" ]; then
+  cat "$OUT/serve_ready.txt"; echo "---- 32 streams"; cat "$OUT/serve_c32.log"; echo "---- 256 streams"; cat "$OUT/serve_c256.log"
+  grep -E "error|Error" "$OUT/serve_server.log" | head -5
+fi
 grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|\*\*\*" "$OUT/ctest.log"
 grep -E "FAILED|Failure" "$OUT/ctest.log" | sort | uniq | head -30
 grep -E "largest errors" "$OUT/ctest.log"
