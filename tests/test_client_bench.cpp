@@ -76,6 +76,16 @@ class ClientBenchTest : public ::testing::Test {
     const int status = pclose(p);
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, test::read_text(err)};
   }
+  // `apus client ARGS` streamed and with --no-stream: the same answer; returns the streamed run.
+  static Output streamed_equals_whole(const std::string& args) {
+    const Output streamed = client(args);
+    EXPECT_EQ(streamed.status, 0) << streamed.err;
+    const Output whole = client("--no-stream " + args);
+    EXPECT_EQ(whole.status, 0) << whole.err;
+    EXPECT_GT(streamed.out.size(), 1u);
+    EXPECT_EQ(streamed.out, whole.out);
+    return streamed;
+  }
   // The client on the server, greedy, with a bound on each wait.
   static Output client(const std::string& args, const std::string& input = "") {
     return apus("client --url " + server_->url() + " --temperature 0 --max-tokens 12 --timeout 30 " + args, input);
@@ -89,12 +99,8 @@ test::TempDir* ClientBenchTest::dir_ = nullptr;
 Deployment* ClientBenchTest::server_ = nullptr;
 
 TEST_F(ClientBenchTest, ChatStreamedAndWholeAnswersAreTheSame) {
-  const Output streamed = client("'What is the capital of Zhejiang?'");
-  ASSERT_EQ(streamed.status, 0) << streamed.err;
-  const Output whole = client("--no-stream 'What is the capital of Zhejiang?'");
-  ASSERT_EQ(whole.status, 0) << whole.err;
-  EXPECT_GT(streamed.out.size(), 1u);
-  EXPECT_EQ(streamed.out, whole.out);
+  const Output streamed = streamed_equals_whole("'What is the capital of Zhejiang?'");
+  ASSERT_FALSE(HasFailure());
   EXPECT_EQ(streamed.out.back(), '\n');
   // The model named explicitly, and the URL as deploy prints it (with /v1): the same answer.
   const Output named = apus("client --url " + server_->url() + "/v1 --model " + server_->name() +
@@ -104,12 +110,7 @@ TEST_F(ClientBenchTest, ChatStreamedAndWholeAnswersAreTheSame) {
 }
 
 TEST_F(ClientBenchTest, CompletionStreamedAndWholeAnswersAreTheSame) {
-  const Output streamed = client("--completion 'Hangzhou is'");
-  ASSERT_EQ(streamed.status, 0) << streamed.err;
-  const Output whole = client("--completion --no-stream 'Hangzhou is'");
-  ASSERT_EQ(whole.status, 0) << whole.err;
-  EXPECT_GT(streamed.out.size(), 1u);
-  EXPECT_EQ(streamed.out, whole.out);
+  streamed_equals_whole("--completion 'Hangzhou is'");
 }
 
 TEST_F(ClientBenchTest, ServerErrorsAreReportedWithTheirStatus) {

@@ -93,13 +93,11 @@ void log_stats(const AsyncEngine& engine, EngineStats& last, std::chrono::steady
   if (s.prompt_tokens == last.prompt_tokens && s.generated_tokens == last.generated_tokens && snap.running == 0 &&
       snap.waiting == 0)
     return;  // idle: say nothing
-  const int used = snap.total_blocks - snap.free_blocks;
   std::cerr << fmt::format(
       "apus: prompt throughput {:.1f} tokens/s, generation throughput {:.1f} tokens/s, running {} reqs, waiting {} "
       "reqs, KV cache usage {:.1f}%, prefix cache hit rate {:.1f}%\n",
       double(s.prompt_tokens - last.prompt_tokens) / dt, double(s.generated_tokens - last.generated_tokens) / dt,
-      snap.running, snap.waiting, snap.total_blocks ? 100.0 * used / snap.total_blocks : 0.0,
-      s.prefix_queried_blocks ? 100.0 * double(s.prefix_hit_blocks) / double(s.prefix_queried_blocks) : 0.0);
+      snap.running, snap.waiting, 100.0 * snap.kv_usage(), 100.0 * snap.prefix_hit_rate());
   last = s;
   last_t = now;
 }

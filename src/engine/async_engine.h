@@ -62,6 +62,11 @@ class AsyncEngine {
     size_t running = 0, waiting = 0;
     int free_blocks = 0, total_blocks = 0;
     EngineStats stats;
+    int used_blocks() const { return total_blocks - free_blocks; }
+    double kv_usage() const { return total_blocks ? double(used_blocks()) / total_blocks : 0.0; }  // 0..1
+    double prefix_hit_rate() const {  // 0..1, since start
+      return stats.prefix_queried_blocks ? double(stats.prefix_hit_blocks) / double(stats.prefix_queried_blocks) : 0.0;
+    }
   };
   Snapshot snapshot() const;  // updated after every step
   // Requests submitted but not yet running (queued for the loop thread or waiting to be scheduled).

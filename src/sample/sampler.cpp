@@ -18,7 +18,8 @@ void log_softmax(const float* logits, int64_t n, float* out) {
 }
 
 std::vector<std::pair<int, float>> top_logprobs(const float* lp, int64_t n, int k) {
-  std::vector<int> idx(static_cast<size_t>(n));
+  thread_local std::vector<int> idx;  // vocabulary-sized scratch, reused on this thread
+  idx.resize(static_cast<size_t>(n));
   std::iota(idx.begin(), idx.end(), 0);
   k = int(std::min<int64_t>(k, n));
   std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) {
@@ -69,7 +70,10 @@ int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64
   // the whole vocabulary would cost more than the forward pass of a small model, so the order is
   // built lazily: the walk usually ends within the first few dozen tokens.
   auto by_logit = [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  std::vector<int> idx(static_cast<size_t>(n));
+  // Vocabulary-sized scratch, reused by every draw on this thread.
+  thread_local std::vector<int> idx;
+  thread_local std::vector<double> w;
+  idx.resize(static_cast<size_t>(n));
   std::iota(idx.begin(), idx.end(), 0);
   size_t sorted = 0;  // idx[0, sorted) is in final order, and before everything after it
   auto sort_upto = [&](size_t k) {
@@ -85,7 +89,6 @@ int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64
   float mx = logits[idx[0]];
   for (int i : idx) mx = std::max(mx, logits[i]);
   // Unnormalised probabilities at the temperature; the most likely token has weight 1.
-  thread_local std::vector<double> w;
   w.resize(size_t(n));
   double total = 0.0;
   for (int i : idx) total += (w[size_t(i)] = std::exp((double(logits[i]) - double(mx)) / p.temperature));

@@ -38,20 +38,17 @@ std::string metric(const std::string& name, const char* type, const std::string&
 
 std::string ServerMetrics::render(const AsyncEngine::Snapshot& s, const std::string& model_name) const {
   const EngineStats& st = s.stats;
-  const int used = s.total_blocks - s.free_blocks;
   std::string out;
   out += metric("apus:num_requests_running", "gauge", "Requests in the running batch.", double(s.running));
   out += metric("apus:num_requests_waiting", "gauge", "Requests waiting to be scheduled.", double(s.waiting));
-  out += metric("apus:kv_cache_usage_perc", "gauge", "Fraction of KV cache blocks in use (1 = full).",
-                s.total_blocks ? double(used) / s.total_blocks : 0.0);
-  out += metric("apus:kv_cache_blocks_used", "gauge", "KV cache blocks owned by live sequences.", double(used));
+  out += metric("apus:kv_cache_usage_perc", "gauge", "Fraction of KV cache blocks in use (1 = full).", s.kv_usage());
+  out += metric("apus:kv_cache_blocks_used", "gauge", "KV cache blocks owned by live sequences.", double(s.used_blocks()));
   out += metric("apus:kv_cache_blocks_total", "gauge", "KV cache blocks in all.", double(s.total_blocks));
   out += metric("apus:prefix_cache_queries_total", "counter", "Full prompt blocks looked up in the prefix cache.",
                 double(st.prefix_queried_blocks));
   out += metric("apus:prefix_cache_hits_total", "counter", "Full prompt blocks found in the prefix cache.",
                 double(st.prefix_hit_blocks));
-  out += metric("apus:prefix_cache_hit_rate", "gauge", "Prefix cache hits over queries since start.",
-                st.prefix_queried_blocks ? double(st.prefix_hit_blocks) / double(st.prefix_queried_blocks) : 0.0);
+  out += metric("apus:prefix_cache_hit_rate", "gauge", "Prefix cache hits over queries since start.", s.prefix_hit_rate());
   out += metric("apus:prompt_tokens_total", "counter", "Prompt tokens admitted.", double(st.prompt_tokens));
   out += metric("apus:generation_tokens_total", "counter", "Tokens generated.", double(st.generated_tokens));
   out += metric("apus:num_preemptions_total", "counter", "Sequences preempted for lack of KV cache.", double(st.preemptions));

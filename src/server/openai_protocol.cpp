@@ -153,7 +153,7 @@ std::vector<PromptInput> parse_prompts(const json& p) {
 
 }  // namespace
 
-OpenAIRequest parse_openai_request(Endpoint endpoint, std::string_view body_text) {
+nlohmann::json parse_json_object(std::string_view body_text) {
   json body;
   try {
     body = json::parse(body_text, [](int depth, json::parse_event_t, json&) {
@@ -164,6 +164,11 @@ OpenAIRequest parse_openai_request(Endpoint endpoint, std::string_view body_text
     throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
   }
   if (!body.is_object()) throw ApiError(400, std::string("the request body must be a JSON object, not ") + type_name(body));
+  return body;
+}
+
+OpenAIRequest parse_openai_request(Endpoint endpoint, std::string_view body_text) {
+  const json body = parse_json_object(body_text);
   const Fields f(body);
   OpenAIRequest r;
   r.endpoint = endpoint;

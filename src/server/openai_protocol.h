@@ -60,6 +60,10 @@ struct OpenAIRequest {
 constexpr int kMaxLogprobs = 20;
 constexpr int kMaxN = 128;
 
+// A request body that must be a JSON object; ApiError(400) for malformed JSON, nesting deeper
+// than 64 levels, or another JSON type.
+nlohmann::json parse_json_object(std::string_view body);
+
 // Throws ApiError(400) for malformed JSON, wrong types and out-of-range values. Fields this server
 // does not know are ignored, as OpenAI clients send more than any one server reads.
 OpenAIRequest parse_openai_request(Endpoint endpoint, std::string_view body);

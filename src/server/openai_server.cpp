@@ -44,13 +44,6 @@ json byte_list(const std::string& s) {
   return b;
 }
 
-json parse_body(const HttpRequest& req) {
-  json j = json::parse(req.body, nullptr, false);
-  if (j.is_discarded()) throw ApiError(400, "the request body is not valid JSON");
-  if (!j.is_object()) throw ApiError(400, "the request body must be a JSON object");
-  return j;
-}
-
 // body[key] as a boolean (`fallback` when absent or null).
 bool flag(const json& body, const char* key, bool fallback) {
   const auto it = body.find(key);
@@ -395,15 +388,7 @@ void OpenAIServer::completions(const HttpRequest& http, std::shared_ptr<Exchange
   const int64_t vocab = engine_.vocab_size();
   const int max_len = engine_.max_model_len();
   if (chat) {
-    std::vector<ChatMessage> messages = parse_messages(r.messages);
-    if (config_.default_system) messages = with_default_system(std::move(messages), *config_.default_system);
-    nlohmann::ordered_json extra = nlohmann::ordered_json::parse(r.chat_template_kwargs.dump());
-    RenderedPrompt rp;
-    try {
-      rp = tmpl_.render(messages, r.add_generation_prompt, extra);
-    } catch (const jinja::TemplateRaised& e) {
-      throw ApiError(400, e.what(), "messages");
-    }
+    RenderedPrompt rp = render_chat(r.messages, r.add_generation_prompt, r.chat_template_kwargs);
     job->prompts.push_back({std::move(rp.ids), std::move(rp.text)});
   } else {
     for (const PromptInput& in : r.prompts) {
@@ -494,15 +479,22 @@ void OpenAIServer::completions(const HttpRequest& http, std::shared_ptr<Exchange
   }
 }
 
+RenderedPrompt OpenAIServer::render_chat(const json& messages_json, bool add_generation_prompt, const json& kwargs) const {
+  std::vector<ChatMessage> messages = parse_messages(messages_json);
+  if (config_.default_system) messages = with_default_system(std::move(messages), *config_.default_system);
+  try {
+    return tmpl_.render(messages, add_generation_prompt, nlohmann::ordered_json(kwargs));
+  } catch (const jinja::TemplateRaised& e) {
+    throw ApiError(400, e.what(), "messages");
+  }
+}
+
 HttpResponse OpenAIServer::tokenize(const HttpRequest& req) const {
-  const json body = parse_body(req);
+  const json body = parse_json_object(req.body);
   if (body.contains("model") && body["model"].is_string()) check_model(body["model"].get<std::string>());
   std::vector<int32_t> ids;
   if (body.contains("messages")) {
-    std::vector<ChatMessage> messages = parse_messages(body["messages"]);
-    if (config_.default_system) messages = with_default_system(std::move(messages), *config_.default_system);
-    const bool add_gen = flag(body, "add_generation_prompt", true);
-    ids = tmpl_.render(messages, add_gen).ids;
+    ids = render_chat(body["messages"], flag(body, "add_generation_prompt", true)).ids;
   } else if (body.contains("prompt") && body["prompt"].is_string()) {
     ids = tok_.encode(body["prompt"].get<std::string>(), flag(body, "add_special_tokens", true));
   } else {
@@ -518,7 +510,7 @@ HttpResponse OpenAIServer::tokenize(const HttpRequest& req) const {
 }
 
 HttpResponse OpenAIServer::detokenize(const HttpRequest& req) const {
-  const json body = parse_body(req);
+  const json body = parse_json_object(req.body);
   if (body.contains("model") && body["model"].is_string()) check_model(body["model"].get<std::string>());
   const auto it = body.find("tokens");
   if (it == body.end() || !it->is_array()) throw ApiError(400, "'tokens' must be an array of token ids", "tokens");

@@ -43,6 +43,9 @@ class OpenAIServer {
  private:
   HttpResponse models() const;
   void completions(const HttpRequest& request, std::shared_ptr<Exchange> exchange, bool chat);
+  // An OpenAI messages array as the model's prompt, with --system in front when it has none.
+  RenderedPrompt render_chat(const nlohmann::json& messages, bool add_generation_prompt,
+                             const nlohmann::json& template_kwargs = nlohmann::json::object()) const;
   HttpResponse tokenize(const HttpRequest& request) const;
   HttpResponse detokenize(const HttpRequest& request) const;
   void check_model(const std::string& name) const;

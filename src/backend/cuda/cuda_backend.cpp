@@ -15,6 +15,7 @@
 
 #include "backend/cuda/cublas.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/op_profile.h"
 #include "core/error.h"
 
 namespace apus {
@@ -66,75 +67,6 @@ class PinnedBuffer {
   size_t cap_ = 0;
 };
 
-// APUS_CUDA_PROFILE=1: device time of every op, measured with a pair of CUDA events around it and
-// keyed by op and shape, printed to stderr when the backend goes. For finding where a step's time
-// goes without a profiler; it adds a few microseconds of host time per op.
-class OpProfile {
- public:
-  explicit OpProfile(cudaStream_t stream) : stream_(stream), on_(std::getenv("APUS_CUDA_PROFILE") != nullptr) {}
-  OpProfile(const OpProfile&) = delete;
-  OpProfile& operator=(const OpProfile&) = delete;
-  ~OpProfile() {
-    if (!on_) return;
-    collect();
-    std::vector<std::pair<std::string, Total>> rows(totals_.begin(), totals_.end());
-    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
-    double all = 0;
-    for (const auto& [k, t] : rows) all += t.ms;
-    fmt::print(stderr, "APUS_CUDA_PROFILE: device time per op ({:.1f} ms in all)\n", all);
-    for (const auto& [k, t] : rows)
-      fmt::print(stderr, "  {:<44} {:>7} calls {:>10.3f} ms {:>9.1f} us/call {:>5.1f}%\n", k, t.calls, t.ms,
-                 1e3 * t.ms / double(t.calls), 100.0 * t.ms / all);
-  }
-  bool on() const { return on_; }
-  void start(std::string key) {
-    // Events time device work only while the device runs behind the host: an idle GPU stamps the
-    // start event at once and then waits for the host to launch the op, and that wait (host time)
-    // would count. A ~30 ms busy kernel before the first op after each wait lets the host queue the
-    // step ahead (host launch gaps were what made small ops read ~5-10 us before).
-    if (!ahead_) {
-      APUS_CUDA_CHECK(cuda::spin(30'000'000, stream_));
-      ahead_ = true;
-    }
-    Pending p{std::move(key), nullptr, nullptr};
-    APUS_CUDA_CHECK(cudaEventCreate(&p.start));
-    APUS_CUDA_CHECK(cudaEventCreate(&p.stop));
-    APUS_CUDA_CHECK(cudaEventRecord(p.start, stream_));
-    pending_.push_back(std::move(p));
-  }
-  void stop() { APUS_CUDA_CHECK(cudaEventRecord(pending_.back().stop, stream_)); }
-  // Adds up finished ops (called where the host waits for the device anyway).
-  void collect() {
-    for (Pending& p : pending_) {
-      APUS_CUDA_CHECK(cudaEventSynchronize(p.stop));
-      float ms = 0;
-      APUS_CUDA_CHECK(cudaEventElapsedTime(&ms, p.start, p.stop));
-      Total& t = totals_[p.key];
-      t.calls++;
-      t.ms += ms;
-      cudaEventDestroy(p.start);
-      cudaEventDestroy(p.stop);
-    }
-    pending_.clear();
-    ahead_ = false;
-  }
-
- private:
-  struct Pending {
-    std::string key;
-    cudaEvent_t start, stop;
-  };
-  struct Total {
-    int64_t calls = 0;
-    double ms = 0;
-  };
-  cudaStream_t stream_;
-  bool on_;
-  bool ahead_ = false;
-  std::vector<Pending> pending_;
-  std::map<std::string, Total> totals_;
-};
-
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
 
 class CudaBackend final : public Backend {
@@ -152,7 +84,7 @@ class CudaBackend final : public Backend {
     check_blas(cb.set_workspace(blas_, blas_workspace_.data, kCublasWorkspace), "cublasSetWorkspace");
     errors_ = alloc(DType::I32, {2});
     errors_host_ = static_cast<cuda::DeviceError*>(error_pinned_.get(sizeof(cuda::DeviceError)));
-    profile_ = std::make_unique<OpProfile>(stream_);
+    profile_ = std::make_unique<cuda::OpProfile>(stream_);
     const char* g = std::getenv("APUS_CUDA_GEMV");
     gemv_ = g == nullptr || std::string(g) != "0";
   }
@@ -263,7 +195,7 @@ class CudaBackend final : public Backend {
     APUS_CHECK(table.dtype == act_ && table.cols() == out.cols(), "embedding: table {} does not fit output {}",
                table.describe(), out.describe());
     vocab_ = table.rows();
-    Timed t(*profile_, "embedding", ids.numel());
+    cuda::TimedOp t(*profile_, "embedding", ids.numel());
     launched(cuda::embedding(act_, ids.ptr<int32_t>(), ids.numel(), table.data, table.rows(), table.cols(), out.data,
                              out.row_stride, error_word(), stream_),
              "embedding");
@@ -272,7 +204,7 @@ class CudaBackend final : public Backend {
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override {
     activation(x, "gather_rows");
     activation(out, "gather_rows");
-    Timed t(*profile_, "gather_rows", rows.numel());
+    cuda::TimedOp t(*profile_, "gather_rows", rows.numel());
     launched(cuda::gather_rows(act_, x.data, x.row_stride, rows.ptr<int32_t>(), rows.numel(), x.cols(), out.data,
                                out.row_stride, stream_),
              "gather_rows");
@@ -283,7 +215,7 @@ class CudaBackend final : public Backend {
     activation(out, "rms_norm");
     const int64_t n = w.numel();
     APUS_CHECK(x.cols() % n == 0 && out.cols() == x.cols(), "rms_norm: {} columns are not groups of {}", x.cols(), n);
-    Timed t(*profile_, "rms_norm", x.rows(), fmt::format(" cols={}", n));
+    cuda::TimedOp t(*profile_, "rms_norm", x.rows(), fmt::format(" cols={}", n));
     launched(cuda::rms_norm(act_, x.data, x.row_stride, w.ptr<float>(), n, x.cols() / n, eps, out.data,
                             out.row_stride, x.rows(), stream_),
              "rms_norm");
@@ -294,7 +226,7 @@ class CudaBackend final : public Backend {
     activation(x, "add_rms_norm");
     activation(out, "add_rms_norm");
     APUS_CHECK(w.numel() == residual.cols(), "add_rms_norm: weight [{}] for {} columns", w.numel(), residual.cols());
-    Timed t(*profile_, "add_rms_norm", residual.rows());
+    cuda::TimedOp t(*profile_, "add_rms_norm", residual.rows());
     launched(cuda::add_rms_norm(act_, residual.data, residual.row_stride, x.data, x.row_stride, w.ptr<float>(),
                                 residual.cols(), eps, out.data, out.row_stride, residual.rows(), stream_),
              "add_rms_norm");
@@ -309,7 +241,7 @@ class CudaBackend final : public Backend {
     APUS_CHECK(out.dtype == act_ || out.dtype == DType::F32, "linear: output {} must be {} or F32", out.describe(),
                dtype_name(act_));
     if (x.rows() == 0) return;
-    Timed t(*profile_, "linear", x.rows(), fmt::format(" n={} k={}", w.out_features, w.in_features));
+    cuda::TimedOp t(*profile_, "linear", x.rows(), fmt::format(" n={} k={}", w.out_features, w.in_features));
     const float alpha = 1.0f, beta = 0.0f;
     const size_t out_esize = dtype_size(out.dtype);
     int64_t col = 0;
@@ -344,7 +276,7 @@ class CudaBackend final : public Backend {
     activation(x, "rope");
     on_device(cos, "rope");
     const int half = int(cos.cols());
-    Timed t(*profile_, "rope", x.rows());
+    cuda::TimedOp t(*profile_, "rope", x.rows());
     APUS_CHECK(x.cols() % head_dim == 0 && 2 * half <= head_dim, "rope: {} with head_dim {} and {} frequencies",
                x.describe(), head_dim, half);
     launched(cuda::rope(act_, x.data, x.row_stride, x.rows(), int(x.cols() / head_dim), head_dim, cos.ptr<float>(),
@@ -359,7 +291,7 @@ class CudaBackend final : public Backend {
     const int64_t row = cache.k.shape[2] * cache.k.shape[3];
     APUS_CHECK(k.cols() == row && v.cols() == row, "store_kv: rows of {} for a cache of {} per slot", k.cols(), row);
     num_slots_ = cache.k.shape[0] * cache.k.shape[1];
-    Timed t(*profile_, "store_kv", k.rows());
+    cuda::TimedOp t(*profile_, "store_kv", k.rows());
     launched(cuda::store_kv(act_, k.data, k.row_stride, v.data, v.row_stride, slot_mapping.ptr<int32_t>(), k.rows(),
                             row, cache.k.data, cache.v.data, num_slots_, error_word(), stream_),
              "store_kv");
@@ -409,7 +341,7 @@ class CudaBackend final : public Backend {
       }
       p.partial = attention_scratch_.ptr<float>();
     }
-    Timed t(*profile_, "attention", p.tokens, fmt::format(" max_q={} splits={}", p.max_q_len, p.num_splits));
+    cuda::TimedOp t(*profile_, "attention", p.tokens, fmt::format(" max_q={} splits={}", p.max_q_len, p.num_splits));
     launched(cuda::paged_attention(p, stream_), "paged_attention");
   }
 
@@ -417,7 +349,7 @@ class CudaBackend final : public Backend {
     activation(gate_up, "silu_mul");
     activation(out, "silu_mul");
     APUS_CHECK(gate_up.cols() == 2 * out.cols(), "silu_mul: {} -> {}", gate_up.describe(), out.describe());
-    Timed t(*profile_, "silu_mul", out.rows());
+    cuda::TimedOp t(*profile_, "silu_mul", out.rows());
     launched(cuda::silu_mul(act_, gate_up.data, gate_up.row_stride, out.data, out.row_stride, out.rows(), out.cols(),
                             stream_),
              "silu_mul");
@@ -426,7 +358,7 @@ class CudaBackend final : public Backend {
   void add(Tensor& x, const Tensor& y) override {
     activation(x, "add");
     activation(y, "add");
-    Timed t(*profile_, "add", x.rows());
+    cuda::TimedOp t(*profile_, "add", x.rows());
     launched(cuda::add(act_, x.data, x.row_stride, y.data, y.row_stride, x.rows(), x.cols(), stream_), "add");
   }
 
@@ -530,21 +462,6 @@ class CudaBackend final : public Backend {
   }
   void launched(cudaError_t e, const char* kernel) const { check(e, kernel); }
 
-  // Times the op it is constructed in when APUS_CUDA_PROFILE is set; `rows` is the op's row count.
-  class Timed {
-   public:
-    Timed(OpProfile& p, const char* op, int64_t rows, const std::string& detail = {}) : p_(p) {
-      if (p_.on()) p_.start(fmt::format("{} rows={}{}", op, rows, detail));
-    }
-    ~Timed() {
-      if (p_.on()) p_.stop();
-    }
-    Timed(const Timed&) = delete;
-    Timed& operator=(const Timed&) = delete;
-
-   private:
-    OpProfile& p_;
-  };
   cuda::DeviceError* error_word() const { return static_cast<cuda::DeviceError*>(errors_.data); }
 
   template <typename F>
@@ -584,7 +501,7 @@ class CudaBackend final : public Backend {
   std::map<int, cudaGraphExec_t> graphs_;
   int next_graph_ = 0;
   std::vector<Tensor> retired_;         // buffers replaced while graphs that use them live
-  std::unique_ptr<OpProfile> profile_;
+  std::unique_ptr<cuda::OpProfile> profile_;
 };
 
 }  // namespace
