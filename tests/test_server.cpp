@@ -427,7 +427,9 @@ TEST_F(ServerTest, HoldsManyOpenStreams) {
       try {
         HttpClient c(url_);
         bool counted = false;
-        c.post_stream("/v1/completions", json{{"prompt", "hi"}, {"max_tokens", 4000}, {"ignore_eos", true}, {"stream", true}}.dump(),
+        // A chat stream sends the assistant's role at once: "open" does not wait for generation.
+        c.post_stream("/v1/chat/completions",
+                      json{{"messages", kHello}, {"max_tokens", 2000}, {"ignore_eos", true}, {"stream", true}}.dump(),
                       [&](const std::string&) {
                         if (!counted) counted = true, open++;
                         return !release.load();
