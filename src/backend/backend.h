@@ -53,6 +53,16 @@ struct AttentionBatch {
                            // -1: a padding token whose K/V is not stored
 };
 
+// A row of logits to draw one token from on the device (the rules: sample/sampler.h).
+struct SampleRow {
+  int32_t row = 0;            // row of the logits tensor
+  float temperature = 0.0f;   // <= 0: greedy
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float u = 0.0f;             // the draw's uniform number in [0, 1) (draw_uniform)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -110,6 +120,12 @@ class Backend {
   virtual void add(Tensor& x, const Tensor& y) = 0;
   // Makes the device finish queued work (a no-op on CPU).
   virtual void synchronize() {}
+  // Draws a token for each of `rows` from logits F32 [R, vocab] into ids[i], on the device, so
+  // that only ids come back. False where the backend has no device sampler: the caller then
+  // copies the logits to the host and samples there.
+  virtual bool sample(const Tensor& /*logits*/, const std::vector<SampleRow>& /*rows*/, int32_t* /*ids*/) {
+    return false;
+  }
 
   // Recorded op sequences (CUDA graphs). Between begin_capture() and end_capture() the ops are
   // recorded, not run (no upload_step, copy_to_host or synchronize in between, and nothing may be

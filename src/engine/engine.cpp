@@ -118,6 +118,46 @@ void Engine::finish(Sequence& s, const std::string& reason, SeqOutput& out) {
   scheduler_.remove(&s);
 }
 
+void Engine::fetch_logits(const std::vector<ScheduledSeq>& sched, const Tensor& logits) {
+  const int64_t R = logits.empty() ? 0 : logits.rows(), V = model_.config().vocab_size;
+  drawn_.assign(size_t(R), -1);
+  std::vector<char> on_host(size_t(R), 0);
+  std::vector<SampleRow> draws;
+  int32_t r = 0;
+  for (const auto& [s, n] : sched) {
+    if (s->collecting_prompt_logprobs())  // rows as laid out in step()
+      for (int pos = s->num_computed; pos < std::min(s->num_computed + n, s->prompt_len - 1); ++pos) on_host[size_t(r++)] = 1;
+    if (s->num_computed + n < s->length()) continue;
+    const SamplingParams& p = s->params;
+    if (p.logprobs >= 0 || needs_processing(p, s->num_generated())) {
+      on_host[size_t(r++)] = 1;
+      continue;
+    }
+    draws.push_back(SampleRow{r++, p.temperature, p.top_k, p.top_p, p.min_p,
+                              draw_uniform(p, uint64_t(s->num_generated()))});
+  }
+  std::vector<int32_t> ids(draws.size());
+  if (!draws.empty()) {
+    if (model_.backend().sample(logits, draws, ids.data())) {
+      for (size_t i = 0; i < draws.size(); ++i) drawn_[size_t(draws[i].row)] = ids[i];
+    } else {
+      for (const SampleRow& d : draws) on_host[size_t(d.row)] = 1;
+    }
+  }
+  // The rows the host reads, copied in runs of consecutive rows.
+  logits_.resize(size_t(R * V));
+  for (int64_t a = 0; a < R;) {
+    if (!on_host[size_t(a)]) {
+      ++a;
+      continue;
+    }
+    int64_t e = a;
+    while (e < R && on_host[size_t(e)]) ++e;
+    model_.backend().copy_to_host(logits.rows_view(a, e - a), logits_.data() + a * V);
+    a = e;
+  }
+}
+
 std::vector<SeqOutput> Engine::step() {
   std::vector<ScheduledSeq> sched = scheduler_.schedule();
   if (sched.empty()) return {};
@@ -143,8 +183,9 @@ std::vector<SeqOutput> Engine::step() {
     b.ctx_len.push_back(s->num_computed + n);
     std::copy(s->block_table.begin(), s->block_table.end(), b.block_table.begin() + long(i) * b.max_blocks);
   }
+  Tensor logits;
   try {
-    model_.forward(b, cache_, logits_);
+    logits = model_.forward(b, cache_);
   } catch (...) {
     blocks_.drop_cache();
     throw;
@@ -153,6 +194,7 @@ std::vector<SeqOutput> Engine::step() {
   stats_.computed_tokens += b.tokens.size();
 
   const int64_t V = model_.config().vocab_size;
+  fetch_logits(sched, logits);
   std::vector<SeqOutput> outputs;
   std::vector<float> row, lp;
   size_t logit_row = 0;
@@ -173,16 +215,20 @@ std::vector<SeqOutput> Engine::step() {
     out.request_id = s->request_id;
     out.index = s->index;
     if (s->num_generated() == 0) out.prompt_logprobs = std::move(s->prompt_logprobs);
-    const float* raw = logits_.data() + int64_t(logit_row++) * V;
-    const float* use = raw;
-    if (needs_processing(s->params, s->num_generated())) {
-      row.assign(raw, raw + V);
-      std::vector<int32_t> prompt(s->tokens.begin(), s->tokens.begin() + s->prompt_len);
-      std::vector<int32_t> output(s->tokens.begin() + s->prompt_len, s->tokens.end());
-      process_logits(row.data(), V, s->params, prompt, output, stop_ids_.at(s->request_id));
-      use = row.data();
+    const int32_t r = int32_t(logit_row++);
+    const float* raw = logits_.data() + int64_t(r) * V;
+    int32_t tok = drawn_[size_t(r)];
+    if (tok < 0) {  // not drawn on the device
+      const float* use = raw;
+      if (needs_processing(s->params, s->num_generated())) {
+        row.assign(raw, raw + V);
+        std::vector<int32_t> prompt(s->tokens.begin(), s->tokens.begin() + s->prompt_len);
+        std::vector<int32_t> output(s->tokens.begin() + s->prompt_len, s->tokens.end());
+        process_logits(row.data(), V, s->params, prompt, output, stop_ids_.at(s->request_id));
+        use = row.data();
+      }
+      tok = sample_token(use, V, s->params, uint64_t(s->num_generated()));
     }
-    const int32_t tok = sample_token(use, V, s->params, uint64_t(s->num_generated()));
     out.new_tokens.push_back(tok);
     if (s->params.logprobs >= 0) {  // a full-vocabulary log-softmax: only when asked for
       lp.resize(size_t(V));

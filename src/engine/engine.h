@@ -87,6 +87,9 @@ class Engine {
  private:
   void finish(Sequence& s, const std::string& reason, SeqOutput& out);
   bool hit_stop(const Sequence& s, int32_t token) const;
+  // Draws on the device the step's tokens that need no host work (drawn_[row], else -1) and
+  // copies the other logits rows (prompt logprobs, logprobs, penalties...) into logits_.
+  void fetch_logits(const std::vector<ScheduledSeq>& sched, const Tensor& logits);
 
   DecoderModel& model_;
   EngineConfig config_;
@@ -99,7 +102,8 @@ class Engine {
   uint64_t next_request_ = 1, next_seq_ = 1, arrivals_ = 0;
   EngineStats stats_;
   StepBatch batch_;
-  std::vector<float> logits_;
+  std::vector<float> logits_;  // [logit rows, vocab]: only the rows the host reads are filled
+  std::vector<int32_t> drawn_;  // per logit row: the token drawn on the device, or -1
 };
 
 // Runs requests to completion on `engine` (the offline batch path); returns, per request, its

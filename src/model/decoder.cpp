@@ -295,8 +295,7 @@ void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket
   ng.id = backend_.end_capture();
 }
 
-void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<float>& logits) {
-  const ModelConfig& c = config_;
+Tensor DecoderModel::forward(const StepBatch& in, KvCache& cache) {
   const int64_t T = int64_t(in.tokens.size());
   const int64_t R = int64_t(in.logit_rows.size());
   APUS_CHECK(T > 0 && int64_t(in.slot_mapping.size()) == T && int64_t(in.q_start.size()) == in.num_seqs() + 1,
@@ -317,12 +316,13 @@ void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<floa
     const StepViews sv = upload_meta(in, T, R, in.max_blocks, 0, cache, w.meta_device);
     run_layers(sv, cache);
   }
-  if (R == 0) {
-    logits.clear();
-    return;
-  }
-  logits.resize(size_t(R * c.vocab_size));
-  backend_.copy_to_host(rows_of(ws_->logits, R), logits.data());
+  return R == 0 ? Tensor() : rows_of(ws_->logits, R);
+}
+
+void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<float>& logits) {
+  const Tensor dev = forward(in, cache);
+  logits.resize(dev.empty() ? 0 : size_t(dev.numel()));
+  if (!dev.empty()) backend_.copy_to_host(dev, logits.data());
 }
 
 }  // namespace apus

@@ -33,7 +33,10 @@ class DecoderModel {
   const ModelWeights& weights() const { return weights_; }
   Backend& backend() { return backend_; }
 
-  // Runs the step, writing K/V into `cache`; `logits` becomes [logit_rows, vocab] row-major.
+  // Runs the step, writing K/V into `cache`; returns the logits F32 [logit_rows, vocab] on the
+  // backend's device (a view of a buffer the next step overwrites; empty when there are none).
+  Tensor forward(const StepBatch& batch, KvCache& cache);
+  // The same, with the logits copied to the host, row-major.
   void forward(const StepBatch& batch, KvCache& cache, std::vector<float>& logits);
   // Allocates the activation buffers for steps of up to `tokens` tokens and `logit_rows` logit
   // rows now (they otherwise grow on demand), so that free device memory can be measured after.

@@ -64,6 +64,8 @@ int argmax(const float* logits, int64_t n) {
   return int(std::max_element(logits, logits + n) - logits);  // first maximum, as torch.argmax
 }
 
+float draw_uniform(const SamplingParams& p, uint64_t step) { return uniform01(splitmix64(p.seed), step); }
+
 int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64_t step) {
   if (p.temperature <= 0.0f || p.top_k == 1) return argmax(logits, n);
   // The draw walks candidates from the most to the least likely (ties: lower id first). Sorting
@@ -116,7 +118,7 @@ int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64
   } else {
     for (int i : idx) mass += w[size_t(i)] / total;
   }
-  const double u = double(uniform01(splitmix64(p.seed), step)) * mass;
+  const double u = double(draw_uniform(p, step)) * mass;
   double acc = 0.0;
   for (size_t i = 0; i < cut; ++i) {
     acc += w[size_t(at(i))] / total;

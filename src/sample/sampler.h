@@ -35,7 +35,10 @@ void log_softmax(const float* logits, int64_t n, float* out);
 // The k largest (id, logprob) pairs, best first; ties broken by lower id.
 std::vector<std::pair<int, float>> top_logprobs(const float* logprobs, int64_t n, int k);
 int argmax(const float* logits, int64_t n);
-// Draws a token with counter-based randomness: (seed, step) fully determine the draw.
+// The uniform number in [0, 1) of draw `step` of a request: (seed, step) fully determine it.
+float draw_uniform(const SamplingParams& p, uint64_t step);
+// Draws a token with counter-based randomness (draw_uniform), walking the candidates most likely
+// first. (The CUDA backend's device sampler draws from the same distribution in id order.)
 int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64_t step);
 
 }  // namespace apus

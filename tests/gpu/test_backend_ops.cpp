@@ -296,6 +296,104 @@ TEST_P(BackendOps, BadTokenIdIsAnErrorNotAWrongAnswer) {
   gpu_->synchronize();  // the error was reported once and cleared
 }
 
+// The host sampler's rule (sample/sampler.h) as probabilities: candidates most likely first (ties:
+// lower id), top-k, weights at the temperature, min-p after the total, then the top-p prefix of
+// that total. Token i's probability (0: it cannot be drawn), and whether float rounding may put it
+// on either side of a min-p or top-p boundary (the device sums in float, the host in double).
+struct Distribution {
+  std::vector<double> p;
+  std::vector<char> borderline;
+};
+Distribution sample_distribution(const float* l, int64_t n, const SampleRow& r) {
+  std::vector<int> idx(static_cast<size_t>(n));
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return l[a] > l[b]; });
+  if (r.top_k > 0 && r.top_k < n) idx.resize(size_t(r.top_k));
+  const double mx = l[idx[0]];
+  std::vector<double> w(size_t(n), 0.0);
+  Distribution d{std::vector<double>(size_t(n), 0.0), std::vector<char>(size_t(n), 0)};
+  double total = 0.0;
+  for (int i : idx) total += (w[size_t(i)] = std::exp((double(l[i]) - mx) / r.temperature));
+  std::vector<int> keep;
+  for (int i : idx) {
+    if (std::abs(w[size_t(i)] - r.min_p) < 1e-5) d.borderline[size_t(i)] = 1;
+    if (i == idx[0] || w[size_t(i)] >= r.min_p) keep.push_back(i);
+  }
+  double mass = 0.0;
+  size_t cut = 0;
+  while (cut < keep.size()) {
+    const double before = mass;
+    mass += w[size_t(keep[cut])] / total;
+    if (r.top_p < 1.0f && std::min(std::abs(before - r.top_p), std::abs(mass - r.top_p)) < 1e-4)
+      d.borderline[size_t(keep[cut])] = 1;
+    ++cut;
+    if (r.top_p < 1.0f && mass >= r.top_p) break;
+  }
+  if (cut < keep.size() && d.borderline[size_t(keep[cut - 1])]) d.borderline[size_t(keep[cut])] = 1;
+  for (size_t j = 0; j < cut; ++j) d.p[size_t(keep[j])] = w[size_t(keep[j])] / total / mass;
+  return d;
+}
+
+TEST_P(BackendOps, SampleGreedyIsTheFirstMaximum) {
+  const int64_t V = 50000;  // several tiles of the kernel
+  Tensor logits = random({6, V}, -8.0f, 8.0f);
+  for (int64_t r = 0; r < 6; ++r) {  // ties at the maximum: the lowest id wins
+    float* row = logits.row<float>(r);
+    row[V - 1 - r] = row[1000 + r] = row[30000 + 7 * r] = 9.0f;
+  }
+  std::vector<SampleRow> rows;
+  for (int32_t r = 0; r < 6; ++r) rows.push_back(SampleRow{5 - r, r % 2 == 0 ? 0.0f : 0.7f, r % 2 == 0 ? 0 : 1});
+  std::vector<int32_t> ids(rows.size(), -1);
+  ASSERT_TRUE(gpu_->sample(to_gpu_f32(logits), rows, ids.data()));
+  for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(ids[i], 1000 + rows[i].row) << "row " << rows[i].row;
+}
+
+// Sweeping the draw's uniform number over a fine grid makes the device's draws an exact inverse-CDF
+// picture of its distribution: each token's count must be its probability times the grid size
+// within 2, and tokens outside the top-k/min-p/top-p set must never come out.
+TEST_P(BackendOps, SampleDrawsTheHostDistribution) {
+  struct Case {
+    int64_t vocab;
+    SampleRow row;
+    float step;  // logits on a grid of this step: many ties at every boundary
+  };
+  const std::vector<Case> cases = {
+      {1000, {0, 1.0f, 0, 1.0f, 0.0f}, 0.0f},      {1000, {0, 0.7f, 10, 1.0f, 0.0f}, 0.25f},
+      {1000, {0, 1.3f, 0, 0.37f, 0.0f}, 0.25f},    {1000, {0, 1.0f, 0, 1.0f, 0.08f}, 0.0f},
+      {1000, {0, 0.9f, 50, 0.61f, 0.02f}, 0.5f},   {20000, {0, 1.0f, 0, 0.83f, 0.0f}, 0.0f},
+      {20000, {0, 0.5f, 300, 0.9f, 0.0f}, 0.125f}, {3, {0, 2.0f, 0, 1.0f, 0.0f}, 0.0f},
+  };
+  const int grid = 4000;
+  for (const Case& c : cases) {
+    const std::string what = fmt::format("vocab {} T {} top_k {} top_p {} min_p {} grid {}", c.vocab,
+                                         c.row.temperature, c.row.top_k, c.row.top_p, c.row.min_p, c.step);
+    Tensor logits = random({1, c.vocab}, -4.0f, 4.0f);
+    float* l = logits.ptr<float>();
+    if (c.step > 0)
+      for (int64_t i = 0; i < c.vocab; ++i) l[i] = std::round(l[i] / c.step) * c.step;
+    for (int64_t i = 0; i < std::min<int64_t>(c.vocab, 40); ++i) l[i] += 3.0f;  // a few likely tokens
+    const Distribution d = sample_distribution(l, c.vocab, c.row);
+    std::vector<SampleRow> rows(grid, c.row);
+    for (int j = 0; j < grid; ++j) rows[size_t(j)].u = (float(j) + 0.5f) / float(grid);
+    std::vector<int32_t> ids(rows.size(), -1);
+    // Rows all read logits row 0: more rows than one launch holds (kSampleChunk) as well.
+    ASSERT_TRUE(gpu_->sample(to_gpu_f32(logits), rows, ids.data())) << what;
+    std::vector<int> count(size_t(c.vocab), 0);
+    for (int32_t id : ids) {
+      ASSERT_TRUE(id >= 0 && id < c.vocab) << what << ": id " << id;
+      count[size_t(id)]++;
+    }
+    int outside = 0, off = 0;
+    for (int64_t i = 0; i < c.vocab; ++i) {
+      if (d.borderline[size_t(i)]) continue;
+      if (d.p[size_t(i)] == 0.0) outside += count[size_t(i)];
+      else if (std::abs(count[size_t(i)] - d.p[size_t(i)] * grid) > 2.0) ++off;
+    }
+    EXPECT_EQ(outside, 0) << what << ": draws of tokens the host sampler excludes";
+    EXPECT_EQ(off, 0) << what << ": tokens drawn more or less often than their probability";
+  }
+}
+
 // One attention scenario: sequences (context length, new tokens), model geometry, window.
 struct AttnCase {
   std::vector<std::pair<int, int>> seqs;

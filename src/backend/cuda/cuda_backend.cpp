@@ -68,6 +68,7 @@ class PinnedBuffer {
 };
 
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
+constexpr int kSampleChunk = 64;  // rows drawn per launch: bounds the scratch to 64 vocabularies
 
 class CudaBackend final : public Backend {
  public:
@@ -375,6 +376,49 @@ class CudaBackend final : public Backend {
     fail("store_kv: slot {} outside the cache ({} slots)", e.value, num_slots_);
   }
 
+  bool sample(const Tensor& logits, const std::vector<SampleRow>& rows, int32_t* ids) override {
+    on_device(logits, "sample");
+    APUS_CHECK(logits.dtype == DType::F32, "sample: logits {} must be F32", logits.describe());
+    const int n = int(rows.size());
+    if (n == 0) return true;
+    const int64_t vocab = logits.cols();
+    // The rows' arguments go up and the ids come back through one pinned and one device buffer.
+    const size_t args_bytes = (sizeof(cuda::SampleArgs) * size_t(n) + 15) / 16 * 16, ids_bytes = 4 * size_t(n);
+    char* host = static_cast<char*>(sample_pinned_.get(args_bytes + ids_bytes));
+    auto* args = reinterpret_cast<cuda::SampleArgs*>(host);
+    bool any_drawn = false;
+    for (int i = 0; i < n; ++i) {
+      const SampleRow& r = rows[size_t(i)];
+      APUS_CHECK(r.row >= 0 && r.row < logits.rows(), "sample: row {} of {} rows of logits", r.row, logits.rows());
+      args[i] = cuda::SampleArgs{r.row, r.top_k, r.temperature, r.top_p, r.min_p, r.u};
+      any_drawn = any_drawn || (r.temperature > 0.0f && r.top_k != 1);
+    }
+    if (size_t(sample_buffer_.numel()) < args_bytes + ids_bytes)
+      sample_buffer_ = raw_alloc(DType::U8, {int64_t(2 * (args_bytes + ids_bytes))});
+    char* dev = static_cast<char*>(sample_buffer_.data);
+    APUS_CUDA_CHECK(cudaMemcpyAsync(dev, host, args_bytes, cudaMemcpyHostToDevice, stream_));
+    // Draws (not greedy rows) need a vocabulary of scratch per row: kSampleChunk rows at a time.
+    const int chunk = any_drawn ? std::min(n, kSampleChunk) : n;
+    float* scratch = nullptr;
+    if (any_drawn) {
+      if (sample_scratch_.numel() < int64_t(chunk) * vocab) sample_scratch_ = raw_alloc(DType::F32, {chunk * vocab});
+      scratch = sample_scratch_.ptr<float>();
+    }
+    auto* dev_args = reinterpret_cast<const cuda::SampleArgs*>(dev);
+    auto* dev_ids = reinterpret_cast<int32_t*>(dev + args_bytes);
+    {
+      cuda::TimedOp t(*profile_, "sample", n);
+      for (int s = 0; s < n; s += chunk)
+        launched(cuda::sample(logits.ptr<float>(), logits.row_stride, vocab, dev_args + s, std::min(chunk, n - s),
+                              scratch, dev_ids + s, stream_),
+                 "sample");
+    }
+    APUS_CUDA_CHECK(cudaMemcpyAsync(host + args_bytes, dev_ids, ids_bytes, cudaMemcpyDeviceToHost, stream_));
+    synchronize();
+    std::memcpy(ids, host + args_bytes, ids_bytes);
+    return true;
+  }
+
   // With APUS_CUDA_PROFILE the ops are timed one by one, eagerly.
   bool graphs_supported() const override { return !profile_->on(); }
 
@@ -493,8 +537,8 @@ class CudaBackend final : public Backend {
   cudaEvent_t upload_done_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   DType act_ = DType::BF16;
-  Tensor blas_workspace_, errors_, attention_scratch_;
-  PinnedBuffer upload_pinned_, download_pinned_, error_pinned_;
+  Tensor blas_workspace_, errors_, attention_scratch_, sample_buffer_, sample_scratch_;
+  PinnedBuffer upload_pinned_, download_pinned_, error_pinned_, sample_pinned_;
   cuda::DeviceError* errors_host_ = nullptr;
   int64_t vocab_ = 0, num_slots_ = 0;
   bool gemv_ = true;                    // APUS_CUDA_GEMV=0: cuBLAS for every linear layer

@@ -54,6 +54,15 @@ cudaError_t spin(int64_t ns, cudaStream_t stream);
 // Deterministic pseudo-random values in [-1, 1) (benchmark inputs: never time on zeros).
 cudaError_t fill_random(DType dt, void* x, int64_t n, uint64_t seed, cudaStream_t stream);
 
+// Token draws from rows of F32 logits [*, vocab] (row stride `stride`), one per SampleArgs, into
+// out[i]; see sample.cu. `scratch` holds rows * vocab floats (null when every row is greedy).
+struct SampleArgs {
+  int32_t row, top_k;
+  float temperature, top_p, min_p, u;
+};
+cudaError_t sample(const float* logits, int64_t stride, int64_t vocab, const SampleArgs* args, int rows,
+                   float* scratch, int32_t* out, cudaStream_t stream);
+
 // Paged attention over block tables (see AttentionBatch in backend/backend.h for the layout).
 struct AttentionParams {
   DType dt;
