@@ -484,6 +484,17 @@ TEST_P(BackendAttention, PrefillDecodeAndMixedBatches) {
   }
 }
 
+TEST_P(BackendAttention, LongPrefillsOnTensorCores) {
+  // 16-bit prefills of head_dim 64/128 with >= 16 new tokens run on tensor cores, beside decodes and
+  // short chunks on the CUDA-core kernel: partial 64-token tiles, a cached prefix before the chunk,
+  // GQA and MHA, sliding windows.
+  const std::vector<std::pair<int, int>> seqs = {{700, 700}, {1000, 300}, {300, 1}, {95, 16}, {20, 15}, {129, 129}};
+  run({seqs, 28, 4, 128, 0});
+  run({seqs, 8, 8, 64, 0});
+  run({{{600, 600}, {900, 77}}, 8, 2, 128, 100});
+  run({{{64, 64}, {65, 65}, {16, 16}}, 4, 1, 64, 0});
+}
+
 TEST_P(BackendAttention, LongDecodesSplitAcrossBlocks) {
   // Few sequences with long contexts: the keys are split over several blocks and merged.
   run({{{3000, 1}}, 28, 4, 128, 0});

@@ -6,15 +6,15 @@
 // 32-key tiles of the sequence's keys (per-warp online softmax: lane j scores key j of the tile
 // against every row, then each lane accumulates head_dim/32 output dims over the tile's values);
 // the warps' partial results are merged in shared memory at the end. Shared memory does not grow
-// with the context (one tile per warp), so any context length runs.
+// with the context (one tile per warp), so any context length runs. Sequences with kFlashMinQ or
+// more new tokens go to the tensor-core kernel (flash_prefill.cu) where it applies.
 //
 // When a step has too few (sequence, kv head, row-tile) blocks to fill the GPU -- decode of a few
 // sequences -- each sequence's keys are also split across `num_splits` blocks, which write
 // unnormalised partial results that a second kernel merges (flash-decoding).
 //
 // Tiles come in with cp.async (all of a tile's copies in flight at once; V reuses the K buffer once
-// the scores are done). Not yet done (issue 6): tensor cores (FA2-style tiles), double buffering
-// across tiles, sharing one K/V tile between the warps of a prefill block.
+// the scores are done). Not yet done (issue 6): double buffering across tiles.
 #include <cuda_pipeline.h>
 
 #include <algorithm>
@@ -96,6 +96,7 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_kernel(AttentionP
   const int seq = blockIdx.y;
   const int kvh = blockIdx.z / p.num_splits, split = blockIdx.z % p.num_splits;
   const int q0 = p.q_start[seq], q_len = p.q_start[seq + 1] - q0;
+  if (p.flash_min_q > 0 && q_len >= p.flash_min_q) return;  // on tensor cores (flash_prefill.cu)
   const int ctx = p.ctx_len[seq];
   const int row0 = blockIdx.x * R;
   const int nrows = min(R, q_len * group - row0);
@@ -353,8 +354,15 @@ size_t attention_smem_bytes(const AttentionParams& p) {
   }
 }
 
-cudaError_t paged_attention(const AttentionParams& p, cudaStream_t stream) {
-  if (p.tokens == 0) return cudaSuccess;
+cudaError_t paged_attention(const AttentionParams& params, cudaStream_t stream) {
+  if (params.tokens == 0) return cudaSuccess;
+  AttentionParams p = params;
+  p.flash_min_q = 0;
+  if (flash_prefill_applies(p)) {
+    const cudaError_t e = flash_prefill(p, stream);
+    if (e != cudaSuccess) return e;
+    p.flash_min_q = kFlashMinQ;  // the rest (decodes, short chunks) here
+  }
   APUS_DISPATCH_FLOAT(p.dt, T, {
     switch (dims_per_lane(p.head_dim)) {
       case 1: return launch<T, 1>(p, stream);

@@ -82,7 +82,15 @@ struct AttentionParams {
   int max_q_len, max_ctx_len;
   int num_splits;   // > 1: each sequence's keys are split over this many blocks (flash-decoding)
   float* partial;   // num_splits > 1: scratch of attention_scratch_floats() floats
+  int flash_min_q;  // > 0: the CUDA-core kernel leaves sequences with this many new tokens or more
+                    // to the tensor-core one (set by paged_attention)
 };
+
+// Sequences with at least this many new tokens run on tensor cores (flash_prefill.cu) wherever
+// flash_prefill_applies(): 16-bit activations, head_dim 64 or 128, no key splits.
+constexpr int kFlashMinQ = 16;
+bool flash_prefill_applies(const AttentionParams& p);
+cudaError_t flash_prefill(const AttentionParams& p, cudaStream_t stream);
 
 // The split count for a step: more blocks than the GPU has multiprocessors need none.
 int attention_splits(const AttentionParams& p, int multiprocessors);
