@@ -52,7 +52,6 @@ try {
   }
   async function settings(values) {
     for (const [id, v] of Object.entries(values)) await page.fill('#' + id, String(v));
-    await page.locator('#seed').dispatchEvent('change');
   }
   async function running() {
     const text = await (await fetch(base + '/metrics')).text();
