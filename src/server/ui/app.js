@@ -1,5 +1,6 @@
 // The web chat page of `apus app-ui` / `apus deploy --ui`: a client of the same server's OpenAI
 // API (GET /v1/models, POST /v1/chat/completions with stream: true). No framework, no build step.
+// URLs are relative, so that the page also works behind a proxy that serves it under a path.
 import { renderMarkdown } from './markdown.js';
 
 const $ = (id) => document.getElementById(id);
@@ -73,7 +74,7 @@ async function loadModels(wanted) {
   clearTimeout(modelsTimer);
   let res;
   try {
-    res = await fetch('/v1/models', { headers: headers() });
+    res = await fetch('v1/models', { headers: headers() });
   } catch (e) {
     showNote(`Cannot reach the server: ${e.message}. Retrying…`, true);
     modelsTimer = setTimeout(() => loadModels(wanted), 2000);
@@ -224,7 +225,7 @@ async function send(textIn) {
   };
   let failure = null;
   try {
-    const res = await fetch('/v1/chat/completions', { method: 'POST', headers: headers(), body: JSON.stringify(body),
+    const res = await fetch('v1/chat/completions', { method: 'POST', headers: headers(), body: JSON.stringify(body),
                                                        signal: a.controller.signal });
     if (!res.ok) throw new Error(await errorOf(res));
     const reader = res.body.getReader();
