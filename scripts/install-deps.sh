@@ -4,7 +4,8 @@ set -euo pipefail
 PACKAGES=(cmake ninja-build g++ nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev
           libpcre2-dev libutf8proc-dev libsentencepiece-dev libxxhash-dev libboost-dev libssl-dev
           python3-jinja2 curl
-          nodejs)
+          nodejs
+          chromium)  # the web page test (tests/test_ui.cpp) drives it with playwright-core
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -37,12 +37,13 @@ class DeployProcess {
     }
   }
 
-  // Runs `apus deploy --model MODEL --port 0 ARGS...` with its output in `log`, and waits until it
-  // says where it serves and GET /health answers 200. Returns false (and fails the test, with the
-  // log) when it does not get there.
-  bool start(const std::filesystem::path& model, const std::filesystem::path& log, std::vector<std::string> args) {
+  // Runs `apus deploy --model MODEL --port 0 ARGS...` (or `apus COMMAND ...`, e.g. app-ui) with
+  // its output in `log`, and waits until it says where it serves and GET /health answers 200.
+  // Returns false (and fails the test, with the log) when it does not get there.
+  bool start(const std::filesystem::path& model, const std::filesystem::path& log, std::vector<std::string> args,
+             const std::string& command = "deploy") {
     log_ = log;
-    args.insert(args.begin(), {APUS_BINARY, "deploy", "--model", model.string(), "--port", "0"});
+    args.insert(args.begin(), {APUS_BINARY, command, "--model", model.string(), "--port", "0"});
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -62,7 +63,7 @@ class DeployProcess {
       int status = 0;
       if (waitpid(pid_, &status, WNOHANG) == pid_) {
         pid_ = -1;
-        ADD_FAILURE() << "apus deploy exited early (status " << status << "):\n" << this->log();
+        ADD_FAILURE() << "apus " << command << " exited early (status " << status << "):\n" << this->log();
         return false;
       }
       std::smatch m;
@@ -74,7 +75,7 @@ class DeployProcess {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    ADD_FAILURE() << "apus deploy did not become ready:\n" << this->log();
+    ADD_FAILURE() << "apus " << command << " did not become ready:\n" << this->log();
     return false;
   }
 

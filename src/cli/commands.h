@@ -9,6 +9,7 @@ void add_bench(CLI::App& root);
 void add_tokenize(CLI::App& root);
 void add_infer(CLI::App& root);
 void add_deploy(CLI::App& root);
+void add_app_ui(CLI::App& root);
 void add_client(CLI::App& root);
 
 }  // namespace apus::cli

@@ -1,6 +1,7 @@
 // apus deploy: the OpenAI-compatible server. It listens at once (GET /health answers 503 until
 // the model is loaded), serves until SIGINT/SIGTERM, then drains: no new connections, requests in
 // flight finish (up to --drain_timeout seconds), and it exits.
+// apus app-ui: the same server with the web chat page at / (deploy --ui), on port 7860 by default.
 #include <signal.h>
 #include <unistd.h>
 
@@ -19,6 +20,7 @@
 #include "model/demo_model.h"
 #include "server/http_server.h"
 #include "server/openai_server.h"
+#include "server/web_ui.h"
 
 namespace apus::cli {
 
@@ -43,6 +45,7 @@ struct DeployArgs {
   size_t max_queued_requests = 0;
   double log_interval = 10.0;
   double drain_timeout = 30.0;
+  bool ui = false;  // also serve the web chat page (server/web_ui.h) at /
 };
 
 // The directory holding the demo model, written on first use: $APUS_DEMO_DIR, else
@@ -73,7 +76,11 @@ std::string demo_tokenizer_dir() {
 // What answers before the model is loaded and around the OpenAI routes.
 class Router {
  public:
+  explicit Router(bool ui) : ui_(ui) {}
   void handle(const HttpRequest& req, std::shared_ptr<server::Exchange> ex) {
+    // The page is served while the model loads too: it waits for /v1/models to answer.
+    if (ui_)
+      if (auto page = server::web_ui_response(req)) return ex->respond(std::move(*page));
     if (server::OpenAIServer* api = api_.load()) return api->handle(req, std::move(ex));
     if (req.path == "/version")
       return ex->respond({200, "application/json", fmt::format(R"({{"version": "{}"}})", server::apus_version()), {}});
@@ -82,6 +89,7 @@ class Router {
   void set(server::OpenAIServer* api) { api_.store(api); }
 
  private:
+  const bool ui_;
   std::atomic<server::OpenAIServer*> api_{nullptr};
 };
 
@@ -129,7 +137,7 @@ void run_deploy(DeployArgs& a) {
                                                               : fs::path(load.model_dir).lexically_normal().filename().string());
   if (a.served_model_names[0].empty()) a.served_model_names[0] = fs::absolute(load.model_dir).filename().string();
 
-  Router router;
+  Router router(a.ui);
   server::HttpServer http(a.http, [&router](const HttpRequest& r, std::shared_ptr<server::Exchange> ex) {
     router.handle(r, std::move(ex));
   });
@@ -180,6 +188,7 @@ void run_deploy(DeployArgs& a) {
   std::cerr << "apus: " << engine->describe_cache() << "\n";
   std::cerr << fmt::format("apus: serving \"{}\" at {}://{}:{}/v1 (ready in {:.2f} s; chat template: {})\n",
                            a.served_model_names[0], scheme, a.http.host, http.port(), ready_s, tmpl->name());
+  if (a.ui) std::cerr << fmt::format("apus: web chat at {}://{}:{}/\n", scheme, a.http.host, http.port());
 
   EngineStats last{};
   auto last_t = std::chrono::steady_clock::now();
@@ -203,11 +212,8 @@ void run_deploy(DeployArgs& a) {
   std::cerr << "apus: stopped\n";
 }
 
-}  // namespace
-
-void add_deploy(CLI::App& root) {
-  auto a = std::make_shared<DeployArgs>();
-  CLI::App* app = root.add_subcommand("deploy", "OpenAI-compatible HTTP server (the demo model when no --model is given)");
+// The options of both commands (their defaults are the ones already in `a`).
+void add_server_options(CLI::App* app, DeployArgs* a) {
   a->model.add_to(*app);
   a->tmpl.add_to(*app);
   app->add_option(opt("host"), a->http.host, "address to bind (0.0.0.0 for every interface)");
@@ -226,6 +232,28 @@ void add_deploy(CLI::App& root) {
   app->add_option(opt("http-threads"), a->http.threads, "threads serving connections");
   app->add_option(opt("max-body-bytes"), a->http.max_body_bytes, "larger request bodies get 413");
   app->add_option(opt("infer-backend"), a->infer_backend, "accepted for the reference tool's scripts (vllm, pt): Apus is its own backend");
+}
+
+}  // namespace
+
+void add_deploy(CLI::App& root) {
+  auto a = std::make_shared<DeployArgs>();
+  CLI::App* app = root.add_subcommand("deploy", "OpenAI-compatible HTTP server (the demo model when no --model is given)");
+  add_server_options(app, a.get());
+  app->add_flag("--ui", a->ui, "also serve the web chat page at / (what apus app-ui serves)");
+  app->callback([a] { run_deploy(*a); });
+}
+
+void add_app_ui(CLI::App& root) {
+  auto a = std::make_shared<DeployArgs>();
+  a->ui = true;
+  a->http.port = 7860;
+  CLI::App* app = root.add_subcommand(
+      "app-ui", "web chat page in the browser, served with the OpenAI API it uses (apus deploy --ui on port 7860)");
+  add_server_options(app, a.get());
+  // The reference tool's app-ui names them so.
+  app->add_option("--server-name,--server_name", a->http.host, "the same as --host");
+  app->add_option("--server-port,--server_port", a->http.port, "the same as --port");
   app->callback([a] { run_deploy(*a); });
 }
 

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   apus::cli::add_tokenize(app);
   apus::cli::add_infer(app);
   apus::cli::add_deploy(app);
+  apus::cli::add_app_ui(app);
   apus::cli::add_client(app);
   try {
     app.parse(argc, argv);
