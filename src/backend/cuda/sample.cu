@@ -54,14 +54,37 @@ struct Shared {
   int pick, last;
 };
 
-// The first maximum of the row (value and index), in every thread.
+// The first maximum of the row (value and index), in every thread. One block reads the whole row,
+// so its loads are issued several at a time (16-byte loads where the row is aligned) rather than
+// one memory latency per element.
 __device__ void block_argmax(const float* x, int64_t n, Shared& sh, float* max_out, int* idx_out) {
   float best = -INFINITY;
   int idx = INT_MAX;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-    const float v = x[i];
+  auto take = [&](float v, int64_t i) {
     if (v > best || (v == best && int(i) < idx)) best = v, idx = int(i);
+  };
+  int64_t tail = 0;
+  if ((reinterpret_cast<uintptr_t>(x) & 15u) == 0) {
+    constexpr int kUnroll = 4;
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const int64_t n4 = n / 4;
+    for (int64_t b = threadIdx.x; b < n4; b += int64_t(kThreads) * kUnroll) {
+      float4 v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = b + int64_t(u) * kThreads;
+        if (j < n4) v[u] = x4[j];
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = b + int64_t(u) * kThreads;
+        if (j >= n4) break;
+        take(v[u].x, 4 * j), take(v[u].y, 4 * j + 1), take(v[u].z, 4 * j + 2), take(v[u].w, 4 * j + 3);
+      }
+    }
+    tail = 4 * n4;
   }
+  for (int64_t i = tail + threadIdx.x; i < n; i += kThreads) take(x[i], i);
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, best, o);
     const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
