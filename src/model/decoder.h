@@ -22,6 +22,8 @@ struct StepBatch {
   int max_blocks = 0;
   std::vector<int32_t> slot_mapping;  // [T]
   std::vector<int32_t> logit_rows;    // token rows whose next-token logits are wanted
+  std::vector<int32_t> prompt_len;    // [S] or empty: each sequence's prompt length (Qwen's dynamic
+                                      // NTK fixes its RoPE scaling at the prompt; empty: ctx_len)
   int num_seqs() const { return int(ctx_len.size()); }
 };
 
