@@ -96,6 +96,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& dir) {
   t->bos_token_ = bos;
   t->eos_token_ = eos;
   t->chat_template_ = chat_template_field(cfg);
+  t->tokenizer_class_ = tokenizer_class;
   if (!t->bos_token_.empty()) t->bos_id_ = t->token_to_id(t->bos_token_);
   if (!t->eos_token_.empty()) t->eos_id_ = t->token_to_id(t->eos_token_);
   return t;
