@@ -1,5 +1,6 @@
-// The llama-family decoder forward pass (Llama, Qwen2, Qwen3, Mistral), written once against the
-// Backend interface over a flat batch of tokens from any number of sequences.
+// The llama-family decoder forward pass (Llama, Qwen2, Qwen3, Mistral, and Qwen v1 and ChatGLM3
+// through their config flags), written once against the Backend interface over a flat batch of
+// tokens from any number of sequences.
 #pragma once
 #include <memory>
 #include <vector>
