@@ -1,10 +1,16 @@
 """Golden fixtures for the remote-code models Qwen v1 (QWenLMHeadModel) and ChatGLM3, from their
 original implementations, which are not part of transformers and not of this repository.
 
---remote DIR holds excerpts of the original files, kept as written (inference path only; see each
-file's header): modeling_qwen.py, tokenization_qwen.py (with qwen_generation_utils.make_context),
-modeling_chatglm.py, tokenization_chatglm.py, from public mirrors of Qwen/Qwen-*-Chat and
-THUDM/chatglm3-6b. --tokenizers DIR holds qwen/qwen.tiktoken and chatglm3/tokenizer.model (see
+--remote DIR holds excerpts of the original files, kept as written but reduced to the inference
+path taken on CPU float32 (flash-attn, KV-cache quantization, P-tuning, chat/generate helpers left
+out; PreTrainedModel / PreTrainedTokenizer replaced by what they do for these classes), taken from
+public mirrors of the Hugging Face repositories:
+  modeling_qwen.py, tokenization_qwen.py + qwen_generation_utils.make_context: ds-llo/qwcs @ 443804a5
+    (a copy of Qwen/Qwen-72B-Chat's remote code)
+  modeling_chatglm.py: czk1997/chatglm3-copy @ 00f2a120 (THUDM/chatglm3-6b), with RotaryEmbedding's
+    rope_ratio from DracoUnion/chatglm3-6b-int4-lora @ 61985f2f
+  tokenization_chatglm.py: czk1997/chatglm3-copy @ 591fa879
+They are not part of this repository. --tokenizers DIR holds qwen/qwen.tiktoken and chatglm3/tokenizer.model (see
 scripts/fetch-tokenizers.sh). Runs where torch, tiktoken and sentencepiece are installed (the GPU
 machine; CPU, float32):
 
