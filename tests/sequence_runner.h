@@ -28,6 +28,8 @@ class SequenceRunner {
     b.tokens = tokens;
     b.q_start = {0, n};
     b.ctx_len = {length_ + n};
+    if (length_ == 0) prompt_len_ = n;  // the first feed is the prompt
+    b.prompt_len = {prompt_len_};
     b.block_table = table_;
     b.max_blocks = int(table_.size());
     for (int j = 0; j < n; ++j) {
@@ -45,7 +47,7 @@ class SequenceRunner {
   KvCache cache_;
   BlockManager blocks_;
   std::vector<int32_t> table_;
-  int length_ = 0;
+  int length_ = 0, prompt_len_ = 0;
   std::vector<float> logits_;
 };
 

@@ -135,6 +135,127 @@ TEST(ModelLoad, ConfigProblemsNamed) {
   EXPECT_THAT(load_error(dir), HasSubstr("malformed JSON"));
 }
 
+// Qwen v1 as the first release wrote config.json (n_embd, n_head, n_layer, ffn_hidden_size,
+// padded_vocab_size) and as later ones do (hidden_size, ..., intermediate_size, vocab_size).
+nlohmann::json tiny_qwen(bool old_spelling) {
+  nlohmann::json j = {{"architectures", {"QWenLMHeadModel"}}, {"model_type", "qwen"}, {"kv_channels", 8},
+                      {"layer_norm_epsilon", 1e-5}, {"rotary_emb_base", 10000}, {"rotary_pct", 1.0},
+                      {"seq_length", 32}, {"use_dynamic_ntk", true}, {"use_logn_attn", true}, {"no_bias", true}};
+  const char* names[][2] = {{"hidden_size", "n_embd"}, {"num_attention_heads", "n_head"},
+                            {"num_hidden_layers", "n_layer"}, {"intermediate_size", "ffn_hidden_size"},
+                            {"vocab_size", "padded_vocab_size"}};
+  const int values[] = {32, 4, 1, 96, 40};
+  for (int i = 0; i < 5; ++i) j[names[i][old_spelling ? 1 : 0]] = values[i];
+  return j;
+}
+
+std::vector<test::NamedShape> tiny_qwen_tensors() {
+  return {{"transformer.wte.weight", {40, 32}},
+          {"transformer.h.0.ln_1.weight", {32}},
+          {"transformer.h.0.attn.c_attn.weight", {96, 32}},
+          {"transformer.h.0.attn.c_attn.bias", {96}},
+          {"transformer.h.0.attn.c_proj.weight", {32, 32}},
+          {"transformer.h.0.ln_2.weight", {32}},
+          {"transformer.h.0.mlp.w1.weight", {48, 32}},
+          {"transformer.h.0.mlp.w2.weight", {48, 32}},
+          {"transformer.h.0.mlp.c_proj.weight", {32, 48}},
+          {"transformer.ln_f.weight", {32}},
+          {"lm_head.weight", {40, 32}}};
+}
+
+TEST(ModelLoad, QwenConfigBothSpellings) {
+  for (bool old_spelling : {false, true}) {
+    const ModelConfig c = parse_model_config(tiny_qwen(old_spelling), "config.json");
+    EXPECT_EQ(c.hidden_size, 32);
+    EXPECT_EQ(c.intermediate_size, 48) << "w1/w2 are half of the config's MLP width";
+    EXPECT_EQ(c.num_heads, 4);
+    EXPECT_EQ(c.num_kv_heads, 4);
+    EXPECT_EQ(c.head_dim, 8);
+    EXPECT_EQ(c.vocab_size, 40);
+    EXPECT_FLOAT_EQ(c.rms_norm_eps, 1e-5f);
+    EXPECT_EQ(c.rope_scaling.type, "qwen-ntk");
+    EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 32);
+    EXPECT_EQ(c.logn_length, 32);
+    EXPECT_TRUE(c.qkv_bias);
+    EXPECT_FALSE(c.o_bias);
+    EXPECT_EQ(c.layout, WeightLayout::kQwen);
+  }
+  test::TempDir dir;
+  test::write_random_checkpoint(dir.path(), tiny_qwen(true), tiny_qwen_tensors(), DType::BF16, 1);
+  EXPECT_EQ(load_error(dir), "(no error)");
+}
+
+TEST(ModelLoad, QwenProblemsNamed) {
+  auto err = [](nlohmann::json j) {
+    try {
+      parse_model_config(j, "config.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  auto j = tiny_qwen(false);
+  j["kv_channels"] = 16;
+  EXPECT_THAT(err(j), HasSubstr("kv_channels (16) * num_attention_heads (4) must equal hidden_size (32)"));
+  j = tiny_qwen(false);
+  j.erase("seq_length");
+  EXPECT_THAT(err(j), HasSubstr("\"seq_length\" is missing"));
+  j = tiny_qwen(false);
+  j["rotary_pct"] = 0.5;
+  EXPECT_THAT(err(j), HasSubstr("use_logn_attn with rotary_pct < 1 is not supported"));
+  j["use_logn_attn"] = false;
+  EXPECT_EQ(parse_model_config(j, "config.json").rotary_dim, 4);
+  j = tiny_qwen(false);
+  j["use_cache_quantization"] = true;
+  EXPECT_THAT(err(j), HasSubstr("use_cache_quantization"));
+  j = tiny_qwen(false);
+  j.erase("hidden_size");
+  EXPECT_THAT(err(j), HasSubstr("\"hidden_size\" is missing"));
+
+  // The fused c_attn is checked whole, by name and shape.
+  test::TempDir dir;
+  auto t = tiny_qwen_tensors();
+  t[2].shape = {64, 32};
+  test::write_random_checkpoint(dir.path(), tiny_qwen(false), t, DType::BF16, 1);
+  EXPECT_THAT(load_error(dir), AllOf(HasSubstr("transformer.h.0.attn.c_attn.weight has shape [64, 32], expected [96, 32]")));
+}
+
+nlohmann::json tiny_chatglm() {
+  return {{"architectures", {"ChatGLMModel"}}, {"model_type", "chatglm"}, {"num_layers", 1}, {"hidden_size", 32},
+          {"num_attention_heads", 4}, {"kv_channels", 8}, {"ffn_hidden_size", 40}, {"padded_vocab_size", 40},
+          {"seq_length", 64}, {"multi_query_attention", true}, {"multi_query_group_num", 2},
+          {"add_qkv_bias", true}, {"add_bias_linear", false}, {"rmsnorm", true}, {"post_layer_norm", true},
+          {"apply_residual_connection_post_layernorm", false}, {"layernorm_epsilon", 1e-5}};
+}
+
+TEST(ModelLoad, ChatGlmConfigAndRefusals) {
+  const ModelConfig c = parse_model_config(tiny_chatglm(), "config.json");
+  EXPECT_EQ(c.num_layers, 1);
+  EXPECT_EQ(c.num_kv_heads, 2);
+  EXPECT_EQ(c.head_dim, 8);
+  EXPECT_EQ(c.rotary_dim, 4);
+  EXPECT_TRUE(c.rope_interleaved);
+  EXPECT_EQ(c.intermediate_size, 40);
+  EXPECT_EQ(c.max_position_embeddings, 64);
+  EXPECT_FLOAT_EQ(c.rope_theta, 10000.0f);
+  auto j = tiny_chatglm();
+  j["rope_ratio"] = 50;
+  EXPECT_FLOAT_EQ(parse_model_config(j, "config.json").rope_theta, 500000.0f);
+  for (const char* field : {"rmsnorm", "post_layer_norm", "apply_residual_connection_post_layernorm", "quantization_bit",
+                            "pre_seq_len"}) {
+    j = tiny_chatglm();
+    if (std::string(field) == "quantization_bit") j[field] = 4;
+    else if (std::string(field) == "pre_seq_len") j[field] = 128;
+    else j[field] = !j[field].get<bool>();
+    try {
+      parse_model_config(j, "config.json");
+      ADD_FAILURE() << field << " accepted";
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), AllOf(HasSubstr(field), HasSubstr("not supported"))) << field;
+    }
+  }
+}
+
 TEST(ModelLoad, RopeParametersOfTransformers5Accepted) {
   auto cfg = tiny_llama();
   cfg["rope_parameters"] = {{"rope_type", "linear"}, {"factor", 4.0}, {"rope_theta", 5000.0}};

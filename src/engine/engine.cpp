@@ -165,6 +165,7 @@ std::vector<SeqOutput> Engine::step() {
 
   StepBatch& b = batch_;
   b.tokens.clear(), b.q_start.assign(1, 0), b.ctx_len.clear(), b.slot_mapping.clear(), b.logit_rows.clear();
+  b.prompt_len.clear();
   b.max_blocks = 0;
   for (const auto& [s, n] : sched) b.max_blocks = std::max(b.max_blocks, int(s->block_table.size()));
   b.block_table.assign(sched.size() * size_t(b.max_blocks), 0);
@@ -181,6 +182,7 @@ std::vector<SeqOutput> Engine::step() {
     if (s->num_computed + n == s->length()) b.logit_rows.push_back(int32_t(b.tokens.size()) - 1);
     b.q_start.push_back(int32_t(b.tokens.size()));
     b.ctx_len.push_back(s->num_computed + n);
+    b.prompt_len.push_back(s->prompt_len);
     std::copy(s->block_table.begin(), s->block_table.end(), b.block_table.begin() + long(i) * b.max_blocks);
   }
   Tensor logits;

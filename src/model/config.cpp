@@ -75,13 +75,15 @@ void parse_rope(const json& j, const std::string& source, ModelConfig& c) {
 
 }  // namespace
 
-ModelConfig parse_model_config(const json& j, const std::string& source) {
-  APUS_CHECK(j.is_object(), "{}: expected a JSON object", source);
+ModelConfig parse_model_config(const json& raw, const std::string& source) {
+  APUS_CHECK(raw.is_object(), "{}: expected a JSON object", source);
   ModelConfig c;
-  auto archs = j.find("architectures");
-  APUS_CHECK(archs != j.end() && archs->is_array() && !archs->empty() && (*archs)[0].is_string(),
+  auto archs = raw.find("architectures");
+  APUS_CHECK(archs != raw.end() && archs->is_array() && !archs->empty() && (*archs)[0].is_string(),
              "{}: \"architectures\" must list the model class (e.g. [\"LlamaForCausalLM\"])", source);
   c.architecture = (*archs)[0].get<std::string>();
+  const Architecture& arch = find_architecture(c.architecture, source);
+  const json j = arch.translate ? arch.translate(raw, source) : raw;
   c.model_type = get_or<std::string>(j, "model_type", "", source);
   c.vocab_size = require<int64_t>(j, "vocab_size", source);
   c.hidden_size = require<int64_t>(j, "hidden_size", source);
@@ -107,7 +109,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   std::string act = get_or<std::string>(j, "hidden_act", "silu", source);
   APUS_CHECK(act == "silu", "{}: hidden_act \"{}\" is not supported (supported: silu)", source, act);
   parse_rope(j, source, c);
-  find_architecture(c.architecture, source).configure(j, source, c);
+  arch.configure(raw, source, c);
   return c;
 }
 

@@ -7,12 +7,18 @@
 namespace apus {
 
 struct RopeScaling {
-  std::string type = "default";  // default | linear | dynamic | llama3
+  // default | linear | dynamic | llama3 | qwen-ntk (Qwen v1's use_dynamic_ntk: see rope.h)
+  std::string type = "default";
   float factor = 1.0f;
   float low_freq_factor = 1.0f;   // llama3
   float high_freq_factor = 4.0f;  // llama3
-  int original_max_position_embeddings = 0;  // llama3
+  int original_max_position_embeddings = 0;  // llama3; qwen-ntk: the config's seq_length
 };
+
+// Where the weights live and how they are named: Hugging Face's llama family (model.layers.N...),
+// Qwen v1 (transformer.h.N..., fused c_attn) or ChatGLM (transformer.encoder.layers.N..., fused
+// query_key_value and dense_h_to_4h). See weights.cpp.
+enum class WeightLayout { kLlama, kQwen, kChatGlm };
 
 struct ModelConfig {
   std::string architecture;  // e.g. "Qwen2ForCausalLM"
@@ -35,15 +41,25 @@ struct ModelConfig {
   bool mlp_bias = false;
   bool qk_norm = false;
   int sliding_window = 0;  // 0: full attention
+  WeightLayout layout = WeightLayout::kLlama;
+  int rotary_dim = 0;  // dims of each head that RoPE rotates (the first ones); 0: all of head_dim
+  // RoPE on adjacent pairs (2i, 2i+1) as ChatGLM does, instead of (i, i + rotary_dim/2). Run as
+  // rotate-half over q/k weight rows permuted at load (weights.cpp), which leaves q.k unchanged.
+  bool rope_interleaved = false;
+  // Qwen v1's use_logn_attn: a query at position p >= logn_length (the config's seq_length) is
+  // multiplied by log(p + 1) / log(logn_length) after RoPE. 0: off.
+  int logn_length = 0;
   int bos_token_id = -1;
   std::vector<int> eos_token_ids;
   std::string torch_dtype;  // as declared; informational
 
   int64_t q_size() const { return int64_t(num_heads) * head_dim; }
   int64_t kv_size() const { return int64_t(num_kv_heads) * head_dim; }
+  int rope_dim() const { return rotary_dim > 0 ? rotary_dim : head_dim; }
 };
 
-// Parses config.json content; `source` names the file in error messages. Architecture-specific
+// Parses config.json content (an architecture with its own field names first rewrites them into the
+// llama-family ones, see arch.h); `source` names the file in error messages. Architecture-specific
 // fields are applied by the architecture table (src/model/arch/).
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& source);
 ModelConfig load_model_config(const std::string& model_dir);

@@ -33,6 +33,7 @@ struct DecoderModel::Workspace {
 struct DecoderModel::StepViews {
   int64_t T = 0, R = 0;
   Tensor tokens, logit_rows, cos, sin;
+  Tensor q_cos, q_sin;  // logn attention (Qwen v1): q's tables, scaled; empty otherwise
   AttentionBatch ab;
 };
 
@@ -152,21 +153,40 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
   }
   const size_t slots_at = pack.add(in.slot_mapping, size_t(extra), -1);
   const size_t cos_at = pack.reserve(size_t(pad_tokens * half)), sin_at = pack.reserve(size_t(pad_tokens * half));
+  const bool logn = c.logn_length > 0;
+  const size_t q_cos_at = logn ? pack.reserve(size_t(pad_tokens * half)) : 0;
+  const size_t q_sin_at = logn ? pack.reserve(size_t(pad_tokens * half)) : 0;
   int max_q_len = 0, max_ctx = 0;
   for (int s = 0; s < S; ++s) {
     const int q_len = in.q_start[size_t(s) + 1] - in.q_start[size_t(s)];
     max_q_len = std::max(max_q_len, q_len);
     max_ctx = std::max(max_ctx, in.ctx_len[size_t(s)]);
+    const int rope_len =
+        rope_.fixed_at_prompt() && !in.prompt_len.empty() ? in.prompt_len[size_t(s)] : in.ctx_len[size_t(s)];
     for (int j = 0; j < q_len; ++j) {
       const int64_t t = in.q_start[size_t(s)] + j;
       const int pos = in.ctx_len[size_t(s)] - q_len + j;
-      rope_.fill(pos, in.ctx_len[size_t(s)], pack.floats(cos_at + size_t(t * half)), pack.floats(sin_at + size_t(t * half)));
+      rope_.fill(pos, rope_len, pack.floats(cos_at + size_t(t * half)), pack.floats(sin_at + size_t(t * half)));
     }
   }
   for (int64_t t = T; t < pad_tokens; ++t) {
     rope_.fill(0, 1, pack.floats(cos_at + size_t(t * half)), pack.floats(sin_at + size_t(t * half)));
     max_q_len = std::max(max_q_len, 1);
     max_ctx = std::max(max_ctx, 1);
+  }
+  if (logn) {  // modeling_qwen.py: query *= log(pos + 1) / log(seq_length) past seq_length, after RoPE
+    for (int s = 0; s < Sp; ++s) {
+      const int t0 = s < S ? in.q_start[size_t(s)] : int(T) + (s - S), t1 = s < S ? in.q_start[size_t(s) + 1] : t0 + 1;
+      for (int t = t0; t < t1; ++t) {
+        const int pos = s < S ? in.ctx_len[size_t(s)] - (t1 - t) : 0;
+        const float scale =
+            pos + 1 > c.logn_length ? float(std::log(double(pos + 1)) / std::log(double(c.logn_length))) : 1.0f;
+        for (int64_t i = 0; i < half; ++i) {
+          pack.floats(q_cos_at + size_t(t * half))[i] = pack.floats(cos_at + size_t(t * half))[i] * scale;
+          pack.floats(q_sin_at + size_t(t * half))[i] = pack.floats(sin_at + size_t(t * half))[i] * scale;
+        }
+      }
+    }
   }
   const Tensor meta = backend_.upload_step(pack.packed(), staging);
   StepViews v;
@@ -176,6 +196,10 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
   v.logit_rows = meta_view(meta, rows_at, DType::I32, {pad_rows});
   v.cos = meta_view(meta, cos_at, DType::F32, {pad_tokens, half});
   v.sin = meta_view(meta, sin_at, DType::F32, {pad_tokens, half});
+  if (logn) {
+    v.q_cos = meta_view(meta, q_cos_at, DType::F32, {pad_tokens, half});
+    v.q_sin = meta_view(meta, q_sin_at, DType::F32, {pad_tokens, half});
+  }
   AttentionBatch& ab = v.ab;
   ab.num_seqs = Sp;
   ab.max_blocks_per_seq = max_blocks;
@@ -215,7 +239,12 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
       backend_.rms_norm(q, L.q_norm, c.rms_norm_eps, q);
       backend_.rms_norm(k, L.k_norm, c.rms_norm_eps, k);
     }
-    backend_.rope(qk, cos, sin, c.head_dim);  // q's heads and k's, side by side in qkv: one launch
+    if (sv.q_cos.empty()) {
+      backend_.rope(qk, cos, sin, c.head_dim);  // q's heads and k's, side by side in qkv: one launch
+    } else {  // logn attention scales q through its own tables
+      backend_.rope(q, sv.q_cos, sv.q_sin, c.head_dim);
+      backend_.rope(k, cos, sin, c.head_dim);
+    }
     backend_.store_kv(k, v, ab.slot_mapping, cache.layers[size_t(i)]);
     backend_.attention(q, cache.layers[size_t(i)], ab, attn);
     backend_.linear(attn, L.o, tmp);

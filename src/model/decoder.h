@@ -1,5 +1,6 @@
-// The llama-family decoder forward pass (Llama, Qwen2, Qwen3, Mistral), written once against the
-// Backend interface over a flat batch of tokens from any number of sequences.
+// The llama-family decoder forward pass (Llama, Qwen2, Qwen3, Mistral, and Qwen v1 and ChatGLM3
+// through their config flags), written once against the Backend interface over a flat batch of
+// tokens from any number of sequences.
 #pragma once
 #include <memory>
 #include <vector>
@@ -22,6 +23,8 @@ struct StepBatch {
   int max_blocks = 0;
   std::vector<int32_t> slot_mapping;  // [T]
   std::vector<int32_t> logit_rows;    // token rows whose next-token logits are wanted
+  std::vector<int32_t> prompt_len;    // [S] or empty: each sequence's prompt length (Qwen's dynamic
+                                      // NTK fixes its RoPE scaling at the prompt; empty: ctx_len)
   int num_seqs() const { return int(ctx_len.size()); }
 };
 

@@ -48,6 +48,22 @@ const Preset kPresets[] = {
       "max_position_embeddings": 32768, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
       "sliding_window": 4096, "tie_word_embeddings": false, "bos_token_id": 1,
       "eos_token_id": 2, "hidden_act": "silu", "torch_dtype": "bfloat16"})"},
+    // The article's remote-code models: config.json of Qwen/Qwen-7B-Chat v1.1 and of THUDM/chatglm3-6b
+    // (as in the public mirror czk1997/chatglm3-copy).
+    {"qwen-7b", R"({"architectures": ["QWenLMHeadModel"], "model_type": "qwen",
+      "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+      "num_attention_heads": 32, "kv_channels": 128, "vocab_size": 151936,
+      "max_position_embeddings": 8192, "seq_length": 8192, "layer_norm_epsilon": 1e-06,
+      "rotary_emb_base": 10000, "rotary_pct": 1.0, "use_dynamic_ntk": true, "use_logn_attn": true,
+      "no_bias": true, "tie_word_embeddings": false, "bf16": false, "fp16": false, "fp32": false,
+      "tokenizer_class": "QWenTokenizer"})"},
+    {"chatglm3-6b", R"({"architectures": ["ChatGLMModel"], "model_type": "chatglm",
+      "num_layers": 28, "hidden_size": 4096, "ffn_hidden_size": 13696, "kv_channels": 128,
+      "num_attention_heads": 32, "multi_query_attention": true, "multi_query_group_num": 2,
+      "padded_vocab_size": 65024, "seq_length": 32768, "layernorm_epsilon": 1e-05, "rmsnorm": true,
+      "post_layer_norm": true, "apply_residual_connection_post_layernorm": false,
+      "add_bias_linear": false, "add_qkv_bias": true, "original_rope": true,
+      "tie_word_embeddings": false, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "float16"})"},
     // A tiny Qwen2-shaped model for demos and smoke tests (random weights answer with noise).
     {"tiny", R"({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
       "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,

@@ -1,5 +1,6 @@
 #include "model/rope.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -35,7 +36,7 @@ void apply_llama3(const RopeScaling& r, std::vector<float>& inv) {
 }  // namespace
 
 Rope::Rope(const ModelConfig& c) : config_(c) {
-  base_inv_freq_ = default_inv_freq(c.rope_theta, c.head_dim);
+  base_inv_freq_ = default_inv_freq(c.rope_theta, c.rope_dim());
   const RopeScaling& r = c.rope_scaling;
   if (r.type == "linear") {
     for (float& f : base_inv_freq_) f /= r.factor;
@@ -44,10 +45,25 @@ Rope::Rope(const ModelConfig& c) : config_(c) {
   }
 }
 
+namespace {
+
+double qwen_ntk_alpha(int seq_len, int seq_length) {
+  const double context_value = std::log(double(seq_len) / seq_length) / std::log(2.0) + 1;  // math.log(x, 2)
+  return std::max(std::exp2(std::ceil(context_value)) - 1, 1.0);
+}
+
+}  // namespace
+
+std::vector<float> Rope::qwen_inv_freq(int seq_len) const {
+  const int dim = config_.rope_dim();
+  const double alpha = qwen_ntk_alpha(seq_len, config_.rope_scaling.original_max_position_embeddings);
+  return default_inv_freq(double(config_.rope_theta) * std::pow(alpha, double(dim) / (dim - 2)), dim);
+}
+
 std::vector<float> Rope::inv_freq_for(int seq_len) const {
   const int max_pos = config_.max_position_embeddings;
   const double factor = config_.rope_scaling.factor;
-  const int dim = config_.head_dim;
+  const int dim = config_.rope_dim();
   const double base = config_.rope_theta *
                       std::pow(factor * seq_len / max_pos - (factor - 1), double(dim) / (dim - 2));
   return default_inv_freq(base, dim);
@@ -58,6 +74,10 @@ void Rope::fill(int pos, int seq_len, float* cos, float* sin) const {
   const std::vector<float>* inv = &base_inv_freq_;
   if (config_.rope_scaling.type == "dynamic" && seq_len > config_.max_position_embeddings) {
     dynamic = inv_freq_for(seq_len);
+    inv = &dynamic;
+  } else if (config_.rope_scaling.type == "qwen-ntk" &&
+             seq_len > config_.rope_scaling.original_max_position_embeddings) {
+    dynamic = qwen_inv_freq(seq_len);
     inv = &dynamic;
   }
   for (int i = 0; i < half(); ++i) {

@@ -1,6 +1,8 @@
 #include "model/weights.h"
 
 #include <algorithm>
+#include <cstring>
+#include <initializer_list>
 #include <set>
 
 #include "core/error.h"
@@ -64,6 +66,16 @@ class DummySource : public WeightSource {
   int threads_;
 };
 
+// A copy of `t` (2-D, or 1-D: a bias) with row r taken from row order[r].
+Tensor permute_rows(const Tensor& t, const std::vector<int64_t>& order) {
+  Tensor out = host_tensor(t.dtype, t.shape);
+  const size_t row_bytes = size_t(t.cols()) * dtype_size(t.dtype);
+  for (size_t r = 0; r < order.size(); ++r)
+    std::memcpy(static_cast<char*>(out.data) + r * row_bytes,
+                static_cast<const char*>(t.data) + size_t(order[r] * t.row_stride) * dtype_size(t.dtype), row_bytes);
+  return out;
+}
+
 // Asks the source for each tensor of the architecture, checks it, and remembers what was used so
 // that leftovers can be reported.
 class Loader {
@@ -85,12 +97,36 @@ class Loader {
     if (bias) p.bias = vector(prefix + ".bias", out);
     return p;
   }
+  // A fused projection [sum(rows), in] (and its bias) cut into parts of `rows` rows each: row views
+  // of the checkpoint's matrix, so nothing is copied unless `reorder` permutes the rows first.
+  std::vector<LinearPart> fused(const std::string& prefix, const std::vector<int64_t>& rows, int64_t in, bool bias,
+                                size_t* bytes, const std::vector<int64_t>* reorder = nullptr) {
+    int64_t total = 0;
+    for (int64_t r : rows) total += r;
+    Tensor w = fetch(prefix + ".weight", {total, in}), b;
+    if (bias) b = fetch(prefix + ".bias", {total});
+    if (reorder) {
+      w = permute_rows(w, *reorder);
+      if (bias) b = permute_rows(b, *reorder);
+    }
+    std::vector<LinearPart> parts;
+    int64_t at = 0;
+    for (int64_t r : rows) {
+      LinearPart p;
+      p.weight = upload_matrix(w.rows_view(at, r), bytes);
+      if (bias) p.bias = backend_.upload(convert(b.rows_view(at, r), DType::F32));
+      parts.push_back(std::move(p));
+      at += r;
+    }
+    return parts;
+  }
   void ignore(const std::string& name) { used_.insert(name); }
 
   void check_no_leftovers() const {
     std::vector<std::string> extra;
-    for (const auto& n : source_.names())
-      if (!used_.count(n) && !n.ends_with(".rotary_emb.inv_freq")) extra.push_back(n);
+    for (const auto& n : source_.names())  // rotary tables some checkpoints store (not weights)
+      if (!used_.count(n) && !n.ends_with(".rotary_emb.inv_freq") && !n.ends_with("rotary_pos_emb.inv_freq"))
+        extra.push_back(n);
     if (extra.empty()) return;
     if (extra.size() > 8) extra.resize(8), extra.push_back("...");
     fail("{}: unexpected tensors {} (is the checkpoint for a different architecture or config?)",
@@ -115,6 +151,23 @@ class Loader {
   Backend& backend_;
   std::set<std::string> used_;
 };
+
+// Row order of a fused [q; k; v] projection that turns ChatGLM's interleaved RoPE pairs (2i, 2i+1)
+// of the first rotary_dim dims of every q and k head into rotate-half pairs (i, i + rotary_dim/2):
+// the backend's rope then computes exactly ChatGLM's rotation, and q.k is unchanged because q and k
+// are permuted alike. v keeps its order. (The KV cache holds keys in this order.)
+std::vector<int64_t> interleaved_rope_order(const ModelConfig& c) {
+  const int64_t hd = c.head_dim, rot = c.rope_dim(), half = rot / 2;
+  const int64_t qk_heads = c.num_heads + c.num_kv_heads, total = c.q_size() + 2 * c.kv_size();
+  std::vector<int64_t> order(static_cast<size_t>(total));
+  for (int64_t r = 0; r < total; ++r) order[size_t(r)] = r;
+  for (int64_t h = 0; h < qk_heads; ++h)
+    for (int64_t i = 0; i < half; ++i) {
+      order[size_t(h * hd + i)] = h * hd + 2 * i;
+      order[size_t(h * hd + half + i)] = h * hd + 2 * i + 1;
+    }
+  return order;
+}
 
 Linear make_linear(Backend& backend, std::vector<LinearPart> parts) {
   Linear l;
@@ -153,15 +206,24 @@ std::unique_ptr<WeightSource> make_dummy_source(DType dtype, uint64_t seed, int 
 Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape, DType dtype,
                      uint64_t seed, int num_threads) {
   float center = 0.0f, scale = 1.0f;
-  if (name.ends_with("norm.weight")) {
+  // Names of the three layouts (weights.h): Qwen v1's ln_1/ln_2/ln_f norms, wte embedding, fused
+  // c_attn (q/k gain for all of it), c_proj outputs; ChatGLM's word_embeddings, query_key_value,
+  // dense / dense_4h_to_h outputs and output_layer.
+  auto ends = [&](std::initializer_list<const char*> suffixes) {
+    for (const char* x : suffixes)
+      if (name.ends_with(x)) return true;
+    return false;
+  };
+  if (ends({"norm.weight", ".ln_1.weight", ".ln_2.weight", ".ln_f.weight"})) {
     center = 1.0f, scale = 0.25f;
   } else if (name.ends_with(".bias")) {
     scale = 0.5f;
-  } else if (shape.size() == 2 && !name.ends_with("embed_tokens.weight")) {
+  } else if (shape.size() == 2 && !ends({"embed_tokens.weight", ".wte.weight", ".word_embeddings.weight"})) {
     double gain = 1.0;
-    if (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") || name.ends_with("lm_head.weight"))
+    if (ends({"q_proj.weight", "k_proj.weight", "lm_head.weight", ".c_attn.weight", ".query_key_value.weight",
+              ".output_layer.weight"}))
       gain = 2.0;
-    else if (name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight"))
+    else if (ends({"o_proj.weight", "down_proj.weight", ".c_proj.weight", ".dense.weight", ".dense_4h_to_h.weight"}))
       gain = 3.0;
     scale = float(gain * std::sqrt(3.0) / std::sqrt(double(shape[1])));
   }
@@ -189,40 +251,102 @@ Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape,
   return t;
 }
 
+namespace {
+
+// Hugging Face's llama family: model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, ...}.
+LayerWeights llama_layer(Loader& ld, Backend& backend, const ModelConfig& c, int i, size_t* bytes) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const std::string p = fmt::format("model.layers.{}.", i);
+  LayerWeights L;
+  L.attn_norm = ld.vector(p + "input_layernorm.weight", H);
+  L.qkv = make_linear(backend, {ld.part(p + "self_attn.q_proj", c.q_size(), H, c.qkv_bias, bytes),
+                                ld.part(p + "self_attn.k_proj", c.kv_size(), H, c.qkv_bias, bytes),
+                                ld.part(p + "self_attn.v_proj", c.kv_size(), H, c.qkv_bias, bytes)});
+  L.o = make_linear(backend, {ld.part(p + "self_attn.o_proj", H, c.q_size(), c.o_bias, bytes)});
+  if (c.qk_norm) {
+    L.q_norm = ld.vector(p + "self_attn.q_norm.weight", c.head_dim);
+    L.k_norm = ld.vector(p + "self_attn.k_norm.weight", c.head_dim);
+  }
+  L.mlp_norm = ld.vector(p + "post_attention_layernorm.weight", H);
+  L.gate_up = make_linear(backend, {ld.part(p + "mlp.gate_proj", I, H, c.mlp_bias, bytes),
+                                    ld.part(p + "mlp.up_proj", I, H, c.mlp_bias, bytes)});
+  L.down = make_linear(backend, {ld.part(p + "mlp.down_proj", H, I, c.mlp_bias, bytes)});
+  return L;
+}
+
+// Qwen v1: transformer.h.N.{ln_1, attn.c_attn (fused q, k, v with bias), attn.c_proj, ln_2, mlp.w1,
+// mlp.w2, mlp.c_proj}; the MLP is c_proj(w1(x) * silu(w2(x))), so w2 is the gate and w1 the up part.
+LayerWeights qwen_layer(Loader& ld, Backend& backend, const ModelConfig& c, int i, size_t* bytes) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const std::string p = fmt::format("transformer.h.{}.", i);
+  LayerWeights L;
+  L.attn_norm = ld.vector(p + "ln_1.weight", H);
+  L.qkv = make_linear(backend, ld.fused(p + "attn.c_attn", {c.q_size(), c.kv_size(), c.kv_size()}, H, c.qkv_bias, bytes));
+  L.o = make_linear(backend, {ld.part(p + "attn.c_proj", H, c.q_size(), c.o_bias, bytes)});
+  L.mlp_norm = ld.vector(p + "ln_2.weight", H);
+  L.gate_up = make_linear(backend, {ld.part(p + "mlp.w2", I, H, c.mlp_bias, bytes),
+                                    ld.part(p + "mlp.w1", I, H, c.mlp_bias, bytes)});
+  L.down = make_linear(backend, {ld.part(p + "mlp.c_proj", H, I, c.mlp_bias, bytes)});
+  return L;
+}
+
+// ChatGLM: transformer.encoder.layers.N.{input_layernorm, self_attention.query_key_value (fused q,
+// k, v), self_attention.dense, post_attention_layernorm, mlp.dense_h_to_4h (gate rows, then up rows:
+// swiglu is silu(chunk 0) * chunk 1), mlp.dense_4h_to_h}.
+LayerWeights chatglm_layer(Loader& ld, Backend& backend, const ModelConfig& c, int i, size_t* bytes) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const std::string p = fmt::format("transformer.encoder.layers.{}.", i);
+  const std::vector<int64_t> order = interleaved_rope_order(c);
+  LayerWeights L;
+  L.attn_norm = ld.vector(p + "input_layernorm.weight", H);
+  L.qkv = make_linear(backend, ld.fused(p + "self_attention.query_key_value", {c.q_size(), c.kv_size(), c.kv_size()}, H,
+                                        c.qkv_bias, bytes, c.rope_interleaved ? &order : nullptr));
+  L.o = make_linear(backend, {ld.part(p + "self_attention.dense", H, c.q_size(), c.o_bias, bytes)});
+  L.mlp_norm = ld.vector(p + "post_attention_layernorm.weight", H);
+  L.gate_up = make_linear(backend, ld.fused(p + "mlp.dense_h_to_4h", {I, I}, H, c.mlp_bias, bytes));
+  L.down = make_linear(backend, {ld.part(p + "mlp.dense_4h_to_h", H, I, c.mlp_bias, bytes)});
+  return L;
+}
+
+struct LayoutNames {
+  const char* embed;
+  const char* final_norm;
+  const char* lm_head;  // without ".weight"
+  LayerWeights (*layer)(Loader&, Backend&, const ModelConfig&, int, size_t*);
+};
+
+LayoutNames names_of(WeightLayout layout) {
+  switch (layout) {
+    case WeightLayout::kQwen: return {"transformer.wte.weight", "transformer.ln_f.weight", "lm_head", qwen_layer};
+    case WeightLayout::kChatGlm:
+      return {"transformer.embedding.word_embeddings.weight", "transformer.encoder.final_layernorm.weight",
+              "transformer.output_layer", chatglm_layer};
+    case WeightLayout::kLlama: break;
+  }
+  return {"model.embed_tokens.weight", "model.norm.weight", "lm_head", llama_layer};
+}
+
+}  // namespace
+
 ModelWeights load_weights(const ModelConfig& c, WeightSource& source, Backend& backend) {
   Loader ld(source, backend);
   ModelWeights w;
-  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const LayoutNames names = names_of(c.layout);
+  const int64_t H = c.hidden_size;
   size_t embed_bytes = 0;  // a step reads one embedding row per token, not the matrix
-  const Tensor embed = ld.fetch("model.embed_tokens.weight", {c.vocab_size, H});
+  const Tensor embed = ld.fetch(names.embed, {c.vocab_size, H});
   backend.set_model_dtype(embed.dtype);  // the model's dtype: the one of its embedding matrix
   w.embed = ld.upload_matrix(embed, &embed_bytes);
-  for (int i = 0; i < c.num_layers; ++i) {
-    const std::string p = fmt::format("model.layers.{}.", i);
-    LayerWeights L;
-    L.attn_norm = ld.vector(p + "input_layernorm.weight", H);
-    L.qkv = make_linear(backend, {ld.part(p + "self_attn.q_proj", c.q_size(), H, c.qkv_bias, &w.matrix_bytes),
-                                  ld.part(p + "self_attn.k_proj", c.kv_size(), H, c.qkv_bias, &w.matrix_bytes),
-                                  ld.part(p + "self_attn.v_proj", c.kv_size(), H, c.qkv_bias, &w.matrix_bytes)});
-    L.o = make_linear(backend, {ld.part(p + "self_attn.o_proj", H, c.q_size(), c.o_bias, &w.matrix_bytes)});
-    if (c.qk_norm) {
-      L.q_norm = ld.vector(p + "self_attn.q_norm.weight", c.head_dim);
-      L.k_norm = ld.vector(p + "self_attn.k_norm.weight", c.head_dim);
-    }
-    L.mlp_norm = ld.vector(p + "post_attention_layernorm.weight", H);
-    L.gate_up = make_linear(backend, {ld.part(p + "mlp.gate_proj", I, H, c.mlp_bias, &w.matrix_bytes),
-                                      ld.part(p + "mlp.up_proj", I, H, c.mlp_bias, &w.matrix_bytes)});
-    L.down = make_linear(backend, {ld.part(p + "mlp.down_proj", H, I, c.mlp_bias, &w.matrix_bytes)});
-    w.layers.push_back(std::move(L));
-  }
-  w.final_norm = ld.vector("model.norm.weight", H);
+  for (int i = 0; i < c.num_layers; ++i) w.layers.push_back(names.layer(ld, backend, c, i, &w.matrix_bytes));
+  w.final_norm = ld.vector(names.final_norm, H);
+  const std::string lm_head = names.lm_head;
   if (c.tie_word_embeddings) {
     // transformers ignores a stored lm_head.weight when the embeddings are tied; so do we.
-    ld.ignore("lm_head.weight");
+    ld.ignore(lm_head + ".weight");
     w.lm_head = make_linear(backend, {LinearPart{w.embed, {}}});
     w.matrix_bytes += w.embed.nbytes();
   } else {
-    w.lm_head = make_linear(backend, {ld.part("lm_head", c.vocab_size, H, false, &w.matrix_bytes)});
+    w.lm_head = make_linear(backend, {ld.part(lm_head, c.vocab_size, H, false, &w.matrix_bytes)});
   }
   ld.check_no_leftovers();
   return w;

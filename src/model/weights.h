@@ -1,6 +1,6 @@
-// Loading a llama-family model's weights by their Hugging Face names, from a checkpoint directory
-// or from deterministic random values (--load-format dummy), with every tensor's presence, shape
-// and dtype checked against the config.
+// Loading a model's weights by their Hugging Face names (the llama family's, or Qwen v1's and
+// ChatGLM's: ModelConfig::layout), from a checkpoint directory or from deterministic random values
+// (--load-format dummy), with every tensor's presence, shape and dtype checked against the config.
 #pragma once
 #include <memory>
 #include <string>
@@ -41,7 +41,7 @@ struct LayerWeights {
   Linear qkv;        // parts q [heads*hd, hidden], k [kv_heads*hd, hidden], v [kv_heads*hd, hidden]
   Linear o;          // [hidden, heads*hd]
   Tensor mlp_norm;   // F32 [hidden]
-  Linear gate_up;    // parts gate [inter, hidden], up [inter, hidden]
+  Linear gate_up;    // parts gate [inter, hidden], up [inter, hidden] (fused checkpoints: row views)
   Linear down;       // [hidden, inter]
 };
 

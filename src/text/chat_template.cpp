@@ -104,6 +104,9 @@ std::unique_ptr<ChatTemplate> select_template(const Tokenizer& tok, std::string_
   if (!template_type.empty() && template_type != "auto" && template_type != "AUTO")
     return make_named_template(tok, template_type);
   if (tok.chat_template()) return make_jinja_template(tok, *tok.chat_template(), std::move(special_tokens));
+  if (tok.tokenizer_class() == "ChatGLMTokenizer") return make_chatglm3_chat_input(tok);
+  // Qwen v1's chat() builds chatml with make_context, which is the `qwen` template's prompt.
+  if (tok.tokenizer_class() == "QWenTokenizer") return make_named_template(tok, "qwen");
   return make_named_template(tok, fallback_type);
 }
 

@@ -60,8 +60,13 @@ std::unique_ptr<ChatTemplate> make_jinja_template(const Tokenizer& tok, std::str
 // default-generation. Unknown names -> apus::Error listing the known ones.
 std::unique_ptr<ChatTemplate> make_named_template(const Tokenizer& tok, std::string_view type);
 
+// ChatGLM3's own prompt ids, as its tokenizer's build_chat_input builds them (chatglm3_chat_input.cpp).
+std::unique_ptr<ChatTemplate> make_chatglm3_chat_input(const Tokenizer& tok);
+
 // A non-empty `template_type` (other than "auto", the reference's AUTO) always wins; else the
-// checkpoint's chat_template when the tokenizer has one; else `fallback_type`.
+// checkpoint's chat_template when the tokenizer has one; else the remote-code models' own format:
+// ChatGLM's build_chat_input for a ChatGLMTokenizer, `qwen` (= Qwen v1's make_context) for a
+// QWenTokenizer; else `fallback_type`.
 std::unique_ptr<ChatTemplate> select_template(const Tokenizer& tok, std::string_view template_type,
                                               std::string_view fallback_type = "default",
                                               nlohmann::ordered_json special_tokens = nullptr);

@@ -25,15 +25,19 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
 
 
 def center_scale(name: str, shape) -> tuple:
-    if name.endswith("norm.weight"):
+    # Names of the three layouts: llama family, Qwen v1 (ln_1/ln_2/ln_f, wte, c_attn, c_proj) and
+    # ChatGLM (word_embeddings, query_key_value, dense, dense_4h_to_h, output_layer).
+    if name.endswith(("norm.weight", ".ln_1.weight", ".ln_2.weight", ".ln_f.weight")):
         return np.float32(1.0), np.float32(0.25)
     if name.endswith(".bias"):
         return np.float32(0.0), np.float32(0.5)
-    if len(shape) == 2 and not name.endswith("embed_tokens.weight"):
+    if len(shape) == 2 and not name.endswith(("embed_tokens.weight", ".wte.weight", ".word_embeddings.weight")):
         gain = 1.0
-        if name.endswith(("q_proj.weight", "k_proj.weight", "lm_head.weight")):
+        if name.endswith(("q_proj.weight", "k_proj.weight", "lm_head.weight", ".c_attn.weight",
+                          ".query_key_value.weight", ".output_layer.weight")):
             gain = 2.0
-        elif name.endswith(("o_proj.weight", "down_proj.weight")):
+        elif name.endswith(("o_proj.weight", "down_proj.weight", ".c_proj.weight", ".dense.weight",
+                            ".dense_4h_to_h.weight")):
             gain = 3.0
         return np.float32(0.0), np.float32(gain * math.sqrt(3.0) / math.sqrt(float(shape[1])))
     return np.float32(0.0), np.float32(1.0)

@@ -5,9 +5,11 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "text/tokenizer/chatglm_tokenizer.h"
 #include "text/tokenizer/hf_tokenizer.h"
 #include "text/tokenizer/json_field.h"
 #include "text/tokenizer/sentencepiece_tokenizer.h"
+#include "text/tokenizer/tiktoken_tokenizer.h"
 
 namespace apus {
 namespace {
@@ -63,7 +65,20 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& dir) {
 
   std::unique_ptr<Tokenizer> t;
   std::string bos = token_field(cfg, "bos_token"), eos = token_field(cfg, "eos_token");
-  if (fs::exists(json_file)) {
+  // Remote-code tokenizers (tokenizer_config.json's tokenizer_class) run their own Python class, not
+  // tokenizer.json: Qwen v1's tiktoken file and ChatGLM's sentencepiece model with GLM specials.
+  const std::string tokenizer_class = cfg.get("tokenizer_class") ? cfg.get("tokenizer_class")->str() : "";
+  const fs::path tiktoken_file = base / "qwen.tiktoken";
+  if (tokenizer_class == "QWenTokenizer" || (!fs::exists(json_file) && fs::exists(tiktoken_file))) {
+    APUS_CHECK(fs::exists(tiktoken_file), "{}: QWenTokenizer needs qwen.tiktoken, which is missing", dir);
+    t = std::make_unique<Tokenizer>(tok::make_qwen_tiktoken_tokenizer(tiktoken_file.string()));
+  } else if (tokenizer_class == "ChatGLMTokenizer") {
+    APUS_CHECK(fs::exists(model_file), "{}: ChatGLMTokenizer needs tokenizer.model, which is missing", dir);
+    std::string model_eos;
+    t = std::make_unique<Tokenizer>(tok::make_chatglm_tokenizer(model_file.string(), &model_eos));
+    bos.clear();  // ChatGLMTokenizer has no bos_token; its prefix is [gMASK] sop
+    if (!cfg.get("eos_token")) eos = model_eos;
+  } else if (fs::exists(json_file)) {
     t = std::make_unique<Tokenizer>(tok::make_hf_tokenizer(read_json_file(json_file), json_file.string()));
   } else if (fs::exists(model_file)) {
     std::string model_bos, model_eos;
@@ -81,6 +96,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& dir) {
   t->bos_token_ = bos;
   t->eos_token_ = eos;
   t->chat_template_ = chat_template_field(cfg);
+  t->tokenizer_class_ = tokenizer_class;
   if (!t->bos_token_.empty()) t->bos_id_ = t->token_to_id(t->bos_token_);
   if (!t->eos_token_.empty()) t->eos_id_ = t->token_to_id(t->eos_token_);
   return t;

@@ -51,6 +51,8 @@ class Tokenizer {
   const std::string& eos_token() const { return eos_token_; }
   // tokenizer_config.json's chat_template (a string, or the "default" entry of a named list).
   const std::optional<std::string>& chat_template() const { return chat_template_; }
+  // tokenizer_config.json's tokenizer_class ("" when absent), e.g. "QWenTokenizer".
+  const std::string& tokenizer_class() const { return tokenizer_class_; }
 
   explicit Tokenizer(std::unique_ptr<tok::Backend> backend) : backend_(std::move(backend)) {}
 
@@ -59,6 +61,7 @@ class Tokenizer {
   std::optional<int32_t> bos_id_, eos_id_;
   std::string bos_token_, eos_token_;
   std::optional<std::string> chat_template_;
+  std::string tokenizer_class_;
 };
 
 }  // namespace apus
