@@ -10,5 +10,6 @@ void add_tokenize(CLI::App& root);
 void add_infer(CLI::App& root);
 void add_deploy(CLI::App& root);
 void add_client(CLI::App& root);
+void add_export(CLI::App& root);
 
 }  // namespace apus::cli

@@ -14,6 +14,7 @@ namespace apus {
 // necessarily all); its metadata lives in `staging` (same size every step, never reallocated).
 struct DecoderModel::Graph {
   int bucket = 0, max_blocks = 0;
+  bool lora = false;  // with the LoRA ops
   std::vector<const void*> cache;
   int64_t cache_blocks = 0;
   Tensor staging;
@@ -26,7 +27,7 @@ struct DecoderModel::Workspace {
   Tensor x, h, qkv, attn, gate_up, act, tmp, final_h, logits;
   // The step's metadata in one host buffer of 4-byte words (token ids, rows, block tables, rope
   // tables), so that a GPU backend uploads it in one copy into `meta_device`.
-  Tensor meta_host, meta_device;
+  Tensor meta_host, meta_device, lm_rows_device;
   std::vector<Graph> graphs;
 };
 
@@ -34,6 +35,7 @@ struct DecoderModel::StepViews {
   int64_t T = 0, R = 0;
   Tensor tokens, logit_rows, cos, sin;
   AttentionBatch ab;
+  Tensor lora_slots;  // I32 [T]; empty: no token uses an adapter
 };
 
 namespace {
@@ -151,6 +153,8 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
       std::copy_n(in.block_table.begin() + ptrdiff_t(s) * in.max_blocks, in.max_blocks, t + size_t(s) * size_t(max_blocks));
   }
   const size_t slots_at = pack.add(in.slot_mapping, size_t(extra), -1);
+  const bool lora = lora_ && std::any_of(in.lora_slots.begin(), in.lora_slots.end(), [](int32_t s) { return s >= 0; });
+  const size_t lora_at = lora ? pack.add(in.lora_slots, size_t(extra), -1) : 0;
   const size_t cos_at = pack.reserve(size_t(pad_tokens * half)), sin_at = pack.reserve(size_t(pad_tokens * half));
   int max_q_len = 0, max_ctx = 0;
   for (int s = 0; s < S; ++s) {
@@ -174,6 +178,7 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
   v.R = pad_rows;
   v.tokens = meta_view(meta, tokens_at, DType::I32, {pad_tokens});
   v.logit_rows = meta_view(meta, rows_at, DType::I32, {pad_rows});
+  if (lora) v.lora_slots = meta_view(meta, lora_at, DType::I32, {pad_tokens});
   v.cos = meta_view(meta, cos_at, DType::F32, {pad_tokens, half});
   v.sin = meta_view(meta, sin_at, DType::F32, {pad_tokens, half});
   AttentionBatch& ab = v.ab;
@@ -210,7 +215,9 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
     const LayerWeights& L = weights_.layers[size_t(i)];
     if (i == 0) backend_.rms_norm(x, L.attn_norm, c.rms_norm_eps, h);
     else backend_.add_rms_norm(x, tmp, L.attn_norm, c.rms_norm_eps, h);  // x += previous MLP out
+    const LoraLayer* lo = sv.lora_slots.empty() ? nullptr : &lora_->layer(i);
     backend_.linear(h, L.qkv, qkv);
+    if (lo) backend_.lora(h, sv.lora_slots, lo->qkv, qkv);
     if (c.qk_norm) {
       backend_.rms_norm(q, L.q_norm, c.rms_norm_eps, q);
       backend_.rms_norm(k, L.k_norm, c.rms_norm_eps, k);
@@ -219,10 +226,13 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
     backend_.store_kv(k, v, ab.slot_mapping, cache.layers[size_t(i)]);
     backend_.attention(q, cache.layers[size_t(i)], ab, attn);
     backend_.linear(attn, L.o, tmp);
+    if (lo) backend_.lora(attn, sv.lora_slots, lo->o, tmp);
     backend_.add_rms_norm(x, tmp, L.mlp_norm, c.rms_norm_eps, h);
     backend_.linear(h, L.gate_up, gate_up);
+    if (lo) backend_.lora(h, sv.lora_slots, lo->gate_up, gate_up);
     backend_.silu_mul(gate_up, act);
     backend_.linear(act, L.down, tmp);
+    if (lo) backend_.lora(act, sv.lora_slots, lo->down, tmp);
   }
   backend_.add(x, tmp);
   if (R == 0) return;
@@ -258,6 +268,7 @@ bool is_decode(const StepBatch& in) {
 // blocks wide, this cache), or, the first time, runs the step op by op (which also sizes scratch
 // buffers and loads library kernels) and records it for the next.
 void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket, int width) {
+  const bool lora = lora_ && std::any_of(in.lora_slots.begin(), in.lora_slots.end(), [](int32_t s) { return s >= 0; });
   Workspace& w = *ws_;
   std::vector<const void*> cache_ptrs;
   for (const KvLayer& l : cache.layers) {
@@ -267,7 +278,7 @@ void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket
   const int64_t cache_blocks = cache.layers[0].k.shape[0];
   Graph* g = nullptr;
   for (Graph& cand : w.graphs)
-    if (cand.bucket == bucket && cand.max_blocks == width && cand.cache_blocks == cache_blocks &&
+    if (cand.bucket == bucket && cand.max_blocks == width && cand.lora == lora && cand.cache_blocks == cache_blocks &&
         cand.cache == cache_ptrs)
       g = &cand;
   const int max_ctx_len = width * cache.block_size;
@@ -277,7 +288,7 @@ void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket
     return;
   }
   if (w.graphs.size() >= 64) drop_graphs();  // caches come and go (generate() makes one per call)
-  w.graphs.push_back(Graph{bucket, width, std::move(cache_ptrs), cache_blocks, Tensor(), -1});
+  w.graphs.push_back(Graph{bucket, width, lora, std::move(cache_ptrs), cache_blocks, Tensor(), -1});
   Graph& ng = w.graphs.back();
   const StepViews sv = upload_meta(in, bucket, bucket, width, max_ctx_len, cache, ng.staging);
   run_layers(sv, cache);  // this step's result, op by op
@@ -323,6 +334,38 @@ void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<floa
   }
   logits.resize(size_t(R * c.vocab_size));
   backend_.copy_to_host(rows_of(ws_->logits, R), logits.data());
+  if (lora_ && !in.lora_slots.empty()) lora_lm_heads(in, logits);
+}
+
+void DecoderModel::enable_lora(int max_loras, int max_rank) {
+  if (ws_) drop_graphs();
+  lora_ = std::make_unique<LoraSlots>(config_, backend_, max_loras, max_rank);
+}
+
+// Op by op after the step (also after a graph replay): the final hidden rows of one adapter's
+// logit rows, through its own lm_head, overwrite those rows of the host logits.
+void DecoderModel::lora_lm_heads(const StepBatch& in, std::vector<float>& logits) {
+  Workspace& w = *ws_;
+  const int64_t V = config_.vocab_size, H = config_.hidden_size;
+  for (int slot = 0; slot < lora_->max_loras(); ++slot) {
+    const Linear* head = lora_->lm_head(slot);
+    if (!head) continue;
+    std::vector<int32_t> rows;  // indices into the step's logit rows
+    for (size_t r = 0; r < in.logit_rows.size(); ++r)
+      if (in.lora_slots[size_t(in.logit_rows[r])] == slot) rows.push_back(int32_t(r));
+    if (rows.empty()) continue;
+    const int64_t n = int64_t(rows.size());
+    Tensor host_rows = make_view(rows.data(), DType::I32, {n});
+    const Tensor dev_rows = backend_.upload_step(host_rows, w.lm_rows_device);
+    Tensor fh = backend_.alloc(backend_.activation_dtype(), {n, H});
+    Tensor lg = backend_.alloc(DType::F32, {n, V});
+    backend_.gather_rows(rows_of(w.final_h, int64_t(in.logit_rows.size())), dev_rows, fh);
+    backend_.linear(fh, *head, lg);
+    std::vector<float> out(size_t(n * V));
+    backend_.copy_to_host(lg, out.data());
+    for (int64_t i = 0; i < n; ++i)
+      std::copy_n(out.begin() + i * V, V, logits.begin() + int64_t(rows[size_t(i)]) * V);
+  }
 }
 
 }  // namespace apus
