@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "model/safetensors.h"
+#include "model/weights.h"
 
 namespace apus {
 
@@ -226,6 +227,27 @@ void check_lora_adapter(const LoraAdapter& ad, const ModelConfig& base) {
     APUS_CHECK(name != "lm_head.weight" || !base.tie_word_embeddings,
                "{}: the adapter saves lm_head, but the base model ties it to the embeddings (tie_word_embeddings)", st);
   }
+}
+
+LoraAdapter random_lora_adapter(const ModelConfig& base, int rank, uint64_t seed) {
+  LoraAdapter ad;
+  ad.dir = fmt::format("random adapter (seed {})", seed);
+  ad.max_rank = rank;
+  for (int i = 0; i < base.num_layers; ++i)
+    for (const std::string& t : lora_target_names()) {
+      const std::string kind = t == "gate_proj" || t == "up_proj" || t == "down_proj" ? "mlp" : "self_attn";
+      LoraModule m;
+      m.name = fmt::format("model.layers.{}.{}.{}", i, kind, t);
+      int64_t out = 0, in = 0;
+      lora_module_shape(base, m.name, &out, &in);
+      m.a = random_weight(m.name + ".lora_A.weight", {rank, in}, DType::F32, seed);
+      m.b = random_weight(m.name + ".lora_B.weight", {out, rank}, DType::F32, seed);
+      m.rank = rank;
+      m.scale = 2.0f;
+      ad.target_list.push_back(t);
+      ad.modules.emplace(m.name, std::move(m));
+    }
+  return ad;
 }
 
 }  // namespace apus

@@ -40,6 +40,10 @@ LoraAdapter load_lora_adapter(const std::string& dir);
 // shape), every saved tensor one of its tensors, every target in target_modules names something.
 void check_lora_adapter(const LoraAdapter& adapter, const ModelConfig& base);
 
+// An adapter of rank `rank` on every linear layer of the base, with deterministic random values
+// (lora_alpha = 2 * rank): benchmarks (apus bench throughput --num-loras).
+LoraAdapter random_lora_adapter(const ModelConfig& base, int rank, uint64_t seed);
+
 // The linear layers of a llama-family decoder layer that LoRA may target (PEFT's short names).
 const std::vector<std::string>& lora_target_names();
 // [out, in] of the base's module `name` ("model.layers.3.mlp.up_proj"), or false when the base has

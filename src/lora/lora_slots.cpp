@@ -47,6 +47,7 @@ LoraSlots::LoraSlots(const ModelConfig& c, Backend& backend, int max_loras, int 
     layers_.push_back(std::move(L));
   }
   lm_heads_.resize(size_t(max_loras));
+  backend.synchronize();  // the zero fill is queued on the step stream; loads copy on another
 }
 
 void LoraSlots::write(int slot, const std::string& module, LoraPart& part, const LoraModule* m) {

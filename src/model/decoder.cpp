@@ -348,12 +348,12 @@ void DecoderModel::lora_lm_heads(const StepBatch& in, std::vector<float>& logits
   Workspace& w = *ws_;
   const int64_t V = config_.vocab_size, H = config_.hidden_size;
   for (int slot = 0; slot < lora_->max_loras(); ++slot) {
-    const Linear* head = lora_->lm_head(slot);
-    if (!head) continue;
     std::vector<int32_t> rows;  // indices into the step's logit rows
     for (size_t r = 0; r < in.logit_rows.size(); ++r)
       if (in.lora_slots[size_t(in.logit_rows[r])] == slot) rows.push_back(int32_t(r));
-    if (rows.empty()) continue;
+    // A slot no token uses may be being loaded by another thread: look at its lm_head only when used.
+    const Linear* head = rows.empty() ? nullptr : lora_->lm_head(slot);
+    if (!head) continue;
     const int64_t n = int64_t(rows.size());
     Tensor host_rows = make_view(rows.data(), DType::I32, {n});
     const Tensor dev_rows = backend_.upload_step(host_rows, w.lm_rows_device);

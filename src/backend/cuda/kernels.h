@@ -54,6 +54,22 @@ cudaError_t spin(int64_t ns, cudaStream_t stream);
 // Deterministic pseudo-random values in [-1, 1) (benchmark inputs: never time on zeros).
 cudaError_t fill_random(DType dt, void* x, int64_t n, uint64_t seed, cudaStream_t stream);
 
+// Batched LoRA (Backend::lora): up to kLoraMaxParts parts of one linear layer, A [num_slots, rank,
+// in] and B [num_slots, n, rank] each, in `dt`; `scratch` holds tokens * kLoraMaxParts * rank floats.
+constexpr int kLoraMaxParts = 3;
+struct LoraArgs {
+  const void* a[kLoraMaxParts];
+  const void* b[kLoraMaxParts];
+  int64_t n[kLoraMaxParts];
+  int64_t offset[kLoraMaxParts];
+  int count;
+  int rank;
+  int num_slots;
+  int64_t in;
+};
+cudaError_t lora(DType dt, const void* x, int64_t x_stride, int64_t tokens, const int32_t* slots, const LoraArgs& p,
+                 float* scratch, void* out, int64_t out_stride, cudaStream_t stream);
+
 // Paged attention over block tables (see AttentionBatch in backend/backend.h for the layout).
 struct AttentionParams {
   DType dt;
