@@ -29,8 +29,9 @@ Tensor slot_view(const Tensor& t, int slot) {
 }  // namespace
 
 LoraSlots::LoraSlots(const ModelConfig& c, Backend& backend, int max_loras, int max_rank)
-    : config_(c), backend_(backend), max_loras_(max_loras), max_rank_(max_rank) {
+    : config_(c), backend_(backend), max_loras_(max_loras), max_rank_(8) {
   APUS_CHECK(max_loras >= 1 && max_rank >= 1, "max_loras and max_lora_rank must be at least 1");
+  while (max_rank_ < max_rank) max_rank_ *= 2;  // a power of two from 8: what the CUDA kernels take
   const DType dt = backend.activation_dtype();
   const int64_t S = max_loras, R = max_rank, H = c.hidden_size, I = c.intermediate_size;
   auto part = [&](int64_t out, int64_t in, int64_t offset) {

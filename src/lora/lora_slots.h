@@ -20,7 +20,7 @@ class LoraSlots {
  public:
   LoraSlots(const ModelConfig& config, Backend& backend, int max_loras, int max_rank);
   int max_loras() const { return max_loras_; }
-  int max_rank() const { return max_rank_; }
+  int max_rank() const { return max_rank_; }  // the requested one rounded up to a power of two >= 8
   // Writes the adapter into `slot` (checked against the base model first). Waits for the copies.
   void load(int slot, const LoraAdapter& adapter);
   void clear(int slot);

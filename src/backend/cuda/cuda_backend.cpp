@@ -368,6 +368,8 @@ class CudaBackend final : public Backend {
     p.rank = int(parts[0].a.shape[1]);
     p.num_slots = int(parts[0].a.shape[0]);
     p.in = x.cols();
+    APUS_CHECK(p.rank == 8 || p.rank == 16 || p.rank == 32 || p.rank == 64,
+               "lora: the CUDA kernels take LoRA slots of rank 8, 16, 32 or 64, not {} (--max_lora_rank)", p.rank);
     for (size_t i = 0; i < parts.size(); ++i) {
       const LoraPart& lp = parts[i];
       APUS_CHECK(lp.a.dtype == act_ && lp.b.dtype == act_ && lp.a.shape[1] == p.rank && lp.a.shape[2] == p.in &&
@@ -386,7 +388,7 @@ class CudaBackend final : public Backend {
     }
     cuda::TimedOp t(*profile_, "lora", x.rows());
     launched(cuda::lora(act_, x.data, x.row_stride, x.rows(), slots.ptr<int32_t>(), p, lora_scratch_.ptr<float>(),
-                        out.data, out.row_stride, stream_),
+                        out.data, out.row_stride, props_.multiProcessorCount, stream_),
              "lora");
   }
 

@@ -55,7 +55,8 @@ cudaError_t spin(int64_t ns, cudaStream_t stream);
 cudaError_t fill_random(DType dt, void* x, int64_t n, uint64_t seed, cudaStream_t stream);
 
 // Batched LoRA (Backend::lora): up to kLoraMaxParts parts of one linear layer, A [num_slots, rank,
-// in] and B [num_slots, n, rank] each, in `dt`; `scratch` holds tokens * kLoraMaxParts * rank floats.
+// in] and B [num_slots, n, rank] each, in `dt`; rank 8, 16, 32 or 64 (the slots' padded rank);
+// `scratch` holds tokens * kLoraMaxParts * rank floats.
 constexpr int kLoraMaxParts = 3;
 struct LoraArgs {
   const void* a[kLoraMaxParts];
@@ -68,7 +69,7 @@ struct LoraArgs {
   int64_t in;
 };
 cudaError_t lora(DType dt, const void* x, int64_t x_stride, int64_t tokens, const int32_t* slots, const LoraArgs& p,
-                 float* scratch, void* out, int64_t out_stride, cudaStream_t stream);
+                 float* scratch, void* out, int64_t out_stride, int multiprocessors, cudaStream_t stream);
 
 // Paged attention over block tables (see AttentionBatch in backend/backend.h for the layout).
 struct AttentionParams {
