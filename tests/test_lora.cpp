@@ -136,6 +136,9 @@ TEST(LoraAdapter, ClearErrors) {
   e = error_of([&] { merge_lora({adapter_dir("a2"), wide.string(), (tmp.path() / "out").string()}); });
   EXPECT_NE(e.find("different base model"), std::string::npos) << e;
   EXPECT_FALSE(fs::exists(tmp.path() / "out")) << "nothing may be written on error";
+  // Without --model, the base is base_model_name_or_path (here a path of the machine that made the fixture).
+  e = error_of([&] { merge_lora({adapter_dir("a1"), "", (tmp.path() / "out").string()}); });
+  EXPECT_NE(e.find("is not a local directory: pass --model"), std::string::npos) << e;
 }
 
 class LoraGolden : public ::testing::TestWithParam<std::string> {};

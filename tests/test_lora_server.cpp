@@ -5,7 +5,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "apus/apus.h"
+#include "core/error.h"
 #include "deploy_process.h"
+#include "text/chat_template.h"
 #include "test_util.h"
 
 namespace apus {
@@ -93,6 +96,29 @@ TEST(LoraServer, AdaptersByName) {
             200);
   EXPECT_EQ(ids(complete("third")), ids(mine));
   EXPECT_EQ(p.stop(std::chrono::seconds(30)), 0) << p.log();
+}
+
+// The offline API: EngineOptions::lora_modules, InferRequest::lora_request per request.
+TEST(LoraServer, OfflineApiPerRequest) {
+  test::TempDir tmp;
+  if (!test::write_tiny_chat_model(tmp.path() / "model")) GTEST_SKIP() << "tokenizer files not fetched";
+  write_adapter(tmp.path() / "ad", tmp.path() / "model");
+  EngineOptions o;
+  o.device = "cpu";
+  o.num_threads = 2;
+  o.verbose = false;
+  o.lora_modules = {(tmp.path() / "ad").string()};  // a bare path: default-lora
+  auto engine = LlmEngine::load((tmp.path() / "model").string(), o);
+  engine->generation_config.max_new_tokens = 8;
+  auto tmpl = get_template(*engine);
+  InferRequest base{"hello"}, tuned{"hello"};
+  tuned.lora_request = "default-lora";
+  const auto both = inference(*engine, *tmpl, {base, tuned});
+  EXPECT_NE(both[0].response, both[1].response) << "the adapter changes nothing";
+  EXPECT_EQ(inference(*engine, *tmpl, {tuned})[0].response, both[1].response);
+  InferRequest unknown{"hello"};
+  unknown.lora_request = "nope";
+  EXPECT_THROW(inference(*engine, *tmpl, {unknown}), Error);
 }
 
 }  // namespace
