@@ -7,7 +7,8 @@
 # The GPU machine has CUDA, CMake, ninja and a compiler but no Debian packages and no network:
 # run scripts/pack-gpu-deps.sh here first and carry .gpu-deps (device tool: carry [".gpu-deps"]).
 # APUS_GPU_MEMCHECK=1 also runs the op tests under compute-sanitizer (slower).
-# APUS_GPU_PARTS picks what runs after the build: test, bench, serve (default: all three).
+# APUS_GPU_PARTS picks what runs after the build: test, bench, serve (default: all three), lora
+# (the LoRA suites on the GPU and decode throughput with 0, 1 and 4 adapters at batch 32).
 set -uo pipefail
 PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
 part() { [[ $PARTS == *",$1,"* ]]; }
@@ -35,6 +36,7 @@ if ! cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DAPUS_CUDA=ON > "$OUT
 fi
 TARGETS="apus"
 part test && TARGETS="$TARGETS test_backend_ops test_decode_graphs test_golden_gpu test_engine_gpu"
+part lora && TARGETS="$TARGETS test_backend_ops test_lora_gpu"
 if ! cmake --build $B -j16 --target $TARGETS > "$OUT/build.log" 2>&1; then
   grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1
 fi
@@ -78,6 +80,21 @@ APUS_CUDA_PROFILE=1 APUS_CUDA_GEMV=0 timeout 150 $LAT --input-len 1024 --output-
 
 fi
 
+if part lora; then
+(cd $B && timeout 200 ./tests/test_lora_gpu && timeout 100 ./tests/test_backend_ops --gtest_filter='*Lora*') \
+  > "$OUT/lora_tests.log" 2>&1
+echo "LoRA GPU tests: exit $?"
+timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops --gtest_filter='*Lora*' \
+  > "$OUT/lora_memcheck.log" 2>&1
+echo "LoRA memcheck: exit $?"
+# Decode-dominated throughput at batch 32 (Qwen2.5-7B shape, dummy bf16 weights): the base alone,
+# then every request through one adapter, then through 4 adapters mixed (rank 16, all linear layers).
+for n in 0 1 4; do
+  timeout 150 $B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b \
+    --num-prompts 64 --max-num-seqs 32 --input-len 128 --output-len 256 --num-loras $n > "$OUT/lora_bench_$n.log" 2>&1
+done
+fi
+
 # Serving: apus deploy (Qwen2.5-7B shape, dummy weights, the real Qwen tokenizer: carry
 # third_party/tokenizers/qwen3) and apus bench serve at 32 concurrent streams of 512-token prompts.
 if part serve && [ -f third_party/tokenizers/qwen3/tokenizer.json ]; then
@@ -103,6 +120,10 @@ JSON
 fi
 
 echo "==== summary"
+if part lora; then
+  grep -E "tests passed|PASSED|FAILED|largest" "$OUT/lora_tests.log"; grep -E "ERROR SUMMARY" "$OUT/lora_memcheck.log"
+  for n in 0 1 4; do echo "---- $n adapters"; grep -E "LoRA|batched|rror" "$OUT/lora_bench_$n.log"; done
+fi
 if [ -f "$OUT/serve_ready.txt" ]; then
   cat "$OUT/serve_ready.txt"; echo "---- 32 streams"; cat "$OUT/serve_c32.log"; echo "---- 256 streams"; cat "$OUT/serve_c256.log"
   grep -E "error|Error" "$OUT/serve_server.log" | head -5

@@ -17,6 +17,8 @@ class SequenceRunner {
         cache_(KvCache::create(model.backend(), model.config(), (max_len + block_size - 1) / block_size, block_size)),
         blocks_(cache_.num_blocks, block_size) {}
   ~SequenceRunner() { blocks_.release(table_); }
+  // The LoRA adapter slot every fed token runs with (-1: the base model).
+  void set_lora_slot(int slot) { lora_slot_ = slot; }
 
   // Runs `tokens` after those already fed; logits [n, vocab] for all of them when `all_logits`,
   // else [1, vocab] for the last.
@@ -32,6 +34,7 @@ class SequenceRunner {
     b.prompt_len = {prompt_len_};
     b.block_table = table_;
     b.max_blocks = int(table_.size());
+    if (lora_slot_ >= 0) b.lora_slots.assign(size_t(n), lora_slot_);
     for (int j = 0; j < n; ++j) {
       const int pos = length_ + j;
       b.slot_mapping.push_back(table_[size_t(pos / bs)] * bs + pos % bs);
@@ -48,6 +51,7 @@ class SequenceRunner {
   BlockManager blocks_;
   std::vector<int32_t> table_;
   int length_ = 0, prompt_len_ = 0;
+  int lora_slot_ = -1;
   std::vector<float> logits_;
 };
 

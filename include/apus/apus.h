@@ -31,6 +31,7 @@ struct InferRequest {
   std::string query;
   History history = {};
   std::optional<std::string> system = std::nullopt;  // else the template's default system
+  std::string lora_request = "";  // a LoRA adapter's name (EngineOptions::lora_modules); "": the base model
 };
 
 struct InferResponse {
@@ -60,6 +61,11 @@ struct EngineOptions {
   int max_num_seqs = 256;
   int max_model_len = 0;           // 0: the model's
   bool verbose = true;             // report the KV cache size on stderr at load
+  // LoRA adapters served unmerged beside the base ("name=path", or a bare path named
+  // "default-lora"); InferRequest::lora_request picks one per request.
+  std::vector<std::string> lora_modules = {};
+  int max_loras = 0;               // adapter slots (0: one per lora_modules entry)
+  int max_lora_rank = 0;           // 0: 16, or the largest rank among lora_modules
 };
 
 class LlmEngine {

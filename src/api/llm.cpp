@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/engine.h"
+#include "lora/registry.h"
 #include "model/load.h"
 #include "text/chat_template.h"
 #include "text/model_types.h"
@@ -18,6 +19,7 @@ struct LlmEngine::Impl {
   std::string dir, model_type;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<DecoderModel> model;
+  std::unique_ptr<LoraRegistry> lora;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<Engine> engine;
 };
@@ -38,7 +40,7 @@ GenerationConfig read_generation_config(const std::string& dir) {
   return g;
 }
 
-Request make_request(const LlmEngine& e, const ChatTemplate& tmpl, const InferRequest& r) {
+Request make_request(LlmEngine& e, const ChatTemplate& tmpl, const InferRequest& r) {
   std::vector<ChatMessage> messages;
   if (r.system) messages.push_back({"system", *r.system});
   for (const auto& [q, a] : r.history) {
@@ -55,6 +57,12 @@ Request make_request(const LlmEngine& e, const ChatTemplate& tmpl, const InferRe
   req.params.top_k = g.top_k;
   req.params.repetition_penalty = g.repetition_penalty;
   req.params.seed = g.seed;
+  if (!r.lora_request.empty()) {
+    const LoraRegistry* reg = e.impl().lora.get();
+    const auto ref = reg ? reg->find(r.lora_request) : std::nullopt;
+    APUS_CHECK(ref, "unknown LoRA adapter \"{}\" (EngineOptions::lora_modules)", r.lora_request);
+    req.lora = *ref;
+  }
   req.stop = tmpl.stop_words();
   req.stop.insert(req.stop.end(), g.stop.begin(), g.stop.end());
   req.stop_token_ids = special_stop_ids(e.tokenizer(), req.stop);
@@ -78,6 +86,8 @@ std::unique_ptr<LlmEngine> LlmEngine::load(const std::string& model_dir, const E
   lo.load_format = o.load_format;
   lo.num_threads = threads;
   impl->model = load_model(lo, *impl->backend);
+  if (!o.lora_modules.empty() || o.max_loras > 0)
+    impl->lora = LoraRegistry::create(*impl->model, o.lora_modules, o.max_loras, o.max_lora_rank);
   impl->tokenizer = Tokenizer::load(model_dir);
   EngineConfig ec;
   ec.kv_cache_bytes = o.kv_cache_bytes;

@@ -28,6 +28,15 @@ struct Linear {
   int64_t out_features = 0;  // sum of the parts' rows
 };
 
+// One linear part's LoRA weights for every adapter slot (src/lora/lora_slots.h): A [slots, rank,
+// in] and B [slots, n, rank] with the adapter's scale folded into B, both in the activation dtype;
+// smaller ranks and empty slots are zero-padded. The part's output is columns [offset, offset + n).
+struct LoraPart {
+  Tensor a;
+  Tensor b;
+  int64_t offset = 0;
+};
+
 // One layer's paged cache: [num_blocks, block_size, num_kv_heads, head_dim] for K and for V.
 struct KvLayer {
   Tensor k;
@@ -87,6 +96,10 @@ class Backend {
   virtual Tensor upload_step(const Tensor& host, Tensor& staging) = 0;
   // Contiguous copy of `src` (rows may be strided) into host memory; waits for the device.
   virtual void copy_to_host(const Tensor& src, void* dst) = 0;
+  // Copies host bytes (dst.nbytes() of them, dst's dtype) into existing memory `dst` (contiguous)
+  // and waits: an adapter loaded into its LoRA slot. Safe to call while steps run on another
+  // thread, for memory no step reads.
+  virtual void copy_from_host(const void* src, Tensor& dst) = 0;
   // Lets a backend rearrange a loaded linear layer once (the CUDA backend concatenates the parts
   // into one matrix, so q/k/v run as one GEMM; the CPU keeps them pointing into the checkpoint).
   virtual Linear prepare_linear(Linear l) { return l; }
@@ -104,6 +117,10 @@ class Backend {
   virtual void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& w, float eps,
                             Tensor& out) = 0;
   virtual void linear(const Tensor& x, const Linear& w, Tensor& out) = 0;
+  // Batched LoRA over a flat batch (Punica's BGMV): for every part p and token t whose adapter
+  // slot s = slots[t] (I32 [T]) is >= 0, out[t, p.offset : p.offset + n] += B_s (A_s x[t]).
+  // Tokens with slot -1 (the base model, padding) are left alone.
+  virtual void lora(const Tensor& x, const Tensor& slots, const std::vector<LoraPart>& parts, Tensor& out) = 0;
   // Rotate-half RoPE in place on x [T, heads * head_dim]: within each head, dim i < rot/2 pairs with
   // i + rot/2, where rot = 2 * cos.cols(); cos/sin F32 [T, rot/2].
   virtual void rope(Tensor& x, const Tensor& cos, const Tensor& sin, int head_dim) = 0;

@@ -13,6 +13,7 @@
 #include "core/thread_pool.h"
 #include "engine/engine.h"
 #include "engine/generate.h"
+#include "lora/adapter.h"
 
 namespace apus::cli {
 
@@ -123,6 +124,8 @@ struct ThroughputArgs {
   int max_num_batched_tokens = 2048;
   double kv_cache_gib = 1.0;
   bool compare_sequential = false;
+  int num_loras = 0;
+  int lora_rank = 16;
 };
 
 // ShareGPT-like lengths: log-normal fits of the conversation set vLLM benchmarks use (median
@@ -171,7 +174,14 @@ void print_throughput(const char* label, const ThroughputResult& r, size_t n) {
 void run_throughput(const ThroughputArgs& a) {
   auto backend = a.model.make_backend();
   auto m = load_model(a.model.resolved(), *backend);
-  const auto reqs = make_requests(a.work, m->config().vocab_size);
+  auto reqs = make_requests(a.work, m->config().vocab_size);
+  if (a.num_loras > 0) {  // request i runs with adapter i % num_loras (unmerged, batched)
+    m->enable_lora(a.num_loras, a.lora_rank);
+    for (int s = 0; s < a.num_loras; ++s) m->lora()->load(s, random_lora_adapter(m->config(), a.lora_rank, uint64_t(s + 1)));
+    for (size_t i = 0; i < reqs.size(); ++i) reqs[i].lora = {int(i % size_t(a.num_loras)), i % size_t(a.num_loras) + 1, nullptr};
+    std::cout << fmt::format("LoRA         {} adapters of rank {} on every linear layer ({:.1f} MiB of slots), requests "
+                             "round-robin\n", a.num_loras, a.lora_rank, double(m->lora()->bytes()) / (1 << 20));
+  }
   EngineConfig cfg;
   cfg.scheduler.max_num_seqs = a.max_num_seqs;
   cfg.scheduler.max_num_batched_tokens = a.max_num_batched_tokens;
@@ -253,6 +263,8 @@ void add_bench(CLI::App& root) {
   thr->add_option(opt("max-num-seqs"), targs->max_num_seqs);
   thr->add_option(opt("max-num-batched-tokens"), targs->max_num_batched_tokens);
   thr->add_option(opt("kv-cache-gib"), targs->kv_cache_gib, "KV cache memory budget (CPU; a GPU's follows --gpu-memory-utilization)");
+  thr->add_option(opt("num-loras"), targs->num_loras, "serve the requests through this many random LoRA adapters (unmerged)");
+  thr->add_option(opt("lora-rank"), targs->lora_rank, "rank of the --num-loras adapters (all linear layers)");
   thr->add_flag(opt("compare-sequential"), targs->compare_sequential, "also run the requests one at a time and print the speed-up");
   thr->callback([targs] {
     targs->work.check();

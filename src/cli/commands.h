@@ -11,5 +11,6 @@ void add_infer(CLI::App& root);
 void add_deploy(CLI::App& root);
 void add_app_ui(CLI::App& root);
 void add_client(CLI::App& root);
+void add_export(CLI::App& root);
 
 }  // namespace apus::cli

@@ -41,6 +41,16 @@ LoadOptions ModelOptions::resolved() const {
   return o;
 }
 
+void LoraOptions::add_to(CLI::App& app) {
+  app.add_option(opt("lora-modules"), modules, "LoRA adapters to serve: name=path (or a bare path: default-lora)");
+  app.add_option(opt("max-loras"), max_loras, "adapters resident at once (default: one per --lora_modules)");
+  app.add_option(opt("max-lora-rank"), max_lora_rank, "largest adapter rank (default: 16, or the largest given)");
+}
+
+std::unique_ptr<LoraRegistry> LoraOptions::apply(DecoderModel& model) const {
+  return enabled() ? LoraRegistry::create(model, modules, max_loras, max_lora_rank) : nullptr;
+}
+
 bool has_tokenizer(const std::string& dir) {
   namespace fs = std::filesystem;
   return !dir.empty() && (fs::exists(fs::path(dir) / "tokenizer.json") || fs::exists(fs::path(dir) / "tokenizer.model"));

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "lora/registry.h"
 #include "model/load.h"
 #include "text/chat_template.h"
 #include "text/tokenizer/tokenizer.h"
@@ -25,6 +26,17 @@ struct ModelOptions {
   LoadOptions resolved() const;    // threads and dtype applied
   int num_threads() const;
   std::unique_ptr<Backend> make_backend() const;  // for --device
+};
+
+// --lora_modules / --max_loras / --max_lora_rank: LoRA adapters served unmerged beside the base.
+struct LoraOptions {
+  std::vector<std::string> modules;  // name=path, or a bare path (named default-lora)
+  int max_loras = 0;                 // adapter slots; 0: one per --lora_modules entry
+  int max_lora_rank = 0;             // 0: 16, or the largest rank among --lora_modules
+  void add_to(CLI::App& app);
+  bool enabled() const { return !modules.empty() || max_loras > 0; }
+  // Enables LoRA on `model` and loads --lora_modules; nullptr when LoRA is off.
+  std::unique_ptr<LoraRegistry> apply(DecoderModel& model) const;
 };
 
 // The tokenizer files in `dir`; `why` says which option needs them when they are missing.

@@ -33,6 +33,7 @@ namespace {
 
 struct DeployArgs {
   ModelOptions model;
+  LoraOptions lora;
   TemplateOptions tmpl;
   server::HttpOptions http;
   std::vector<std::string> served_model_names;
@@ -149,6 +150,7 @@ void run_deploy(DeployArgs& a) {
   std::unique_ptr<server::OpenAIServer> api;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<DecoderModel> model;
+  std::unique_ptr<LoraRegistry> lora;  // after the model: it goes first
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<ChatTemplate> tmpl;
   auto shutdown = [&] {
@@ -161,6 +163,7 @@ void run_deploy(DeployArgs& a) {
   try {
     backend = a.model.make_backend();
     model = load_model(load, *backend);
+    lora = a.lora.apply(*model);
     tok = Tokenizer::load(load.model_dir);
     tmpl = a.tmpl.make(*tok, load.model_dir);
     EngineConfig ec;
@@ -178,6 +181,7 @@ void run_deploy(DeployArgs& a) {
     sc.max_queued_requests = a.max_queued_requests;
     sc.chat_stop_words = a.tmpl.stop_words(*tmpl);
     sc.default_system = a.tmpl.given_system(*tmpl);
+    sc.lora = lora.get();
     api = std::make_unique<server::OpenAIServer>(*engine, *tok, *tmpl, sc);
   } catch (...) {
     shutdown();
@@ -215,6 +219,7 @@ void run_deploy(DeployArgs& a) {
 // The options of both commands (their defaults are the ones already in `a`).
 void add_server_options(CLI::App* app, DeployArgs* a) {
   a->model.add_to(*app);
+  a->lora.add_to(*app);
   a->tmpl.add_to(*app);
   app->add_option(opt("host"), a->http.host, "address to bind (0.0.0.0 for every interface)");
   app->add_option(opt("port"), a->http.port, "TCP port (0: any free port)");

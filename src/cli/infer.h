@@ -18,6 +18,7 @@ struct InferSession {
   // (the reference's template.default_system, which its --system replaces). nullopt: none.
   std::optional<std::string> default_system;
   std::filesystem::path result_path;  // infer_result/<YYYYMMDD-HHMMSS>.jsonl
+  std::string lora_request = "";      // the LoRA adapter every request runs with ("": the base model)
 };
 
 // Appends one JSON object as a line of `path` (opened per line, as the reference's

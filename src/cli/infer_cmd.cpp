@@ -74,6 +74,8 @@ struct GenerationOptions {
 
 struct InferArgs {
   ModelOptions model;
+  LoraOptions lora;
+  std::string lora_request;
   TemplateOptions tmpl;
   GenerationOptions gen;
   std::string val_dataset;
@@ -128,6 +130,9 @@ void run_infer(const InferArgs& a) {
   eo.gpu_memory_utilization = a.model.gpu_memory_utilization;
   eo.max_model_len = a.max_model_len;
   eo.max_num_seqs = a.max_num_seqs;
+  eo.lora_modules = a.lora.modules;
+  eo.max_loras = a.lora.max_loras;
+  eo.max_lora_rank = a.lora.max_lora_rank;
   std::unique_ptr<LlmEngine> engine;
   {
     SigintBlocked blocked;
@@ -140,8 +145,12 @@ void run_infer(const InferArgs& a) {
   for (const std::string& w : a.tmpl.stop_words(*tmpl))
     if (std::find(own.begin(), own.end(), w) == own.end()) engine->generation_config.stop.push_back(w);
 
-  InferSession session{*engine, *tmpl, a.tmpl.given_system(*tmpl), new_result_path()};
+  InferSession session{*engine, *tmpl, a.tmpl.given_system(*tmpl), new_result_path(), ""};
   if (!session.default_system) session.default_system = tmpl->default_system();
+  // Requests run with --lora_request, else the first of --lora_modules (as the reference's infer).
+  session.lora_request = a.lora_request;
+  if (session.lora_request.empty() && !a.lora.modules.empty())
+    session.lora_request = LoraRegistry::parse_module(a.lora.modules[0]).first;
   std::cerr << "save_result_path: " << session.result_path.string() << "\n";
   if (a.val_dataset.empty()) run_repl(session);
   else run_dataset(session, std::move(samples));
@@ -153,6 +162,8 @@ void add_infer(CLI::App& root) {
   auto* app = root.add_subcommand("infer", "Chat interactively (streaming, with history), or run a --val_dataset");
   auto a = std::make_shared<InferArgs>();
   a->model.add_to(*app);
+  a->lora.add_to(*app);
+  app->add_option(opt("lora-request"), a->lora_request, "the --lora_modules adapter to answer with (default: the first)");
   a->tmpl.add_to(*app);
   a->gen.add_to(*app);
   app->add_option(opt("val-dataset"), a->val_dataset,

@@ -89,6 +89,7 @@ void run_dataset(const InferSession& s, std::vector<DatasetSample> samples) {
   std::vector<InferRequest> requests;
   for (DatasetSample& x : samples) {
     if (!x.request.system) x.request.system = s.default_system;
+    x.request.lora_request = s.lora_request;
     requests.push_back(x.request);
   }
   std::vector<InferResponse> responses;

@@ -198,7 +198,7 @@ void run_repl(const InferSession& s) {
       multi_line = false;
       continue;
     }
-    const InferRequest req{query, history, system ? system : s.default_system};
+    const InferRequest req{query, history, system ? system : s.default_system, s.lora_request};
     std::optional<InferResponse> resp = answer(s, req);
     if (!resp) continue;
     append_jsonl(s.result_path, result_line(req, resp->response));

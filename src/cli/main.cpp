@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   apus::cli::add_deploy(app);
   apus::cli::add_app_ui(app);
   apus::cli::add_client(app);
+  apus::cli::add_export(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -60,6 +60,11 @@ void Engine::validate(const Request& req) const {
   APUS_CHECK(req.n >= 1, "n must be at least 1");
   APUS_CHECK(req.params.max_tokens >= 1, "max_tokens must be at least 1");
   APUS_CHECK(req.stop.empty() || tokenizer_, "stop strings need a tokenizer");
+  if (req.lora.slot >= 0) {
+    const LoraSlots* slots = model_.lora();
+    APUS_CHECK(slots && req.lora.slot < slots->max_loras(), "LoRA slot {} does not exist (LoRA serving is {})",
+               req.lora.slot, slots ? fmt::format("on with {} slots", slots->max_loras()) : "off");
+  }
 }
 
 uint64_t Engine::add_request(Request req, uint64_t id) {
@@ -81,7 +86,9 @@ uint64_t Engine::add_request(Request req, uint64_t id) {
     s->params.seed = req.params.seed + uint64_t(i);  // each choice its own random stream
     s->priority = req.priority;
     s->arrival = arrivals_++;
-    s->cache_salt = req.cache_salt;
+    // The adapter is part of every block hash: blocks are never shared across adapters.
+    s->cache_salt = req.lora.slot >= 0 ? req.cache_salt ^ ((req.lora.id + 1) * 0x9E3779B97F4A7C15ull) : req.cache_salt;
+    s->lora = req.lora;
     if (tokenizer_)
       s->detokenizer = std::make_unique<IncrementalDetokenizer>(*tokenizer_, req.prompt, req.skip_special_tokens, req.stop,
                                                                 req.include_stop_str_in_output);
@@ -166,6 +173,8 @@ std::vector<SeqOutput> Engine::step() {
   StepBatch& b = batch_;
   b.tokens.clear(), b.q_start.assign(1, 0), b.ctx_len.clear(), b.slot_mapping.clear(), b.logit_rows.clear();
   b.prompt_len.clear();
+  b.lora_slots.clear();
+  const bool lora = std::any_of(sched.begin(), sched.end(), [](const ScheduledSeq& x) { return x.seq->lora.slot >= 0; });
   b.max_blocks = 0;
   for (const auto& [s, n] : sched) b.max_blocks = std::max(b.max_blocks, int(s->block_table.size()));
   b.block_table.assign(sched.size() * size_t(b.max_blocks), 0);
@@ -174,6 +183,7 @@ std::vector<SeqOutput> Engine::step() {
     for (int j = 0; j < n; ++j) {
       const int pos = s->num_computed + j;
       b.tokens.push_back(s->tokens[size_t(pos)]);
+      if (lora) b.lora_slots.push_back(s->lora.slot);
       b.slot_mapping.push_back(s->block_table[size_t(pos / bs)] * bs + pos % bs);
     }
     if (s->collecting_prompt_logprobs())  // position p's logits score prompt token p + 1

@@ -33,6 +33,7 @@ struct Request {
   int n = 1;
   int priority = 0;
   uint64_t cache_salt = 0;
+  LoraRef lora;                          // the adapter (default: the base model)
   std::vector<int32_t> stop_token_ids;  // in addition to the model's eos (unless ignore_eos)
   std::vector<std::string> stop;        // stop strings (need a tokenizer)
   bool include_stop_str_in_output = false;

@@ -11,6 +11,16 @@
 
 namespace apus {
 
+// The LoRA adapter a request runs with (served unmerged: src/lora/lora_slots.h). `id` is unique per
+// load of an adapter (it salts the prefix cache, so blocks are never shared between adapters, nor
+// with an earlier adapter that had the same slot); `hold` keeps the adapter from being unloaded
+// while a sequence of the request lives.
+struct LoraRef {
+  int slot = -1;  // -1: the base model
+  uint64_t id = 0;
+  std::shared_ptr<const void> hold;
+};
+
 enum class SeqStatus { Waiting, Running, Finished };
 
 // The log-probability of one prompt token given the tokens before it, and the top alternatives.
@@ -32,6 +42,7 @@ struct Sequence {
   std::vector<int32_t> block_table;
   std::vector<uint64_t> block_hashes;  // chained hashes of the full, computed blocks
   uint64_t cache_salt = 0;             // separates prefix-cache entries (e.g. per LoRA adapter)
+  LoraRef lora;
   SamplingParams params;
   int priority = 0;          // lower runs first (vLLM's convention)
   uint64_t arrival = 0;      // FCFS order within a priority

@@ -14,6 +14,7 @@ namespace apus {
 // necessarily all); its metadata lives in `staging` (same size every step, never reallocated).
 struct DecoderModel::Graph {
   int bucket = 0, max_blocks = 0;
+  bool lora = false;  // with the LoRA ops
   std::vector<const void*> cache;
   int64_t cache_blocks = 0;
   Tensor staging;
@@ -35,6 +36,7 @@ struct DecoderModel::StepViews {
   Tensor tokens, logit_rows, cos, sin;
   Tensor q_cos, q_sin;  // logn attention (Qwen v1): q's tables, scaled; empty otherwise
   AttentionBatch ab;
+  Tensor lora_slots;  // I32 [T]; empty: no token uses an adapter
 };
 
 namespace {
@@ -152,6 +154,8 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
       std::copy_n(in.block_table.begin() + ptrdiff_t(s) * in.max_blocks, in.max_blocks, t + size_t(s) * size_t(max_blocks));
   }
   const size_t slots_at = pack.add(in.slot_mapping, size_t(extra), -1);
+  const bool lora = lora_ && std::any_of(in.lora_slots.begin(), in.lora_slots.end(), [](int32_t s) { return s >= 0; });
+  const size_t lora_at = lora ? pack.add(in.lora_slots, size_t(extra), -1) : 0;
   const size_t cos_at = pack.reserve(size_t(pad_tokens * half)), sin_at = pack.reserve(size_t(pad_tokens * half));
   const bool logn = c.logn_length > 0;
   const size_t q_cos_at = logn ? pack.reserve(size_t(pad_tokens * half)) : 0;
@@ -194,6 +198,7 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
   v.R = pad_rows;
   v.tokens = meta_view(meta, tokens_at, DType::I32, {pad_tokens});
   v.logit_rows = meta_view(meta, rows_at, DType::I32, {pad_rows});
+  if (lora) v.lora_slots = meta_view(meta, lora_at, DType::I32, {pad_tokens});
   v.cos = meta_view(meta, cos_at, DType::F32, {pad_tokens, half});
   v.sin = meta_view(meta, sin_at, DType::F32, {pad_tokens, half});
   if (logn) {
@@ -234,7 +239,9 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
     const LayerWeights& L = weights_.layers[size_t(i)];
     if (i == 0) backend_.rms_norm(x, L.attn_norm, c.rms_norm_eps, h);
     else backend_.add_rms_norm(x, tmp, L.attn_norm, c.rms_norm_eps, h);  // x += previous MLP out
+    const LoraLayer* lo = sv.lora_slots.empty() ? nullptr : &lora_->layer(i);
     backend_.linear(h, L.qkv, qkv);
+    if (lo) backend_.lora(h, sv.lora_slots, lo->qkv, qkv);
     if (c.qk_norm) {
       backend_.rms_norm(q, L.q_norm, c.rms_norm_eps, q);
       backend_.rms_norm(k, L.k_norm, c.rms_norm_eps, k);
@@ -248,10 +255,13 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
     backend_.store_kv(k, v, ab.slot_mapping, cache.layers[size_t(i)]);
     backend_.attention(q, cache.layers[size_t(i)], ab, attn);
     backend_.linear(attn, L.o, tmp);
+    if (lo) backend_.lora(attn, sv.lora_slots, lo->o, tmp);
     backend_.add_rms_norm(x, tmp, L.mlp_norm, c.rms_norm_eps, h);
     backend_.linear(h, L.gate_up, gate_up);
+    if (lo) backend_.lora(h, sv.lora_slots, lo->gate_up, gate_up);
     backend_.silu_mul(gate_up, act);
     backend_.linear(act, L.down, tmp);
+    if (lo) backend_.lora(act, sv.lora_slots, lo->down, tmp);
   }
   backend_.add(x, tmp);
   if (R == 0) return;
@@ -287,6 +297,7 @@ bool is_decode(const StepBatch& in) {
 // blocks wide, this cache), or, the first time, runs the step op by op (which also sizes scratch
 // buffers and loads library kernels) and records it for the next.
 void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket, int width) {
+  const bool lora = lora_ && std::any_of(in.lora_slots.begin(), in.lora_slots.end(), [](int32_t s) { return s >= 0; });
   Workspace& w = *ws_;
   std::vector<const void*> cache_ptrs;
   for (const KvLayer& l : cache.layers) {
@@ -296,7 +307,7 @@ void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket
   const int64_t cache_blocks = cache.layers[0].k.shape[0];
   Graph* g = nullptr;
   for (Graph& cand : w.graphs)
-    if (cand.bucket == bucket && cand.max_blocks == width && cand.cache_blocks == cache_blocks &&
+    if (cand.bucket == bucket && cand.max_blocks == width && cand.lora == lora && cand.cache_blocks == cache_blocks &&
         cand.cache == cache_ptrs)
       g = &cand;
   const int max_ctx_len = width * cache.block_size;
@@ -306,7 +317,7 @@ void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket
     return;
   }
   if (w.graphs.size() >= 64) drop_graphs();  // caches come and go (generate() makes one per call)
-  w.graphs.push_back(Graph{bucket, width, std::move(cache_ptrs), cache_blocks, Tensor(), -1});
+  w.graphs.push_back(Graph{bucket, width, lora, std::move(cache_ptrs), cache_blocks, Tensor(), -1});
   Graph& ng = w.graphs.back();
   const StepViews sv = upload_meta(in, bucket, bucket, width, max_ctx_len, cache, ng.staging);
   run_layers(sv, cache);  // this step's result, op by op
@@ -345,13 +356,39 @@ Tensor DecoderModel::forward(const StepBatch& in, KvCache& cache) {
     const StepViews sv = upload_meta(in, T, R, in.max_blocks, 0, cache, w.meta_device);
     run_layers(sv, cache);
   }
-  return R == 0 ? Tensor() : rows_of(ws_->logits, R);
+  if (R == 0) return Tensor();
+  if (lora_ && !in.lora_slots.empty()) lora_lm_heads(in);
+  return rows_of(ws_->logits, R);
 }
 
 void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<float>& logits) {
   const Tensor dev = forward(in, cache);
   logits.resize(dev.empty() ? 0 : size_t(dev.numel()));
   if (!dev.empty()) backend_.copy_to_host(dev, logits.data());
+}
+
+void DecoderModel::enable_lora(int max_loras, int max_rank) {
+  if (ws_) drop_graphs();
+  lora_ = std::make_unique<LoraSlots>(config_, backend_, max_loras, max_rank);
+}
+
+// Op by op after the step (also after a graph replay): the logit rows of tokens whose adapter
+// brings its own lm_head are recomputed through it from their final hidden rows, in place.
+void DecoderModel::lora_lm_heads(const StepBatch& in) {
+  Workspace& w = *ws_;
+  const int64_t R = int64_t(in.logit_rows.size());
+  for (int64_t a = 0; a < R;) {  // runs of consecutive logit rows of one adapter
+    const int slot = in.lora_slots[size_t(in.logit_rows[size_t(a)])];
+    int64_t e = a + 1;
+    while (e < R && in.lora_slots[size_t(in.logit_rows[size_t(e)])] == slot) ++e;
+    // A slot no token uses may be being loaded by another thread: look at its lm_head only when used.
+    const Linear* head = slot >= 0 ? lora_->lm_head(slot) : nullptr;
+    if (head != nullptr) {
+      Tensor out = w.logits.rows_view(a, e - a);
+      backend_.linear(w.final_h.rows_view(a, e - a), *head, out);
+    }
+    a = e;
+  }
 }
 
 }  // namespace apus

@@ -10,6 +10,7 @@
 #include "model/config.h"
 #include "model/rope.h"
 #include "model/weights.h"
+#include "lora/lora_slots.h"
 
 namespace apus {
 
@@ -25,6 +26,8 @@ struct StepBatch {
   std::vector<int32_t> logit_rows;    // token rows whose next-token logits are wanted
   std::vector<int32_t> prompt_len;    // [S] or empty: each sequence's prompt length (Qwen's dynamic
                                       // NTK fixes its RoPE scaling at the prompt; empty: ctx_len)
+  std::vector<int32_t> lora_slots;    // [T] each token's LoRA adapter slot (-1: the base model);
+                                      // empty: every token is the base model's
   int num_seqs() const { return int(ctx_len.size()); }
 };
 
@@ -50,6 +53,10 @@ class DecoderModel {
   // Other steps run op by op. Where graphs exist, decode steps run padded to the graph's shape
   // with or without them, so that both give the same results bit for bit.
   void set_use_graphs(bool on);
+  // Makes room for `max_loras` LoRA adapters of rank up to `max_rank` served unmerged (StepBatch::
+  // lora_slots picks them per token); adapters are then written with lora()->load(slot, ...).
+  void enable_lora(int max_loras, int max_rank);
+  LoraSlots* lora() { return lora_.get(); }
   bool use_graphs() const { return use_graphs_; }
   static constexpr int kMaxGraphBatch = 256;
 
@@ -64,6 +71,8 @@ class DecoderModel {
   StepViews upload_meta(const StepBatch& in, int64_t pad_tokens, int64_t pad_rows, int max_blocks, int max_ctx_len,
                         const KvCache& cache, Tensor& staging);
   void run_layers(const StepViews& v, KvCache& cache);
+  // Logit rows of adapters that replace lm_head (modules_to_save), recomputed with theirs.
+  void lora_lm_heads(const StepBatch& in);
   void forward_graph(const StepBatch& in, KvCache& cache, int bucket, int width);
   void drop_graphs();
 
@@ -72,6 +81,7 @@ class DecoderModel {
   Backend& backend_;
   Rope rope_;
   std::unique_ptr<Workspace> ws_;
+  std::unique_ptr<LoraSlots> lora_;
   bool pad_decode_ = false;  // decode steps padded to their graph's shape (where graphs exist)
   bool use_graphs_ = false;
 };

@@ -357,7 +357,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
     APUS_CHECK(!header.contains(t.name), "{}: tensor '{}' given twice", path, t.name);
     APUS_CHECK(checked_nbytes(t.shape, t.dtype, &n), "{}: tensor '{}': invalid shape {}", path,
                t.name, shape_str(t.shape));
-    APUS_CHECK(n == 0 || t.data != nullptr, "{}: tensor '{}' has no data", path, t.name);
+    APUS_CHECK(n == 0 || t.data != nullptr || t.produce, "{}: tensor '{}' has no data", path, t.name);
     header[t.name] = {{"dtype", std::string(dtype_name(t.dtype))},
                       {"shape", t.shape},
                       {"data_offsets", {offset, offset + n}}};
@@ -378,7 +378,16 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   AtomicWriter out(path);
   out.put(len, sizeof len);
   out.put(text.data(), text.size());
-  for (size_t i = 0; i < tensors.size(); ++i) out.put(tensors[i].data, sizes[i]);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!tensors[i].produce) {
+      out.put(tensors[i].data, sizes[i]);
+      continue;
+    }
+    const Tensor made = tensors[i].produce();
+    APUS_CHECK(made.dtype == tensors[i].dtype && made.nbytes() == sizes[i] && made.contiguous(),
+               "{}: tensor '{}' was produced as {}, not as announced", path, tensors[i].name, made.describe());
+    out.put(made.data, sizes[i]);
+  }
   out.commit();
 }
 

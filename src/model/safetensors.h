@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -79,6 +80,9 @@ struct TensorToWrite {
   DType dtype;
   std::vector<int64_t> shape;
   const void* data;
+  // Instead of `data`: makes the bytes when the writer reaches the tensor (a host tensor of this
+  // dtype and shape), so that a converter holds one tensor at a time (export --merge_lora).
+  std::function<Tensor()> produce = {};
 };
 
 // Writes one safetensors file (header padded with spaces to a multiple of 8 bytes, tensors in the

@@ -299,11 +299,42 @@ OpenAIServer::OpenAIServer(AsyncEngine& engine, const Tokenizer& tokenizer, cons
 
 OpenAIServer::~OpenAIServer() = default;
 
-void OpenAIServer::check_model(const std::string& name) const {
-  if (name.empty()) return;
+LoraRef OpenAIServer::resolve_model(const std::string& name) const {
+  if (name.empty()) return {};
   for (const auto& m : config_.model_names)
-    if (m == name) return;
+    if (m == name) return {};
+  if (config_.lora)
+    if (auto ref = config_.lora->find(name)) return *ref;
   throw ApiError(404, fmt::format("The model `{}` does not exist.", name), "model", "model_not_found");
+}
+
+HttpResponse OpenAIServer::load_lora(const HttpRequest& req) {
+  if (!config_.lora) throw ApiError(400, "LoRA serving is off: start the server with --lora_modules or --max_loras");
+  const json body = parse_json_object(req.body);
+  if (!body.is_object() || !body.contains("lora_name") || !body["lora_name"].is_string() || !body.contains("lora_path") ||
+      !body["lora_path"].is_string())
+    throw ApiError(400, "expected {\"lora_name\": string, \"lora_path\": string}");
+  const std::string name = body["lora_name"];
+  for (const auto& m : config_.model_names)
+    if (m == name) throw ApiError(400, fmt::format("`{}` is the base model's name", name), "lora_name");
+  try {
+    config_.lora->load(name, body["lora_path"]);
+  } catch (const Error& e) {
+    throw ApiError(400, e.what(), "lora_path");
+  }
+  return {200, "text/plain", fmt::format("Success: LoRA adapter '{}' added successfully.", name), {}};
+}
+
+HttpResponse OpenAIServer::unload_lora(const HttpRequest& req) {
+  if (!config_.lora) throw ApiError(400, "LoRA serving is off: start the server with --lora_modules or --max_loras");
+  const json body = parse_json_object(req.body);
+  if (!body.is_object() || !body.contains("lora_name") || !body["lora_name"].is_string())
+    throw ApiError(400, "expected {\"lora_name\": string}");
+  const std::string name = body["lora_name"];
+  // Waits (on this connection's thread) for the adapter's running requests to finish.
+  if (!config_.lora->unload(name))
+    throw ApiError(404, fmt::format("The LoRA adapter `{}` is not loaded.", name), "lora_name", "model_not_found");
+  return {200, "text/plain", fmt::format("Success: LoRA adapter '{}' removed successfully.", name), {}};
 }
 
 HttpResponse OpenAIServer::models() const {
@@ -314,6 +345,10 @@ HttpResponse OpenAIServer::models() const {
     if (!config_.model_description.empty()) m["description"] = config_.model_description;
     data.push_back(m);
   }
+  if (config_.lora)
+    for (const auto& a : config_.lora->list())
+      data.push_back({{"id", a.name}, {"object", "model"}, {"created", created_}, {"owned_by", "apus"},
+                      {"root", a.path}, {"parent", config_.model_names[0]}, {"max_model_len", engine_.max_model_len()}});
   return json_response({{"object", "list"}, {"data", data}});
 }
 
@@ -347,6 +382,14 @@ void OpenAIServer::handle(const HttpRequest& req, std::shared_ptr<Exchange> ex) 
       need("POST");
       return completions(req, ex, path == "/v1/chat/completions");
     }
+    if (path == "/v1/load_lora_adapter") {
+      need("POST");
+      return ex->respond(load_lora(req));
+    }
+    if (path == "/v1/unload_lora_adapter") {
+      need("POST");
+      return ex->respond(unload_lora(req));
+    }
     if (path == "/tokenize") {
       need("POST");
       return ex->respond(tokenize(req));
@@ -368,7 +411,7 @@ void OpenAIServer::handle(const HttpRequest& req, std::shared_ptr<Exchange> ex) 
 
 void OpenAIServer::completions(const HttpRequest& http, std::shared_ptr<Exchange> ex, bool chat) {
   const OpenAIRequest r = parse_openai_request(chat ? Endpoint::Chat : Endpoint::Completion, http.body);
-  check_model(r.model);
+  const LoraRef lora = resolve_model(r.model);
 
   auto job = std::make_shared<Job>();
   job->chat = chat;
@@ -445,6 +488,7 @@ void OpenAIServer::completions(const HttpRequest& http, std::shared_ptr<Exchange
     }
     q.skip_special_tokens = r.skip_special_tokens;
     q.include_stop_str_in_output = r.include_stop_str_in_output;
+    q.lora = lora;
     requests.push_back(std::move(q));
   }
   if (config_.max_queued_requests && engine_.num_queued() + requests.size() > config_.max_queued_requests)

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/async_engine.h"
+#include "lora/registry.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/openai_protocol.h"
@@ -27,6 +28,7 @@ struct ServerConfig {
   size_t max_queued_requests = 0;        // 0: unlimited; more waiting requests get 503
   std::vector<std::string> chat_stop_words;  // the template's stop words (and --model_type's eos)
   std::optional<std::string> default_system;  // for conversations without a system message (--system)
+  LoraRegistry* lora = nullptr;  // LoRA adapters served beside the base model (--lora_modules), or none
 };
 
 class OpenAIServer {
@@ -48,7 +50,12 @@ class OpenAIServer {
                              const nlohmann::json& template_kwargs = nlohmann::json::object()) const;
   HttpResponse tokenize(const HttpRequest& request) const;
   HttpResponse detokenize(const HttpRequest& request) const;
-  void check_model(const std::string& name) const;
+  void check_model(const std::string& name) const { (void)resolve_model(name); }
+  // The adapter a request's `model` picks (slot -1: the base model); 404 for an unknown name.
+  LoraRef resolve_model(const std::string& name) const;
+  // POST /v1/load_lora_adapter {"lora_name", "lora_path"} and /v1/unload_lora_adapter {"lora_name"}.
+  HttpResponse load_lora(const HttpRequest& request);
+  HttpResponse unload_lora(const HttpRequest& request);
 
   AsyncEngine& engine_;
   const Tokenizer& tok_;

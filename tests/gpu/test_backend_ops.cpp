@@ -113,6 +113,31 @@ class BackendOps : public ::testing::TestWithParam<DType> {
 Backend* BackendOps::cpu_ = nullptr;
 Backend* BackendOps::gpu_ = nullptr;
 
+// Batched LoRA: tokens of 3 slots and of the base (-1) mixed, two parts writing column ranges of
+// a strided output, input a column view; the CPU's grouped GEMMs are the reference.
+TEST_P(BackendOps, LoraMixedSlots) {
+  for (int64_t m : {1, 5, 64}) {
+    const int64_t k = 96, n1 = 48, n2 = 80, S = 3, R = 8;
+    Tensor xw = random({m, k + 32});
+    Tensor x = xw.cols_view(16, k);
+    std::vector<int32_t> slots;
+    for (int64_t t = 0; t < m; ++t) slots.push_back(int32_t(t % 4) - 1);
+    Tensor a1 = random({S, R, k}, -0.3f, 0.3f), b1 = random({S, n1, R}, -0.3f, 0.3f);
+    Tensor a2 = random({S, R, k}, -0.3f, 0.3f), b2 = random({S, n2, R}, -0.3f, 0.3f);
+    Tensor base = random({m, n1 + n2 + 8});
+    Tensor yw = host_tensor(DType::F32, {m, n1 + n2 + 8});
+    std::copy_n(base.ptr<float>(), base.numel(), yw.ptr<float>());
+    Tensor y = yw.cols_view(8, n1 + n2);
+    const Tensor cslots = make_view(slots.data(), DType::I32, {m});
+    cpu_->lora(x, cslots, {LoraPart{a1, b1, 0}, LoraPart{a2, b2, n1}}, y);
+
+    Tensor gx = to_gpu(xw).cols_view(16, k);
+    Tensor gy = to_gpu(base).cols_view(8, n1 + n2);
+    gpu_->lora(gx, to_gpu_i32(slots), {LoraPart{to_gpu(a1), to_gpu(b1), 0}, LoraPart{to_gpu(a2), to_gpu(b2), n1}}, gy);
+    expect_close(y, gy, fmt::format("lora m={}", m));
+  }
+}
+
 TEST_P(BackendOps, LinearPartsBiasStridesAndF32Output) {
   for (int64_t m : {1, 7, 64, 300}) {
     const int64_t k = 96, n1 = 48, n2 = 80;

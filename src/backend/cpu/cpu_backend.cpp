@@ -1,6 +1,7 @@
 // The CPU backend: F32 activations and KV cache, weights read in their stored dtype.
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "backend/backend.h"
 #include "backend/cpu/attention.h"
@@ -49,6 +50,47 @@ class CpuBackend : public Backend {
     const char* from = static_cast<const char*>(src.data);
     for (int64_t r = 0; r < src.rows(); ++r)
       std::memcpy(static_cast<char*>(dst) + size_t(r) * row_bytes, from + size_t(r * src.row_stride) * esize, row_bytes);
+  }
+
+  void copy_from_host(const void* src, Tensor& dst) override { std::memcpy(dst.data, src, dst.nbytes()); }
+
+  // Tokens grouped by adapter; per adapter and part two small GEMMs (shrink to the rank, expand).
+  void lora(const Tensor& x, const Tensor& slots, const std::vector<LoraPart>& parts, Tensor& out) override {
+    const int64_t T = x.rows(), in = x.cols();
+    std::vector<std::vector<int64_t>> groups;
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t s = slots.ptr<int32_t>()[t];
+      if (s < 0) continue;
+      APUS_CHECK(parts.empty() || s < parts[0].a.shape[0], "lora: adapter slot {} outside the {} slots", s,
+                 parts[0].a.shape[0]);
+      if (size_t(s) >= groups.size()) groups.resize(size_t(s) + 1);
+      groups[size_t(s)].push_back(t);
+    }
+    for (size_t s = 0; s < groups.size(); ++s) {
+      const std::vector<int64_t>& rows = groups[s];
+      if (rows.empty()) continue;
+      const int64_t n_rows = int64_t(rows.size());
+      lora_x_.resize(size_t(n_rows * in));
+      for (int64_t i = 0; i < n_rows; ++i) std::memcpy(&lora_x_[size_t(i * in)], x.row<float>(rows[size_t(i)]), size_t(in) * 4);
+      for (const LoraPart& p : parts) {
+        const int64_t R = p.a.shape[1], n = p.b.shape[1];
+        APUS_CHECK(p.a.shape[2] == in && p.b.shape[2] == R && p.offset + n <= out.cols(),
+                   "lora: A {} / B {} at column {} do not fit input {} / output {}", p.a.describe(), p.b.describe(),
+                   p.offset, x.describe(), out.describe());
+        const float* a = p.a.ptr<float>() + int64_t(s) * R * in;
+        const float* b = p.b.ptr<float>() + int64_t(s) * n * R;
+        lora_v_.resize(size_t(n_rows * R));
+        lora_u_.resize(size_t(n_rows * n));
+        gemm(lora_x_.data(), in, a, DType::F32, in, nullptr, lora_v_.data(), R, n_rows, R, in, pool_);
+        gemm(lora_v_.data(), R, b, DType::F32, R, nullptr, lora_u_.data(), n, n_rows, n, R, pool_);
+        for (int64_t i = 0; i < n_rows; ++i) {
+          float* o = out.row<float>(rows[size_t(i)]) + p.offset;
+          const float* u = &lora_u_[size_t(i * n)];
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) o[j] += u[j];
+        }
+      }
+    }
   }
 
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
@@ -169,6 +211,7 @@ class CpuBackend : public Backend {
   }
 
   ThreadPool pool_;
+  std::vector<float> lora_x_, lora_v_, lora_u_;  // LoRA scratch, reused
 };
 
 }  // namespace

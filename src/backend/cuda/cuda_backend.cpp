@@ -346,6 +346,53 @@ class CudaBackend final : public Backend {
     launched(cuda::paged_attention(p, stream_), "paged_attention");
   }
 
+  void copy_from_host(const void* src, Tensor& dst) override {
+    on_device(dst, "copy_from_host");
+    APUS_CHECK(dst.contiguous(), "copy_from_host: {} is a strided view", dst.describe());
+    // A stream of its own: the caller may be another thread than the one running (or recording) steps.
+    cudaStream_t s = nullptr;
+    APUS_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    const cudaError_t e = cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, s);
+    const cudaError_t w = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    check(e, "cudaMemcpyAsync (copy_from_host)");
+    check(w, "cudaStreamSynchronize (copy_from_host)");
+  }
+
+  void lora(const Tensor& x, const Tensor& slots, const std::vector<LoraPart>& parts, Tensor& out) override {
+    activation(x, "lora");
+    activation(out, "lora");
+    on_device(slots, "lora");
+    APUS_CHECK(!parts.empty() && parts.size() <= size_t(cuda::kLoraMaxParts), "lora: {} parts", parts.size());
+    cuda::LoraArgs p{};
+    p.count = int(parts.size());
+    p.rank = int(parts[0].a.shape[1]);
+    p.num_slots = int(parts[0].a.shape[0]);
+    p.in = x.cols();
+    APUS_CHECK(p.rank == 8 || p.rank == 16 || p.rank == 32 || p.rank == 64,
+               "lora: the CUDA kernels take LoRA slots of rank 8, 16, 32 or 64, not {} (--max_lora_rank)", p.rank);
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const LoraPart& lp = parts[i];
+      APUS_CHECK(lp.a.dtype == act_ && lp.b.dtype == act_ && lp.a.shape[1] == p.rank && lp.a.shape[2] == p.in &&
+                     lp.b.shape[2] == p.rank && lp.offset + lp.b.shape[1] <= out.cols(),
+                 "lora: A {} / B {} at column {} do not fit input {} / output {}", lp.a.describe(), lp.b.describe(),
+                 lp.offset, x.describe(), out.describe());
+      p.a[i] = lp.a.data;
+      p.b[i] = lp.b.data;
+      p.n[i] = lp.b.shape[1];
+      p.offset[i] = lp.offset;
+    }
+    const int64_t need = x.rows() * cuda::kLoraMaxParts * p.rank;
+    if (lora_scratch_.numel() < need) {
+      if (!graphs_.empty()) retired_.push_back(lora_scratch_);  // a recorded graph may use it
+      lora_scratch_ = raw_alloc(DType::F32, {std::max<int64_t>(need, 256 * cuda::kLoraMaxParts * 64)});
+    }
+    cuda::TimedOp t(*profile_, "lora", x.rows());
+    launched(cuda::lora(act_, x.data, x.row_stride, x.rows(), slots.ptr<int32_t>(), p, lora_scratch_.ptr<float>(),
+                        out.data, out.row_stride, props_.multiProcessorCount, stream_),
+             "lora");
+  }
+
   void silu_mul(const Tensor& gate_up, Tensor& out) override {
     activation(gate_up, "silu_mul");
     activation(out, "silu_mul");
@@ -538,6 +585,7 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   DType act_ = DType::BF16;
   Tensor blas_workspace_, errors_, attention_scratch_, sample_buffer_, sample_scratch_;
+  Tensor lora_scratch_;  // the shrunk activations of Backend::lora (grown like attention_scratch_)
   PinnedBuffer upload_pinned_, download_pinned_, error_pinned_, sample_pinned_;
   cuda::DeviceError* errors_host_ = nullptr;
   int64_t vocab_ = 0, num_slots_ = 0;

@@ -62,6 +62,22 @@ struct SampleArgs {
 };
 cudaError_t sample(const float* logits, int64_t stride, int64_t vocab, const SampleArgs* args, int rows,
                    float* scratch, int32_t* out, cudaStream_t stream);
+// Batched LoRA (Backend::lora): up to kLoraMaxParts parts of one linear layer, A [num_slots, rank,
+// in] and B [num_slots, n, rank] each, in `dt`; rank 8, 16, 32 or 64 (the slots' padded rank);
+// `scratch` holds tokens * kLoraMaxParts * rank floats.
+constexpr int kLoraMaxParts = 3;
+struct LoraArgs {
+  const void* a[kLoraMaxParts];
+  const void* b[kLoraMaxParts];
+  int64_t n[kLoraMaxParts];
+  int64_t offset[kLoraMaxParts];
+  int count;
+  int rank;
+  int num_slots;
+  int64_t in;
+};
+cudaError_t lora(DType dt, const void* x, int64_t x_stride, int64_t tokens, const int32_t* slots, const LoraArgs& p,
+                 float* scratch, void* out, int64_t out_stride, int multiprocessors, cudaStream_t stream);
 
 // Paged attention over block tables (see AttentionBatch in backend/backend.h for the layout).
 struct AttentionParams {

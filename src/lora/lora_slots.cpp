@@ -1,0 +1,114 @@
+#include "lora/lora_slots.h"
+
+#include "core/error.h"
+
+namespace apus {
+
+namespace {
+
+float load_float(const Tensor& t, int64_t i) {
+  switch (t.dtype) {
+    case DType::F32: return t.ptr<float>()[i];
+    case DType::BF16: return bf16_to_f32(t.ptr<uint16_t>()[i]);
+    default: return f16_to_f32(t.ptr<uint16_t>()[i]);
+  }
+}
+
+void store_float(Tensor& t, int64_t i, float v) {
+  if (t.dtype == DType::F32) t.ptr<float>()[i] = v;
+  else t.ptr<uint16_t>()[i] = t.dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+}
+
+// The view of one slot of a stacked [slots, d1, d2] tensor.
+Tensor slot_view(const Tensor& t, int slot) {
+  const int64_t n = t.shape[1] * t.shape[2];
+  return make_view(static_cast<char*>(t.data) + size_t(slot) * size_t(n) * dtype_size(t.dtype), t.dtype,
+                   {1, t.shape[1], t.shape[2]}, t.device, t.owner);
+}
+
+}  // namespace
+
+LoraSlots::LoraSlots(const ModelConfig& c, Backend& backend, int max_loras, int max_rank)
+    : config_(c), backend_(backend), max_loras_(max_loras), max_rank_(8) {
+  APUS_CHECK(max_loras >= 1 && max_rank >= 1, "max_loras and max_lora_rank must be at least 1");
+  while (max_rank_ < max_rank) max_rank_ *= 2;  // a power of two from 8: what the CUDA kernels take
+  const DType dt = backend.activation_dtype();
+  const int64_t S = max_loras, R = max_rank, H = c.hidden_size, I = c.intermediate_size;
+  auto part = [&](int64_t out, int64_t in, int64_t offset) {
+    LoraPart p{backend.alloc(dt, {S, R, in}), backend.alloc(dt, {S, out, R}), offset};
+    bytes_ += p.a.nbytes() + p.b.nbytes();
+    return p;
+  };
+  for (int i = 0; i < c.num_layers; ++i) {
+    LoraLayer L;
+    L.qkv = {part(c.q_size(), H, 0), part(c.kv_size(), H, c.q_size()), part(c.kv_size(), H, c.q_size() + c.kv_size())};
+    L.o = {part(H, c.q_size(), 0)};
+    L.gate_up = {part(I, H, 0), part(I, H, I)};
+    L.down = {part(H, I, 0)};
+    layers_.push_back(std::move(L));
+  }
+  lm_heads_.resize(size_t(max_loras));
+  backend.synchronize();  // the zero fill is queued on the step stream; loads copy on another
+}
+
+void LoraSlots::write(int slot, const std::string& module, LoraPart& part, const LoraModule* m) {
+  const int64_t R = max_rank_, in = part.a.shape[2], out = part.b.shape[1];
+  Tensor a = host_tensor(part.a.dtype, {1, R, in}), b = host_tensor(part.b.dtype, {1, out, R});
+  if (m) {
+    APUS_CHECK(m->rank <= R, "{}: {} has rank {}, more than --max_lora_rank {}", m->a.describe(), module, m->rank, R);
+    for (int64_t r = 0; r < m->rank; ++r)
+      for (int64_t i = 0; i < in; ++i) store_float(a, r * in + i, load_float(m->a, r * in + i));
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t r = 0; r < m->rank; ++r) store_float(b, o * R + r, m->scale * load_float(m->b, o * m->rank + r));
+  }
+  Tensor da = slot_view(part.a, slot), db = slot_view(part.b, slot);
+  backend_.copy_from_host(a.data, da);
+  backend_.copy_from_host(b.data, db);
+}
+
+void LoraSlots::load(int slot, const LoraAdapter& ad) {
+  APUS_CHECK(slot >= 0 && slot < max_loras_, "LoRA slot {} outside the {} slots (--max_loras)", slot, max_loras_);
+  check_lora_adapter(ad, config_);
+  APUS_CHECK(ad.max_rank <= max_rank_, "{}: the adapter's rank {} is more than --max_lora_rank {}", ad.dir, ad.max_rank,
+             max_rank_);
+  APUS_CHECK(!ad.saved.count("model.embed_tokens.weight"),
+             "{}: the adapter replaces embed_tokens (modules_to_save); serve it merged (apus export --merge_lora true)",
+             ad.dir);
+  static const char* const kQkv[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
+  static const char* const kGateUp[] = {"mlp.gate_proj", "mlp.up_proj"};
+  auto find = [&](const std::string& name) -> const LoraModule* {
+    auto it = ad.modules.find(name);
+    return it == ad.modules.end() ? nullptr : &it->second;
+  };
+  for (int i = 0; i < config_.num_layers; ++i) {
+    const std::string p = fmt::format("model.layers.{}.", i);
+    LoraLayer& L = layers_[size_t(i)];
+    for (size_t k = 0; k < 3; ++k) write(slot, p + kQkv[k], L.qkv[k], find(p + kQkv[k]));
+    write(slot, p + "self_attn.o_proj", L.o[0], find(p + "self_attn.o_proj"));
+    for (size_t k = 0; k < 2; ++k) write(slot, p + kGateUp[k], L.gate_up[k], find(p + kGateUp[k]));
+    write(slot, p + "mlp.down_proj", L.down[0], find(p + "mlp.down_proj"));
+  }
+  lm_heads_[size_t(slot)].reset();
+  if (auto it = ad.saved.find("lm_head.weight"); it != ad.saved.end()) {
+    const Tensor& w = it->second;
+    const DType dt = backend_.weight_dtype(w.dtype);
+    Tensor host = host_tensor(dt, w.shape);
+    for (int64_t j = 0; j < w.numel(); ++j) store_float(host, j, load_float(w, j));
+    Linear l;
+    l.parts.push_back(LinearPart{backend_.upload(host), {}});
+    l.in_features = w.shape[1];
+    l.out_features = w.shape[0];
+    lm_heads_[size_t(slot)] = std::make_unique<Linear>(backend_.prepare_linear(std::move(l)));
+  }
+}
+
+void LoraSlots::clear(int slot) {
+  for (int i = 0; i < config_.num_layers; ++i) {
+    LoraLayer& L = layers_[size_t(i)];
+    for (auto* parts : {&L.qkv, &L.o, &L.gate_up, &L.down})
+      for (LoraPart& p : *parts) write(slot, "", p, nullptr);
+  }
+  lm_heads_[size_t(slot)].reset();
+}
+
+}  // namespace apus
