@@ -67,4 +67,24 @@ Tensor host_tensor(DType dtype, std::vector<int64_t> shape) {
   return t;
 }
 
+float get_float(const Tensor& t, int64_t i) {
+  switch (t.dtype) {
+    case DType::F32: return t.ptr<float>()[i];
+    case DType::BF16: return bf16_to_f32(t.ptr<uint16_t>()[i]);
+    default: return f16_to_f32(t.ptr<uint16_t>()[i]);
+  }
+}
+
+void set_float(Tensor& t, int64_t i, float v) {
+  if (t.dtype == DType::F32) t.ptr<float>()[i] = v;
+  else t.ptr<uint16_t>()[i] = t.dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+}
+
+Tensor convert_float(const Tensor& t, DType to) {
+  if (t.dtype == to) return t;
+  Tensor out = host_tensor(to, t.shape);
+  for (int64_t i = 0; i < t.numel(); ++i) set_float(out, i, get_float(t, i));
+  return out;
+}
+
 }  // namespace apus

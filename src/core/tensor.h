@@ -46,5 +46,11 @@ Tensor make_view(void* data, DType dtype, std::vector<int64_t> shape, Device dev
                  std::shared_ptr<void> owner = nullptr);
 // A 64-byte aligned, zero-filled host tensor.
 Tensor host_tensor(DType dtype, std::vector<int64_t> shape);
+// Element i of a contiguous host float tensor (F32, BF16 or F16) as a float, and stored back
+// rounded to the tensor's dtype.
+float get_float(const Tensor& t, int64_t i);
+void set_float(Tensor& t, int64_t i, float v);
+// A contiguous host float tensor converted to another float dtype (the same tensor when equal).
+Tensor convert_float(const Tensor& t, DType to);
 
 }  // namespace apus

@@ -6,19 +6,6 @@ namespace apus {
 
 namespace {
 
-float load_float(const Tensor& t, int64_t i) {
-  switch (t.dtype) {
-    case DType::F32: return t.ptr<float>()[i];
-    case DType::BF16: return bf16_to_f32(t.ptr<uint16_t>()[i]);
-    default: return f16_to_f32(t.ptr<uint16_t>()[i]);
-  }
-}
-
-void store_float(Tensor& t, int64_t i, float v) {
-  if (t.dtype == DType::F32) t.ptr<float>()[i] = v;
-  else t.ptr<uint16_t>()[i] = t.dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
-}
-
 // The view of one slot of a stacked [slots, d1, d2] tensor.
 Tensor slot_view(const Tensor& t, int slot) {
   const int64_t n = t.shape[1] * t.shape[2];
@@ -57,9 +44,9 @@ void LoraSlots::write(int slot, const std::string& module, LoraPart& part, const
   if (m) {
     APUS_CHECK(m->rank <= R, "{}: {} has rank {}, more than --max_lora_rank {}", m->a.describe(), module, m->rank, R);
     for (int64_t r = 0; r < m->rank; ++r)
-      for (int64_t i = 0; i < in; ++i) store_float(a, r * in + i, load_float(m->a, r * in + i));
+      for (int64_t i = 0; i < in; ++i) set_float(a, r * in + i, get_float(m->a, r * in + i));
     for (int64_t o = 0; o < out; ++o)
-      for (int64_t r = 0; r < m->rank; ++r) store_float(b, o * R + r, m->scale * load_float(m->b, o * m->rank + r));
+      for (int64_t r = 0; r < m->rank; ++r) set_float(b, o * R + r, m->scale * get_float(m->b, o * m->rank + r));
   }
   Tensor da = slot_view(part.a, slot), db = slot_view(part.b, slot);
   backend_.copy_from_host(a.data, da);
@@ -91,11 +78,8 @@ void LoraSlots::load(int slot, const LoraAdapter& ad) {
   lm_heads_[size_t(slot)].reset();
   if (auto it = ad.saved.find("lm_head.weight"); it != ad.saved.end()) {
     const Tensor& w = it->second;
-    const DType dt = backend_.weight_dtype(w.dtype);
-    Tensor host = host_tensor(dt, w.shape);
-    for (int64_t j = 0; j < w.numel(); ++j) store_float(host, j, load_float(w, j));
     Linear l;
-    l.parts.push_back(LinearPart{backend_.upload(host), {}});
+    l.parts.push_back(LinearPart{backend_.upload(convert_float(w, backend_.weight_dtype(w.dtype))), {}});
     l.in_features = w.shape[1];
     l.out_features = w.shape[0];
     lm_heads_[size_t(slot)] = std::make_unique<Linear>(backend_.prepare_linear(std::move(l)));

@@ -17,45 +17,18 @@ namespace fs = std::filesystem;
 
 namespace {
 
-float load(const Tensor& t, int64_t i) {
-  switch (t.dtype) {
-    case DType::F32: return t.ptr<float>()[i];
-    case DType::BF16: return bf16_to_f32(t.ptr<uint16_t>()[i]);
-    default: return f16_to_f32(t.ptr<uint16_t>()[i]);
-  }
-}
-
-Tensor to_f32(const Tensor& t) {
-  Tensor out = host_tensor(DType::F32, t.shape);
-  for (int64_t i = 0; i < t.numel(); ++i) out.ptr<float>()[i] = load(t, i);
-  return out;
-}
-
 // W + scale * B A in W's dtype.
 Tensor merged(const Tensor& w, const LoraModule& m, ThreadPool& pool) {
   const int64_t out = w.shape[0], in = w.shape[1], r = m.rank;
-  const Tensor b = to_f32(m.b);
+  const Tensor b = convert_float(m.b, DType::F32);
   Tensor at = host_tensor(DType::F32, {in, r});  // A^T, so that gemm computes B A as B (A^T)^T
   for (int64_t k = 0; k < r; ++k)
-    for (int64_t i = 0; i < in; ++i) at.ptr<float>()[i * r + k] = load(m.a, k * in + i);
+    for (int64_t i = 0; i < in; ++i) at.ptr<float>()[i * r + k] = get_float(m.a, k * in + i);
   Tensor delta = host_tensor(DType::F32, {out, in});
   gemm(b.ptr<float>(), r, at.data, DType::F32, r, nullptr, delta.ptr<float>(), in, out, in, r, pool);
   Tensor res = host_tensor(w.dtype, w.shape);
   for (int64_t i = 0; i < out * in; ++i) {
-    const float v = load(w, i) + m.scale * delta.ptr<float>()[i];
-    if (w.dtype == DType::F32) res.ptr<float>()[i] = v;
-    else res.ptr<uint16_t>()[i] = w.dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
-  }
-  return res;
-}
-
-Tensor converted(const Tensor& t, DType to) {
-  if (t.dtype == to) return t;
-  Tensor res = host_tensor(to, t.shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float v = load(t, i);
-    if (to == DType::F32) res.ptr<float>()[i] = v;
-    else res.ptr<uint16_t>()[i] = to == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+    set_float(res, i, get_float(w, i) + m.scale * delta.ptr<float>()[i]);
   }
   return res;
 }
@@ -112,7 +85,7 @@ std::string merge_lora(const MergeOptions& o) {
       const Tensor saved = s->second;
       const DType dt = e.dtype;
       t.data = nullptr;
-      t.produce = [saved, dt] { return converted(saved, dt); };
+      t.produce = [saved, dt] { return convert_float(saved, dt); };
       replaced.insert(name);
     }
     tensors.push_back(std::move(t));

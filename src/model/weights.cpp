@@ -20,20 +20,6 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
 
-// A float tensor converted to another float dtype (host memory; the same view when equal).
-Tensor convert(const Tensor& t, DType to) {
-  if (t.dtype == to) return t;
-  Tensor out = host_tensor(to, t.shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float f = t.dtype == DType::F32    ? t.ptr<float>()[i]
-                    : t.dtype == DType::BF16 ? bf16_to_f32(t.ptr<uint16_t>()[i])
-                                             : f16_to_f32(t.ptr<uint16_t>()[i]);
-    if (to == DType::F32) out.ptr<float>()[i] = f;
-    else out.ptr<uint16_t>()[i] = to == DType::BF16 ? f32_to_bf16(f) : f32_to_f16(f);
-  }
-  return out;
-}
-
 class CheckpointSource : public WeightSource {
  public:
   explicit CheckpointSource(const std::string& dir) : ckpt_(Checkpoint::open(dir)) {}
@@ -88,9 +74,9 @@ class Loader {
   // A fetched matrix in the dtype the backend wants (a GPU backend: its activation dtype).
   Tensor upload_matrix(const Tensor& t, size_t* bytes) {
     *bytes += t.nbytes();
-    return backend_.upload(convert(t, backend_.weight_dtype(t.dtype)));
+    return backend_.upload(convert_float(t, backend_.weight_dtype(t.dtype)));
   }
-  Tensor vector(const std::string& name, int64_t n) { return backend_.upload(convert(fetch(name, {n}), DType::F32)); }
+  Tensor vector(const std::string& name, int64_t n) { return backend_.upload(convert_float(fetch(name, {n}), DType::F32)); }
   LinearPart part(const std::string& prefix, int64_t out, int64_t in, bool bias, size_t* bytes) {
     LinearPart p;
     p.weight = matrix(prefix + ".weight", {out, in}, bytes);
@@ -114,7 +100,7 @@ class Loader {
     for (int64_t r : rows) {
       LinearPart p;
       p.weight = upload_matrix(w.rows_view(at, r), bytes);
-      if (bias) p.bias = backend_.upload(convert(b.rows_view(at, r), DType::F32));
+      if (bias) p.bias = backend_.upload(convert_float(b.rows_view(at, r), DType::F32));
       parts.push_back(std::move(p));
       at += r;
     }
