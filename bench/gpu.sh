@@ -87,6 +87,10 @@ echo "LoRA GPU tests: exit $?"
 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops --gtest_filter='*Lora*' \
   > "$OUT/lora_memcheck.log" 2>&1
 echo "LoRA memcheck: exit $?"
+# The merged export loads in transformers and runs as PEFT's merge_and_unload (CPU, float32).
+PYTHONUNBUFFERED=1 timeout 120 python3 tools/lora/check_merged_in_transformers.py --apus $B/apus \
+  > "$OUT/lora_transformers.log" 2>&1
+echo "LoRA merged export in transformers: exit $?"
 # Decode-dominated throughput at batch 32 (Qwen2.5-7B shape, dummy bf16 weights): the base alone,
 # then every request through one adapter, then through 4 adapters mixed (rank 16, all linear layers).
 for n in 0 1 4; do
@@ -122,6 +126,7 @@ fi
 echo "==== summary"
 if part lora; then
   grep -E "tests passed|PASSED|FAILED|largest" "$OUT/lora_tests.log"; grep -E "ERROR SUMMARY" "$OUT/lora_memcheck.log"
+  grep -E "^a[0-9]:|Error" "$OUT/lora_transformers.log"
   for n in 0 1 4; do echo "---- $n adapters"; grep -E "LoRA|batched|rror" "$OUT/lora_bench_$n.log"; done
 fi
 if [ -f "$OUT/serve_ready.txt" ]; then
