@@ -151,15 +151,18 @@ void Engine::fetch_logits(const std::vector<ScheduledSeq>& sched, const Tensor& 
       for (const SampleRow& d : draws) on_host[size_t(d.row)] = 1;
     }
   }
-  // The rows the host reads, copied in runs of consecutive rows.
-  logits_.resize(size_t(R * V));
-  for (int64_t a = 0; a < R;) {
+  // The rows the host reads, copied in runs of consecutive rows. The buffer only grows: resizing
+  // it per step would zero-fill up to [rows, vocab] floats on the host each time.
+  int64_t last = R - 1;
+  while (last >= 0 && !on_host[size_t(last)]) --last;
+  if (logits_.size() < size_t((last + 1) * V)) logits_.resize(size_t((last + 1) * V));
+  for (int64_t a = 0; a <= last;) {
     if (!on_host[size_t(a)]) {
       ++a;
       continue;
     }
     int64_t e = a;
-    while (e < R && on_host[size_t(e)]) ++e;
+    while (e <= last && on_host[size_t(e)]) ++e;
     model_.backend().copy_to_host(logits.rows_view(a, e - a), logits_.data() + a * V);
     a = e;
   }
@@ -228,9 +231,10 @@ std::vector<SeqOutput> Engine::step() {
     out.index = s->index;
     if (s->num_generated() == 0) out.prompt_logprobs = std::move(s->prompt_logprobs);
     const int32_t r = int32_t(logit_row++);
-    const float* raw = logits_.data() + int64_t(r) * V;
     int32_t tok = drawn_[size_t(r)];
-    if (tok < 0) {  // not drawn on the device
+    // Rows not drawn on the device were copied to the host (those reporting logprobs always are).
+    const float* raw = tok < 0 ? logits_.data() + int64_t(r) * V : nullptr;
+    if (tok < 0) {
       const float* use = raw;
       if (needs_processing(s->params, s->num_generated())) {
         row.assign(raw, raw + V);
