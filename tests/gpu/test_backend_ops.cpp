@@ -115,26 +115,37 @@ Backend* BackendOps::gpu_ = nullptr;
 
 // Batched LoRA: tokens of 3 slots and of the base (-1) mixed, two parts writing column ranges of
 // a strided output, input a column view; the CPU's grouped GEMMs are the reference.
+// Ranks 8..64, inputs of one and of several 512-column slices (the shrink's atomic sums), aligned
+// and unaligned input views, decode- and prefill-sized batches, mixed slots with base (-1) tokens
+// and one slot for all. The base output is small so that the LoRA delta dominates the error.
 TEST_P(BackendOps, LoraMixedSlots) {
-  for (int64_t m : {1, 5, 64}) {
-    const int64_t k = 96, n1 = 48, n2 = 80, S = 3, R = 8;
+  struct Case {
+    int64_t m, k, rank, x_offset;
+    bool one_slot;
+  };
+  for (const Case c : {Case{1, 96, 8, 16, false}, Case{5, 96, 8, 16, false}, Case{64, 96, 8, 16, false},
+                       Case{7, 1100, 16, 3, false}, Case{33, 1030, 32, 16, false}, Case{40, 600, 64, 1, false},
+                       Case{3000, 1100, 16, 16, false}, Case{3000, 520, 64, 16, true}, Case{300, 96, 32, 16, true}}) {
+    const int64_t m = c.m, k = c.k, R = c.rank, n1 = 48, n2 = 80, S = 3;
     Tensor xw = random({m, k + 32});
-    Tensor x = xw.cols_view(16, k);
+    Tensor x = xw.cols_view(c.x_offset, k);
     std::vector<int32_t> slots;
-    for (int64_t t = 0; t < m; ++t) slots.push_back(int32_t(t % 4) - 1);
-    Tensor a1 = random({S, R, k}, -0.3f, 0.3f), b1 = random({S, n1, R}, -0.3f, 0.3f);
-    Tensor a2 = random({S, R, k}, -0.3f, 0.3f), b2 = random({S, n2, R}, -0.3f, 0.3f);
-    Tensor base = random({m, n1 + n2 + 8});
+    for (int64_t t = 0; t < m; ++t) slots.push_back(c.one_slot ? 1 : int32_t((t * 7 + t / 5) % 4) - 1);
+    const float w = 1.0f / std::sqrt(float(k));
+    Tensor a1 = random({S, R, k}, -w, w), b1 = random({S, n1, R}, -0.3f, 0.3f);
+    Tensor a2 = random({S, R, k}, -w, w), b2 = random({S, n2, R}, -0.3f, 0.3f);
+    Tensor base = random({m, n1 + n2 + 8}, -0.05f, 0.05f);
     Tensor yw = host_tensor(DType::F32, {m, n1 + n2 + 8});
     std::copy_n(base.ptr<float>(), base.numel(), yw.ptr<float>());
     Tensor y = yw.cols_view(8, n1 + n2);
     const Tensor cslots = make_view(slots.data(), DType::I32, {m});
     cpu_->lora(x, cslots, {LoraPart{a1, b1, 0}, LoraPart{a2, b2, n1}}, y);
 
-    Tensor gx = to_gpu(xw).cols_view(16, k);
+    Tensor gx = to_gpu(xw).cols_view(c.x_offset, k);
     Tensor gy = to_gpu(base).cols_view(8, n1 + n2);
     gpu_->lora(gx, to_gpu_i32(slots), {LoraPart{to_gpu(a1), to_gpu(b1), 0}, LoraPart{to_gpu(a2), to_gpu(b2), n1}}, gy);
-    expect_close(y, gy, fmt::format("lora m={}", m));
+    expect_close(y, gy, fmt::format("lora m={} k={} rank={} x offset {}{}", m, k, R, c.x_offset,
+                                    c.one_slot ? " one slot" : ""));
   }
 }
 

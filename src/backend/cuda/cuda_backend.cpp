@@ -389,7 +389,7 @@ class CudaBackend final : public Backend {
     }
     cuda::TimedOp t(*profile_, "lora", x.rows());
     launched(cuda::lora(act_, x.data, x.row_stride, x.rows(), slots.ptr<int32_t>(), p, lora_scratch_.ptr<float>(),
-                        out.data, out.row_stride, props_.multiProcessorCount, stream_),
+                        out.data, out.row_stride, stream_),
              "lora");
   }
 

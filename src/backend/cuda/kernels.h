@@ -77,7 +77,7 @@ struct LoraArgs {
   int64_t in;
 };
 cudaError_t lora(DType dt, const void* x, int64_t x_stride, int64_t tokens, const int32_t* slots, const LoraArgs& p,
-                 float* scratch, void* out, int64_t out_stride, int multiprocessors, cudaStream_t stream);
+                 float* scratch, void* out, int64_t out_stride, cudaStream_t stream);
 
 // Paged attention over block tables (see AttentionBatch in backend/backend.h for the layout).
 struct AttentionParams {

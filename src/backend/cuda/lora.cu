@@ -1,12 +1,22 @@
 // Batched LoRA for a flat batch mixing adapters (Punica's BGMV): every token reads its adapter's
 // A and B through the slot index in the step's metadata, so one graph serves any mix of adapters.
+// Both kernels take a few tokens per block and walk the distinct slots among them (ascending), so
+// an adapter's weights are read once per block and slot, not once per token.
 //
-// Shrink: v[t, p, :] = A_s x[t]. A block per (token, part, slice of the input): each thread reads
-// 16-byte vectors of x once and multiplies them into all `rank` rows of A (rank accumulators in
-// registers), then the block reduces; slices (enough blocks to fill the GPU when few tokens run)
-// add their partial sums atomically into v, zeroed first. Expand: out[t, off_p + o] += B_s[o] .
-// v[t, p]: a thread per output column, B's row read as 16-byte vectors, v in shared memory.
-// Tokens of slot -1 (the base model, padding) return at once.
+// Shrink: v[t, p, :] = A_s x[t]. A block per (input slice of 256 words, part, 8 tokens): a thread
+// owns one 32-bit word of the input (2 elements, 1 for F32), keeps the `rank` words of A at its
+// columns in registers for the current slot, and for each token of that slot reduces its rank
+// products over the warp by recursive halving (each step swaps half of the values, so a warp spends
+// about `rank` shuffles, not 5 * rank), then over the block through shared memory; slices add their
+// partial sums atomically into v, zeroed first (one stream-ordered memset, graph-safe).
+// Expand: out[t, off_p + o] += B_s[o] . v[t, p]: a block per (256 output columns, part, 16 tokens),
+// v of its tokens staged in shared memory; a thread owns a column, loads its tokens' outputs at
+// once, then per slot loads its B row (16-byte vectors when aligned) and adds to its tokens of that
+// slot.
+// Tokens of slot -1 (the base model, padding) are skipped by both.
+#include <climits>
+#include <cstring>
+
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 
@@ -15,11 +25,40 @@ namespace apus::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kShrinkTokens = 8;   // tokens per shrink block
+constexpr int kExpandTokens = 16;  // tokens per expand block
 
-// 16 bytes of consecutive elements as floats; without Vec (unaligned or ragged rows) element by
-// element, those at or past `valid` read as 0.
+// One 32-bit word of consecutive elements (2 of BF16/F16, 1 of F32); those at or past `valid` read
+// as 0. Vec: the word is aligned and whole whenever valid > 0.
 template <typename T, bool Vec>
-__device__ __forceinline__ void load(const T* p, float* out, int64_t valid = 16) {
+__device__ __forceinline__ uint32_t load_word(const T* p, int64_t valid) {
+  constexpr int E = 4 / int(sizeof(T));
+  if (valid <= 0) return 0u;
+  if constexpr (Vec) {
+    return *reinterpret_cast<const uint32_t*>(p);
+  } else {
+    T e[E];
+#pragma unroll
+    for (int j = 0; j < E; ++j) e[j] = j < valid ? p[j] : from_f<T>(0.0f);
+    uint32_t w;
+    memcpy(&w, e, 4);
+    return w;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack(uint32_t w, float* out) {
+  constexpr int E = 4 / int(sizeof(T));
+  T e[E];
+  memcpy(e, &w, 4);
+#pragma unroll
+  for (int j = 0; j < E; ++j) out[j] = to_f(e[j]);
+}
+
+// 16 bytes of consecutive elements as floats (Vec: aligned), else element by element.
+template <typename T, bool Vec>
+__device__ __forceinline__ void load16(const T* p, float* out) {
   constexpr int n = 16 / int(sizeof(T));
   if constexpr (Vec) {
     const uint4 u = *reinterpret_cast<const uint4*>(p);
@@ -28,134 +67,204 @@ __device__ __forceinline__ void load(const T* p, float* out, int64_t valid = 16)
     for (int j = 0; j < n; ++j) out[j] = to_f(e[j]);
   } else {
 #pragma unroll
-    for (int j = 0; j < n; ++j) out[j] = j < valid ? to_f(p[j]) : 0.0f;
+    for (int j = 0; j < n; ++j) out[j] = to_f(p[j]);
   }
 }
 
-template <typename T, int R, bool Vec>
-__global__ void __launch_bounds__(kThreads) lora_shrink_kernel(const T* x, int64_t x_stride, const int32_t* slots,
-                                                               LoraArgs p, int64_t chunk, bool atomic, float* v) {
-  constexpr int N = 16 / int(sizeof(T));
-  const int64_t t = blockIdx.x;
-  const int part = blockIdx.y;
-  const int s = slots[t];
-  if (s < 0 || s >= p.num_slots) return;
-  const int64_t begin = int64_t(blockIdx.z) * chunk, end = min(p.in, begin + chunk);
-  const T* xr = x + t * x_stride;
-  const T* a = static_cast<const T*>(p.a[part]) + int64_t(s) * R * p.in;
-  float acc[R];
+constexpr int log2i(int v) { return v <= 1 ? 0 : 1 + log2i(v / 2); }
+
+// Halving steps of the warp reduction of R values per lane, and the values each lane holds after.
+template <int R>
+constexpr int kSteps = log2i(R) < 5 ? log2i(R) : 5;
+template <int R>
+constexpr int kLeft = R >> kSteps<R>;
+
+// Sums acc[r] over the warp for every r < R. After the call, acc[j] (j < kLeft<R>) holds the warp's
+// total for r = j + kLeft<R> * ((lane >> (5 - kSteps<R>)) & ((1 << kSteps<R>) - 1)), the same in
+// the 2^(5 - kSteps<R>) lanes that differ only in their low bits. Step k halves the array: the lane
+// with bit (16 >> k) set keeps the upper half and sends the lower one to its partner.
+template <int R>
+__device__ __forceinline__ void warp_sum_many(float* acc, int lane) {
+  constexpr int S = kSteps<R>;
 #pragma unroll
-  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-  for (int64_t i = begin + int64_t(threadIdx.x) * N; i < end; i += int64_t(kThreads) * N) {
-    float xv[N];
-    load<T, Vec>(xr + i, xv, end - i);
+  for (int k = 0; k < S; ++k) {
+    const int o = 16 >> k;
+    const int h = R >> (k + 1);
+    const bool upper = (lane & o) != 0;
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      float av[N];
-      load<T, Vec>(a + int64_t(r) * p.in + i, av, end - i);
-#pragma unroll
-      for (int j = 0; j < N; ++j) acc[r] += xv[j] * av[j];
+    for (int j = 0; j < h; ++j) {
+      const float send = upper ? acc[j] : acc[j + h];
+      const float keep = upper ? acc[j + h] : acc[j];
+      acc[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
     }
   }
-  __shared__ float red[kThreads / 32][R];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const float w = warp_sum(acc[r]);
-    if (lane == 0) red[warp][r] = w;
+  for (int k = S; k < 5; ++k) acc[0] += __shfl_xor_sync(0xffffffffu, acc[0], 16 >> k);
+}
+
+// The smallest slot above `prev` among a block's tokens (-1: none), INT_MAX when there is none.
+template <int TB>
+__device__ __forceinline__ int next_slot(const int* sl, int prev) {
+  int cur = INT_MAX;
+#pragma unroll
+  for (int k = 0; k < TB; ++k)
+    if (sl[k] > prev && sl[k] < cur) cur = sl[k];
+  return cur;
+}
+
+template <typename T, int R, bool Vec>
+__global__ void __launch_bounds__(kThreads)
+    lora_shrink_kernel(const T* x, int64_t x_stride, int64_t tokens, const int32_t* slots, LoraArgs p, bool atomic,
+                       float* v) {
+  constexpr int E = 4 / int(sizeof(T)), TB = kShrinkTokens, S = kSteps<R>, L = kLeft<R>;
+  const int part = blockIdx.y;
+  const int64_t t0 = int64_t(blockIdx.z) * TB;
+  const int64_t i = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * E;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __shared__ float red[TB][kWarps][R];
+  int sl[TB];
+  uint32_t xw[TB];
+#pragma unroll
+  for (int k = 0; k < TB; ++k) {
+    const int64_t t = t0 + k;
+    const int s = t < tokens ? slots[t] : -1;
+    sl[k] = s >= 0 && s < p.num_slots ? s : -1;
+    xw[k] = sl[k] >= 0 ? load_word<T, Vec>(x + t * x_stride + i, p.in - i) : 0u;
+  }
+  const T* a = static_cast<const T*>(p.a[part]);
+  for (int cur = next_slot<TB>(sl, -1); cur != INT_MAX; cur = next_slot<TB>(sl, cur)) {  // uniform
+    const T* as = a + int64_t(cur) * R * p.in + i;
+    uint32_t aw[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) aw[r] = load_word<T, Vec>(as + int64_t(r) * p.in, p.in - i);
+#pragma unroll
+    for (int k = 0; k < TB; ++k) {
+      if (sl[k] != cur) continue;
+      float xv[E];
+      unpack<T>(xw[k], xv);
+      float acc[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float av[E];
+        unpack<T>(aw[r], av);
+        acc[r] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < E; ++j) acc[r] += xv[j] * av[j];
+      }
+      warp_sum_many<R>(acc, lane);
+      if ((lane & ((1 << (5 - S)) - 1)) == 0) {
+        const int r0 = L * ((lane >> (5 - S)) & ((1 << S) - 1));
+#pragma unroll
+        for (int j = 0; j < L; ++j) red[k][warp][r0 + j] = acc[j];
+      }
+    }
   }
   __syncthreads();
-  if (threadIdx.x < R) {
+  for (int o = threadIdx.x; o < TB * R; o += kThreads) {
+    const int k = o / R, r = o % R;
+    const int64_t t = t0 + k;
+    if (t >= tokens) break;
+    const int s = slots[t];
+    if (s < 0 || s >= p.num_slots) continue;
     float sum = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kThreads / 32; ++w) sum += red[w][threadIdx.x];
-    float* dst = v + (t * kLoraMaxParts + part) * R + threadIdx.x;
+    for (int w = 0; w < kWarps; ++w) sum += red[k][w][r];
+    float* dst = v + (t * kLoraMaxParts + part) * R + r;
     if (atomic) atomicAdd(dst, sum);
     else *dst = sum;
   }
 }
 
 template <typename T, int R, bool Vec>
-__global__ void __launch_bounds__(kThreads) lora_expand_kernel(const int32_t* slots, LoraArgs p, const float* v, T* out,
-                                                               int64_t out_stride) {
-  constexpr int N = 16 / int(sizeof(T));
-  static_assert(R % N == 0 || !Vec, "vector loads need whole vectors per row");
-  const int64_t t = blockIdx.x;
+__global__ void __launch_bounds__(kThreads) lora_expand_kernel(int64_t tokens, const int32_t* slots, LoraArgs p,
+                                                               const float* v, T* out, int64_t out_stride) {
+  constexpr int N = 16 / int(sizeof(T)), TB = kExpandTokens;
+  static_assert(R % N == 0, "whole 16-byte vectors per row of B");
   const int part = blockIdx.y;
-  const int s = slots[t];
-  if (s < 0 || s >= p.num_slots) return;
-  __shared__ float vs[R];
-  if (threadIdx.x < R) vs[threadIdx.x] = v[(t * kLoraMaxParts + part) * R + threadIdx.x];
-  __syncthreads();
   const int64_t n = p.n[part];
-  const T* b = static_cast<const T*>(p.b[part]) + int64_t(s) * n * R;
-  T* o = out + t * out_stride + p.offset[part];
-  for (int64_t c = int64_t(blockIdx.z) * kThreads + threadIdx.x; c < n; c += int64_t(gridDim.z) * kThreads) {
-    const T* br = b + c * R;
-    float acc = 0.0f;
-    if constexpr (Vec) {
-#pragma unroll
-      for (int r = 0; r < R; r += N) {
-        float bv[N];
-        load<T, true>(br + r, bv);
-#pragma unroll
-        for (int j = 0; j < N; ++j) acc += vs[r + j] * bv[j];
-      }
-    } else {
-#pragma unroll
-      for (int r = 0; r < R; ++r) acc += vs[r] * to_f(br[r]);
-    }
-    o[c] = from_f<T>(to_f(o[c]) + acc);
+  if (int64_t(blockIdx.x) * kThreads >= n) return;  // the whole block: parts narrower than the widest
+  const int64_t t0 = int64_t(blockIdx.z) * TB;
+  const int64_t c = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  __shared__ float vs[TB][R];
+  __shared__ int ss[TB];
+  if (threadIdx.x < TB) {
+    const int64_t t = t0 + threadIdx.x;
+    const int s = t < tokens ? slots[t] : -1;
+    ss[threadIdx.x] = s >= 0 && s < p.num_slots ? s : -1;
   }
+  for (int o = threadIdx.x; o < TB * R; o += kThreads) {
+    const int64_t t = t0 + o / R;
+    vs[o / R][o % R] = t < tokens ? v[(t * kLoraMaxParts + part) * R + o % R] : 0.0f;
+  }
+  __syncthreads();
+  if (c >= n) return;
+  int sl[TB];
+  float ov[TB];
+  T* dst = out + p.offset[part] + c;
+#pragma unroll
+  for (int k = 0; k < TB; ++k) {
+    sl[k] = ss[k];
+    ov[k] = sl[k] >= 0 ? to_f(dst[(t0 + k) * out_stride]) : 0.0f;
+  }
+  const T* b = static_cast<const T*>(p.b[part]) + c * R;
+  for (int cur = next_slot<TB>(sl, -1); cur != INT_MAX; cur = next_slot<TB>(sl, cur)) {
+    float bv[R];
+#pragma unroll
+    for (int r = 0; r < R; r += N) load16<T, Vec>(b + int64_t(cur) * n * R + r, bv + r);
+#pragma unroll
+    for (int k = 0; k < TB; ++k) {
+      if (sl[k] != cur) continue;
+      float acc = 0.0f;
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc += vs[k][r] * bv[r];
+      ov[k] += acc;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < TB; ++k)
+    if (sl[k] >= 0) dst[(t0 + k) * out_stride] = from_f<T>(ov[k]);
 }
 
 template <typename T, int R>
 cudaError_t launch(const T* x, int64_t x_stride, int64_t tokens, const int32_t* slots, const LoraArgs& p, float* scratch,
-                   T* out, int64_t out_stride, int multiprocessors, cudaStream_t stream) {
-  constexpr int N = 16 / int(sizeof(T));
-  const bool vec = p.in % N == 0 && x_stride % N == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  bool vec_b = R % N == 0;
+                   T* out, int64_t out_stride, cudaStream_t stream) {
+  constexpr int E = 4 / int(sizeof(T));
+  bool vec = p.in % E == 0 && x_stride % E == 0 && reinterpret_cast<uintptr_t>(x) % 4 == 0;
+  bool vec_b = true;
+  int64_t max_n = 0;
   for (int i = 0; i < p.count; ++i) {
+    vec = vec && reinterpret_cast<uintptr_t>(p.a[i]) % 4 == 0;
     vec_b = vec_b && reinterpret_cast<uintptr_t>(p.b[i]) % 16 == 0;
-    if (vec) {
-      if (reinterpret_cast<uintptr_t>(p.a[i]) % 16 != 0) return cudaErrorMisalignedAddress;  // never: cudaMalloc'd
-    }
+    max_n = std::max(max_n, p.n[i]);
   }
-  // Slices of the input: about two blocks per multiprocessor, whole vectors per thread per slice.
-  const int64_t blocks = tokens * p.count;
-  int64_t splits = std::max<int64_t>(1, (2 * int64_t(multiprocessors) + blocks - 1) / blocks);
-  splits = std::min<int64_t>(splits, std::max<int64_t>(1, p.in / (int64_t(kThreads) * N)));
-  int64_t chunk = (p.in + splits - 1) / splits;
-  chunk = (chunk + N - 1) / N * N;
-  splits = (p.in + chunk - 1) / chunk;
-  if (splits > 1) {
+  const int64_t slices = (p.in + int64_t(kThreads) * E - 1) / (int64_t(kThreads) * E);
+  if (slices > 1) {
     const cudaError_t e = cudaMemsetAsync(scratch, 0, size_t(tokens) * kLoraMaxParts * R * sizeof(float), stream);
     if (e != cudaSuccess) return e;
   }
-  const dim3 grid_s(unsigned(tokens), unsigned(p.count), unsigned(splits));
-  if (vec) lora_shrink_kernel<T, R, true><<<grid_s, kThreads, 0, stream>>>(x, x_stride, slots, p, chunk, splits > 1, scratch);
-  else lora_shrink_kernel<T, R, false><<<grid_s, kThreads, 0, stream>>>(x, x_stride, slots, p, chunk, splits > 1, scratch);
-  int64_t max_n = 0;
-  for (int i = 0; i < p.count; ++i) max_n = std::max(max_n, p.n[i]);
-  const dim3 grid_e(unsigned(tokens), unsigned(p.count), std::min(ceil_div(max_n, kThreads), 16u));
-  if (vec_b) lora_expand_kernel<T, R, true><<<grid_e, kThreads, 0, stream>>>(slots, p, scratch, out, out_stride);
-  else lora_expand_kernel<T, R, false><<<grid_e, kThreads, 0, stream>>>(slots, p, scratch, out, out_stride);
+  const dim3 grid_s(unsigned(slices), unsigned(p.count), unsigned((tokens + kShrinkTokens - 1) / kShrinkTokens));
+  if (vec) lora_shrink_kernel<T, R, true><<<grid_s, kThreads, 0, stream>>>(x, x_stride, tokens, slots, p, slices > 1, scratch);
+  else lora_shrink_kernel<T, R, false><<<grid_s, kThreads, 0, stream>>>(x, x_stride, tokens, slots, p, slices > 1, scratch);
+  const dim3 grid_e(unsigned((max_n + kThreads - 1) / kThreads), unsigned(p.count),
+                    unsigned((tokens + kExpandTokens - 1) / kExpandTokens));
+  if (vec_b) lora_expand_kernel<T, R, true><<<grid_e, kThreads, 0, stream>>>(tokens, slots, p, scratch, out, out_stride);
+  else lora_expand_kernel<T, R, false><<<grid_e, kThreads, 0, stream>>>(tokens, slots, p, scratch, out, out_stride);
   return cudaGetLastError();
 }
 
 }  // namespace
 
 cudaError_t lora(DType dt, const void* x, int64_t x_stride, int64_t tokens, const int32_t* slots, const LoraArgs& p,
-                 float* scratch, void* out, int64_t out_stride, int multiprocessors, cudaStream_t stream) {
+                 float* scratch, void* out, int64_t out_stride, cudaStream_t stream) {
   if (tokens == 0 || p.count == 0) return cudaSuccess;
   APUS_DISPATCH_FLOAT(dt, T, {
     const T* xt = static_cast<const T*>(x);
     T* ot = static_cast<T*>(out);
     switch (p.rank) {
-      case 8: return launch<T, 8>(xt, x_stride, tokens, slots, p, scratch, ot, out_stride, multiprocessors, stream);
-      case 16: return launch<T, 16>(xt, x_stride, tokens, slots, p, scratch, ot, out_stride, multiprocessors, stream);
-      case 32: return launch<T, 32>(xt, x_stride, tokens, slots, p, scratch, ot, out_stride, multiprocessors, stream);
-      case 64: return launch<T, 64>(xt, x_stride, tokens, slots, p, scratch, ot, out_stride, multiprocessors, stream);
+      case 8: return launch<T, 8>(xt, x_stride, tokens, slots, p, scratch, ot, out_stride, stream);
+      case 16: return launch<T, 16>(xt, x_stride, tokens, slots, p, scratch, ot, out_stride, stream);
+      case 32: return launch<T, 32>(xt, x_stride, tokens, slots, p, scratch, ot, out_stride, stream);
+      case 64: return launch<T, 64>(xt, x_stride, tokens, slots, p, scratch, ot, out_stride, stream);
       default: return cudaErrorInvalidValue;
     }
   });
