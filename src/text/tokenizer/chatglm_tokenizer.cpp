@@ -5,7 +5,7 @@
 #include <array>
 
 #include "core/error.h"
-#include "text/tokenizer/unicode.h"
+#include "text/tokenizer/sentencepiece_tokenizer.h"
 
 namespace apus::tok {
 namespace {
@@ -25,14 +25,7 @@ class ChatGlmTokenizer : public Backend {
   // SPTokenizer.convert_token_to_id, which looks the GLM special tokens up first: a piece spelled
   // "sop" or "eop" gets the special id (as the original does); [gMASK] sop in front with specials.
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override {
-    std::string clean;
-    if (utf8_valid_prefix(text) != text.size()) {
-      append_utf8_lossy(clean, text);
-      text = clean;
-    }
-    std::vector<int> pieces;
-    const auto status = sp_.Encode(text, &pieces);
-    if (!status.ok()) fail("SentencePiece encode failed: {}", status.ToString());
+    const std::vector<int> pieces = sentencepiece_encode(sp_, text);
     std::vector<int32_t> ids;
     ids.reserve(pieces.size() + 2);
     if (add_special_tokens) ids = {special_id("[gMASK]"), special_id("sop")};
@@ -46,25 +39,12 @@ class ChatGlmTokenizer : public Backend {
   // SPTokenizer.decode: runs of sentencepiece ids through sp_model.decode, GLM specials as their text.
   // skip_special_tokens drops the GLM specials and sentencepiece's control and unknown ids.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override {
-    std::string out, part;
-    std::vector<int> run;
-    auto flush = [&] {
-      if (run.empty()) return;
-      const auto status = sp_.Decode(run, &part);
-      if (!status.ok()) fail("SentencePiece decode failed: {}", status.ToString());
-      out += part;
-      run.clear();
-    };
-    for (int32_t id : ids) {
-      if (id >= n_sp_ && id < n_sp_ + int32_t(kGlmSpecials.size())) {
-        flush();
-        if (!skip_special_tokens) out += kGlmSpecials[size_t(id - n_sp_)];
-      } else if (id >= 0 && id < n_sp_ && !(skip_special_tokens && is_special(id))) {
-        run.push_back(id);
-      }
-    }
-    flush();
-    return out;
+    return sentencepiece_decode(sp_, ids, [&](int32_t id) {
+      if (id >= n_sp_ && id < n_sp_ + int32_t(kGlmSpecials.size()))
+        return DecodeStep{DecodeStep::kBreak, skip_special_tokens ? std::string_view() : kGlmSpecials[size_t(id - n_sp_)]};
+      if (id >= 0 && id < n_sp_ && !(skip_special_tokens && is_special(id))) return DecodeStep{DecodeStep::kJoin};
+      return DecodeStep{DecodeStep::kSkip};
+    });
   }
 
   std::optional<std::string> id_to_token(int32_t id) const override {

@@ -16,14 +16,7 @@ class SentencePieceTokenizer : public Backend {
   }
 
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override {
-    std::string clean;
-    if (utf8_valid_prefix(text) != text.size()) {
-      append_utf8_lossy(clean, text);
-      text = clean;
-    }
-    std::vector<int> pieces;
-    const auto status = sp_.Encode(text, &pieces);
-    if (!status.ok()) fail("SentencePiece encode failed: {}", status.ToString());
+    const std::vector<int> pieces = sentencepiece_encode(sp_, text);
     std::vector<int32_t> ids;
     ids.reserve(pieces.size() + 2);
     if (add_special_tokens && add_bos_ && sp_.bos_id() >= 0) ids.push_back(sp_.bos_id());
@@ -36,26 +29,11 @@ class SentencePieceTokenizer : public Backend {
   // skipping special tokens and written as their piece otherwise (sentencepiece alone would drop
   // controls and write <unk> as " ⁇ ").
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override {
-    std::string out, part;
-    std::vector<int> run;
-    auto flush = [&] {
-      if (run.empty()) return;
-      const auto status = sp_.Decode(run, &part);
-      if (!status.ok()) fail("SentencePiece decode failed: {}", status.ToString());
-      out += part;
-      run.clear();
-    };
-    for (int32_t id : ids) {
-      if (id < 0 || id >= sp_.GetPieceSize()) continue;
-      if (is_special(id)) {
-        flush();
-        if (!skip_special_tokens) out += sp_.IdToPiece(id);
-      } else {
-        run.push_back(id);
-      }
-    }
-    flush();
-    return out;
+    return sentencepiece_decode(sp_, ids, [&](int32_t id) {
+      if (id < 0 || id >= sp_.GetPieceSize()) return DecodeStep{DecodeStep::kSkip};
+      if (!is_special(id)) return DecodeStep{DecodeStep::kJoin};
+      return DecodeStep{DecodeStep::kBreak, skip_special_tokens ? std::string_view() : std::string_view(sp_.IdToPiece(id))};
+    });
   }
 
   std::optional<std::string> id_to_token(int32_t id) const override {
@@ -79,6 +57,42 @@ class SentencePieceTokenizer : public Backend {
 };
 
 }  // namespace
+
+std::vector<int> sentencepiece_encode(const sentencepiece::SentencePieceProcessor& sp, std::string_view text) {
+  std::string clean;
+  if (utf8_valid_prefix(text) != text.size()) {
+    append_utf8_lossy(clean, text);
+    text = clean;
+  }
+  std::vector<int> pieces;
+  const auto status = sp.Encode(text, &pieces);
+  if (!status.ok()) fail("SentencePiece encode failed: {}", status.ToString());
+  return pieces;
+}
+
+std::string sentencepiece_decode(const sentencepiece::SentencePieceProcessor& sp, const std::vector<int32_t>& ids,
+                                 const std::function<DecodeStep(int32_t)>& step) {
+  std::string out, part;
+  std::vector<int> run;
+  auto flush = [&] {
+    if (run.empty()) return;
+    const auto status = sp.Decode(run, &part);
+    if (!status.ok()) fail("SentencePiece decode failed: {}", status.ToString());
+    out += part;
+    run.clear();
+  };
+  for (int32_t id : ids) {
+    const DecodeStep d = step(id);
+    if (d.kind == DecodeStep::kJoin) {
+      run.push_back(id);
+    } else if (d.kind == DecodeStep::kBreak) {
+      flush();
+      out += d.text;
+    }
+  }
+  flush();
+  return out;
+}
 
 std::unique_ptr<Backend> make_sentencepiece_tokenizer(const std::string& model_file, bool add_bos, bool add_eos,
                                                       std::string* bos_piece, std::string* eos_piece) {
