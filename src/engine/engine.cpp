@@ -125,24 +125,9 @@ void Engine::finish(Sequence& s, const std::string& reason, SeqOutput& out) {
   scheduler_.remove(&s);
 }
 
-void Engine::fetch_logits(const std::vector<ScheduledSeq>& sched, const Tensor& logits) {
+void Engine::fetch_logits(const Tensor& logits, std::vector<char>& on_host, const std::vector<SampleRow>& draws) {
   const int64_t R = logits.empty() ? 0 : logits.rows(), V = model_.config().vocab_size;
   drawn_.assign(size_t(R), -1);
-  std::vector<char> on_host(size_t(R), 0);
-  std::vector<SampleRow> draws;
-  int32_t r = 0;
-  for (const auto& [s, n] : sched) {
-    if (s->collecting_prompt_logprobs())  // rows as laid out in step()
-      for (int pos = s->num_computed; pos < std::min(s->num_computed + n, s->prompt_len - 1); ++pos) on_host[size_t(r++)] = 1;
-    if (s->num_computed + n < s->length()) continue;
-    const SamplingParams& p = s->params;
-    if (p.logprobs >= 0 || needs_processing(p, s->num_generated())) {
-      on_host[size_t(r++)] = 1;
-      continue;
-    }
-    draws.push_back(SampleRow{r++, p.temperature, p.top_k, p.top_p, p.min_p,
-                              draw_uniform(p, uint64_t(s->num_generated()))});
-  }
   std::vector<int32_t> ids(draws.size());
   if (!draws.empty()) {
     if (model_.backend().sample(logits, draws, ids.data())) {
@@ -177,6 +162,8 @@ std::vector<SeqOutput> Engine::step() {
   b.tokens.clear(), b.q_start.assign(1, 0), b.ctx_len.clear(), b.slot_mapping.clear(), b.logit_rows.clear();
   b.prompt_len.clear();
   b.lora_slots.clear();
+  std::vector<char> on_host;     // per logit row: the host reads it
+  std::vector<SampleRow> draws;  // logit rows drawn on the device where the backend can
   const bool lora = std::any_of(sched.begin(), sched.end(), [](const ScheduledSeq& x) { return x.seq->lora.slot >= 0; });
   b.max_blocks = 0;
   for (const auto& [s, n] : sched) b.max_blocks = std::max(b.max_blocks, int(s->block_table.size()));
@@ -191,8 +178,19 @@ std::vector<SeqOutput> Engine::step() {
     }
     if (s->collecting_prompt_logprobs())  // position p's logits score prompt token p + 1
       for (int j = 0; j < n; ++j)
-        if (s->num_computed + j < s->prompt_len - 1) b.logit_rows.push_back(b.q_start.back() + j);
-    if (s->num_computed + n == s->length()) b.logit_rows.push_back(int32_t(b.tokens.size()) - 1);
+        if (s->num_computed + j < s->prompt_len - 1) {
+          b.logit_rows.push_back(b.q_start.back() + j);
+          on_host.push_back(1);
+        }
+    if (s->num_computed + n == s->length()) {  // the next token: drawn on the device unless host work is needed
+      const SamplingParams& p = s->params;
+      const bool host = p.logprobs >= 0 || needs_processing(p, s->num_generated());
+      if (!host)
+        draws.push_back(SampleRow{int32_t(b.logit_rows.size()), p.temperature, p.top_k, p.top_p, p.min_p,
+                                  draw_uniform(p, uint64_t(s->num_generated()))});
+      b.logit_rows.push_back(int32_t(b.tokens.size()) - 1);
+      on_host.push_back(host);
+    }
     b.q_start.push_back(int32_t(b.tokens.size()));
     b.ctx_len.push_back(s->num_computed + n);
     b.prompt_len.push_back(s->prompt_len);
@@ -209,7 +207,7 @@ std::vector<SeqOutput> Engine::step() {
   stats_.computed_tokens += b.tokens.size();
 
   const int64_t V = model_.config().vocab_size;
-  fetch_logits(sched, logits);
+  fetch_logits(logits, on_host, draws);
   std::vector<SeqOutput> outputs;
   std::vector<float> row, lp;
   size_t logit_row = 0;

@@ -88,9 +88,9 @@ class Engine {
  private:
   void finish(Sequence& s, const std::string& reason, SeqOutput& out);
   bool hit_stop(const Sequence& s, int32_t token) const;
-  // Draws on the device the step's tokens that need no host work (drawn_[row], else -1) and
-  // copies the other logits rows (prompt logprobs, logprobs, penalties...) into logits_.
-  void fetch_logits(const std::vector<ScheduledSeq>& sched, const Tensor& logits);
+  // Draws `draws` on the device (drawn_[row], else -1; rows the backend cannot draw join `on_host`)
+  // and copies the `on_host` rows (prompt logprobs, logprobs, penalties...) into logits_.
+  void fetch_logits(const Tensor& logits, std::vector<char>& on_host, const std::vector<SampleRow>& draws);
 
   DecoderModel& model_;
   EngineConfig config_;
