@@ -8,7 +8,8 @@
 # run scripts/pack-gpu-deps.sh here first and carry .gpu-deps (device tool: carry [".gpu-deps"]).
 # APUS_GPU_MEMCHECK=1 also runs the op tests under compute-sanitizer (slower).
 # APUS_GPU_PARTS picks what runs after the build: test, bench, serve (default: all three), lora
-# (the LoRA suites on the GPU and decode throughput with 0, 1 and 4 adapters at batch 32).
+# (the LoRA suites on the GPU and decode throughput with 0, 1 and 4 adapters at batch 32), int4
+# (the quantized-model suites on the GPU, then int4 GPTQ against bf16 decode at batch 1 and 32).
 set -uo pipefail
 PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
 part() { [[ $PARTS == *",$1,"* ]]; }
@@ -37,6 +38,7 @@ fi
 TARGETS="apus"
 part test && TARGETS="$TARGETS test_backend_ops test_decode_graphs test_golden_gpu test_engine_gpu"
 part lora && TARGETS="$TARGETS test_backend_ops test_lora_gpu"
+part int4 && TARGETS="$TARGETS test_backend_ops test_golden_gpu test_quant_model_gpu"
 if ! cmake --build $B -j16 --target $TARGETS > "$OUT/build.log" 2>&1; then
   grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1
 fi
@@ -96,6 +98,24 @@ echo "LoRA merged export in transformers: exit $?"
 for n in 0 1 4; do
   timeout 150 $B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b \
     --num-prompts 64 --max-num-seqs 32 --input-len 128 --output-len 256 --num-loras $n > "$OUT/lora_bench_$n.log" 2>&1
+done
+fi
+
+if part int4; then
+(cd $B && timeout 120 ./tests/test_backend_ops --gtest_filter='*Quant*' && timeout 120 ./tests/test_quant_model_gpu &&
+  timeout 120 ./tests/test_golden_gpu --gtest_filter='*GoldenQuant*') > "$OUT/int4_tests.log" 2>&1
+echo "int4 GPU tests: exit $? ($(grep -c '^\[       OK' "$OUT/int4_tests.log") OK, $(grep -c '^\[  FAILED  \]' "$OUT/int4_tests.log") failed lines)"
+timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops --gtest_filter='*Quant*BF16*' \
+  > "$OUT/int4_memcheck.log" 2>&1
+echo "int4 memcheck: exit $?"
+# Qwen2.5-7B shape, dummy weights: bf16, then GPTQ 4-bit group 128 (--quantization gptq), single
+# stream (latency) and decode-dominated batches of 32 (throughput).
+LAT="$B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b --input-len 512 --output-len 128"
+TPT="$B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b --num-prompts 64 --max-num-seqs 32 --input-len 128 --output-len 256"
+for q in bf16 gptq; do
+  Q=""; [ $q = gptq ] && Q="--quantization gptq"
+  timeout 150 $LAT $Q --num-iters 2 > "$OUT/int4_latency_$q.log" 2>&1
+  timeout 150 $TPT $Q > "$OUT/int4_batch32_$q.log" 2>&1
 done
 fi
 

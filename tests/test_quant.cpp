@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <cstring>
 #include <random>
 
 #include "core/error.h"
@@ -208,6 +209,13 @@ TEST(GptqFormat, PackUnpackRoundTrips) {
     expect_same(unpack_quant(t, c, out, in, "l", "f"), m);
     // The backend-neutral form: groups contiguous in perm order, the same weights.
     QuantWeight w = make_quant_weight(m, "l");
+    // The loader's entry point (a fast path for GPTQ without act-order) gives the same bytes.
+    const QuantWeight loaded = load_quant_weight(t, c, out, in, "l", "f");
+    auto same = [](const Tensor& a, const Tensor& b) {
+      return a.empty() == b.empty() && a.shape == b.shape && (a.empty() || std::memcmp(a.data, b.data, a.nbytes()) == 0);
+    };
+    EXPECT_TRUE(same(loaded.qweight, w.qweight) && same(loaded.scales, w.scales) && same(loaded.zeros, w.zeros) &&
+                same(loaded.perm, w.perm));
     EXPECT_EQ(w.in(), in);
     EXPECT_EQ(w.out(), out);
     EXPECT_EQ(w.perm.empty(), !k.shuffle);

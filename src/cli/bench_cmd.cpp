@@ -106,8 +106,9 @@ void run_latency(const LatencyArgs& a) {
   const double gemm_flops = backend->measure_matmul_flops();
   if (gemm_flops > 0) {
     const double n = a.input_len;  // lm_head runs for the last token only
-    const double params = double(m->weights().matrix_bytes) / dtype_size(backend->activation_dtype()) -
-                          double(c.vocab_size) * double(c.hidden_size);
+    // The decoder's matrices (not matrix_bytes / dtype size: a quantized model's bytes are codes).
+    const double H = double(c.hidden_size), q = double(c.q_size()), kv = double(c.kv_size());
+    const double params = c.num_layers * (H * (q + 2 * kv) + q * H + 3 * H * double(c.intermediate_size));
     const double flops = 2.0 * params * n + 2.0 * c.num_layers * double(c.q_size()) * n * n;
     const double rate = flops / prefill_s;
     std::cout << fmt::format("prefill rate     {:.1f} TFLOP/s ({:.1f} TFLOP of matrices and attention)\n", rate / 1e12,

@@ -148,7 +148,7 @@ class Loader {
     t.qzeros = raw(prefix + ".qzeros", {groups, out / p});
     t.scales = raw(prefix + ".scales", {groups, out});
     if (!awq && source_.has(prefix + ".g_idx")) t.g_idx = raw(prefix + ".g_idx", {in});
-    QuantWeight w = make_quant_weight(unpack_quant(t, q, out, in, prefix, source_.where(prefix + ".qweight")), prefix);
+    QuantWeight w = load_quant_weight(t, q, out, in, prefix, source_.where(prefix + ".qweight"));
     *bytes += w.nbytes();
     return w;
   }

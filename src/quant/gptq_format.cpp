@@ -185,4 +185,48 @@ QuantWeight make_quant_weight(const QuantMatrix& m, const std::string& name) {
   return w;
 }
 
+QuantWeight load_quant_weight(const QuantTensors& t, const QuantConfig& c, int64_t out, int64_t in,
+                              const std::string& name, const std::string& where) {
+  const int64_t gs = c.group_size == -1 ? in : c.group_size;
+  bool plain = c.method == QuantMethod::kGptq && gs % 32 == 0 && in % gs == 0 && out % 8 == 0;
+  if (plain && !t.g_idx.empty()) {
+    plain = t.g_idx.dtype == DType::I32 && t.g_idx.shape == std::vector<int64_t>{in} && t.g_idx.contiguous();
+    for (int64_t i = 0; plain && i < in; ++i) plain = t.g_idx.ptr<int32_t>()[i] == i / gs;
+  }
+  if (!plain) return make_quant_weight(unpack_quant(t, c, out, in, name, where), name);
+  // GPTQ packs the inputs of an output down a column of 32-bit words, QuantWeight along its row,
+  // in the same bit order (input 8r + k at bits 4k of word r for 4 bits, 4r + k at bits 8k for 8):
+  // the codes are a transpose of the words. Zeros and scales decode as in unpack_quant.
+  const int p = 32 / c.bits;
+  check_tensor(t.qweight, name + ".qweight", {in / p, out}, true, where);
+  QuantWeight w;
+  const int64_t G = in / gs;
+  check_tensor(t.qzeros, name + ".qzeros", {G, out / p}, true, where);
+  check_tensor(t.scales, name + ".scales", {G, out}, false, where);
+  const uint32_t mask = (1u << c.bits) - 1, plus = c.zeros_minus_one ? 1u : 0u;
+  w.bits = c.bits;
+  w.group_size = gs;
+  w.qweight = host_tensor(DType::U8, {out, in * c.bits / 8});
+  w.scales = host_tensor(DType::F16, {out, G});
+  w.zeros = host_tensor(DType::U8, {out, G});
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t cp = 0; cp < out / p; ++cp) {
+      const uint32_t word = uint32_t(t.qzeros.ptr<int32_t>()[g * (out / p) + cp]);
+      for (int k = 0; k < p; ++k)
+        w.zeros.ptr<uint8_t>()[(cp * p + k) * G + g] = uint8_t((((word >> (c.bits * k)) & mask) + plus) & mask);
+    }
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t o = 0; o < out; ++o) w.scales.ptr<uint16_t>()[o * G + g] = f32_to_f16(get_float(t.scales, g * out + o));
+  // Blocked transpose of the words: [in / p, out] -> [out, in / p].
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(t.qweight.data);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(w.qweight.data);
+  const int64_t R = in / p;
+  constexpr int64_t kTile = 64;
+  for (int64_t r0 = 0; r0 < R; r0 += kTile)
+    for (int64_t o0 = 0; o0 < out; o0 += kTile)
+      for (int64_t r = r0; r < std::min(R, r0 + kTile); ++r)
+        for (int64_t o = o0; o < std::min(out, o0 + kTile); ++o) dst[o * R + r] = src[r * out + o];
+  return w;
+}
+
 }  // namespace apus

@@ -59,4 +59,9 @@ QuantTensors pack_quant(const QuantMatrix& m, const QuantConfig& config);
 // desc_act), codes packed two per byte for 4 bits. Every group must have group_size columns.
 QuantWeight make_quant_weight(const QuantMatrix& m, const std::string& name);
 
+// make_quant_weight(unpack_quant(...)) with the same checks; GPTQ layers whose g_idx is i / group
+// (no act-order) take a fast path: QuantWeight's codes are the transpose of qweight's words.
+QuantWeight load_quant_weight(const QuantTensors& t, const QuantConfig& config, int64_t out, int64_t in,
+                              const std::string& name, const std::string& where);
+
 }  // namespace apus

@@ -12,6 +12,7 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "quant/gptq_format.h"
 
 namespace apus {
 namespace {
@@ -200,6 +201,68 @@ TEST_P(BackendOps, GemvSmallBatchesOddShapes) {
       Tensor gf = gpu_->alloc(DType::F32, {m, n});
       gpu_->linear(gx, gl, gf);
       expect_close(y, gf, what + " to F32", dt_ == DType::F32 ? 0 : 3e-3);
+    }
+  }
+}
+
+// GPTQ / AWQ layers against the CPU's qgemm: 4 and 8 bits, groups of 32, 128 and the whole row,
+// act-order (a column permutation), two fused parts with a bias, decode batches on tensor cores
+// (1-64 rows, k not a multiple of a warp's chunk), prefill through the dequantized matrix (65+
+// rows, and every batch for F32), F32 output; rows independent of the batch around them.
+TEST_P(BackendOps, QuantLinear) {
+  struct Case {
+    int bits;
+    int64_t k, group;
+    bool act_order;
+  };
+  for (const Case c : {Case{4, 96, 32, false}, Case{4, 256, 128, true}, Case{4, 3584, 128, false},
+                       Case{8, 96, 32, true}, Case{8, 512, 512, false}, Case{4, 160, 160, false}}) {
+    const int64_t k = c.k, n1 = 40, n2 = 24;
+    std::vector<QuantWeight> parts;
+    std::vector<int32_t> g_idx(static_cast<size_t>(k));
+    for (int64_t i = 0; i < k; ++i) g_idx[size_t(i)] = int32_t(i / c.group);
+    if (c.act_order) std::shuffle(g_idx.begin(), g_idx.end(), rng_);
+    for (int64_t n : {n1, n2}) {
+      QuantMatrix m;
+      m.out = n, m.in = k, m.bits = c.bits, m.group_size = c.group, m.g_idx = g_idx;
+      std::uniform_int_distribution<int> code(0, (1 << c.bits) - 1);
+      std::uniform_real_distribution<float> scale(0.2f, 1.0f);
+      m.q.resize(size_t(n * k));
+      for (auto& v : m.q) v = uint8_t(code(rng_));
+      m.zeros.resize(size_t(n * m.groups()));
+      for (auto& v : m.zeros) v = uint8_t(code(rng_));
+      m.scales.resize(m.zeros.size());
+      for (auto& v : m.scales) v = scale(rng_) / float(1 << c.bits) / std::sqrt(float(k));
+      parts.push_back(make_quant_weight(m, "w"));
+    }
+    Tensor b1 = random({n1});
+    Linear cl{{LinearPart{{}, b1, parts[0]}, LinearPart{{}, {}, parts[1]}}, k, n1 + n2};
+    Linear gl = gpu_->prepare_linear(
+        Linear{{LinearPart{{}, to_gpu_f32(b1), parts[0]}, LinearPart{{}, {}, parts[1]}}, k, n1 + n2});
+    for (int64_t m : {1, 3, 8, 16, 17, 33, 64, 65, 200}) {
+      Tensor x = random({m, k});
+      Tensor y = host_tensor(DType::F32, {m, n1 + n2});
+      cpu_->linear(x, cl, y);
+      Tensor gx = to_gpu(x);
+      Tensor gy = poisoned({m, n1 + n2});
+      gpu_->linear(gx, gl, gy);
+      const std::string what = fmt::format("quant linear bits={} k={} group={} act_order={} m={}", c.bits, k, c.group,
+                                           c.act_order, m);
+      expect_close(y, gy, what);
+      Tensor gf = gpu_->alloc(DType::F32, {m, n1 + n2});
+      gpu_->linear(gx, gl, gf);
+      expect_close(y, gf, what + " to F32", dt_ == DType::F32 ? 0 : 3e-3);
+      if (m == 64 && dt_ != DType::F32) {  // rows independent of the batch (graphs pad decode batches)
+        const Tensor all_h = to_host(gf);
+        for (int64_t sub : {1, 17, 33}) {
+          Tensor part = gpu_->alloc(DType::F32, {sub, n1 + n2});
+          gpu_->linear(gx.rows_view(0, sub), gl, part);
+          const Tensor part_h = to_host(part);
+          for (int64_t r = 0; r < sub; ++r)
+            for (int64_t col = 0; col < n1 + n2; ++col)
+              ASSERT_EQ(part_h.row<float>(r)[col], all_h.row<float>(r)[col]) << what << " sub " << sub;
+        }
+      }
     }
   }
 }

@@ -16,6 +16,7 @@
 #include "backend/cuda/cublas.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/op_profile.h"
+#include "backend/cuda/quant_repack.h"
 #include "core/error.h"
 
 namespace apus {
@@ -160,6 +161,8 @@ class CudaBackend final : public Backend {
   // One matrix per linear layer: q/k/v and gate/up parts are concatenated at load (the parts are
   // device copies already), so each runs as one GEMM.
   Linear prepare_linear(Linear l) override {
+    for (const auto& p : l.parts)
+      if (!p.quant.empty()) return prepare_quant_linear(l);
     if (l.parts.size() < 2) return l;
     const int64_t in = l.in_features;
     const DType dt = l.parts[0].weight.dtype;
@@ -188,6 +191,99 @@ class CudaBackend final : public Backend {
     out.out_features = l.out_features;
     out.parts.push_back(std::move(fused));
     return out;
+  }
+
+  // A GPTQ / AWQ layer: runs of parts with one format and column order (q/k/v, gate/up) become one
+  // matrix, repacked for quant.cu (cuda::repack_quant) and uploaded; float parts stay as they are.
+  Linear prepare_quant_linear(const Linear& l) {
+    auto fusable = [](const LinearPart& a, const LinearPart& b) {
+      const QuantWeight &x = a.quant, &y = b.quant;
+      if (x.empty() || y.empty() || x.bits != y.bits || x.group_size != y.group_size || x.perm.empty() != y.perm.empty())
+        return false;
+      return x.perm.empty() || std::memcmp(x.perm.data, y.perm.data, x.perm.nbytes()) == 0;
+    };
+    Linear out;
+    out.in_features = l.in_features;
+    out.out_features = l.out_features;
+    for (size_t i = 0; i < l.parts.size();) {
+      if (l.parts[i].quant.empty()) {
+        out.parts.push_back(l.parts[i++]);
+        continue;
+      }
+      std::vector<const QuantWeight*> run{&l.parts[i].quant};
+      size_t j = i + 1;
+      while (j < l.parts.size() && fusable(l.parts[i], l.parts[j])) run.push_back(&l.parts[j++].quant);
+      const QuantWeight host = cuda::repack_quant(run);
+      LinearPart fused;
+      fused.quant = host;
+      for (Tensor* t : {&fused.quant.qweight, &fused.quant.scales, &fused.quant.zeros, &fused.quant.perm})
+        if (!t->empty()) *t = upload(*t);
+      bool any_bias = false;
+      for (size_t p = i; p < j; ++p) any_bias = any_bias || !l.parts[p].bias.empty();
+      if (any_bias) {
+        fused.bias = alloc(DType::F32, {host.out()});
+        int64_t row = 0;
+        for (size_t p = i; p < j; ++p) {
+          const LinearPart& part = l.parts[p];
+          if (!part.bias.empty())
+            APUS_CUDA_CHECK(cudaMemcpyAsync(fused.bias.ptr<float>() + row, part.bias.data, part.bias.nbytes(),
+                                            cudaMemcpyDeviceToDevice, stream_));
+          row += part.out();
+        }
+        APUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      }
+      // The largest quantized matrix, dequantized: prefill (and F32 models) multiply it with cuBLAS.
+      grow_quant_scratch(host.out() * host.in());
+      out.parts.push_back(std::move(fused));
+      i = j;
+    }
+    return out;
+  }
+
+  // Room for a dequantized [elements] matrix in the activation dtype.
+  void grow_quant_scratch(int64_t elements) {
+    if (quant_scratch_.nbytes() >= size_t(elements) * dtype_size(act_)) return;
+    if (!graphs_.empty()) retired_.push_back(quant_scratch_);  // a recorded graph may use it
+    quant_scratch_ = raw_alloc(act_, {elements});
+  }
+
+  // y = x W^T (+ bias) for a quantized part: tensor cores on the packed codes for decode-sized
+  // batches of 16-bit activations, else the dequantized matrix through cuBLAS.
+  void quant_linear(const Tensor& x, const LinearPart& p, void* y, int64_t y_stride, DType y_dtype) {
+    const QuantWeight& q = p.quant;
+    APUS_CHECK(q.qweight.device == Device::CUDA, "linear: quantized weight not prepared for the GPU (prepare_linear)");
+    const int64_t m = x.rows(), k = q.in(), n = q.out();
+    const cuda::QuantArgs a{q.qweight.ptr<uint8_t>(), q.qweight.row_stride, q.scales.ptr<uint16_t>(),
+                            q.zeros.ptr<uint8_t>(), int(q.groups()), int(q.group_size), q.bits, n, k};
+    const float* bias = p.bias.empty() ? nullptr : p.bias.ptr<float>();
+    const size_t esize = dtype_size(act_);
+    const void* xin = x.data;
+    int64_t x_stride = x.row_stride;
+    if (!q.perm.empty()) {  // act-order: the activations in the weight's column order
+      if (gather_scratch_.nbytes() < size_t(m * k) * esize) {
+        if (!graphs_.empty()) retired_.push_back(gather_scratch_);  // a recorded graph may use it
+        gather_scratch_ = raw_alloc(act_, {std::max<int64_t>(m * k, 64 * k)});
+      }
+      launched(cuda::gather_cols(act_, x.data, x.row_stride, q.perm.ptr<int32_t>(), m, k, gather_scratch_.data, k,
+                                 stream_),
+               "gather_cols");
+      xin = gather_scratch_.data;
+      x_stride = k;
+    }
+    const bool aligned = (reinterpret_cast<uintptr_t>(xin) & 15u) == 0 && size_t(x_stride) * esize % 16 == 0;
+    if (act_ != DType::F32 && m <= cuda::kQuantMmaMaxRows && aligned) {
+      launched(cuda::quant_matmul(act_, y_dtype, a, xin, x_stride, m, bias, y, y_stride, stream_), "quant_matmul");
+      return;
+    }
+    grow_quant_scratch(n * k);  // sized at load; grows only if the activation dtype changed since
+    launched(cuda::quant_dequantize(act_, a, quant_scratch_.data, k, stream_), "quant_dequantize");
+    const float alpha = 1.0f, beta = 0.0f;
+    check_blas(cuda::cublas().gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(m), int(k), &alpha,
+                                      quant_scratch_.data, blas_type(act_), int(k), xin, blas_type(act_), int(x_stride),
+                                      &beta, y, blas_type(y_dtype), int(y_stride), CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx");
+    if (bias) launched(cuda::add_bias(y_dtype, y, y_stride, bias, m, n, stream_), "add_bias");
   }
 
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
@@ -247,7 +343,12 @@ class CudaBackend final : public Backend {
     const size_t out_esize = dtype_size(out.dtype);
     int64_t col = 0;
     for (const LinearPart& p : w.parts) {
-      const int64_t n = p.weight.shape[0];
+      const int64_t n = p.out();
+      if (!p.quant.empty()) {
+        quant_linear(x, p, static_cast<char*>(out.data) + size_t(col) * out_esize, out.row_stride, out.dtype);
+        col += n;
+        continue;
+      }
       APUS_CHECK(p.weight.dtype == act_ && p.weight.device == Device::CUDA,
                  "linear: weight {} on {} (expected {} on the GPU)", p.weight.describe(),
                  p.weight.device == Device::CUDA ? "the GPU" : "the host", dtype_name(act_));
@@ -586,6 +687,8 @@ class CudaBackend final : public Backend {
   DType act_ = DType::BF16;
   Tensor blas_workspace_, errors_, attention_scratch_, sample_buffer_, sample_scratch_;
   Tensor lora_scratch_;  // the shrunk activations of Backend::lora (grown like attention_scratch_)
+  Tensor quant_scratch_;   // the largest quantized matrix dequantized (prefill), sized at load
+  Tensor gather_scratch_;  // act-order layers' reordered activations (grown like attention_scratch_)
   PinnedBuffer upload_pinned_, download_pinned_, error_pinned_, sample_pinned_;
   cuda::DeviceError* errors_host_ = nullptr;
   int64_t vocab_ = 0, num_slots_ = 0;

@@ -49,6 +49,29 @@ cudaError_t add_bias(DType dt, void* y, int64_t y_stride, const float* bias, int
 constexpr int kGemvMaxRows = 8;
 cudaError_t gemv(DType dt, DType out_dt, const void* w, int64_t w_stride, const void* x, int64_t x_stride, int64_t m,
                  const float* bias, void* y, int64_t y_stride, int64_t n, int64_t k, cudaStream_t stream);
+// Quantized linear layers (quant.cu). A GPTQ / AWQ weight as the backend keeps it on the device:
+// qweight U8 [n, k * bits / 8] (row stride qw_stride bytes), columns in the order of the layer's
+// perm, each 32-bit word holding 8 (4 bits) or 4 (8 bits) consecutive columns; for 4 bits the
+// load-time repack (cuda_backend.cpp) puts column 2p of the word at nibble p and column 2p + 1 at
+// nibble p + 4. scales (fp16 bits) and zeros [n, groups], group_size a multiple of 32 dividing k.
+struct QuantArgs {
+  const uint8_t* qweight;
+  int64_t qw_stride;
+  const uint16_t* scales;
+  const uint8_t* zeros;
+  int groups, group_size, bits;
+  int64_t n, k;
+};
+// y[m, n] = x[m, k] W^T (+ bias) on tensor cores for m <= kQuantMmaMaxRows; x in `dt` (BF16 or F16,
+// 16-byte aligned rows, columns already in the weight's order), y in `dt` or F32.
+constexpr int kQuantMmaMaxRows = 64;
+cudaError_t quant_matmul(DType dt, DType out_dt, const QuantArgs& w, const void* x, int64_t x_stride, int64_t m,
+                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream);
+// The whole weight as `dt` [n, k] (row stride out_stride), for a cuBLAS product (prefill, F32 models).
+cudaError_t quant_dequantize(DType dt, const QuantArgs& w, void* out, int64_t out_stride, cudaStream_t stream);
+// out[r, c] = x[r, perm[c]] (act-order layers' activations in the weight's column order).
+cudaError_t gather_cols(DType dt, const void* x, int64_t x_stride, const int32_t* perm, int64_t rows, int64_t k,
+                        void* out, int64_t out_stride, cudaStream_t stream);
 // Keeps the GPU busy for about `ns` nanoseconds (the op profiler lets the host queue a step ahead).
 cudaError_t spin(int64_t ns, cudaStream_t stream);
 // Deterministic pseudo-random values in [-1, 1) (benchmark inputs: never time on zeros).

@@ -1,0 +1,297 @@
+// Linear layers with GPTQ / AWQ weights (quant/quant_weight.h), repacked at load by the backend
+// (see QuantArgs in kernels.h):
+//
+// - qmm_kernel, up to kQuantMmaMaxRows rows of 16-bit activations (decode, batch 1..64): a block of
+//   8 warps owns 16 output columns; the warps split K in chunks and reduce through shared memory.
+//   Each lane streams 16 bytes of codes of each of two weight rows per chunk (32 4-bit or 16 8-bit
+//   codes, evict-first), issuing a few chunks' loads before using any, dequantizes them in registers
+//   into the B fragments of mma.sync m16n8k16 (fp32 accumulation) and multiplies them by every
+//   16-row tile of activations, so the codes are read once whatever the row count. The mma's k positions are assigned so that each lane's codes
+//   and activations are contiguous: lane (g, t) of the PTX fragment layout holds the k positions
+//   2t, 2t+1, 2t+8, 2t+9 of both A and B, which we map to 4j..4j+3 of the lane's own 32 (16) k
+//   values for the j-th mma. 4-bit dequantization is two bit operations and two 16-bit pair
+//   operations per two weights: the nibble is placed in the mantissa of 1024 (fp16) or 128 (bf16),
+//   then (v - (base + zero)) * scale, rounded once to the dtype; the load-time repack puts the
+//   nibbles of k, k+1 eight bits apart in each 32-bit word (positions p and p+4 hold k = 2p, 2p+1).
+// - dequantize_kernel: the whole matrix in the activation dtype (prefill, F32 models), then cuBLAS.
+// - gather_cols_kernel: x[:, perm] for act-order (desc_act) checkpoints, once per layer.
+#include "backend/cuda/device_util.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace apus::cuda {
+
+namespace {
+
+constexpr int kQWarps = 8;  // warps of a block, splitting K
+
+template <typename T>
+struct Half2;
+template <>
+struct Half2<__half> {
+  using T2 = __half2;
+  static constexpr uint32_t kMagic = 0x64006400u;  // 1024.0 in both halves
+  static constexpr float kBase = 1024.0f;
+  static __device__ __forceinline__ T2 splat(float v) { return __float2half2_rn(v); }
+  static __device__ __forceinline__ T2 pair(float lo, float hi) { return __floats2half2_rn(lo, hi); }
+};
+template <>
+struct Half2<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  static constexpr uint32_t kMagic = 0x43004300u;  // 128.0 in both halves
+  static constexpr float kBase = 128.0f;
+  static __device__ __forceinline__ T2 splat(float v) { return __float2bfloat162_rn(v); }
+  static __device__ __forceinline__ T2 pair(float lo, float hi) { return __floats2bfloat162_rn(lo, hi); }
+};
+
+template <typename T2>
+__device__ __forceinline__ uint32_t bits_of(T2 v) {
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Weights of the nibbles at bit positions sh and sh + 16 of `word`: ((base + q) - (base + zero)) * scale.
+template <typename T>
+__device__ __forceinline__ uint32_t dequant4(uint32_t word, int sh, typename Half2<T>::T2 base_zero,
+                                             typename Half2<T>::T2 scale) {
+  uint32_t v = ((word >> sh) & 0x000F000Fu) | Half2<T>::kMagic;
+  const typename Half2<T>::T2 q = *reinterpret_cast<typename Half2<T>::T2*>(&v);
+  return bits_of(__hmul2(__hsub2(q, base_zero), scale));
+}
+
+// The B fragment pair (b0, b1) of the lane's mma j from its 16 bytes of codes: 4 bits, word j / 2
+// at nibble pairs (p, p + 4) for p = 2 (j % 2) and p + 1; 8 bits, bytes 0-1 and 2-3 of word j.
+template <typename T, int BITS>
+__device__ __forceinline__ void b_frag(const uint4& wv, float s, float z, int j, uint32_t& b0, uint32_t& b1) {
+  const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
+  if constexpr (BITS == 4) {
+    const auto bz = Half2<T>::splat(Half2<T>::kBase + z), sc = Half2<T>::splat(s);
+    b0 = dequant4<T>(w[j / 2], (j % 2) * 8, bz, sc);
+    b1 = dequant4<T>(w[j / 2], (j % 2) * 8 + 4, bz, sc);
+  } else {
+    const uint32_t x = w[j];
+    b0 = bits_of(Half2<T>::pair((float(x & 0xffu) - z) * s, (float((x >> 8) & 0xffu) - z) * s));
+    b1 = bits_of(Half2<T>::pair((float((x >> 16) & 0xffu) - z) * s, (float(x >> 24) - z) * s));
+  }
+}
+
+// A block of kQWarps warps owns 16 output columns (two mma n-tiles sharing every activation load);
+// the warps split K. Per round a lane first issues all its loads (U chunks of codes for both
+// n-tiles, their scales and zeros, and for HALF the activations), then computes, so that a round
+// costs one memory latency. MT: 16-row tiles of activations; HALF: at most 8 rows (only the A
+// fragment rows 0-7 are loaded, the others are zero).
+template <typename T, typename OutT, int BITS, int MT, bool HALF, int U>
+__global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride,
+                                                           int m, const float* __restrict__ bias, OutT* __restrict__ y,
+                                                           int64_t y_stride) {
+  constexpr int NT = 2;
+  constexpr int KL = 128 / BITS;  // k values per lane per chunk
+  constexpr int J = KL / 4;       // mmas per chunk and n-tile
+  constexpr int KC = 4 * KL;      // k values per warp per chunk
+  constexpr int XV = KL / 8;      // 16-byte activation loads per row per chunk
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int64_t n0 = int64_t(blockIdx.x) * 8 * NT;
+  const uint8_t* wr[NT];
+  const uint16_t* sr[NT];
+  const uint8_t* zr[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int64_t row = n0 + nt * 8 + g < w.n ? n0 + nt * 8 + g : w.n - 1;  // past the end: not stored
+    wr[nt] = w.qweight + row * w.qw_stride;
+    sr[nt] = w.scales + row * w.groups;
+    zr[nt] = w.zeros + row * w.groups;
+  }
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int t = 0; t < MT; ++t)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) acc[t][nt][0] = acc[t][nt][1] = acc[t][nt][2] = acc[t][nt][3] = 0.0f;
+
+  const int chunks = int((w.k + KC - 1) / KC);
+  for (int c0 = warp; c0 < chunks; c0 += kQWarps * U) {
+    uint4 wv[U][NT];
+    float s[U][NT], z[U][NT];
+    uint4 xh[HALF ? U : 1][XV];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t kb = int64_t(c0 + u * kQWarps) * KC + t4 * KL;
+      const bool ok = kb < w.k;  // k is a multiple of 32: a lane's chunk is all in or all out
+      const int gi = ok ? int(kb / w.group_size) : 0;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        wv[u][nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(wr[nt] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
+        s[u][nt] = ok ? __half2float(__ushort_as_half(__ldg(sr[nt] + gi))) : 0.0f;  // zero scale: adds nothing
+        z[u][nt] = ok ? float(__ldg(zr[nt] + gi)) : 0.0f;
+      }
+      if constexpr (HALF) {
+#pragma unroll
+        for (int i = 0; i < XV; ++i)
+          xh[u][i] = ok && g < m ? __ldg(reinterpret_cast<const uint4*>(x + g * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (c0 + u * kQWarps >= chunks) break;  // the same for the whole warp
+      const int64_t kb = int64_t(c0 + u * kQWarps) * KC + t4 * KL;
+      const bool ok = kb < w.k;
+      if constexpr (HALF) {
+        const uint32_t* xa = reinterpret_cast<const uint32_t*>(xh[u]);
+#pragma unroll
+        for (int j = 0; j < J; ++j) {
+          const uint32_t a[4] = {xa[2 * j], 0u, xa[2 * j + 1], 0u};
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            uint32_t b0, b1;
+            b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b0, b1);
+            mma<T>(acc[0][nt], a, b0, b1);
+          }
+        }
+      } else {
+        uint32_t b[NT][J][2];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int j = 0; j < J; ++j) b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b[nt][j][0], b[nt][j][1]);
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+          const int r0 = t * 16 + g, r1 = r0 + 8;
+          uint4 va[XV], vb[XV];
+#pragma unroll
+          for (int i = 0; i < XV; ++i) {
+            va[i] = ok && r0 < m ? __ldg(reinterpret_cast<const uint4*>(x + r0 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
+            vb[i] = ok && r1 < m ? __ldg(reinterpret_cast<const uint4*>(x + r1 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
+          }
+          const uint32_t* xa = reinterpret_cast<const uint32_t*>(va);
+          const uint32_t* xb = reinterpret_cast<const uint32_t*>(vb);
+#pragma unroll
+          for (int j = 0; j < J; ++j) {
+            const uint32_t a[4] = {xa[2 * j], xb[2 * j], xa[2 * j + 1], xb[2 * j + 1]};
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) mma<T>(acc[t][nt], a, b[nt][j][0], b[nt][j][1]);
+          }
+        }
+      }
+    }
+  }
+
+  __shared__ float red[kQWarps - 1][MT][NT][4][32];
+  if (warp > 0)
+#pragma unroll
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) red[warp - 1][t][nt][e][lane] = acc[t][nt][e];
+  __syncthreads();
+  if (warp > 0) return;
+#pragma unroll
+  for (int t = 0; t < MT; ++t)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float v = acc[t][nt][e];
+#pragma unroll
+        for (int q = 0; q < kQWarps - 1; ++q) v += red[q][t][nt][e][lane];
+        // C fragment: element e of lane (g, t4) is row g (+8 for e >= 2), column 2 t4 + e % 2.
+        const int r = t * 16 + g + (e >= 2 ? 8 : 0);
+        const int64_t col = n0 + nt * 8 + 2 * t4 + (e % 2);
+        if (r < m && col < w.n) y[int64_t(r) * y_stride + col] = from_f<OutT>(v + (bias ? bias[col] : 0.0f));
+      }
+}
+
+template <typename T, typename OutT, int BITS>
+cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
+                       int64_t y_stride, cudaStream_t stream) {
+  const dim3 grid(ceil_div(w.n, 16)), block(kQWarps * 32);
+  const T* xt = static_cast<const T*>(x);
+  OutT* yt = static_cast<OutT*>(y);
+  const int mi = int(m);
+  if (m <= 8) qmm_kernel<T, OutT, BITS, 1, true, 4><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  else if (m <= 16) qmm_kernel<T, OutT, BITS, 1, false, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  else if (m <= 32) qmm_kernel<T, OutT, BITS, 2, false, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  else qmm_kernel<T, OutT, BITS, 4, false, 1><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  return cudaGetLastError();
+}
+
+template <typename T, typename OutT>
+cudaError_t launch_qmm_bits(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
+                            int64_t y_stride, cudaStream_t stream) {
+  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, stream);
+  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, stream);
+}
+
+// One thread per 32-bit word of codes (8 4-bit or 4 8-bit weights), in the layer's column order,
+// written with one or two 16-byte stores (rows of k elements are 16-byte aligned: k % 32 == 0).
+template <typename T, int BITS>
+__global__ void dequantize_kernel(QuantArgs w, T* __restrict__ out, int64_t out_stride) {
+  constexpr int kPer = 32 / BITS;
+  const int64_t words_per_row = w.k / kPer;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= w.n * words_per_row) return;
+  const int64_t row = i / words_per_row, wi = i % words_per_row;
+  const uint32_t word = reinterpret_cast<const uint32_t*>(w.qweight + row * w.qw_stride)[wi];
+  const int64_t k0 = wi * kPer;
+  const int gi = int(k0 / w.group_size);
+  const float s = __half2float(__ushort_as_half(w.scales[row * w.groups + gi]));
+  const float z = float(w.zeros[row * w.groups + gi]);
+  alignas(16) T v[kPer];
+#pragma unroll
+  for (int p = 0; p < kPer; ++p) {
+    // 4 bits: nibble p holds column 2p (p < 4) or 2(p - 4) + 1 (the load-time repack).
+    const float q = BITS == 4 ? float((word >> (4 * p)) & 15u) : float((word >> (8 * p)) & 255u);
+    v[BITS == 4 ? (p < 4 ? 2 * p : 2 * (p - 4) + 1) : p] = from_f<T>((q - z) * s);
+  }
+  uint4* o = reinterpret_cast<uint4*>(out + row * out_stride + k0);
+  const uint4* src = reinterpret_cast<const uint4*>(v);
+#pragma unroll
+  for (int b = 0; b < int(sizeof(v) / 16); ++b) o[b] = src[b];
+  if constexpr (sizeof(v) % 16 == 8) *reinterpret_cast<uint2*>(o) = *reinterpret_cast<const uint2*>(v);
+}
+
+template <typename T>
+__global__ void gather_cols_kernel(const T* __restrict__ x, int64_t x_stride, const int32_t* __restrict__ perm,
+                                   int64_t k, T* __restrict__ out, int64_t out_stride) {
+  const int64_t r = blockIdx.y;
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < k; c += int64_t(gridDim.x) * blockDim.x)
+    out[r * out_stride + c] = x[r * x_stride + perm[c]];
+}
+
+}  // namespace
+
+cudaError_t quant_matmul(DType dt, DType out_dt, const QuantArgs& w, const void* x, int64_t x_stride, int64_t m,
+                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream) {
+  if (m <= 0 || w.n <= 0) return cudaSuccess;
+  if (m > kQuantMmaMaxRows || (w.bits != 4 && w.bits != 8) || w.k % 32 != 0) return cudaErrorInvalidValue;
+  if (dt == DType::BF16) {
+    if (out_dt == DType::F32) return launch_qmm_bits<__nv_bfloat16, float>(w, x, x_stride, m, bias, y, y_stride, stream);
+    if (out_dt == DType::BF16)
+      return launch_qmm_bits<__nv_bfloat16, __nv_bfloat16>(w, x, x_stride, m, bias, y, y_stride, stream);
+  } else if (dt == DType::F16) {
+    if (out_dt == DType::F32) return launch_qmm_bits<__half, float>(w, x, x_stride, m, bias, y, y_stride, stream);
+    if (out_dt == DType::F16) return launch_qmm_bits<__half, __half>(w, x, x_stride, m, bias, y, y_stride, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t quant_dequantize(DType dt, const QuantArgs& w, void* out, int64_t out_stride, cudaStream_t stream) {
+  const int64_t words = w.n * w.k * w.bits / 32;
+  if (words == 0) return cudaSuccess;
+  if (w.bits == 4) {
+    APUS_DISPATCH_FLOAT(dt, T, dequantize_kernel<T, 4><<<ceil_div(words, 256), 256, 0, stream>>>(w, static_cast<T*>(out), out_stride));
+  } else {
+    APUS_DISPATCH_FLOAT(dt, T, dequantize_kernel<T, 8><<<ceil_div(words, 256), 256, 0, stream>>>(w, static_cast<T*>(out), out_stride));
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t gather_cols(DType dt, const void* x, int64_t x_stride, const int32_t* perm, int64_t rows, int64_t k,
+                        void* out, int64_t out_stride, cudaStream_t stream) {
+  if (rows == 0 || k == 0) return cudaSuccess;
+  const dim3 grid(ceil_div(k, 256), unsigned(rows));
+  APUS_DISPATCH_FLOAT(dt, T,
+                      gather_cols_kernel<T><<<grid, 256, 0, stream>>>(static_cast<const T*>(x), x_stride, perm, k,
+                                                                      static_cast<T*>(out), out_stride));
+  return cudaGetLastError();
+}
+
+}  // namespace apus::cuda
