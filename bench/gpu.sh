@@ -102,9 +102,11 @@ done
 fi
 
 if part int4; then
-(cd $B && timeout 120 ./tests/test_backend_ops --gtest_filter='*Quant*' && timeout 120 ./tests/test_quant_model_gpu &&
-  timeout 120 ./tests/test_golden_gpu --gtest_filter='*GoldenQuant*') > "$OUT/int4_tests.log" 2>&1
-echo "int4 GPU tests: exit $? ($(grep -c '^\[       OK' "$OUT/int4_tests.log") OK, $(grep -c '^\[  FAILED  \]' "$OUT/int4_tests.log") failed lines)"
+: > "$OUT/int4_tests.log"
+for t in "test_backend_ops --gtest_filter=*Quant*" test_quant_model_gpu "test_golden_gpu --gtest_filter=*GoldenQuant*"; do
+  (cd $B && timeout 120 ./tests/$t) >> "$OUT/int4_tests.log" 2>&1
+done
+echo "int4 GPU tests: $(grep -c '^\[       OK' "$OUT/int4_tests.log") OK, $(grep -c '^\[  FAILED  \]' "$OUT/int4_tests.log") failed lines"
 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops --gtest_filter='*Quant*BF16*' \
   > "$OUT/int4_memcheck.log" 2>&1
 echo "int4 memcheck: exit $?"
@@ -117,6 +119,8 @@ for q in bf16 gptq; do
   timeout 150 $LAT $Q --num-iters 2 > "$OUT/int4_latency_$q.log" 2>&1
   timeout 150 $TPT $Q > "$OUT/int4_batch32_$q.log" 2>&1
 done
+# Device time per op of the int4 decode (what is left between the kernels and the byte floor).
+APUS_CUDA_PROFILE=1 timeout 100 $LAT --quantization gptq --output-len 32 > "$OUT/int4_profile.log" 2>&1
 fi
 
 # Serving: apus deploy (Qwen2.5-7B shape, dummy weights, the real Qwen tokenizer: carry
