@@ -120,7 +120,7 @@ for q in bf16 gptq; do
   timeout 150 $TPT $Q > "$OUT/int4_batch32_$q.log" 2>&1
 done
 # Device time per op of the int4 decode (what is left between the kernels and the byte floor).
-APUS_CUDA_PROFILE=1 timeout 100 $LAT --quantization gptq --output-len 32 > "$OUT/int4_profile.log" 2>&1
+APUS_CUDA_PROFILE=1 timeout 100 $B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b --input-len 512 --output-len 32 --quantization gptq > "$OUT/int4_profile.log" 2>&1
 fi
 
 # Serving: apus deploy (Qwen2.5-7B shape, dummy weights, the real Qwen tokenizer: carry

@@ -76,8 +76,14 @@ void expect_within(const Errors& e, const Tolerance& tol, const std::string& whe
 }
 
 // The model's log-probabilities and greedy tokens against the fixture's reference (see the top).
-void check_against_reference(DecoderModel& model, Backend& backend, const nlohmann::json& fx, const std::string& name) {
-  const Tolerance tol = tolerance_for(backend.activation_dtype());
+// `quantized`: a GPU also rounds every dequantized weight (q - zero) * scale to the 16-bit dtype, as
+// GPTQ kernels do, where the reference's weights are exact: the 16-bit bounds double (seen on an
+// H200, f16: 0.065 / 0.006 / 0.022 against 0.06 / 0.005 / 0.02; bf16 within the plain bounds).
+void check_against_reference(DecoderModel& model, Backend& backend, const nlohmann::json& fx, const std::string& name,
+                             bool quantized = false) {
+  Tolerance tol = tolerance_for(backend.activation_dtype());
+  if (quantized && backend.activation_dtype() != DType::F32)
+    tol = {2 * tol.logprob, 2 * tol.prob, 2 * tol.top, 2 * tol.margin};
   Errors worst;  // reported, to keep the tolerances honest
   const int64_t V = model.config().vocab_size;
   const auto prompt = fx["prompt"].get<std::vector<int32_t>>();
@@ -171,7 +177,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(fixture_names()),
 
 // GPTQ / AWQ checkpoints (tools/quant/make_quant_golden.py): committed checkpoint directories
 // tests/golden/quant/NAME/ with packed int4/int8 layers, against transformers on the dequantized
-// weights, with the same tolerances (the reference's weights are exactly the dequantized ones).
+// weights (on a 16-bit GPU with the bounds doubled: check_against_reference).
 std::vector<std::string> quant_fixture_names() {
   std::vector<std::string> names;
   const std::filesystem::path dir = std::string(APUS_SOURCE_DIR) + "/tests/golden/quant";
