@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
     for (int u = 0; u < U; ++u) {
       const int64_t kb = int64_t(c0 + u * kQWarps) * KC + t4 * KL;
       const bool ok = kb < w.k;  // k is a multiple of 32: a lane's chunk is all in or all out
-      const int gi = ok ? int(kb / w.group_size) : 0;
+      const int gi = ok ? int(kb) / w.group_size : 0;  // 32-bit: k < 2^31
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         wv[u][nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(wr[nt] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
