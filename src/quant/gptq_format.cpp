@@ -28,6 +28,17 @@ void check_tensor(const Tensor& t, const std::string& name, const std::vector<in
 
 uint32_t word(const Tensor& t, int64_t i) { return uint32_t(t.ptr<int32_t>()[i]); }
 
+// GPTQ zero points [out, groups] from qzeros [groups, out / p] (v1: stored + 1, masked).
+void decode_gptq_zeros(const Tensor& qzeros, const QuantConfig& c, int64_t out, int64_t G, uint8_t* dst) {
+  const int p = 32 / c.bits;
+  const uint32_t mask = (1u << c.bits) - 1, plus = c.zeros_minus_one ? 1u : 0u;
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t cp = 0; cp < out / p; ++cp) {
+      const uint32_t w = word(qzeros, g * (out / p) + cp);
+      for (int k = 0; k < p; ++k) dst[(cp * p + k) * G + g] = uint8_t((((w >> (c.bits * k)) & mask) + plus) & mask);
+    }
+}
+
 }  // namespace
 
 std::vector<float> QuantMatrix::dequantize() const {
@@ -75,13 +86,7 @@ QuantMatrix unpack_quant(const QuantTensors& t, const QuantConfig& c, int64_t ou
         const uint32_t w = word(t.qweight, r * out + o);
         for (int k = 0; k < p; ++k) m.q[size_t(o * in + r * p + k)] = uint8_t((w >> (c.bits * k)) & mask);
       }
-    const uint32_t plus = c.zeros_minus_one ? 1u : 0u;
-    for (int64_t g = 0; g < G; ++g)
-      for (int64_t cp = 0; cp < out / p; ++cp) {
-        const uint32_t w = word(t.qzeros, g * (out / p) + cp);
-        for (int k = 0; k < p; ++k)
-          m.zeros[size_t((cp * p + k) * G + g)] = uint8_t((((w >> (c.bits * k)) & mask) + plus) & mask);
-      }
+    decode_gptq_zeros(t.qzeros, c, out, G, m.zeros.data());
   }
   for (int64_t g = 0; g < G; ++g)
     for (int64_t o = 0; o < out; ++o) m.scales[size_t(o * G + g)] = get_float(t.scales, g * out + o);
@@ -203,18 +208,12 @@ QuantWeight load_quant_weight(const QuantTensors& t, const QuantConfig& c, int64
   const int64_t G = in / gs;
   check_tensor(t.qzeros, name + ".qzeros", {G, out / p}, true, where);
   check_tensor(t.scales, name + ".scales", {G, out}, false, where);
-  const uint32_t mask = (1u << c.bits) - 1, plus = c.zeros_minus_one ? 1u : 0u;
   w.bits = c.bits;
   w.group_size = gs;
   w.qweight = host_tensor(DType::U8, {out, in * c.bits / 8});
   w.scales = host_tensor(DType::F16, {out, G});
   w.zeros = host_tensor(DType::U8, {out, G});
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t cp = 0; cp < out / p; ++cp) {
-      const uint32_t word = uint32_t(t.qzeros.ptr<int32_t>()[g * (out / p) + cp]);
-      for (int k = 0; k < p; ++k)
-        w.zeros.ptr<uint8_t>()[(cp * p + k) * G + g] = uint8_t((((word >> (c.bits * k)) & mask) + plus) & mask);
-    }
+  decode_gptq_zeros(t.qzeros, c, out, G, w.zeros.ptr<uint8_t>());
   for (int64_t g = 0; g < G; ++g)
     for (int64_t o = 0; o < out; ++o) w.scales.ptr<uint16_t>()[o * G + g] = f32_to_f16(get_float(t.scales, g * out + o));
   // Blocked transpose of the words: [in / p, out] -> [out, in / p].
