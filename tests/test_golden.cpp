@@ -2,6 +2,9 @@
 // the log-softmax of every prompt position and of every greedy step within 2e-3, and greedy tokens
 // equal wherever the reference's top-1 margin exceeds 0.05. Built again as test_golden_gpu (label
 // gpu): a GPU computes 16-bit models in their dtype, so the tolerances follow that dtype's rounding.
+// Every fixture also runs split over 2 and 4 tensor-parallel ranks (CPU thread groups, or GPUs
+// where the machine has them), against the same reference and tolerances: the fixtures have 4
+// heads and 1 or 2 KV heads, so this covers KV heads split and replicated.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,6 +12,7 @@
 
 #include "engine/generate.h"
 #include "model/load.h"
+#include "parallel/model_group.h"
 #include "sequence_runner.h"
 #include "test_device.h"
 #include "test_util.h"
@@ -75,11 +79,14 @@ void expect_within(const Errors& e, const Tolerance& tol, const std::string& whe
   EXPECT_LT(e.top, tol.top) << where << ": the reference's top token";
 }
 
-class Golden : public ::testing::TestWithParam<std::string> {};
+// A fixture and the tensor-parallel size it runs with.
+class Golden : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
 
 TEST_P(Golden, MatchesTransformers) {
   if (!test::device_available()) GTEST_SKIP() << "no CUDA GPU";
-  const auto fx = test::read_json(std::string(APUS_SOURCE_DIR) + "/tests/golden/" + GetParam() + ".json");
+  const auto& [name, tp] = GetParam();
+  if (test::on_gpu() && tp > 1 && gpu_count() < tp) GTEST_SKIP() << "fewer than " << tp << " GPUs";
+  const auto fx = test::read_json(std::string(APUS_SOURCE_DIR) + "/tests/golden/" + name + ".json");
   DType dtype;
   ASSERT_TRUE(parse_dtype(fx["dtype"].get<std::string>(), &dtype));
   const uint64_t seed = fx["seed"].get<uint64_t>();
@@ -88,7 +95,7 @@ TEST_P(Golden, MatchesTransformers) {
   test::TempDir dir;
   std::vector<test::NamedShape> specs;
   for (const auto& t : fx["tensors"]) specs.push_back({t["name"], t["shape"].get<std::vector<int64_t>>()});
-  const bool sharded = std::hash<std::string>{}(GetParam()) % 2 == 0;
+  const bool sharded = std::hash<std::string>{}(name) % 2 == 0;
   auto values = test::write_random_checkpoint(dir.path(), fx["config"], specs, dtype, seed,
                                               sharded ? 64 * 1024 : size_t(1) << 40);
   for (size_t i = 0; i < values.size(); ++i) {
@@ -103,10 +110,13 @@ TEST_P(Golden, MatchesTransformers) {
     ASSERT_NEAR(sum, want, 1e-6 * (1.0 + std::fabs(want))) << "weights differ from tools/golden/weights.py: " << specs[i].name;
   }
 
-  auto backend = test::make_test_backend(2);
   LoadOptions opts;
   opts.model_dir = dir.str();
-  auto model = load_model(opts, *backend);
+  ParallelOptions par;
+  par.tensor_parallel_size = tp;
+  ModelGroup group(opts, APUS_TEST_DEVICE, 2, par);
+  DecoderModel* model = &group.model();
+  Backend* backend = &group.backend();
   const Tolerance tol = tolerance_for(backend->activation_dtype());
   Errors worst;  // reported, to keep the tolerances honest
   const int64_t V = model->config().vocab_size;
@@ -157,12 +167,15 @@ TEST_P(Golden, MatchesTransformers) {
   }
   std::cout << fmt::format("{} on {}: largest errors: log-probability {:.3g}, probability {:.3g}, top token {:.3g}; "
                            "{} of {} greedy tokens compared\n",
-                           GetParam(), backend->name(), worst.logprob, worst.prob, worst.top,
+                           name + (tp > 1 ? fmt::format(" (tensor parallel {})", tp) : ""), backend->name(), worst.logprob, worst.prob, worst.top,
                            std::min(compared, generated.size()), generated.size());
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(fixture_names()),
-                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::Combine(::testing::ValuesIn(fixture_names()), ::testing::Values(1, 2, 4)),
+                         [](const ::testing::TestParamInfo<std::tuple<std::string, int>>& p) {
+                           const int tp = std::get<1>(p.param);
+                           return std::get<0>(p.param) + (tp > 1 ? "_tp" + std::to_string(tp) : std::string());
+                         });
 
 }  // namespace
 }  // namespace apus
