@@ -135,12 +135,13 @@ if [ "$NG" -ge 2 ]; then
   wait; echo "node 1 exit $? (log:)" >> "$TB"; cat "$OUT/tp_node1.log" >> "$TB"
   # A rank that fails mid-run, and a node process killed mid-run: a clear error, no hang.
   run env APUS_TP_FAULT=1:20 timeout 120 $B/apus bench latency $Q7 --tensor-parallel-size 2 --input-len 256 --output-len 64
-  CUDA_VISIBLE_DEVICES=1 timeout 120 $B/apus bench throughput $N2 --node-rank 1 --num-prompts 2000 > "$OUT/tp_node1.log" 2>&1 &
+  LONG="--num-prompts 4000 --input-len 512 --output-len 512"
+  CUDA_VISIBLE_DEVICES=1 timeout 120 $B/apus bench throughput $N2 --node-rank 1 $LONG > "$OUT/tp_node1.log" 2>&1 &
   K=$!
-  (sleep 30; kill -9 $K) &
+  (sleep 25; kill -9 $K) &
   t0=$(date +%s)
-  run env CUDA_VISIBLE_DEVICES=0 timeout 150 $B/apus bench throughput $N2 --node-rank 0 --num-prompts 2000
-  echo "node 0 ended $(( $(date +%s) - t0 )) s after start (node 1 killed at 30 s)" >> "$TB"
+  run env CUDA_VISIBLE_DEVICES=0 timeout 150 $B/apus bench throughput $N2 --node-rank 0 $LONG
+  echo "node 0 ended $(( $(date +%s) - t0 )) s after start (node 1 killed at 25 s)" >> "$TB"
   wait
 fi
 fi

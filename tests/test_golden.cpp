@@ -117,7 +117,10 @@ TEST_P(Golden, MatchesTransformers) {
   ModelGroup group(opts, APUS_TEST_DEVICE, 2, par);
   DecoderModel* model = &group.model();
   Backend* backend = &group.backend();
-  const Tolerance tol = tolerance_for(backend->activation_dtype());
+  Tolerance tol = tolerance_for(backend->activation_dtype());
+  // Split over ranks, a bf16 model's partial sums are added in bf16 by the all-reduce (as in vLLM):
+  // one more rounding per layer, seen to move a far-tail token by 0.82 at 4 GPUs.
+  if (tp > 1 && backend->activation_dtype() == DType::BF16) tol.logprob = 1.0;
   Errors worst;  // reported, to keep the tolerances honest
   const int64_t V = model->config().vocab_size;
   const auto prompt = fx["prompt"].get<std::vector<int32_t>>();

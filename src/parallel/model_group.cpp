@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <iostream>
 #include <map>
 
 #include "core/error.h"
@@ -28,13 +29,14 @@ constexpr int kBigRounds = 10, kSmallRounds = 100;
 // rank of this process (and, by closing the rendezvous connections, the other nodes).
 class GroupMember final : public Collectives {
  public:
+  // `stop(why)`: this rank failed (its own thread calls abort()).
   GroupMember(Collectives& inner, std::function<void(const std::string&)> stop) : inner_(inner), stop_(std::move(stop)) {}
   int rank() const override { return inner_.rank(); }
   int world() const override { return inner_.world(); }
   void all_reduce(Tensor& x) override { inner_.all_reduce(x); }
   void all_gather_cols(const Tensor& x, Tensor& out) override { inner_.all_gather_cols(x, out); }
   void broadcast_words(std::vector<int32_t>& words) override { inner_.broadcast_words(words); }
-  void abort(const std::string& why) override { stop_(why); }
+  void abort(const std::string& why, bool) override { stop_(why); }
 
  private:
   Collectives& inner_;
@@ -158,7 +160,7 @@ ModelGroup::ModelGroup(const LoadOptions& load, const std::string& device, int t
         std::lock_guard<std::mutex> lock(mutex_);
         if (!failure_.empty()) inner->abort(failure_);
         collectives_[size_t(r.local)] = std::move(inner);
-        r.member = std::make_unique<GroupMember>(*collectives_[size_t(r.local)], [this](const std::string& why) { abort_group(why); });
+        r.member = std::make_unique<GroupMember>(*collectives_[size_t(r.local)], [this, l = r.local](const std::string& why) { abort_group(why, l); });
       }
       LoadOptions lo = load;
       lo.num_threads = per_rank;
@@ -166,7 +168,7 @@ ModelGroup::ModelGroup(const LoadOptions& load, const std::string& device, int t
       r.model = std::make_unique<DecoderModel>(config, std::move(w), *r.backend, r.member.get());
       if (r.global == 0) r.model->set_step_hook([this](const StepBatch& b, const KvCache& c) { send_step(b, c); });
     } catch (const std::exception& e) {
-      abort_group(fmt::format("rank {} failed to load: {}", r.global, e.what()));
+      abort_group(fmt::format("rank {} failed to load: {}", r.global, e.what()), r.local);
     }
     std::lock_guard<std::mutex> lock(built_mutex);
     ++built;
@@ -251,13 +253,17 @@ void ModelGroup::release(Rank& r) {
   apus::fail("{}", why);
 }
 
-void ModelGroup::abort_group(const std::string& why) {
+void ModelGroup::abort_group(const std::string& why, int failing) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!failure_.empty() || stopped_) return;
   failure_ = why;
-  for (auto& c : collectives_)
-    if (c) c->abort(why);
+  std::cerr << "apus: tensor parallel group stopping: " << why << "\n";
+  for (size_t l = 0; l < collectives_.size(); ++l)  // the ranks that may be waiting first
+    if (collectives_[l] && int(l) != failing) collectives_[l]->abort(why, true);
+  if (failing >= 0 && size_t(failing) < collectives_.size() && collectives_[size_t(failing)])
+    collectives_[size_t(failing)]->abort(why, false);
   if (rendezvous_) rendezvous_->hang_up();
+  if (std::getenv("APUS_TP_DEBUG")) std::cerr << "apus: every rank of this process aborted\n";
 }
 
 void ModelGroup::send_step(const StepBatch& b, const KvCache& cache) {
@@ -360,7 +366,7 @@ void ModelGroup::run_worker(Rank& r) {
         r.model->forward(b, c->second);
       }
     } catch (const std::exception& e) {
-      abort_group(fmt::format("rank {} failed: {}", r.global, e.what()));
+      abort_group(fmt::format("rank {} failed: {}", r.global, e.what()), r.local);
     }
   }
   release(r);

@@ -57,7 +57,9 @@ class ModelGroup {
   // The measure_all_reduce() rounds (every rank runs them); returns the seconds of each timed part.
   std::pair<double, double> all_reduce_rounds(Rank& r);
   void send_step(const StepBatch& b, const KvCache& cache);
-  void abort_group(const std::string& why);  // stops every rank of this process (and tells other nodes)
+  // Stops every rank of this process (and tells the other nodes); `failing`: the local index of the
+  // rank whose thread calls this because it failed (-1: none).
+  void abort_group(const std::string& why, int failing = -1);
   void release(Rank& r);
   [[noreturn]] void fail_unloaded(const std::string& why);
 

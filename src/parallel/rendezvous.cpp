@@ -119,8 +119,11 @@ void Rendezvous::watch(std::function<void(const std::string&)> on_lost) {
       for (size_t i = 0; i < p.size(); ++i) {
         if (p[i].revents == 0) continue;
         char c;
-        if (::recv(p[i].fd, &c, 1, MSG_DONTWAIT) > 0) continue;  // nothing is sent after start-up
-        if (!closing_.load()) on_lost(fmt::format("node {} closed its connection (its process ended)", peer_[i]));
+        const ssize_t n = ::recv(p[i].fd, &c, 1, MSG_DONTWAIT);
+        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) continue;  // nothing is sent after start-up
+        if (!closing_.load())
+          on_lost(fmt::format("node {} closed its connection (its process ended; poll events {:#x}, {})", peer_[i],
+                              p[i].revents, n == 0 ? "end of stream" : std::strerror(errno)));
         return;
       }
     }

@@ -6,11 +6,13 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
@@ -186,12 +188,24 @@ class NcclCollectives final : public Collectives {
     }
   }
 
-  void abort(const std::string& why) override {
+  // The failing rank's own comm is not interrupted in line (its thread is not waiting; aborting an
+  // idle comm right after its peers' was seen to hang in NCCL 2.28): it is aborted on a thread of
+  // its own, and never destroyed.
+  void abort(const std::string& why, bool interrupt) override {
     {
       std::lock_guard<std::mutex> lock(why_mutex_);
       if (why_.empty()) why_ = why;
     }
-    if (!aborted_.exchange(true)) nccl().comm_abort(comm_);  // its kernels stop waiting for peers
+    aborted_ = true;
+    if (comm_aborted_.exchange(true)) return;
+    const bool debug = std::getenv("APUS_TP_DEBUG") != nullptr;
+    auto run = [comm = comm_, rank = rank_, debug] {
+      if (debug) fprintf(stderr, "apus: rank %d: ncclCommAbort...\n", rank);
+      nccl().comm_abort(comm);  // its kernels stop waiting for peers
+      if (debug) fprintf(stderr, "apus: rank %d: aborted\n", rank);
+    };
+    if (interrupt) run();
+    else std::thread(run).detach();
   }
 
  private:
@@ -205,7 +219,8 @@ class NcclCollectives final : public Collectives {
   void check(double waited_s) {
     if (aborted_.load()) failed();
     if (timeout_s_ > 0 && waited_s > timeout_s_) {
-      abort(fmt::format("rank {} waited {:.0f} s for a step (a peer hung or died; APUS_TP_TIMEOUT)", rank_, waited_s));
+      abort(fmt::format("rank {} waited {:.0f} s for a step (a peer hung or died; APUS_TP_TIMEOUT)", rank_, waited_s),
+            true);
       failed();
     }
   }
@@ -225,7 +240,7 @@ class NcclCollectives final : public Collectives {
   double timeout_s_;
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
-  std::atomic<bool> aborted_{false};
+  std::atomic<bool> aborted_{false}, comm_aborted_{false};
   mutable std::mutex why_mutex_;
   std::string why_;
   Tensor scratch_, device_;
