@@ -8,7 +8,9 @@
 # run scripts/pack-gpu-deps.sh here first and carry .gpu-deps (device tool: carry [".gpu-deps"]).
 # APUS_GPU_MEMCHECK=1 also runs the op tests under compute-sanitizer (slower).
 # APUS_GPU_PARTS picks what runs after the build: test, bench, serve (default: all three), lora
-# (the LoRA suites on the GPU and decode throughput with 0, 1 and 4 adapters at batch 32), int4
+# (the LoRA suites on the GPU and decode throughput with 0, 1 and 4 adapters at batch 32), tp
+# (tensor parallelism on every GPU of the machine: its tests, then the Qwen2.5-7B shape at TP 1, 2
+# and 4, Llama-3-70B at TP 4, two processes as two "nodes", and a rank that fails or is killed), int4
 # (the quantized-model suites on the GPU, then int4 GPTQ against bf16 decode at batch 1 and 32).
 set -uo pipefail
 PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
@@ -24,6 +26,12 @@ if [ -d .gpu-deps ]; then
   export LD_LIBRARY_PATH=$D/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 export PATH=$PATH:/usr/local/cuda/bin
+export NCCL_NVLS_ENABLE=0  # never NVLink multicast on a shared host
+# NCCL (opened by apus with dlopen): the CUDA toolkit's, else the one PyTorch's wheel brings.
+if ! ls /usr/local/cuda/lib64/libnccl.so.2 >/dev/null 2>&1; then
+  NCCL_DIR=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib'))" 2>/dev/null)
+  [ -n "$NCCL_DIR" ] && export LD_LIBRARY_PATH=$NCCL_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader
   nvcc --version | tail -1; cmake --version | head -1; c++ --version | head -1; nproc
@@ -39,7 +47,8 @@ TARGETS="apus"
 part test && TARGETS="$TARGETS test_backend_ops test_decode_graphs test_golden_gpu test_engine_gpu"
 part lora && TARGETS="$TARGETS test_backend_ops test_lora_gpu"
 part int4 && TARGETS="$TARGETS test_backend_ops test_golden_gpu test_quant_model_gpu"
-if ! cmake --build $B -j16 --target $TARGETS > "$OUT/build.log" 2>&1; then
+part tp && TARGETS="$TARGETS test_tensor_parallel_gpu test_golden_gpu"
+if ! cmake --build $B -j$(nproc) --target $TARGETS > "$OUT/build.log" 2>&1; then
   grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1
 fi
 echo "configure + build: $(( $(date +%s) - t0 )) s"
@@ -123,6 +132,44 @@ done
 APUS_CUDA_PROFILE=1 timeout 100 $B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b --input-len 512 --output-len 32 --quantization gptq > "$OUT/int4_profile.log" 2>&1
 fi
 
+if part tp; then
+NG=$(nvidia-smi -L | wc -l)
+TL="$OUT/tp_tests.log"; TB="$OUT/tp_bench.log"
+{ (cd $B && timeout 200 ./tests/test_tensor_parallel_gpu && timeout 200 ./tests/test_golden_gpu --gtest_filter='*tp*'); } \
+  > "$TL" 2>&1
+echo "tensor-parallel GPU tests ($NG GPUs): exit $?"
+run() { echo "==== $*" >> "$TB"; "$@" >> "$TB" 2>&1; echo "exit $?" >> "$TB"; }
+Q7="--device cuda --load-format dummy --config-preset qwen2.5-7b"
+for tp in 1 2 4; do
+  [ "$tp" -le "$NG" ] || continue
+  run timeout 120 $B/apus bench latency $Q7 --tensor-parallel-size $tp --input-len 1024 --output-len 128
+  run timeout 150 $B/apus bench throughput $Q7 --tensor-parallel-size $tp --num-prompts 400 --input-len 512 --output-len 256
+done
+if [ "$NG" -ge 4 ]; then
+  L70="--device cuda --load-format dummy --config-preset llama-3-70b --tensor-parallel-size 4"
+  run timeout 200 $B/apus bench latency $L70 --input-len 1024 --output-len 128
+  run timeout 200 $B/apus bench throughput $L70 --num-prompts 128 --input-len 512 --output-len 256
+fi
+if [ "$NG" -ge 2 ]; then
+  # Two processes, one GPU each, as two nodes (the multi-node path: TCP rendezvous, NCCL between them).
+  N2="$Q7 --tensor-parallel-size 2 --nnodes 2 --master-port 29611"
+  CUDA_VISIBLE_DEVICES=1 timeout 120 $B/apus bench latency $N2 --node-rank 1 --input-len 1024 --output-len 64 \
+    > "$OUT/tp_node1.log" 2>&1 &
+  run env CUDA_VISIBLE_DEVICES=0 timeout 120 $B/apus bench latency $N2 --node-rank 0 --input-len 1024 --output-len 64
+  wait; echo "node 1 exit $? (log:)" >> "$TB"; cat "$OUT/tp_node1.log" >> "$TB"
+  # A rank that fails mid-run, and a node process killed mid-run: a clear error, no hang.
+  run env APUS_TP_FAULT=1:20 timeout 120 $B/apus bench latency $Q7 --tensor-parallel-size 2 --input-len 256 --output-len 64
+  LONG="--num-prompts 4000 --input-len 512 --output-len 512"
+  CUDA_VISIBLE_DEVICES=1 timeout 120 $B/apus bench throughput $N2 --node-rank 1 $LONG > "$OUT/tp_node1.log" 2>&1 &
+  K=$!
+  (sleep 25; kill -9 $K) &
+  t0=$(date +%s)
+  run env CUDA_VISIBLE_DEVICES=0 timeout 150 $B/apus bench throughput $N2 --node-rank 0 $LONG
+  echo "node 0 ended $(( $(date +%s) - t0 )) s after start (node 1 killed at 25 s)" >> "$TB"
+  wait
+fi
+fi
+
 # Serving: apus deploy (Qwen2.5-7B shape, dummy weights, the real Qwen tokenizer: carry
 # third_party/tokenizers/qwen3) and apus bench serve at 32 concurrent streams of 512-token prompts.
 if part serve && [ -f third_party/tokenizers/qwen3/tokenizer.json ]; then
@@ -148,6 +195,10 @@ JSON
 fi
 
 echo "==== summary"
+if part tp; then
+  grep -E "PASSED|FAILED|largest errors" "$OUT/tp_tests.log" | head -60
+  grep -E "^====|^exit|tensor parallel|parallel   |backend|^load|prefill  |decode  |batched|KV cache|rror|node 0 ended" "$OUT/tp_bench.log"
+fi
 if part lora; then
   grep -E "tests passed|PASSED|FAILED|largest" "$OUT/lora_tests.log"; grep -E "ERROR SUMMARY" "$OUT/lora_memcheck.log"
   grep -E "^a[0-9]:|Error" "$OUT/lora_transformers.log"
@@ -157,9 +208,12 @@ if [ -f "$OUT/serve_ready.txt" ]; then
   cat "$OUT/serve_ready.txt"; echo "---- 32 streams"; cat "$OUT/serve_c32.log"; echo "---- 256 streams"; cat "$OUT/serve_c256.log"
   grep -E "error|Error" "$OUT/serve_server.log" | head -5
 fi
+if part test; then
 grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|\*\*\*" "$OUT/ctest.log"
 grep -E "FAILED|Failure" "$OUT/ctest.log" | sort | uniq | head -30
 grep -E "largest errors" "$OUT/ctest.log"
+fi
+if part bench; then
 echo "---- prefill 2048 (bench_prefill.log)"; grep -E "backend|load|prefill|matmul|Error|error" "$OUT/bench_prefill.log"
 echo "---- decode at ~1k context (bench_decode.log: CUDA graphs + GEMV)"
 grep -E "decode|bandwidth|bytes per|Error|error" "$OUT/bench_decode.log"
@@ -170,3 +224,4 @@ echo "---- device time per op, 1024-token prefill + 63 decode steps (bench_profi
 grep -A24 "APUS_CUDA_PROFILE" "$OUT/bench_profile.log"
 echo "---- linear layers with cuBLAS only (bench_profile_cublas.log)"
 grep -A24 "APUS_CUDA_PROFILE" "$OUT/bench_profile_cublas.log" | grep -E "APUS|linear"
+fi

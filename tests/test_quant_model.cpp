@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "model/load.h"
 #include "model/safetensors.h"
+#include "parallel/model_group.h"
 #include "quant/gptq_format.h"
 #include "sequence_runner.h"
 #include "test_device.h"
@@ -216,6 +217,22 @@ TEST(QuantModelLoad, MissingTensorIsNamed) {
     FAIL() << "loaded a checkpoint without qzeros";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("missing tensor model.layers.1.mlp.up_proj.qzeros"), std::string::npos) << e.what();
+  }
+}
+
+TEST(QuantModelLoad, TensorParallelIsRefused) {
+  const QuantConfig q = make_config(QuantMethod::kGptq, 4, 32, true, false, true);
+  test::TempDir qdir, fdir;
+  write_pair(qdir.path(), fdir.path(), q);
+  LoadOptions o;
+  o.model_dir = qdir.str();
+  ParallelOptions par;
+  par.tensor_parallel_size = 2;
+  try {
+    ModelGroup group(o, "cpu", 1, par);
+    FAIL() << "split a quantized checkpoint over 2 ranks";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor parallelism with a quantized checkpoint"), std::string::npos) << e.what();
   }
 }
 

@@ -60,6 +60,7 @@ struct EngineOptions {
   double gpu_memory_utilization = 0.9;      // on a GPU: the share of its memory to use (KV cache: the rest)
   int max_num_seqs = 256;
   int max_model_len = 0;           // 0: the model's
+  int tensor_parallel_size = 1;    // GPUs (or CPU thread groups) to split the model over
   bool verbose = true;             // report the KV cache size on stderr at load
   // LoRA adapters served unmerged beside the base ("name=path", or a bare path named
   // "default-lora"); InferRequest::lora_request picks one per request.

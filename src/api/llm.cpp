@@ -10,6 +10,7 @@
 #include "engine/engine.h"
 #include "lora/registry.h"
 #include "model/load.h"
+#include "parallel/model_group.h"
 #include "text/chat_template.h"
 #include "text/model_types.h"
 
@@ -17,8 +18,8 @@ namespace apus {
 
 struct LlmEngine::Impl {
   std::string dir, model_type;
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<DecoderModel> model;
+  std::unique_ptr<ModelGroup> group;  // the model, whole or over a tensor-parallel group
+  DecoderModel* model = nullptr;      // the group's (rank 0's)
   std::unique_ptr<LoraRegistry> lora;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<Engine> engine;
@@ -80,12 +81,14 @@ std::unique_ptr<LlmEngine> LlmEngine::load(const std::string& model_dir, const E
   impl->model_type = o.model_type;
   if (!o.model_type.empty()) find_model_type(o.model_type);  // unknown names fail early, listing the known ones
   const int threads = o.num_threads > 0 ? o.num_threads : ThreadPool::default_threads();
-  impl->backend = make_backend(o.device, threads);
   LoadOptions lo;
   lo.model_dir = model_dir;
   lo.load_format = o.load_format;
   lo.num_threads = threads;
-  impl->model = load_model(lo, *impl->backend);
+  ParallelOptions par;
+  par.tensor_parallel_size = o.tensor_parallel_size;
+  impl->group = std::make_unique<ModelGroup>(lo, o.device, threads, par);
+  impl->model = &impl->group->model();
   if (!o.lora_modules.empty() || o.max_loras > 0)
     impl->lora = LoraRegistry::create(*impl->model, o.lora_modules, o.max_loras, o.max_lora_rank);
   impl->tokenizer = Tokenizer::load(model_dir);

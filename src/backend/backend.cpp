@@ -7,11 +7,13 @@
 
 namespace apus {
 
-bool cuda_available() {
+bool cuda_available() { return gpu_count() > 0; }
+
+int gpu_count() {
 #ifdef APUS_HAVE_CUDA
-  return cuda_device_count() > 0;
+  return cuda_device_count();
 #else
-  return false;
+  return 0;
 #endif
 }
 

@@ -79,6 +79,25 @@ struct SampleRow {
   float u = 0.0f;             // the draw's uniform number in [0, 1) (draw_uniform)
 };
 
+// A tensor-parallel group's collective operations over one rank's backend (src/parallel/README.md).
+// Every rank calls each of them in the same order with tensors of the same shape. The device ones
+// are queued like the backend's ops (so CUDA graphs record them).
+class Collectives {
+ public:
+  virtual ~Collectives() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  // Sums x (contiguous, activation dtype) over the group, in place.
+  virtual void all_reduce(Tensor& x) = 0;
+  // out[R, world * n] = every rank's x[R, n] (contiguous) side by side, in rank order.
+  virtual void all_gather_cols(const Tensor& x, Tensor& out) = 0;
+  // Rank 0's `words` to every rank (replacing theirs); a host call that waits.
+  virtual void broadcast_words(std::vector<int32_t>& words) = 0;
+  // Stops this rank's part of the group (a rank died): later calls fail with `why`; with
+  // `interrupt`, calls already waiting for peers (queued device work too) are cut short.
+  virtual void abort(const std::string& why, bool interrupt = true) = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -113,8 +132,10 @@ class Backend {
   // Device memory in bytes, free and total; false where memory is the host's (CPU).
   virtual bool memory_info(size_t* free_bytes, size_t* total_bytes) { return false; }
 
-  // out[t] = table[ids[t]]; ids I32 [T], table [V, H] any float dtype, out [T, H].
-  virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
+  // out[t] = table[ids[t] - first]; ids I32 [T], table [rows, H] any float dtype, out [T, H]. A
+  // vocab-parallel shard holds ids [first, first + rows) of a `vocab`-id vocabulary (0: rows) and
+  // gives zero rows for the other ids; ids outside [0, vocab) are an error.
+  virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out, int64_t first = 0, int64_t vocab = 0) = 0;
   // out[r, c] = table row rows[r] (gather of activation rows); rows I32 [R].
   virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
   // RMSNorm over groups of w.numel() columns (w.numel() == cols for a plain norm; == head_dim
@@ -173,5 +194,7 @@ std::unique_ptr<Backend> make_cpu_backend(int num_threads);
 std::unique_ptr<Backend> make_backend(const std::string& device, int num_threads);
 // Whether this build has the CUDA backend and a usable GPU is present (no driver: false).
 bool cuda_available();
+// The GPUs this build can use (0 without the CUDA backend, a driver or a device).
+int gpu_count();
 
 }  // namespace apus

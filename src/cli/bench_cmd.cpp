@@ -48,6 +48,15 @@ double measure_read_bandwidth(int threads) {
   return best;
 }
 
+// With tensor parallelism: the group's size and its all-reduce speed, measured now.
+void print_parallel(ModelGroup& g, const char* label) {
+  if (g.world() == 1) return;
+  const ModelGroup::AllReduceFigures f = g.measure_all_reduce();
+  std::cout << fmt::format("{}{} ranks; all-reduce {:.1f} GB/s bus bandwidth (256 MiB), {:.1f} us per decode-sized "
+                           "sum ({} bytes)\n",
+                           label, g.world(), f.bus_bandwidth / 1e9, f.small_seconds * 1e6, f.small_bytes);
+}
+
 struct LatencyArgs {
   ModelOptions model;
   int input_len = 512;
@@ -57,9 +66,11 @@ struct LatencyArgs {
 
 void run_latency(const LatencyArgs& a) {
   const int threads = a.model.num_threads();
-  auto backend = a.model.make_backend();
   auto t0 = std::chrono::steady_clock::now();
-  auto m = load_model(a.model.resolved(), *backend);
+  const auto group = a.model.load_group();
+  if (!group) return;  // another node's ranks, served until node 0 stopped them
+  DecoderModel* m = &group->model();
+  Backend* backend = &group->backend();
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const ModelConfig& c = m->config();
 
@@ -90,6 +101,7 @@ void run_latency(const LatencyArgs& a) {
                            a.model.load.config_preset.empty() ? a.model.load.model_dir : a.model.load.config_preset,
                            c.num_layers, c.hidden_size, c.vocab_size);
   std::cout << fmt::format("backend          {}\n", backend->name());
+  print_parallel(*group, "tensor parallel  ");
   std::cout << fmt::format("load             {:.2f} s\n", load_s);
   std::cout << fmt::format("prefill          {} tokens in {:.3f} s = {:.1f} tokens/s\n", a.input_len, prefill_s,
                            a.input_len / prefill_s);
@@ -173,8 +185,10 @@ void print_throughput(const char* label, const ThroughputResult& r, size_t n) {
 }
 
 void run_throughput(const ThroughputArgs& a) {
-  auto backend = a.model.make_backend();
-  auto m = load_model(a.model.resolved(), *backend);
+  const auto group = a.model.load_group();
+  if (!group) return;
+  DecoderModel* m = &group->model();
+  Backend* backend = &group->backend();
   auto reqs = make_requests(a.work, m->config().vocab_size);
   if (a.num_loras > 0) {  // request i runs with adapter i % num_loras (unmerged, batched)
     m->enable_lora(a.num_loras, a.lora_rank);
@@ -191,6 +205,7 @@ void run_throughput(const ThroughputArgs& a) {
   std::cout << fmt::format("model        {} on {}\n",
                            a.model.load.config_preset.empty() ? a.model.load.model_dir : a.model.load.config_preset,
                            backend->name());
+  print_parallel(*group, "parallel     ");
   std::cout << fmt::format("workload     {} requests, {} ({} in / {} out nominal), max_num_seqs {}, max_num_batched_tokens {}\n",
                            reqs.size(), a.work.dataset, a.work.input_len, a.work.output_len, a.max_num_seqs, a.max_num_batched_tokens);
   const ThroughputResult batched = time_engine(*m, cfg, reqs);

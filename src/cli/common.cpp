@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <iostream>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -15,7 +16,7 @@ std::string opt(const std::string& dashed) {
   return under == dashed ? "--" + dashed : "--" + dashed + ",--" + under;
 }
 
-void ModelOptions::add_to(CLI::App& app) {
+void ModelOptions::add_to(CLI::App& app, bool multi_node) {
   app.add_option(opt("model") + "," + opt("model-id-or-path") + "," + opt("ckpt-dir"), load.model_dir,
                  "Hugging Face model directory");
   app.add_option(opt("load-format"), load.load_format, "auto | safetensors | dummy (random weights of the config)");
@@ -27,11 +28,25 @@ void ModelOptions::add_to(CLI::App& app) {
   app.add_option(opt("device"), device, "cpu | cuda | auto (default: cuda when a GPU is present)");
   app.add_option(opt("gpu-memory-utilization"), gpu_memory_utilization,
                  "share of the GPU's memory for weights, activations and the KV cache (default 0.9)");
+  app.add_option(opt("tensor-parallel-size"), parallel.tensor_parallel_size,
+                 "split the model over this many GPUs (CPU: thread groups), Megatron-style (default 1)");
+  if (!multi_node) return;
+  app.add_option(opt("nnodes"), parallel.nnodes, "nodes (processes) the tensor-parallel group spans (default 1)");
+  app.add_option(opt("node-rank"), parallel.node_rank, "this process's node, 0 to nnodes - 1 (0 runs the engine)");
+  app.add_option(opt("master-addr"), parallel.master_addr, "node 0's address for start-up (default 127.0.0.1)");
+  app.add_option(opt("master-port"), parallel.master_port, "node 0's start-up port (default 29500)");
 }
 
 int ModelOptions::num_threads() const { return threads > 0 ? threads : ThreadPool::default_threads(); }
 
-std::unique_ptr<Backend> ModelOptions::make_backend() const { return apus::make_backend(device, num_threads()); }
+std::unique_ptr<ModelGroup> ModelOptions::load_group(const LoadOptions& lo) const {
+  auto group = std::make_unique<ModelGroup>(lo, device, num_threads(), parallel);
+  if (group->leader()) return group;
+  std::cerr << fmt::format("apus: node {} of {} serves tensor-parallel ranks until node 0 stops\n", parallel.node_rank,
+                           parallel.nnodes);
+  group->serve();
+  return nullptr;
+}
 
 LoadOptions ModelOptions::resolved() const {
   LoadOptions o = load;

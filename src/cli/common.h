@@ -8,6 +8,7 @@
 
 #include "lora/registry.h"
 #include "model/load.h"
+#include "parallel/model_group.h"
 #include "text/chat_template.h"
 #include "text/tokenizer/tokenizer.h"
 
@@ -22,10 +23,16 @@ struct ModelOptions {
   int threads = 0;                 // 0: all cores
   std::string device = "auto";     // cpu | cuda | auto (cuda when a GPU is present)
   double gpu_memory_utilization = 0.9;  // GPU only: see EngineConfig
-  void add_to(CLI::App& app);
+  ParallelOptions parallel;        // --tensor_parallel_size, --nnodes, --node_rank, --master_addr/port
+  // `multi_node`: also the options of a group spanning several processes (deploy, bench).
+  void add_to(CLI::App& app, bool multi_node = true);
   LoadOptions resolved() const;    // threads and dtype applied
   int num_threads() const;
-  std::unique_ptr<Backend> make_backend() const;  // for --device
+  // The model for --device, whole or split per --tensor_parallel_size. In the process of another
+  // node (--node_rank > 0) it serves that node's ranks until node 0 stops them, then returns null:
+  // the command has nothing else to do.
+  std::unique_ptr<ModelGroup> load_group() const { return load_group(resolved()); }
+  std::unique_ptr<ModelGroup> load_group(const LoadOptions& lo) const;
 };
 
 // --lora_modules / --max_loras / --max_lora_rank: LoRA adapters served unmerged beside the base.

@@ -130,6 +130,10 @@ void run_deploy(DeployArgs& a) {
     std::cerr << "apus: no --model given: serving the built-in demo model (" << load.model_dir << ").\n"
               << "apus: " << kDemoModelNote << "\n";
   }
+  if (a.model.parallel.node_rank > 0) {  // another node of a tensor-parallel group: no server here
+    a.model.load_group(load);
+    return;
+  }
   require_tokenizer(load.model_dir, "apus deploy");
   if (a.infer_backend != "apus")
     std::cerr << "apus: --infer_backend " << a.infer_backend << " is accepted for compatibility; Apus is its own backend\n";
@@ -148,8 +152,7 @@ void run_deploy(DeployArgs& a) {
 
   std::unique_ptr<AsyncEngine> engine;
   std::unique_ptr<server::OpenAIServer> api;
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<DecoderModel> model;
+  std::unique_ptr<ModelGroup> group;  // the model (rank 0's part of it with tensor parallelism)
   std::unique_ptr<LoraRegistry> lora;  // after the model: it goes first
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<ChatTemplate> tmpl;
@@ -161,8 +164,8 @@ void run_deploy(DeployArgs& a) {
     http_thread.join();
   };
   try {
-    backend = a.model.make_backend();
-    model = load_model(load, *backend);
+    group = a.model.load_group(load);
+    DecoderModel* model = &group->model();
     lora = a.lora.apply(*model);
     tok = Tokenizer::load(load.model_dir);
     tmpl = a.tmpl.make(*tok, load.model_dir);

@@ -66,8 +66,8 @@ void run_generate(const GenerateArgs& a) {
     req.stop_token_ids = special_stop_ids(*tok, req.stop);
   }
 
-  auto backend = a.model.make_backend();
-  auto m = load_model(a.model.resolved(), *backend);
+  const auto group = a.model.load_group();
+  DecoderModel* m = &group->model();
   const std::vector<int32_t> prompt = req.prompt;
   GenerateResult out = generate(*m, std::move(req), tok.get());
 
@@ -101,7 +101,7 @@ void run_generate(const GenerateArgs& a) {
 void add_generate(CLI::App& root) {
   auto* app = root.add_subcommand("generate", "Generate a continuation of one prompt");
   auto a = std::make_shared<GenerateArgs>();
-  a->model.add_to(*app);
+  a->model.add_to(*app, false);
   a->params.temperature = 1.0f;
   a->prompt_ids_opt = app->add_option(opt("prompt-ids"), a->prompt_ids, "comma-separated token ids");
   a->prompt_opt = app->add_option(opt("prompt"), a->prompt, "text, tokenized with the special tokens (BOS) added");

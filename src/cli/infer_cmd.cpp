@@ -129,6 +129,7 @@ void run_infer(const InferArgs& a) {
   eo.device = a.model.device;
   eo.gpu_memory_utilization = a.model.gpu_memory_utilization;
   eo.max_model_len = a.max_model_len;
+  eo.tensor_parallel_size = a.model.parallel.tensor_parallel_size;
   eo.max_num_seqs = a.max_num_seqs;
   eo.lora_modules = a.lora.modules;
   eo.max_loras = a.lora.max_loras;
@@ -161,7 +162,7 @@ void run_infer(const InferArgs& a) {
 void add_infer(CLI::App& root) {
   auto* app = root.add_subcommand("infer", "Chat interactively (streaming, with history), or run a --val_dataset");
   auto a = std::make_shared<InferArgs>();
-  a->model.add_to(*app);
+  a->model.add_to(*app, false);
   a->lora.add_to(*app);
   app->add_option(opt("lora-request"), a->lora_request, "the --lora_modules adapter to answer with (default: the first)");
   a->tmpl.add_to(*app);

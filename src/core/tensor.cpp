@@ -80,6 +80,15 @@ void set_float(Tensor& t, int64_t i, float v) {
   else t.ptr<uint16_t>()[i] = t.dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
 }
 
+Tensor contiguous(const Tensor& t) {
+  if (t.contiguous()) return t;
+  Tensor out = host_tensor(t.dtype, t.shape);
+  const size_t row_bytes = size_t(t.cols()) * dtype_size(t.dtype);
+  for (int64_t r = 0; r < t.rows(); ++r)
+    std::memcpy(static_cast<char*>(out.data) + size_t(r) * row_bytes, static_cast<const char*>(t.data) + size_t(r * t.row_stride) * dtype_size(t.dtype), row_bytes);
+  return out;
+}
+
 Tensor convert_float(const Tensor& t, DType to) {
   if (t.dtype == to) return t;
   Tensor out = host_tensor(to, t.shape);

@@ -50,6 +50,8 @@ Tensor host_tensor(DType dtype, std::vector<int64_t> shape);
 // rounded to the tensor's dtype.
 float get_float(const Tensor& t, int64_t i);
 void set_float(Tensor& t, int64_t i, float v);
+// A contiguous host copy of a (possibly strided) host tensor; `t` itself when contiguous already.
+Tensor contiguous(const Tensor& t);
 // A contiguous host float tensor converted to another float dtype (the same tensor when equal).
 Tensor convert_float(const Tensor& t, DType to);
 

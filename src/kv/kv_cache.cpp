@@ -1,5 +1,7 @@
 #include "kv/kv_cache.h"
 
+#include <atomic>
+
 namespace apus {
 
 size_t KvCache::bytes() const {
@@ -13,7 +15,9 @@ size_t KvCache::bytes_per_block(const ModelConfig& c, int block_size, DType dtyp
 }
 
 KvCache KvCache::create(Backend& backend, const ModelConfig& c, int num_blocks, int block_size) {
+  static std::atomic<uint64_t> next_id{1};
   KvCache kv;
+  kv.id = next_id++;
   kv.num_blocks = num_blocks;
   kv.block_size = block_size;
   const std::vector<int64_t> shape{num_blocks, block_size, c.num_kv_heads, c.head_dim};

@@ -9,6 +9,7 @@
 namespace apus {
 
 struct KvCache {
+  uint64_t id = 0;  // unique per create() in this process (tensor-parallel ranks mirror rank 0's cache by it)
   int num_blocks = 0;
   int block_size = 0;
   std::vector<KvLayer> layers;

@@ -25,6 +25,7 @@ struct DecoderModel::Graph {
 struct DecoderModel::Workspace {
   int64_t capacity = 0, logit_capacity = 0;
   Tensor x, h, qkv, attn, gate_up, act, tmp, final_h, logits;
+  Tensor gathered;  // tensor parallelism: every rank's logits side by side [rows, world * vocab_padded]
   // The step's metadata in one host buffer of 4-byte words (token ids, rows, block tables, rope
   // tables), so that a GPU backend uploads it in one copy into `meta_device`.
   Tensor meta_host, meta_device;
@@ -80,8 +81,11 @@ Tensor meta_view(const Tensor& meta, size_t at, DType dtype, std::vector<int64_t
 
 }  // namespace
 
-DecoderModel::DecoderModel(ModelConfig config, ModelWeights weights, Backend& backend)
-    : config_(std::move(config)), weights_(std::move(weights)), backend_(backend), rope_(config_) {
+DecoderModel::DecoderModel(ModelConfig config, ModelWeights weights, Backend& backend, Collectives* group)
+    : config_(weights.shard.local(config)), weights_(std::move(weights)), backend_(backend), rope_(config_),
+      group_(group) {
+  APUS_CHECK(weights_.shard.world == (group_ ? group_->world() : 1),
+             "a tensor-parallel part of {} ranks needs its group", weights_.shard.world);
   const char* env = std::getenv("APUS_CUDA_GRAPHS");
   pad_decode_ = backend_.graphs_supported();
   use_graphs_ = pad_decode_ && (env == nullptr || std::string(env) != "0");
@@ -121,10 +125,15 @@ DecoderModel::Workspace& DecoderModel::workspace(int64_t tokens, int64_t logit_r
   }
   if (logit_rows > w.logit_capacity) {
     w.final_h = backend_.alloc(a, {logit_rows, c.hidden_size});
-    w.logits = backend_.alloc(DType::F32, {logit_rows, c.vocab_size});
+    w.logits = backend_.alloc(DType::F32, {logit_rows, weights_.lm_head.out_features});
+    if (group_) w.gathered = backend_.alloc(DType::F32, {logit_rows, group_->world() * weights_.lm_head.out_features});
     w.logit_capacity = logit_rows;
   }
   return w;
+}
+
+std::pair<int64_t, int64_t> DecoderModel::reserved() const {
+  return ws_ ? std::make_pair(ws_->capacity, ws_->logit_capacity) : std::make_pair(int64_t(0), int64_t(0));
 }
 
 DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t pad_tokens, int64_t pad_rows,
@@ -234,7 +243,8 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
   Tensor qk = qkv.cols_view(0, c.q_size() + c.kv_size());
   Tensor cos = sv.cos, sin = sv.sin;
 
-  backend_.embedding(sv.tokens, weights_.embed, x);
+  backend_.embedding(sv.tokens, weights_.embed, x, weights_.shard.vocab0, c.vocab_size);
+  if (group_) group_->all_reduce(x);  // each rank has its vocabulary's rows, zeros elsewhere
   for (int i = 0; i < c.num_layers; ++i) {
     const LayerWeights& L = weights_.layers[size_t(i)];
     if (i == 0) backend_.rms_norm(x, L.attn_norm, c.rms_norm_eps, h);
@@ -256,12 +266,14 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
     backend_.attention(q, cache.layers[size_t(i)], ab, attn);
     backend_.linear(attn, L.o, tmp);
     if (lo) backend_.lora(attn, sv.lora_slots, lo->o, tmp);
+    if (group_) group_->all_reduce(tmp);  // row-parallel: the sum of the ranks' heads
     backend_.add_rms_norm(x, tmp, L.mlp_norm, c.rms_norm_eps, h);
     backend_.linear(h, L.gate_up, gate_up);
     if (lo) backend_.lora(h, sv.lora_slots, lo->gate_up, gate_up);
     backend_.silu_mul(gate_up, act);
     backend_.linear(act, L.down, tmp);
     if (lo) backend_.lora(act, sv.lora_slots, lo->down, tmp);
+    if (group_) group_->all_reduce(tmp);
   }
   backend_.add(x, tmp);
   if (R == 0) return;
@@ -269,6 +281,10 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
   backend_.gather_rows(x, sv.logit_rows, fh);
   backend_.rms_norm(fh, weights_.final_norm, c.rms_norm_eps, fh);
   backend_.linear(fh, weights_.lm_head, lg);
+  if (group_) {
+    Tensor all = rows_of(w.gathered, R);
+    group_->all_gather_cols(lg, all);
+  }
 }
 
 namespace {
@@ -336,10 +352,21 @@ void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket
 }
 
 Tensor DecoderModel::forward(const StepBatch& in, KvCache& cache) {
+  if (!group_) return forward_step(in, cache);
+  try {
+    return forward_step(in, cache);
+  } catch (const std::exception& e) {  // the other ranks cannot go on without this one
+    group_->abort(fmt::format("rank {} failed: {}", group_->rank(), e.what()));
+    throw;
+  }
+}
+
+Tensor DecoderModel::forward_step(const StepBatch& in, KvCache& cache) {
   const int64_t T = int64_t(in.tokens.size());
   const int64_t R = int64_t(in.logit_rows.size());
   APUS_CHECK(T > 0 && int64_t(in.slot_mapping.size()) == T && int64_t(in.q_start.size()) == in.num_seqs() + 1,
              "malformed step batch");
+  if (step_hook_) step_hook_(in, cache);
   if (pad_decode_ && is_decode(in) && R > 0 && R <= T && !cache.layers.empty()) {
     // A decode step runs padded to its bucket and table width whether replayed from a graph or
     // not, so that both give the same results bit for bit.
@@ -358,6 +385,7 @@ Tensor DecoderModel::forward(const StepBatch& in, KvCache& cache) {
   }
   if (R == 0) return Tensor();
   if (lora_ && !in.lora_slots.empty()) lora_lm_heads(in);
+  if (group_) return rows_of(ws_->gathered, R).cols_view(0, config_.vocab_size);
   return rows_of(ws_->logits, R);
 }
 
@@ -368,6 +396,7 @@ void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<floa
 }
 
 void DecoderModel::enable_lora(int max_loras, int max_rank) {
+  APUS_CHECK(group_ == nullptr, "LoRA adapters are not supported with tensor parallelism yet (--tensor_parallel_size 1)");
   if (ws_) drop_graphs();
   lora_ = std::make_unique<LoraSlots>(config_, backend_, max_loras, max_rank);
 }

@@ -2,7 +2,9 @@
 // through their config flags), written once against the Backend interface over a flat batch of
 // tokens from any number of sequences.
 #pragma once
+#include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -33,8 +35,12 @@ struct StepBatch {
 
 class DecoderModel {
  public:
-  DecoderModel(ModelConfig config, ModelWeights weights, Backend& backend);
+  // `weights` may be a tensor-parallel rank's part (weights.shard): the model then runs that rank's
+  // share of every step, joined to the other ranks' by `group`'s all-reduces (src/parallel/).
+  DecoderModel(ModelConfig config, ModelWeights weights, Backend& backend, Collectives* group = nullptr);
   ~DecoderModel();
+  // The config this rank runs: its own heads, KV heads (the KV cache's) and intermediate size; the
+  // whole vocabulary (the logits are gathered from all ranks).
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
   Backend& backend() { return backend_; }
@@ -47,6 +53,8 @@ class DecoderModel {
   // Allocates the activation buffers for steps of up to `tokens` tokens and `logit_rows` logit
   // rows now (they otherwise grow on demand), so that free device memory can be measured after.
   void reserve(int64_t tokens, int64_t logit_rows) { workspace(tokens, logit_rows); }
+  // The tokens and logit rows the activation buffers hold now (0, 0 before the first step).
+  std::pair<int64_t, int64_t> reserved() const;
   // Decode steps (one new token per sequence, at most kMaxGraphBatch sequences) replay a recorded
   // graph of the whole forward pass, one per padded batch size and block-table width, where the
   // backend supports it (CUDA, not under APUS_CUDA_PROFILE; APUS_CUDA_GRAPHS=0 turns them off).
@@ -56,6 +64,9 @@ class DecoderModel {
   // Makes room for `max_loras` LoRA adapters of rank up to `max_rank` served unmerged (StepBatch::
   // lora_slots picks them per token); adapters are then written with lora()->load(slot, ...).
   void enable_lora(int max_loras, int max_rank);
+  // Called with each step's inputs before the step runs (tensor parallelism: rank 0 sends them to
+  // the other ranks, which then run the same step on their parts).
+  void set_step_hook(std::function<void(const StepBatch&, const KvCache&)> hook) { step_hook_ = std::move(hook); }
   LoraSlots* lora() { return lora_.get(); }
   bool use_graphs() const { return use_graphs_; }
   static constexpr int kMaxGraphBatch = 256;
@@ -70,6 +81,7 @@ class DecoderModel {
   // it into `staging` and returns the views the ops take.
   StepViews upload_meta(const StepBatch& in, int64_t pad_tokens, int64_t pad_rows, int max_blocks, int max_ctx_len,
                         const KvCache& cache, Tensor& staging);
+  Tensor forward_step(const StepBatch& in, KvCache& cache);
   void run_layers(const StepViews& v, KvCache& cache);
   // Logit rows of adapters that replace lm_head (modules_to_save), recomputed with theirs.
   void lora_lm_heads(const StepBatch& in);
@@ -82,6 +94,8 @@ class DecoderModel {
   Rope rope_;
   std::unique_ptr<Workspace> ws_;
   std::unique_ptr<LoraSlots> lora_;
+  Collectives* group_ = nullptr;  // tensor parallelism: the other ranks (null: the whole model here)
+  std::function<void(const StepBatch&, const KvCache&)> step_hook_;
   bool pad_decode_ = false;  // decode steps padded to their graph's shape (where graphs exist)
   bool use_graphs_ = false;
 };

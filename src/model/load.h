@@ -20,5 +20,8 @@ struct LoadOptions {
 };
 
 std::unique_ptr<DecoderModel> load_model(const LoadOptions& opts, Backend& backend);
+// Its two halves: the config (from the directory or the preset) and the weights' source.
+ModelConfig load_config(const LoadOptions& opts);
+std::unique_ptr<WeightSource> open_weights(const LoadOptions& opts);
 
 }  // namespace apus

@@ -21,6 +21,12 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
 
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
 class CheckpointSource : public WeightSource {
  public:
   explicit CheckpointSource(const std::string& dir) : ckpt_(Checkpoint::open(dir)) {}
@@ -68,6 +74,10 @@ class DummySource : public WeightSource {
     }
     return random_weight(name, shape, dtype_, seed_, threads_);
   }
+  Tensor get_block(const std::string& name, const std::vector<int64_t>& shape, int64_t r0, int64_t nr, int64_t c0,
+                   int64_t nc) override {
+    return random_weight_block(name, shape, r0, nr, c0, nc, dtype_, seed_, threads_);
+  }
   std::string where(const std::string&) const override { return "dummy weights"; }
   std::vector<std::string> names() const override { return {}; }
   bool has(const std::string& name) const override {
@@ -113,6 +123,12 @@ Tensor permute_rows(const Tensor& t, const std::vector<int64_t>& order) {
   return out;
 }
 
+// Rows or columns [begin, begin + n) of a matrix; n < 0: all of them.
+struct Range {
+  int64_t begin = 0, n = -1;
+  Range or_all(int64_t size) const { return n < 0 ? Range{0, size} : *this; }
+};
+
 // Asks the source for each tensor of the architecture, checks it, and remembers what was used so
 // that leftovers can be reported.
 class Loader {
@@ -120,20 +136,27 @@ class Loader {
   Loader(WeightSource& source, Backend& backend, const std::optional<QuantConfig>& quant)
       : source_(source), backend_(backend), quant_(quant) {}
 
-  Tensor matrix(const std::string& name, std::vector<int64_t> shape, size_t* bytes) {
-    return upload_matrix(fetch(name, shape), bytes);
-  }
   // A fetched matrix in the dtype the backend wants (a GPU backend: its activation dtype).
   Tensor upload_matrix(const Tensor& t, size_t* bytes) {
     *bytes += t.nbytes();
-    return backend_.upload(convert_float(t, backend_.weight_dtype(t.dtype)));
+    return backend_.upload(convert_float(contiguous(t), backend_.weight_dtype(t.dtype)));
   }
-  Tensor vector(const std::string& name, int64_t n) { return backend_.upload(convert_float(fetch(name, {n}), DType::F32)); }
-  LinearPart part(const std::string& prefix, int64_t out, int64_t in, bool bias, size_t* bytes) {
+  Tensor vector(const std::string& name, int64_t n) { return upload_vector(fetch(name, {n})); }
+  Tensor upload_vector(const Tensor& t) { return backend_.upload(convert_float(contiguous(t), DType::F32)); }
+  // The linear layer `prefix` [out, in] (and its bias), or a rank's rows `rows` (column-parallel:
+  // with their bias) or columns `cols` (row-parallel: the bias is added by one rank, `bias_here`).
+  LinearPart part(const std::string& prefix, int64_t out, int64_t in, bool bias, size_t* bytes, Range rows = {},
+                  Range cols = {}, bool bias_here = true) {
+    rows = rows.or_all(out), cols = cols.or_all(in);
     LinearPart p;
-    if (quantized(prefix)) p.quant = quant_weight(prefix, out, in, bytes);
-    else p.weight = matrix(prefix + ".weight", {out, in}, bytes);
-    if (bias) p.bias = vector(prefix + ".bias", out);
+    if (quantized(prefix)) {
+      // Tensor parallelism with quantized layers is refused in load_weights: only whole layers here.
+      p.quant = quant_weight(prefix, out, in, bytes);
+    } else {
+      p.weight = upload_matrix(fetch_block(prefix + ".weight", {out, in}, rows, cols), bytes);
+    }
+    if (bias && bias_here) p.bias = upload_vector(fetch(prefix + ".bias", {out}).rows_view(rows.begin, rows.n));
+    if (bias && !bias_here) ignore(prefix + ".bias");
     return p;
   }
   // A quantized checkpoint's layer has `.qweight` (and qzeros, scales, g_idx); a layer it left in
@@ -159,8 +182,10 @@ class Loader {
   }
   // A fused projection [sum(rows), in] (and its bias) cut into parts of `rows` rows each: row views
   // of the checkpoint's matrix, so nothing is copied unless `reorder` permutes the rows first.
+  // `keep` (per part; default all) picks a rank's rows within each part.
   std::vector<LinearPart> fused(const std::string& prefix, const std::vector<int64_t>& rows, int64_t in, bool bias,
-                                size_t* bytes, const std::vector<int64_t>* reorder = nullptr) {
+                                size_t* bytes, const std::vector<int64_t>* reorder = nullptr,
+                                const std::vector<Range>& keep = {}) {
     int64_t total = 0;
     for (int64_t r : rows) total += r;
     QuantWeight qw;
@@ -176,17 +201,18 @@ class Loader {
     }
     std::vector<LinearPart> parts;
     int64_t at = 0;
-    for (int64_t r : rows) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const Range k = (keep.empty() ? Range{} : keep[i]).or_all(rows[i]);
       LinearPart p;
       if (qw.empty()) {
-        p.weight = upload_matrix(w.rows_view(at, r), bytes);
+        p.weight = upload_matrix(w.rows_view(at + k.begin, k.n), bytes);
       } else {
         p.quant = qw;
-        for (Tensor* t : {&p.quant.qweight, &p.quant.scales, &p.quant.zeros}) *t = t->rows_view(at, r);
+        for (Tensor* t : {&p.quant.qweight, &p.quant.scales, &p.quant.zeros}) *t = t->rows_view(at + k.begin, k.n);
       }
-      if (bias) p.bias = backend_.upload(convert_float(b.rows_view(at, r), DType::F32));
+      if (bias) p.bias = upload_vector(b.rows_view(at + k.begin, k.n));
       parts.push_back(std::move(p));
-      at += r;
+      at += rows[i];
     }
     return parts;
   }
@@ -205,11 +231,20 @@ class Loader {
 
   // The host tensor `name`, checked against the shape the config implies.
   Tensor fetch(const std::string& name, const std::vector<int64_t>& shape) {
-    Tensor t = source_.get(name, shape);
+    return checked(name, shape, source_.get(name, shape), shape);
+  }
+  // Rows `rows` and columns `cols` of the 2-D tensor `name` of `shape`.
+  Tensor fetch_block(const std::string& name, const std::vector<int64_t>& shape, Range rows, Range cols) {
+    rows = rows.or_all(shape[0]), cols = cols.or_all(shape[1]);
+    if (rows.n == shape[0] && cols.n == shape[1]) return fetch(name, shape);
+    return checked(name, shape, source_.get_block(name, shape, rows.begin, rows.n, cols.begin, cols.n),
+                   {rows.n, cols.n});
+  }
+  Tensor checked(const std::string& name, const std::vector<int64_t>& full, Tensor t, const std::vector<int64_t>& shape) {
     APUS_CHECK(!t.empty(), "{}: missing tensor {} (expected shape {})", source_.where(name), name,
-               shape_str(shape));
+               shape_str(full));
     APUS_CHECK(t.shape == shape, "{}: tensor {} has shape {}, expected {} from config.json",
-               source_.where(name), name, shape_str(t.shape), shape_str(shape));
+               source_.where(name), name, shape_str(t.shape), shape_str(full));
     APUS_CHECK(is_float(t.dtype), "{}: tensor {} has dtype {}; weights must be F32, F16 or BF16",
                source_.where(name), name, dtype_name(t.dtype));
     used_.insert(name);
@@ -277,6 +312,15 @@ std::unique_ptr<WeightSource> make_dummy_source(DType dtype, uint64_t seed, int 
 // Float32 arithmetic without contraction (ISO C++ mode), as numpy does it.
 Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape, DType dtype,
                      uint64_t seed, int num_threads) {
+  const int64_t rows = shape.empty() ? 1 : shape[0];
+  Tensor t = random_weight_block(name, shape, 0, rows, 0, rows == 0 ? 0 : numel_of(shape) / std::max<int64_t>(rows, 1),
+                                 dtype, seed, num_threads);
+  t.shape = shape;
+  return t;
+}
+
+Tensor random_weight_block(const std::string& name, const std::vector<int64_t>& shape, int64_t r0, int64_t nr,
+                           int64_t c0, int64_t nc, DType dtype, uint64_t seed, int num_threads) {
   float center = 0.0f, scale = 1.0f;
   // Names of the three layouts (weights.h): Qwen v1's ln_1/ln_2/ln_f norms, wte embedding, fused
   // c_attn (q/k gain for all of it), c_proj outputs; ChatGLM's word_embeddings, query_key_value,
@@ -293,21 +337,27 @@ Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape,
   } else if (shape.size() == 2 && !ends({"embed_tokens.weight", ".wte.weight", ".word_embeddings.weight"})) {
     scale = float(weight_gain(name) * std::sqrt(3.0) / std::sqrt(double(shape[1])));
   }
-  Tensor t = host_tensor(dtype, shape);
+  APUS_CHECK(is_float(dtype), "random weights: unsupported dtype {}", dtype_name(dtype));
+  const int64_t rows = shape.empty() ? 1 : shape[0], cols = rows == 0 ? 0 : numel_of(shape) / rows;
+  APUS_CHECK(r0 >= 0 && nr >= 0 && r0 + nr <= rows && c0 >= 0 && nc >= 0 && c0 + nc <= cols,
+             "random weights: block [{}:{}, {}:{}] of {} {}", r0, r0 + nr, c0, c0 + nc, name, shape_str(shape));
+  Tensor t = host_tensor(dtype, {nr, nc});
   const uint64_t key = fnv1a64(name) ^ (seed * kGoldenGamma);
+  // Element (r, c) of the block is element (r0 + r) * cols + c0 + c of the whole tensor.
   auto fill = [&](int64_t begin, int64_t end) {
     float buf[1024];
-    for (int64_t i = begin; i < end; i += 1024) {
-      const int64_t n = std::min<int64_t>(1024, end - i);
-      fill_uniform(key, uint64_t(i), n, center, scale, buf);
+    for (int64_t i = begin; i < end;) {
+      const int64_t r = i / nc, c = i % nc;
+      const int64_t n = std::min<int64_t>({1024, end - i, nc - c});
+      fill_uniform(key, uint64_t((r0 + r) * cols + c0 + c), n, center, scale, buf);
       for (int64_t j = 0; j < n; ++j) {
         if (dtype == DType::F32) t.ptr<float>()[i + j] = buf[j];
         else if (dtype == DType::BF16) t.ptr<uint16_t>()[i + j] = f32_to_bf16(buf[j]);
         else t.ptr<uint16_t>()[i + j] = f32_to_f16(buf[j]);
       }
+      i += n;
     }
   };
-  APUS_CHECK(is_float(dtype), "random weights: unsupported dtype {}", dtype_name(dtype));
   if (num_threads > 1 && t.numel() > (1 << 20)) {
     ThreadPool pool(num_threads);
     pool.parallel_for(t.numel(), 4096, fill);
@@ -315,6 +365,13 @@ Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape,
     fill(0, t.numel());
   }
   return t;
+}
+
+Tensor WeightSource::get_block(const std::string& name, const std::vector<int64_t>& shape, int64_t r0, int64_t nr,
+                               int64_t c0, int64_t nc) {
+  const Tensor t = get(name, shape);
+  if (t.empty() || t.shape != shape) return t;  // the caller reports it
+  return t.rows_view(r0, nr).cols_view(c0, nc);
 }
 
 namespace {
@@ -333,58 +390,74 @@ double weight_gain(const std::string& name) {
   return 1.0;
 }
 
+// A rank's rows of q, of k and v, and of the intermediate (MLP) dimension (all: the whole model).
+struct ShardRanges {
+  Range q, kv, inter;
+  bool rank0 = true;  // row-parallel biases are added once, by rank 0
+  ShardRanges(const ModelConfig& c, const Shard& s)
+      : q{int64_t(s.head0) * c.head_dim, int64_t(s.heads) * c.head_dim},
+        kv{int64_t(s.kv_head0) * c.head_dim, int64_t(s.kv_heads) * c.head_dim},
+        inter{s.inter0, s.inter},
+        rank0(s.rank == 0) {}
+};
+
 // Hugging Face's llama family: model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, ...}.
-LayerWeights llama_layer(Loader& ld, Backend& backend, const ModelConfig& c, int i, size_t* bytes) {
+LayerWeights llama_layer(Loader& ld, Backend& backend, const ModelConfig& c, const Shard& sh, int i, size_t* bytes) {
   const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const ShardRanges r(c, sh);
   const std::string p = fmt::format("model.layers.{}.", i);
   LayerWeights L;
   L.attn_norm = ld.vector(p + "input_layernorm.weight", H);
-  L.qkv = make_linear(backend, {ld.part(p + "self_attn.q_proj", c.q_size(), H, c.qkv_bias, bytes),
-                                ld.part(p + "self_attn.k_proj", c.kv_size(), H, c.qkv_bias, bytes),
-                                ld.part(p + "self_attn.v_proj", c.kv_size(), H, c.qkv_bias, bytes)});
-  L.o = make_linear(backend, {ld.part(p + "self_attn.o_proj", H, c.q_size(), c.o_bias, bytes)});
+  L.qkv = make_linear(backend, {ld.part(p + "self_attn.q_proj", c.q_size(), H, c.qkv_bias, bytes, r.q),
+                                ld.part(p + "self_attn.k_proj", c.kv_size(), H, c.qkv_bias, bytes, r.kv),
+                                ld.part(p + "self_attn.v_proj", c.kv_size(), H, c.qkv_bias, bytes, r.kv)});
+  L.o = make_linear(backend, {ld.part(p + "self_attn.o_proj", H, c.q_size(), c.o_bias, bytes, {}, r.q, r.rank0)});
   if (c.qk_norm) {
     L.q_norm = ld.vector(p + "self_attn.q_norm.weight", c.head_dim);
     L.k_norm = ld.vector(p + "self_attn.k_norm.weight", c.head_dim);
   }
   L.mlp_norm = ld.vector(p + "post_attention_layernorm.weight", H);
-  L.gate_up = make_linear(backend, {ld.part(p + "mlp.gate_proj", I, H, c.mlp_bias, bytes),
-                                    ld.part(p + "mlp.up_proj", I, H, c.mlp_bias, bytes)});
-  L.down = make_linear(backend, {ld.part(p + "mlp.down_proj", H, I, c.mlp_bias, bytes)});
+  L.gate_up = make_linear(backend, {ld.part(p + "mlp.gate_proj", I, H, c.mlp_bias, bytes, r.inter),
+                                    ld.part(p + "mlp.up_proj", I, H, c.mlp_bias, bytes, r.inter)});
+  L.down = make_linear(backend, {ld.part(p + "mlp.down_proj", H, I, c.mlp_bias, bytes, {}, r.inter, r.rank0)});
   return L;
 }
 
 // Qwen v1: transformer.h.N.{ln_1, attn.c_attn (fused q, k, v with bias), attn.c_proj, ln_2, mlp.w1,
 // mlp.w2, mlp.c_proj}; the MLP is c_proj(w1(x) * silu(w2(x))), so w2 is the gate and w1 the up part.
-LayerWeights qwen_layer(Loader& ld, Backend& backend, const ModelConfig& c, int i, size_t* bytes) {
+LayerWeights qwen_layer(Loader& ld, Backend& backend, const ModelConfig& c, const Shard& sh, int i, size_t* bytes) {
   const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const ShardRanges r(c, sh);
   const std::string p = fmt::format("transformer.h.{}.", i);
   LayerWeights L;
   L.attn_norm = ld.vector(p + "ln_1.weight", H);
-  L.qkv = make_linear(backend, ld.fused(p + "attn.c_attn", {c.q_size(), c.kv_size(), c.kv_size()}, H, c.qkv_bias, bytes));
-  L.o = make_linear(backend, {ld.part(p + "attn.c_proj", H, c.q_size(), c.o_bias, bytes)});
+  L.qkv = make_linear(backend, ld.fused(p + "attn.c_attn", {c.q_size(), c.kv_size(), c.kv_size()}, H, c.qkv_bias,
+                                        bytes, nullptr, {r.q, r.kv, r.kv}));
+  L.o = make_linear(backend, {ld.part(p + "attn.c_proj", H, c.q_size(), c.o_bias, bytes, {}, r.q, r.rank0)});
   L.mlp_norm = ld.vector(p + "ln_2.weight", H);
-  L.gate_up = make_linear(backend, {ld.part(p + "mlp.w2", I, H, c.mlp_bias, bytes),
-                                    ld.part(p + "mlp.w1", I, H, c.mlp_bias, bytes)});
-  L.down = make_linear(backend, {ld.part(p + "mlp.c_proj", H, I, c.mlp_bias, bytes)});
+  L.gate_up = make_linear(backend, {ld.part(p + "mlp.w2", I, H, c.mlp_bias, bytes, r.inter),
+                                    ld.part(p + "mlp.w1", I, H, c.mlp_bias, bytes, r.inter)});
+  L.down = make_linear(backend, {ld.part(p + "mlp.c_proj", H, I, c.mlp_bias, bytes, {}, r.inter, r.rank0)});
   return L;
 }
 
 // ChatGLM: transformer.encoder.layers.N.{input_layernorm, self_attention.query_key_value (fused q,
 // k, v), self_attention.dense, post_attention_layernorm, mlp.dense_h_to_4h (gate rows, then up rows:
 // swiglu is silu(chunk 0) * chunk 1), mlp.dense_4h_to_h}.
-LayerWeights chatglm_layer(Loader& ld, Backend& backend, const ModelConfig& c, int i, size_t* bytes) {
+LayerWeights chatglm_layer(Loader& ld, Backend& backend, const ModelConfig& c, const Shard& sh, int i, size_t* bytes) {
   const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const ShardRanges r(c, sh);
   const std::string p = fmt::format("transformer.encoder.layers.{}.", i);
   const std::vector<int64_t> order = interleaved_rope_order(c);
   LayerWeights L;
   L.attn_norm = ld.vector(p + "input_layernorm.weight", H);
   L.qkv = make_linear(backend, ld.fused(p + "self_attention.query_key_value", {c.q_size(), c.kv_size(), c.kv_size()}, H,
-                                        c.qkv_bias, bytes, c.rope_interleaved ? &order : nullptr));
-  L.o = make_linear(backend, {ld.part(p + "self_attention.dense", H, c.q_size(), c.o_bias, bytes)});
+                                        c.qkv_bias, bytes, c.rope_interleaved ? &order : nullptr, {r.q, r.kv, r.kv}));
+  L.o = make_linear(backend, {ld.part(p + "self_attention.dense", H, c.q_size(), c.o_bias, bytes, {}, r.q, r.rank0)});
   L.mlp_norm = ld.vector(p + "post_attention_layernorm.weight", H);
-  L.gate_up = make_linear(backend, ld.fused(p + "mlp.dense_h_to_4h", {I, I}, H, c.mlp_bias, bytes));
-  L.down = make_linear(backend, {ld.part(p + "mlp.dense_4h_to_h", H, I, c.mlp_bias, bytes)});
+  L.gate_up = make_linear(backend, ld.fused(p + "mlp.dense_h_to_4h", {I, I}, H, c.mlp_bias, bytes, nullptr,
+                                            {r.inter, r.inter}));
+  L.down = make_linear(backend, {ld.part(p + "mlp.dense_4h_to_h", H, I, c.mlp_bias, bytes, {}, r.inter, r.rank0)});
   return L;
 }
 
@@ -392,7 +465,7 @@ struct LayoutNames {
   const char* embed;
   const char* final_norm;
   const char* lm_head;  // without ".weight"
-  LayerWeights (*layer)(Loader&, Backend&, const ModelConfig&, int, size_t*);
+  LayerWeights (*layer)(Loader&, Backend&, const ModelConfig&, const Shard&, int, size_t*);
 };
 
 LayoutNames names_of(WeightLayout layout) {
@@ -409,24 +482,46 @@ LayoutNames names_of(WeightLayout layout) {
 }  // namespace
 
 ModelWeights load_weights(const ModelConfig& c, WeightSource& source, Backend& backend) {
+  return load_weights(c, source, backend, Shard::of(c, 0, 1));
+}
+
+ModelWeights load_weights(const ModelConfig& c, WeightSource& source, Backend& backend, const Shard& shard) {
+  APUS_CHECK(!c.quant || shard.whole(), "tensor parallelism with a quantized checkpoint ({}) is not supported yet",
+             c.quant->describe());
   Loader ld(source, backend, c.quant);
   ModelWeights w;
+  w.shard = shard;
   const LayoutNames names = names_of(c.layout);
   const int64_t H = c.hidden_size;
   size_t embed_bytes = 0;  // a step reads one embedding row per token, not the matrix
-  const Tensor embed = ld.fetch(names.embed, {c.vocab_size, H});
+  const Range vocab{shard.vocab0, shard.vocab};
+  const Tensor embed = ld.fetch_block(names.embed, {c.vocab_size, H}, vocab, {});
   backend.set_model_dtype(embed.dtype);  // the model's dtype: the one of its embedding matrix
   w.embed = ld.upload_matrix(embed, &embed_bytes);
-  for (int i = 0; i < c.num_layers; ++i) w.layers.push_back(names.layer(ld, backend, c, i, &w.matrix_bytes));
+  for (int i = 0; i < c.num_layers; ++i)
+    w.layers.push_back(names.layer(ld, backend, c, shard, i, &w.matrix_bytes));
   w.final_norm = ld.vector(names.final_norm, H);
   const std::string lm_head = names.lm_head;
+  // A rank's lm_head has vocab_padded rows, zeros past the vocabulary (so that all ranks' logits
+  // are alike in shape); the whole model's is the matrix itself.
+  const bool pad = shard.vocab < shard.vocab_padded;
+  auto padded = [&](const Tensor& rows) {
+    Tensor t = host_tensor(rows.dtype, {shard.vocab_padded, H});
+    std::memcpy(t.data, contiguous(rows).data, rows.nbytes());
+    return t;
+  };
   if (c.tie_word_embeddings) {
     // transformers ignores a stored lm_head.weight when the embeddings are tied; so do we.
     ld.ignore(lm_head + ".weight");
-    w.lm_head = make_linear(backend, {LinearPart{w.embed, {}}});
-    w.matrix_bytes += w.embed.nbytes();
+    w.lm_head = make_linear(backend, {LinearPart{pad ? ld.upload_matrix(padded(embed), &embed_bytes) : w.embed, {}}});
+    w.matrix_bytes += w.lm_head.parts[0].weight.nbytes();
+  } else if (pad) {
+    w.lm_head = make_linear(
+        backend, {LinearPart{ld.upload_matrix(padded(ld.fetch_block(lm_head + ".weight", {c.vocab_size, H}, vocab, {})),
+                                              &w.matrix_bytes),
+                             {}}});
   } else {
-    w.lm_head = make_linear(backend, {ld.part(lm_head, c.vocab_size, H, false, &w.matrix_bytes)});
+    w.lm_head = make_linear(backend, {ld.part(lm_head, c.vocab_size, H, false, &w.matrix_bytes, vocab)});
   }
   ld.check_no_leftovers();
   return w;

@@ -10,6 +10,7 @@
 #include "backend/backend.h"
 #include "core/tensor.h"
 #include "model/config.h"
+#include "model/shard.h"
 
 namespace apus {
 
@@ -19,6 +20,10 @@ class WeightSource {
   virtual ~WeightSource() = default;
   // The tensor called `name` (a host view), or an empty Tensor when the source lacks it.
   virtual Tensor get(const std::string& name, const std::vector<int64_t>& shape) = 0;
+  // Rows [r0, r0 + nr) and columns [c0, c0 + nc) of the 2-D tensor `name` of `shape` (a tensor-
+  // parallel rank's part). By default a view of get(); sources that make tensors make just that.
+  virtual Tensor get_block(const std::string& name, const std::vector<int64_t>& shape, int64_t r0, int64_t nr,
+                           int64_t c0, int64_t nc);
   // Where `name` lives, for error messages (a file path, or "dummy weights").
   virtual std::string where(const std::string& name) const = 0;
   // Every tensor the source holds (empty for sources that create tensors on request).
@@ -39,6 +44,9 @@ std::unique_ptr<WeightSource> make_dummy_source(DType dtype, uint64_t seed, int 
 // Shared by dummy loading, tests and the golden fixtures (which recompute it in Python).
 Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape, DType dtype,
                      uint64_t seed, int num_threads = 1);
+// Rows [r0, r0 + nr) and columns [c0, c0 + nc) of that tensor (2-D), made without the rest.
+Tensor random_weight_block(const std::string& name, const std::vector<int64_t>& shape, int64_t r0, int64_t nr,
+                           int64_t c0, int64_t nc, DType dtype, uint64_t seed, int num_threads = 1);
 
 struct LayerWeights {
   Tensor attn_norm;  // F32 [hidden]
@@ -59,8 +67,13 @@ struct ModelWeights {
   // Bytes of the matrices a decode step streams (all but the embedding); a quantized layer counts
   // its codes, scales and zeros (QuantWeight::nbytes).
   size_t matrix_bytes = 0;
+  // The rank's part (the whole model by default): its matrices hold only their rows or columns,
+  // `embed` the vocabulary rows [shard.vocab0, + shard.vocab), lm_head shard.vocab_padded rows.
+  Shard shard;
 };
 
+// `shard` (default: the whole model) picks what a tensor-parallel rank loads.
 ModelWeights load_weights(const ModelConfig& config, WeightSource& source, Backend& backend);
+ModelWeights load_weights(const ModelConfig& config, WeightSource& source, Backend& backend, const Shard& shard);
 
 }  // namespace apus

@@ -94,12 +94,16 @@ class CpuBackend : public Backend {
     }
   }
 
-  void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
-    const int64_t H = table.cols(), V = table.rows();
+  void embedding(const Tensor& ids, const Tensor& table, Tensor& out, int64_t first, int64_t vocab) override {
+    const int64_t H = table.cols(), V = vocab > 0 ? vocab : table.rows();
     for (int64_t t = 0; t < ids.numel(); ++t) {
-      int64_t id = ids.ptr<int32_t>()[t];
-      APUS_CHECK(id >= 0 && id < V, "token id {} is outside the vocabulary (size {})", id, V);
+      const int64_t global = ids.ptr<int32_t>()[t], id = global - first;
+      APUS_CHECK(global >= 0 && global < V, "token id {} is outside the vocabulary (size {})", global, V);
       float* dst = out.row<float>(t);
+      if (id < 0 || id >= table.rows()) {  // another rank's part of the vocabulary
+        std::fill_n(dst, H, 0.0f);
+        continue;
+      }
       if (table.dtype == DType::F32) {
         std::memcpy(dst, table.ptr<float>() + id * H, size_t(H) * 4);
       } else {

@@ -299,14 +299,7 @@ __global__ void combine_splits_kernel(AttentionParams p) {
 template <typename T, int DPL, int R>
 cudaError_t launch_rows(const AttentionParams& p, cudaStream_t stream) {
   const size_t smem = smem_layout<T>(p.head_dim, R).total;
-  // Raised once per kernel instantiation, to the largest size asked for so far.
-  static size_t raised = 48 * 1024;
-  if (smem > raised) {
-    const cudaError_t e = cudaFuncSetAttribute(paged_attention_kernel<T, DPL, R>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) return e;
-    raised = smem;
-  }
+  if (const cudaError_t e = allow_shared_memory<paged_attention_kernel<T, DPL, R>>(smem); e != cudaSuccess) return e;
   const int group = p.heads / p.kv_heads;
   const dim3 grid(ceil_div(int64_t(p.max_q_len) * group, R), unsigned(p.num_seqs), unsigned(p.kv_heads * p.num_splits));
   paged_attention_kernel<T, DPL, R><<<grid, kWarps * 32, smem, stream>>>(p);

@@ -7,7 +7,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <functional>
+#include <thread>
 #include <cstring>
 #include <map>
 #include <string>
@@ -286,15 +289,15 @@ class CudaBackend final : public Backend {
     if (bias) launched(cuda::add_bias(y_dtype, y, y_stride, bias, m, n, stream_), "add_bias");
   }
 
-  void embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
+  void embedding(const Tensor& ids, const Tensor& table, Tensor& out, int64_t first, int64_t vocab) override {
     on_device(ids, "embedding");
     activation(out, "embedding");
     APUS_CHECK(table.dtype == act_ && table.cols() == out.cols(), "embedding: table {} does not fit output {}",
                table.describe(), out.describe());
-    vocab_ = table.rows();
+    vocab_ = vocab > 0 ? vocab : table.rows();
     cuda::TimedOp t(*profile_, "embedding", ids.numel());
-    launched(cuda::embedding(act_, ids.ptr<int32_t>(), ids.numel(), table.data, table.rows(), table.cols(), out.data,
-                             out.row_stride, error_word(), stream_),
+    launched(cuda::embedding(act_, ids.ptr<int32_t>(), ids.numel(), table.data, first, table.rows(), vocab_,
+                             table.cols(), out.data, out.row_stride, error_word(), stream_),
              "embedding");
   }
 
@@ -514,7 +517,7 @@ class CudaBackend final : public Backend {
   void synchronize() override {
     APUS_CUDA_CHECK(cudaMemcpyAsync(errors_host_, errors_.data, sizeof(cuda::DeviceError), cudaMemcpyDeviceToHost,
                                     stream_));
-    APUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    wait();
     profile_->collect();
     const cuda::DeviceError e = *errors_host_;
     if (e.code == cuda::kErrNone) return;
@@ -566,6 +569,26 @@ class CudaBackend final : public Backend {
     std::memcpy(ids, host + args_bytes, ids_bytes);
     return true;
   }
+
+  // Waits for the stream; in a tensor-parallel group by polling, so that the group's check can stop
+  // a wait for a peer that died (it throws).
+  void wait() {
+    if (!wait_check_) {
+      APUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      return;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      const cudaError_t e = cudaStreamQuery(stream_);
+      if (e == cudaSuccess) return;
+      if (e != cudaErrorNotReady) check(e, "cudaStreamQuery");
+      wait_check_(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      std::this_thread::yield();
+    }
+  }
+  void set_wait_check(std::function<void(double)> f) { wait_check_ = std::move(f); }
+  cudaStream_t stream() const { return stream_; }
+  int device_index() const { return device_; }
 
   // With APUS_CUDA_PROFILE the ops are timed one by one, eagerly.
   bool graphs_supported() const override { return !profile_->on(); }
@@ -697,9 +720,25 @@ class CudaBackend final : public Backend {
   int next_graph_ = 0;
   std::vector<Tensor> retired_;         // buffers replaced while graphs that use them live
   std::unique_ptr<cuda::OpProfile> profile_;
+  std::function<void(double)> wait_check_;  // tensor parallelism: see wait()
 };
 
+CudaBackend& cuda_backend(Backend& b) {
+  auto* c = dynamic_cast<CudaBackend*>(&b);
+  APUS_CHECK(c != nullptr, "{} is not a CUDA backend", b.name());
+  return *c;
+}
+
 }  // namespace
+
+namespace cuda {
+
+void* stream_of(Backend& b) { return cuda_backend(b).stream(); }
+int device_of(Backend& b) { return cuda_backend(b).device_index(); }
+void set_wait_check(Backend& b, std::function<void(double)> check) { cuda_backend(b).set_wait_check(std::move(check)); }
+void wait(Backend& b) { cuda_backend(b).wait(); }
+
+}  // namespace cuda
 
 int cuda_device_count() {
   int n = 0;

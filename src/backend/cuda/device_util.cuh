@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "core/dtype.h"
@@ -101,5 +102,25 @@ __device__ __forceinline__ void mma<__half>(float c[4], const uint32_t a[4], uin
 }
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+
+// Lets `Kernel` use `smem` bytes of dynamic shared memory (> 48 KiB needs opting in) on the current
+// device. The attribute is per device, so it is raised once per device (tensor-parallel ranks run
+// on several from one process).
+template <auto Kernel>
+cudaError_t allow_shared_memory(size_t smem) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<size_t> raised[kMaxDevices] = {};
+  if (smem <= 48 * 1024) return cudaSuccess;
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  if (dev < kMaxDevices && raised[dev].load() >= smem) return cudaSuccess;
+  e = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (e != cudaSuccess || dev >= kMaxDevices) return e;
+  size_t cur = raised[dev].load();
+  while (cur < smem && !raised[dev].compare_exchange_weak(cur, smem)) {
+  }
+  return cudaSuccess;
+}
 
 }  // namespace apus::cuda

@@ -222,13 +222,7 @@ __global__ void __launch_bounds__(128) flash_prefill_kernel(AttentionParams p, i
 template <typename T, int HD>
 cudaError_t launch_flash(const AttentionParams& p, cudaStream_t stream) {
   constexpr size_t smem = flash_smem<T, HD>();
-  static bool raised = false;
-  if (!raised && smem > 48 * 1024) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(flash_prefill_kernel<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) return e;
-  }
-  raised = true;
+  if (const cudaError_t e = allow_shared_memory<flash_prefill_kernel<T, HD>>(smem); e != cudaSuccess) return e;
   const dim3 grid(ceil_div(p.max_q_len, kRows), unsigned(p.num_seqs), unsigned(p.heads));
   flash_prefill_kernel<T, HD><<<grid, 128, smem, stream>>>(p, kFlashMinQ);
   return cudaGetLastError();

@@ -1,0 +1,267 @@
+// Tensor-parallel collectives over NCCL (see cuda_backend.h and src/parallel/README.md). NCCL is
+// opened with dlopen the first time a group is made, like cuBLAS, so the apus binary starts without
+// it; its few entry points are declared here (NCCL's C ABI is stable), so no nccl.h is needed to
+// build either.
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+#include "core/error.h"
+
+namespace apus {
+
+namespace {
+
+// NCCL's C API (nccl.h, stable since 2.x), the parts used here.
+using ncclComm_t = struct ncclComm*;
+struct ncclUniqueId {
+  char internal[128];
+};
+using ncclResult_t = int;  // 0: ncclSuccess
+enum NcclType : int { kNcclInt32 = 2, kNcclFloat16 = 6, kNcclFloat32 = 7, kNcclBfloat16 = 9 };
+constexpr int kNcclSum = 0;
+
+struct Nccl {
+  ncclResult_t (*get_unique_id)(ncclUniqueId*);
+  ncclResult_t (*comm_init_rank)(ncclComm_t*, int nranks, ncclUniqueId id, int rank);
+  ncclResult_t (*all_reduce)(const void*, void*, size_t, int type, int op, ncclComm_t, cudaStream_t);
+  ncclResult_t (*all_gather)(const void*, void*, size_t, int type, ncclComm_t, cudaStream_t);
+  ncclResult_t (*broadcast)(const void*, void*, size_t, int type, int root, ncclComm_t, cudaStream_t);
+  ncclResult_t (*comm_abort)(ncclComm_t);
+  ncclResult_t (*comm_destroy)(ncclComm_t);
+  ncclResult_t (*get_version)(int*);
+  const char* (*error_string)(ncclResult_t);
+};
+
+template <typename F>
+void bind(void* lib, const char* name, F* fn) {
+  *fn = reinterpret_cast<F>(dlsym(lib, name));
+  APUS_CHECK(*fn != nullptr, "libnccl has no symbol {} (an NCCL older than 2.12?)", name);
+}
+
+Nccl load() {
+  // NVLink multicast (NVLS) stays off unless the user turned it on explicitly: on shared hosts a
+  // program using it can put every GPU of the host out of service.
+  setenv("NCCL_NVLS_ENABLE", "0", 0);
+  std::vector<std::string> names;
+  if (const char* p = std::getenv("APUS_NCCL_LIBRARY")) names.push_back(p);
+  names.push_back("libnccl.so.2");
+  names.push_back(APUS_CUDA_LIBRARY_DIR "/libnccl.so.2");
+  void* lib = nullptr;
+  std::string errors;
+  for (const auto& n : names) {
+    lib = dlopen(n.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (lib) break;
+    errors += fmt::format("\n  {}: {}", n, dlerror());
+  }
+  APUS_CHECK(lib != nullptr,
+             "--tensor_parallel_size > 1 on CUDA needs NCCL (libnccl.so.2) and could not load it (set "
+             "APUS_NCCL_LIBRARY to its path):{}",
+             errors);
+  Nccl n;
+  bind(lib, "ncclGetUniqueId", &n.get_unique_id);
+  bind(lib, "ncclCommInitRank", &n.comm_init_rank);
+  bind(lib, "ncclAllReduce", &n.all_reduce);
+  bind(lib, "ncclAllGather", &n.all_gather);
+  bind(lib, "ncclBroadcast", &n.broadcast);
+  bind(lib, "ncclCommAbort", &n.comm_abort);
+  bind(lib, "ncclCommDestroy", &n.comm_destroy);
+  bind(lib, "ncclGetVersion", &n.get_version);
+  bind(lib, "ncclGetErrorString", &n.error_string);
+  return n;
+}
+
+const Nccl& nccl() {
+  static std::once_flag once;
+  static Nccl n;
+  std::call_once(once, [] { n = load(); });
+  return n;
+}
+
+void check_nccl(ncclResult_t r, const char* what) {
+  if (r != 0) fail("NCCL error in {}: {}", what, nccl().error_string(r));
+}
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA error in {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+int nccl_type(DType t) {
+  switch (t) {
+    case DType::F32: return kNcclFloat32;
+    case DType::F16: return kNcclFloat16;
+    case DType::BF16: return kNcclBfloat16;
+    case DType::I32: return kNcclInt32;
+    default: fail("NCCL: unsupported dtype {}", dtype_name(t));
+  }
+}
+
+class NcclCollectives final : public Collectives {
+ public:
+  NcclCollectives(Backend& backend, const NcclId& id, int rank, int world, double timeout_s)
+      : backend_(backend), rank_(rank), world_(world), timeout_s_(timeout_s) {
+    stream_ = static_cast<cudaStream_t>(cuda::stream_of(backend));
+    check_cuda(cudaSetDevice(cuda::device_of(backend)), "cudaSetDevice");
+    ncclUniqueId uid;
+    std::memcpy(uid.internal, id.data(), sizeof(uid.internal));
+    check_nccl(nccl().comm_init_rank(&comm_, world, uid, rank), "ncclCommInitRank");
+    check_cuda(cudaEventCreateWithFlags(&sent_, cudaEventDisableTiming), "cudaEventCreate");
+    cuda::set_wait_check(backend_, [this](double waited) { check(waited); });
+    // Connect now (NCCL connects peers at their first collective), not in the first step.
+    Tensor one = backend_.alloc(DType::F32, {1});
+    all_reduce(one);
+    cuda::wait(backend_);
+  }
+
+  ~NcclCollectives() override {
+    cuda::set_wait_check(backend_, nullptr);
+    if (!aborted_.load()) {
+      cudaStreamSynchronize(stream_);
+      nccl().comm_destroy(comm_);
+    }
+    cudaEventDestroy(sent_);
+    if (pinned_) cudaFreeHost(pinned_);
+  }
+
+  int rank() const override { return rank_; }
+  int world() const override { return world_; }
+
+  void all_reduce(Tensor& x) override {
+    APUS_CHECK(x.contiguous() && x.device == Device::CUDA, "all_reduce: {} must be a contiguous device tensor",
+               x.describe());
+    alive();
+    check_nccl(nccl().all_reduce(x.data, x.data, size_t(x.numel()), nccl_type(x.dtype), kNcclSum, comm_, stream_),
+               "ncclAllReduce");
+  }
+
+  void all_gather_cols(const Tensor& x, Tensor& out) override {
+    APUS_CHECK(x.contiguous() && out.rows() == x.rows() && out.cols() == world_ * x.cols() && out.dtype == x.dtype,
+               "all_gather_cols: {} into {}", x.describe(), out.describe());
+    alive();
+    const size_t es = dtype_size(x.dtype), n = size_t(x.numel());
+    if (scratch_.numel() < int64_t(n) * world_) scratch_ = backend_.alloc(x.dtype, {int64_t(n) * world_});
+    check_nccl(nccl().all_gather(x.data, scratch_.data, n, nccl_type(x.dtype), comm_, stream_), "ncclAllGather");
+    const size_t row = size_t(x.cols()) * es;  // rank q's rows [R, cols] go to columns [q * cols, ...)
+    for (int q = 0; q < world_; ++q)
+      check_cuda(cudaMemcpy2DAsync(static_cast<char*>(out.data) + size_t(q) * row, size_t(out.row_stride) * es,
+                                   static_cast<char*>(scratch_.data) + size_t(q) * n * es, row, row,
+                                   size_t(x.rows()), cudaMemcpyDeviceToDevice, stream_),
+                 "all_gather_cols copy");
+  }
+
+  // Every call broadcasts a buffer of cap_ words: the length, then the words. A longer message
+  // grows every rank's buffer alike (they all read the length) and goes again.
+  void broadcast_words(std::vector<int32_t>& words) override {
+    alive();
+    const bool root = rank_ == 0;
+    for (;;) {
+      ensure_capacity();
+      if (root) {
+        check_cuda(cudaEventSynchronize(sent_), "cudaEventSynchronize");  // the last message left pinned_
+        pinned_[0] = int32_t(words.size());
+        std::copy_n(words.begin(), std::min(words.size(), cap_ - 1), pinned_ + 1);
+        check_cuda(cudaMemcpyAsync(device_.data, pinned_, cap_ * 4, cudaMemcpyHostToDevice, stream_), "H2D");
+        check_cuda(cudaEventRecord(sent_, stream_), "cudaEventRecord");
+      }
+      check_nccl(nccl().broadcast(device_.data, device_.data, cap_, kNcclInt32, 0, comm_, stream_), "ncclBroadcast");
+      size_t n = words.size();
+      if (!root) {
+        check_cuda(cudaMemcpyAsync(pinned_, device_.data, cap_ * 4, cudaMemcpyDeviceToHost, stream_), "D2H");
+        cuda::wait(backend_);
+        n = size_t(pinned_[0]);
+      }
+      if (n + 1 <= cap_) {
+        if (!root) words.assign(pinned_ + 1, pinned_ + 1 + n);
+        return;
+      }
+      want_ = std::max(2 * cap_, n + 1);
+    }
+  }
+
+  // The failing rank's own comm is not interrupted in line (its thread is not waiting; aborting an
+  // idle comm right after its peers' was seen to hang in NCCL 2.28): it is aborted on a thread of
+  // its own, and never destroyed.
+  void abort(const std::string& why, bool interrupt) override {
+    {
+      std::lock_guard<std::mutex> lock(why_mutex_);
+      if (why_.empty()) why_ = why;
+    }
+    aborted_ = true;
+    if (comm_aborted_.exchange(true)) return;
+    const bool debug = std::getenv("APUS_TP_DEBUG") != nullptr;
+    auto run = [comm = comm_, rank = rank_, debug] {
+      if (debug) fprintf(stderr, "apus: rank %d: ncclCommAbort...\n", rank);
+      nccl().comm_abort(comm);  // its kernels stop waiting for peers
+      if (debug) fprintf(stderr, "apus: rank %d: aborted\n", rank);
+    };
+    if (interrupt) run();
+    else std::thread(run).detach();
+  }
+
+ private:
+  void alive() const {
+    if (aborted_.load()) failed();
+  }
+  [[noreturn]] void failed() const {
+    std::lock_guard<std::mutex> lock(why_mutex_);
+    fail("tensor parallel group stopped: {}", why_);
+  }
+  void check(double waited_s) {
+    if (aborted_.load()) failed();
+    if (timeout_s_ > 0 && waited_s > timeout_s_) {
+      abort(fmt::format("rank {} waited {:.0f} s for a step (a peer hung or died; APUS_TP_TIMEOUT)", rank_, waited_s),
+            true);
+      failed();
+    }
+  }
+  void ensure_capacity() {
+    if (cap_ >= want_) return;
+    if (pinned_) {
+      check_cuda(cudaEventSynchronize(sent_), "cudaEventSynchronize");
+      check_cuda(cudaFreeHost(pinned_), "cudaFreeHost");
+    }
+    cap_ = want_;
+    check_cuda(cudaMallocHost(reinterpret_cast<void**>(&pinned_), cap_ * 4), "cudaMallocHost");
+    device_ = backend_.alloc(DType::I32, {int64_t(cap_)});
+  }
+
+  Backend& backend_;
+  int rank_, world_;
+  double timeout_s_;
+  cudaStream_t stream_ = nullptr;
+  ncclComm_t comm_ = nullptr;
+  std::atomic<bool> aborted_{false}, comm_aborted_{false};
+  mutable std::mutex why_mutex_;
+  std::string why_;
+  Tensor scratch_, device_;
+  int32_t* pinned_ = nullptr;
+  size_t cap_ = 0, want_ = 16384;
+  cudaEvent_t sent_ = nullptr;
+};
+
+}  // namespace
+
+NcclId nccl_unique_id() {
+  ncclUniqueId uid;
+  check_nccl(nccl().get_unique_id(&uid), "ncclGetUniqueId");
+  NcclId id;
+  std::memcpy(id.data(), uid.internal, id.size());
+  return id;
+}
+
+std::unique_ptr<Collectives> make_nccl_collectives(Backend& backend, const NcclId& id, int rank, int world,
+                                                   double timeout_s) {
+  return std::make_unique<NcclCollectives>(backend, id, rank, world, timeout_s);
+}
+
+}  // namespace apus

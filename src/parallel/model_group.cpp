@@ -1,0 +1,375 @@
+#include "parallel/model_group.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+
+#include "core/error.h"
+#include "kv/kv_cache.h"
+#include "model/shard.h"
+#include "parallel/host_collectives.h"
+#include "parallel/rendezvous.h"
+#ifdef APUS_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
+
+namespace apus {
+
+namespace {
+
+enum : int32_t { kStep = 1, kStop = 2, kMeasure = 3 };
+constexpr int64_t kBigAllReduce = int64_t(256) << 20;  // bytes
+constexpr int kBigRounds = 10, kSmallRounds = 100;
+
+// A rank's view of the group: the collectives of its backend, except that stopping it stops every
+// rank of this process (and, by closing the rendezvous connections, the other nodes).
+class GroupMember final : public Collectives {
+ public:
+  // `stop(why)`: this rank failed (its own thread calls abort()).
+  GroupMember(Collectives& inner, std::function<void(const std::string&)> stop) : inner_(inner), stop_(std::move(stop)) {}
+  int rank() const override { return inner_.rank(); }
+  int world() const override { return inner_.world(); }
+  void all_reduce(Tensor& x) override { inner_.all_reduce(x); }
+  void all_gather_cols(const Tensor& x, Tensor& out) override { inner_.all_gather_cols(x, out); }
+  void broadcast_words(std::vector<int32_t>& words) override { inner_.broadcast_words(words); }
+  void abort(const std::string& why, bool) override { stop_(why); }
+
+ private:
+  Collectives& inner_;
+  std::function<void(const std::string&)> stop_;
+};
+
+// A step's inputs as words: a header, then each vector as its length and its elements.
+class StepWriter {
+ public:
+  explicit StepWriter(std::vector<int32_t>& w) : w_(w) { w_.clear(); }
+  void word(int64_t v) { w_.push_back(int32_t(v)); }
+  void vec(const std::vector<int32_t>& v) {
+    word(int64_t(v.size()));
+    w_.insert(w_.end(), v.begin(), v.end());
+  }
+
+ private:
+  std::vector<int32_t>& w_;
+};
+
+class StepReader {
+ public:
+  explicit StepReader(const std::vector<int32_t>& w) : w_(w) {}
+  int32_t word() {
+    APUS_CHECK(at_ < w_.size(), "tensor parallel: truncated step message");
+    return w_[at_++];
+  }
+  void vec(std::vector<int32_t>& v) {
+    const size_t n = size_t(word());
+    APUS_CHECK(at_ + n <= w_.size(), "tensor parallel: truncated step message");
+    v.assign(w_.begin() + ptrdiff_t(at_), w_.begin() + ptrdiff_t(at_ + n));
+    at_ += n;
+  }
+
+ private:
+  const std::vector<int32_t>& w_;
+  size_t at_ = 0;
+};
+
+[[maybe_unused]] double tp_timeout_s() {  // unused without CUDA (NCCL)
+  const char* e = std::getenv("APUS_TP_TIMEOUT");
+  return e ? std::atof(e) : 300.0;
+}
+
+}  // namespace
+
+struct ModelGroup::Rank {
+  int global = 0, local = 0;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Collectives> member;
+  std::unique_ptr<DecoderModel> model;
+  std::vector<int32_t> words;  // the step message, reused
+};
+
+ModelGroup::ModelGroup(const LoadOptions& load, const std::string& device, int threads, const ParallelOptions& par)
+    : world_(std::max(1, par.tensor_parallel_size)) {
+  APUS_CHECK(par.nnodes >= 1 && par.node_rank >= 0 && par.node_rank < par.nnodes,
+             "--node_rank {} is not one of --nnodes {}", par.node_rank, par.nnodes);
+  APUS_CHECK(world_ % par.nnodes == 0, "--tensor_parallel_size {} does not split over --nnodes {}", world_, par.nnodes);
+  node_rank_ = par.node_rank;
+  if (const char* f = std::getenv("APUS_TP_FAULT")) std::sscanf(f, "%d:%ld", &fault_rank_, &fault_step_);
+  if (world_ == 1) {
+    auto r = std::make_unique<Rank>();
+    r->backend = make_backend(device, threads);
+    r->model = load_model(load, *r->backend);
+    ranks_.push_back(std::move(r));
+    return;
+  }
+  const int local = world_ / par.nnodes;
+  const std::string dev = device == "auto" ? (cuda_available() ? "cuda" : "cpu") : device;
+  APUS_CHECK(dev == "cpu" || dev == "cuda", "unknown --device \"{}\" (cpu, cuda, auto)", device);
+  // Every rank must be able to take its part before any starts loading.
+  const ModelConfig config = load_config(load);
+  Shard::of(config, 0, world_);
+  std::vector<std::unique_ptr<Collectives>> host;
+  [[maybe_unused]] Rendezvous::Id id{};
+  if (dev == "cpu") {
+    APUS_CHECK(par.nnodes == 1, "--nnodes > 1 needs --device cuda (the ranks talk through NCCL)");
+    host = make_host_collectives(world_);
+  } else {
+#ifdef APUS_HAVE_CUDA
+    const int n = gpu_count();
+    APUS_CHECK(n >= local, "--tensor_parallel_size {} needs {} GPUs on this node; {} visible (CUDA_VISIBLE_DEVICES)",
+               world_, local, n);
+    if (par.node_rank == 0) id = nccl_unique_id();
+    if (par.nnodes > 1) {
+      rendezvous_ = std::make_unique<Rendezvous>(par.master_addr, par.master_port, par.nnodes, par.node_rank, &id,
+                                                 tp_timeout_s());
+      rendezvous_->watch([this](const std::string& why) { abort_group(why); });
+    }
+#else
+    apus::fail("--device cuda: this apus was built without CUDA");
+#endif
+  }
+  collectives_.resize(size_t(local));
+  for (int l = 0; l < local; ++l) {
+    auto r = std::make_unique<Rank>();
+    r->local = l;
+    r->global = par.node_rank * local + l;
+    ranks_.push_back(std::move(r));
+  }
+  const int per_rank = std::max(1, threads / local);
+  std::mutex built_mutex;
+  std::condition_variable built_cv;
+  int built = 0;
+  auto make = [&, dev, per_rank](Rank& r) {
+    try {
+      std::unique_ptr<Collectives> inner;
+      if (dev == "cpu") {
+        r.backend = make_cpu_backend(per_rank);
+        inner = std::move(host[size_t(r.global)]);
+      } else {
+#ifdef APUS_HAVE_CUDA
+        r.backend = make_cuda_backend(r.local);
+        NcclId nid;
+        std::copy(id.begin(), id.end(), nid.begin());
+        inner = make_nccl_collectives(*r.backend, nid, r.global, world_, r.global == 0 ? tp_timeout_s() : 0.0);
+#endif
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!failure_.empty()) inner->abort(failure_);
+        collectives_[size_t(r.local)] = std::move(inner);
+        r.member = std::make_unique<GroupMember>(*collectives_[size_t(r.local)], [this, l = r.local](const std::string& why) { abort_group(why, l); });
+      }
+      LoadOptions lo = load;
+      lo.num_threads = per_rank;
+      ModelWeights w = load_weights(config, *open_weights(lo), *r.backend, Shard::of(config, r.global, world_));
+      r.model = std::make_unique<DecoderModel>(config, std::move(w), *r.backend, r.member.get());
+      if (r.global == 0) r.model->set_step_hook([this](const StepBatch& b, const KvCache& c) { send_step(b, c); });
+    } catch (const std::exception& e) {
+      abort_group(fmt::format("rank {} failed to load: {}", r.global, e.what()), r.local);
+    }
+    std::lock_guard<std::mutex> lock(built_mutex);
+    ++built;
+    built_cv.notify_all();
+  };
+  for (auto& rp : ranks_) {
+    Rank* r = rp.get();
+    if (r->global == 0) continue;  // rank 0 is built on this thread (the engine's device)
+    threads_.emplace_back([this, r, &make] {
+      make(*r);  // the constructor waits for every rank's make(), so `make` outlives this use
+      run_worker(*r);
+    });
+  }
+  if (par.node_rank == 0) make(*ranks_[0]);
+  {
+    std::unique_lock<std::mutex> lock(built_mutex);
+    built_cv.wait(lock, [&] { return built == local; });
+  }
+  std::string why;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    why = failure_;
+  }
+  if (!why.empty()) {
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    fail_unloaded(why);
+  }
+}
+
+ModelGroup::~ModelGroup() {
+  if (leader() && world_ > 1 && ranks_[0]->member) {
+    bool ok = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ok = failure_.empty();
+    }
+    if (rendezvous_) rendezvous_->expect_close();  // the other nodes' ending is no failure now
+    if (ok) {
+      try {
+        std::vector<int32_t> w{kStop};
+        ranks_[0]->member->broadcast_words(w);
+      } catch (const std::exception&) {
+      }
+    }
+  }
+  for (auto& t : threads_) t.join();
+  release(*ranks_[0]);
+  if (rendezvous_) rendezvous_->close();
+}
+
+bool ModelGroup::leader() const { return node_rank_ == 0; }
+
+DecoderModel& ModelGroup::model() {
+  APUS_CHECK(leader() && ranks_[0]->model, "only node 0 runs the engine");
+  return *ranks_[0]->model;
+}
+
+Backend& ModelGroup::backend() { return *ranks_[0]->backend; }
+
+void ModelGroup::serve() {
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!failure_.empty()) apus::fail("{}", failure_);
+}
+
+// A rank's model, collectives and backend go on the thread that used them (the device's).
+void ModelGroup::release(Rank& r) {
+  r.model.reset();
+  r.member.reset();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (size_t(r.local) < collectives_.size()) collectives_[size_t(r.local)].reset();
+  }
+  r.backend.reset();
+}
+
+[[noreturn]] void ModelGroup::fail_unloaded(const std::string& why) {
+  for (auto& r : ranks_) release(*r);
+  if (rendezvous_) rendezvous_->close();
+  apus::fail("{}", why);
+}
+
+void ModelGroup::abort_group(const std::string& why, int failing) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!failure_.empty() || stopped_) return;
+  failure_ = why;
+  std::cerr << "apus: tensor parallel group stopping: " << why << "\n";
+  for (size_t l = 0; l < collectives_.size(); ++l)  // the ranks that may be waiting first
+    if (collectives_[l] && int(l) != failing) collectives_[l]->abort(why, true);
+  if (failing >= 0 && size_t(failing) < collectives_.size() && collectives_[size_t(failing)])
+    collectives_[size_t(failing)]->abort(why, false);
+  if (rendezvous_) rendezvous_->hang_up();
+  if (std::getenv("APUS_TP_DEBUG")) std::cerr << "apus: every rank of this process aborted\n";
+}
+
+void ModelGroup::send_step(const StepBatch& b, const KvCache& cache) {
+  Rank& r = *ranks_[0];
+  // The other ranks keep a copy of every cache rank 0 still has (an engine's, generate()'s...):
+  // the message names the live ones, so that they drop the others.
+  const int32_t id = int32_t(cache.id & 0x7fffffff);
+  if (!cache.layers.empty()) live_caches_[id] = cache.layers[0].k.owner;
+  std::vector<int32_t> live;
+  for (auto it = live_caches_.begin(); it != live_caches_.end();) {
+    if (it->second.expired()) {
+      it = live_caches_.erase(it);
+    } else {
+      live.push_back(it->first);
+      ++it;
+    }
+  }
+  StepWriter w(r.words);
+  const auto [tokens, rows] = r.model->reserved();
+  w.word(kStep);
+  w.word(id);
+  w.word(cache.num_blocks);
+  w.word(cache.block_size);
+  w.word(tokens);
+  w.word(rows);
+  w.word(r.model->use_graphs() ? 1 : 0);
+  w.word(b.max_blocks);
+  w.vec(live);
+  for (const auto* v : {&b.tokens, &b.q_start, &b.ctx_len, &b.block_table, &b.slot_mapping, &b.logit_rows,
+                        &b.prompt_len, &b.lora_slots})
+    w.vec(*v);
+  r.member->broadcast_words(r.words);
+}
+
+std::pair<double, double> ModelGroup::all_reduce_rounds(Rank& r) {
+  const DType dt = r.backend->activation_dtype();
+  Tensor big = r.backend->alloc(dt, {kBigAllReduce / int64_t(dtype_size(dt))});
+  Tensor small = r.backend->alloc(dt, {r.model->config().hidden_size});
+  auto timed = [&](Tensor& t, int rounds) {
+    r.member->all_reduce(t);  // warm-up
+    r.backend->synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < rounds; ++i) r.member->all_reduce(t);
+    r.backend->synchronize();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / rounds;
+  };
+  const double big_s = timed(big, kBigRounds);
+  return {big_s, timed(small, kSmallRounds)};
+}
+
+ModelGroup::AllReduceFigures ModelGroup::measure_all_reduce() {
+  APUS_CHECK(leader() && world_ > 1, "measure_all_reduce: node 0 of a tensor-parallel group only");
+  Rank& r = *ranks_[0];
+  std::vector<int32_t> w{kMeasure};
+  r.member->broadcast_words(w);
+  const auto [big_s, small_s] = all_reduce_rounds(r);
+  AllReduceFigures f;
+  f.bus_bandwidth = 2.0 * double(world_ - 1) / world_ * double(kBigAllReduce) / big_s;
+  f.small_seconds = small_s;
+  f.small_bytes = r.model->config().hidden_size * int64_t(dtype_size(r.backend->activation_dtype()));
+  return f;
+}
+
+void ModelGroup::run_worker(Rank& r) {
+  if (r.model) {
+    try {
+      std::map<int32_t, KvCache> caches;  // rank 0's live caches, by id
+      std::vector<int32_t> live;
+      StepBatch b;
+      for (int64_t step = 0;; ++step) {
+        r.member->broadcast_words(r.words);
+        StepReader in(r.words);
+        const int32_t cmd = in.word();
+        if (cmd == kMeasure) {
+          all_reduce_rounds(r);
+          continue;
+        }
+        if (cmd != kStep) {
+          std::lock_guard<std::mutex> lock(mutex_);
+          stopped_ = true;  // rank 0 ended the group: connections closing now are no failure
+          break;
+        }
+        const int32_t id = in.word(), blocks = in.word(), block_size = in.word(), tokens = in.word(), rows = in.word();
+        const bool graphs = in.word() != 0;
+        b.max_blocks = in.word();
+        in.vec(live);
+        for (auto* v : {&b.tokens, &b.q_start, &b.ctx_len, &b.block_table, &b.slot_mapping, &b.logit_rows,
+                        &b.prompt_len, &b.lora_slots})
+          in.vec(*v);
+        for (auto it = caches.begin(); it != caches.end();)
+          it = std::find(live.begin(), live.end(), it->first) == live.end() ? caches.erase(it) : std::next(it);
+        auto c = caches.find(id);
+        if (c == caches.end()) {  // rank 0 made a new cache: mirror it (after its activations, as rank 0 did)
+          r.model->reserve(tokens, rows);
+          c = caches.emplace(id, KvCache::create(*r.backend, r.model->config(), blocks, block_size)).first;
+        }
+        if (graphs != r.model->use_graphs()) r.model->set_use_graphs(graphs);
+        if (r.global == fault_rank_ && step == fault_step_)
+          apus::fail("injected fault (APUS_TP_FAULT={}:{})", fault_rank_, fault_step_);
+        r.model->forward(b, c->second);
+      }
+    } catch (const std::exception& e) {
+      abort_group(fmt::format("rank {} failed: {}", r.global, e.what()), r.local);
+    }
+  }
+  release(r);
+}
+
+}  // namespace apus

@@ -1,0 +1,184 @@
+// Tensor parallelism (src/parallel/): a model split over ranks serves a busy engine exactly as the
+// whole model does; a rank that fails stops the group with a clear error instead of a hang; bad
+// splits are refused by name; the multi-node rendezvous hands over the id and notices a lost node.
+// On the CPU the ranks are thread groups; built again as test_tensor_parallel_gpu (label gpu), where
+// they are GPUs talking through NCCL. (Parity with transformers per rank count: test_golden.)
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <random>
+#include <thread>
+
+#include "core/error.h"
+#include "engine/engine.h"
+#include "engine/generate.h"
+#include "parallel/model_group.h"
+#include "parallel/rendezvous.h"
+#include "test_device.h"
+#include "test_util.h"
+
+namespace apus {
+namespace {
+
+constexpr int kTp = 2;
+
+bool enough_devices() { return !test::on_gpu() || gpu_count() >= kTp; }
+
+LoadOptions fixture_model(const test::TempDir& dir) {
+  test::write_fixture_model(dir.path(), "llama_gqa_f32", {{"max_position_embeddings", 4096}});
+  LoadOptions o;
+  o.model_dir = dir.str();
+  return o;
+}
+
+std::unique_ptr<ModelGroup> group_of(const LoadOptions& o, int tp) {
+  ParallelOptions par;
+  par.tensor_parallel_size = tp;
+  return std::make_unique<ModelGroup>(o, APUS_TEST_DEVICE, 2, par);
+}
+
+EngineConfig small_cache(int num_blocks) {
+  EngineConfig c;
+  c.num_blocks = num_blocks;
+  c.block_size = 16;
+  c.scheduler.max_num_batched_tokens = 256;  // prompts arrive in chunks beside decodes
+  c.max_model_len = 256;
+  return c;
+}
+
+std::vector<Request> busy_requests() {
+  std::mt19937 rng(11);
+  std::vector<int32_t> shared(40);
+  for (auto& t : shared) t = int32_t(rng() % 256);
+  std::vector<Request> reqs;
+  for (int i = 0; i < 12; ++i) {
+    Request r;
+    r.prompt = i % 3 == 0 ? shared : std::vector<int32_t>{};  // some share a cached prefix
+    for (int k = 0; k < 10 + int(rng() % 60); ++k) r.prompt.push_back(int32_t(rng() % 256));
+    r.params.temperature = i % 4 == 1 ? 0.8f : 0.0f;  // seeded draws too
+    r.params.seed = uint64_t(i);
+    r.params.max_tokens = 30;
+    r.params.ignore_eos = true;
+    reqs.push_back(std::move(r));
+  }
+  return reqs;
+}
+
+TEST(TensorParallel, BusyEngineMatchesTheWholeModel) {
+  if (!test::device_available() || !enough_devices()) GTEST_SKIP() << "needs " << kTp << " GPUs";
+  test::TempDir dir;
+  const LoadOptions o = fixture_model(dir);
+  std::vector<std::vector<SeqOutput>> want, got;
+  {
+    auto whole = group_of(o, 1);
+    Engine e(whole->model(), small_cache(24));
+    want = run_to_completion(e, busy_requests());
+  }
+  auto split = group_of(o, kTp);
+  EXPECT_EQ(split->model().config().num_heads * kTp, 4);  // this rank's heads
+  {
+    Engine e(split->model(), small_cache(24));  // 384 tokens for ~12 x 100: preempts
+    got = run_to_completion(e, busy_requests());
+    EXPECT_GT(e.stats().preemptions, 0u);
+    EXPECT_GT(e.stats().prefix_hit_blocks, 0u);
+  }
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got[i][0].new_tokens, want[i][0].new_tokens) << "request " << i;
+  // A second engine (a new cache) and generate() (another, short-lived one) on the same group.
+  Engine again(split->model(), small_cache(64));
+  auto third = run_to_completion(again, {busy_requests()[0]});
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  greedy.max_tokens = 30;
+  greedy.ignore_eos = true;
+  EXPECT_EQ(generate(split->model(), busy_requests()[0].prompt, greedy).token_ids, want[0][0].new_tokens);
+  EXPECT_EQ(third[0][0].new_tokens, want[0][0].new_tokens);
+}
+
+TEST(TensorParallel, AFailingRankStopsTheGroupWithItsError) {
+  if (!test::device_available() || !enough_devices()) GTEST_SKIP() << "needs " << kTp << " GPUs";
+  test::TempDir dir;
+  const LoadOptions o = fixture_model(dir);
+  setenv("APUS_TP_FAULT", "1:3", 1);  // rank 1 fails at its fourth step
+  auto split = group_of(o, kTp);
+  unsetenv("APUS_TP_FAULT");
+  const auto t0 = std::chrono::steady_clock::now();
+  Engine e(split->model(), small_cache(64));
+  try {
+    run_to_completion(e, busy_requests());
+    FAIL() << "the engine went on without rank 1";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("rank 1 failed: injected fault"), std::string::npos) << err.what();
+  }
+  // Later steps fail at once with the same cause; nothing hangs, and the group still shuts down.
+  Request r = busy_requests()[0];
+  EXPECT_THROW(run_to_completion(e, {r}), Error);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
+}
+
+TEST(TensorParallel, SplitsThatDoNotDivideAreRefusedByName) {
+  if (!test::device_available()) GTEST_SKIP() << "no CUDA GPU";
+  test::TempDir dir;
+  const LoadOptions o = fixture_model(dir);  // 4 heads, 2 KV heads, intermediate 128
+  try {
+    group_of(o, 3);
+    FAIL() << "3 ranks for 4 heads";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("num_attention_heads 4"), std::string::npos) << e.what();
+  }
+  ParallelOptions par;
+  par.tensor_parallel_size = 3;
+  par.nnodes = 2;
+  EXPECT_THROW(ModelGroup(o, APUS_TEST_DEVICE, 2, par), Error);  // 3 ranks over 2 nodes
+  if (!test::on_gpu()) {
+    par.tensor_parallel_size = 2;
+    try {
+      ModelGroup g(o, "cpu", 2, par);
+      FAIL() << "CPU ranks in two processes";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--nnodes > 1 needs --device cuda"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(Rendezvous, HandsTheIdToEveryNodeAndNoticesALostOne) {
+  std::random_device rd;
+  const int port = 20000 + int(rd() % 20000);
+  Rendezvous::Id id{};
+  for (size_t i = 0; i < id.size(); ++i) id[i] = char(i * 7 + 1);
+  Rendezvous::Id got1{}, got2{};
+  std::unique_ptr<Rendezvous> n1, n2;
+  std::thread t1([&] { n1 = std::make_unique<Rendezvous>("127.0.0.1", port, 3, 1, &got1, 30.0); });
+  std::thread t2([&] { n2 = std::make_unique<Rendezvous>("127.0.0.1", port, 3, 2, &got2, 30.0); });
+  Rendezvous n0("127.0.0.1", port, 3, 0, &id, 30.0);
+  t1.join();
+  t2.join();
+  EXPECT_EQ(got1, id);
+  EXPECT_EQ(got2, id);
+  std::atomic<int> lost{0};
+  std::string why;
+  n0.watch([&](const std::string& w) {
+    why = w;
+    ++lost;
+  });
+  n1->expect_close();  // orderly on node 1's side; node 0 still sees a node go
+  n2.reset();          // node 2's process "ends"
+  for (int i = 0; i < 100 && lost == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(lost.load(), 1);
+  EXPECT_NE(why.find("closed its connection"), std::string::npos) << why;
+  n0.expect_close();
+  n1.reset();
+
+  // A node that cannot reach node 0 gives up with the address it tried.
+  Rendezvous::Id none{};
+  try {
+    Rendezvous late("127.0.0.1", port, 2, 1, &none, 0.5);
+    FAIL() << "connected to nobody";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fmt::format("127.0.0.1:{}", port)), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace apus
