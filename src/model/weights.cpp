@@ -312,10 +312,9 @@ std::unique_ptr<WeightSource> make_dummy_source(DType dtype, uint64_t seed, int 
 // Float32 arithmetic without contraction (ISO C++ mode), as numpy does it.
 Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape, DType dtype,
                      uint64_t seed, int num_threads) {
-  const int64_t rows = shape.empty() ? 1 : shape[0];
-  Tensor t = random_weight_block(name, shape, 0, rows, 0, rows == 0 ? 0 : numel_of(shape) / std::max<int64_t>(rows, 1),
-                                 dtype, seed, num_threads);
-  t.shape = shape;
+  const int64_t rows = shape.empty() ? 1 : shape[0], cols = rows == 0 ? 0 : numel_of(shape) / rows;
+  Tensor t = random_weight_block(name, shape, 0, rows, 0, cols, dtype, seed, num_threads);
+  t.shape = shape;  // the block is [rows, cols]
   return t;
 }
 

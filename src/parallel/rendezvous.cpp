@@ -1,6 +1,7 @@
 #include "parallel/rendezvous.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -34,6 +35,16 @@ void recv_all(int fd, void* p, size_t n, const char* what) {
                k == 0 ? "the peer closed the connection" : std::strerror(errno));
     c += k, n -= size_t(k);
   }
+}
+
+// Moves a connection to a high descriptor number. Seen on the GPU machine: node 0's connection was
+// closed under it while NCCL set up (a library closing a stale descriptor number that accept() had
+// reused is the likely cause); descriptors from 1000 up are out of the way of such reuse.
+int out_of_the_way(int fd) {
+  const int high = ::fcntl(fd, F_DUPFD_CLOEXEC, 1000);
+  if (high < 0) return fd;
+  ::close(fd);
+  return high;
 }
 
 bool wait_readable(int fd, double seconds) {
@@ -78,8 +89,9 @@ Rendezvous::Rendezvous(const std::string& master_addr, int master_port, int nnod
         fail("tensor parallel rendezvous: {} of {} other nodes connected to {}:{} within {:.0f} s", fds_.size(),
              nnodes - 1, master_addr, master_port, timeout_s);
       }
-      const int fd = ::accept(ls, nullptr, nullptr);
+      int fd = ::accept(ls, nullptr, nullptr);
       if (fd < 0) continue;
+      fd = out_of_the_way(fd);
       int32_t peer = -1;
       recv_all(fd, &peer, sizeof(peer), "a node's rank");
       send_all(fd, id->data(), id->size(), "the NCCL id");
@@ -100,6 +112,7 @@ Rendezvous::Rendezvous(const std::string& master_addr, int master_port, int nnod
     freeaddrinfo(res);
     APUS_CHECK(fd >= 0, "tensor parallel rendezvous: node {} could not connect to {}:{} within {:.0f} s", node_rank,
                master_addr, master_port, timeout_s);
+    fd = out_of_the_way(fd);
     const int32_t me = node_rank;
     send_all(fd, &me, sizeof(me), "this node's rank");
     recv_all(fd, id->data(), id->size(), "the NCCL id");

@@ -3,7 +3,6 @@
 // it; its few entry points are declared here (NCCL's C ABI is stable), so no nccl.h is needed to
 // build either.
 #include <cuda_runtime.h>
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/library.h"
 #include "core/error.h"
 
 namespace apus {
@@ -39,45 +39,29 @@ struct Nccl {
   ncclResult_t (*broadcast)(const void*, void*, size_t, int type, int root, ncclComm_t, cudaStream_t);
   ncclResult_t (*comm_abort)(ncclComm_t);
   ncclResult_t (*comm_destroy)(ncclComm_t);
-  ncclResult_t (*get_version)(int*);
   const char* (*error_string)(ncclResult_t);
 };
-
-template <typename F>
-void bind(void* lib, const char* name, F* fn) {
-  *fn = reinterpret_cast<F>(dlsym(lib, name));
-  APUS_CHECK(*fn != nullptr, "libnccl has no symbol {} (an NCCL older than 2.12?)", name);
-}
 
 Nccl load() {
   // NVLink multicast (NVLS) stays off unless the user turned it on explicitly: on shared hosts a
   // program using it can put every GPU of the host out of service.
   setenv("NCCL_NVLS_ENABLE", "0", 0);
-  std::vector<std::string> names;
-  if (const char* p = std::getenv("APUS_NCCL_LIBRARY")) names.push_back(p);
-  names.push_back("libnccl.so.2");
-  names.push_back(APUS_CUDA_LIBRARY_DIR "/libnccl.so.2");
-  void* lib = nullptr;
-  std::string errors;
-  for (const auto& n : names) {
-    lib = dlopen(n.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (lib) break;
-    errors += fmt::format("\n  {}: {}", n, dlerror());
-  }
-  APUS_CHECK(lib != nullptr,
-             "--tensor_parallel_size > 1 on CUDA needs NCCL (libnccl.so.2) and could not load it (set "
-             "APUS_NCCL_LIBRARY to its path):{}",
-             errors);
+  std::vector<std::string> paths;
+  if (const char* p = std::getenv("APUS_NCCL_LIBRARY")) paths.push_back(p);
+  paths.push_back("libnccl.so.2");
+  paths.push_back(APUS_CUDA_LIBRARY_DIR "/libnccl.so.2");
+  void* lib = cuda::open_library(paths, "--tensor_parallel_size > 1 on CUDA needs NCCL (libnccl.so.2) and could not load it "
+                                  "(set APUS_NCCL_LIBRARY to its path)");
   Nccl n;
-  bind(lib, "ncclGetUniqueId", &n.get_unique_id);
-  bind(lib, "ncclCommInitRank", &n.comm_init_rank);
-  bind(lib, "ncclAllReduce", &n.all_reduce);
-  bind(lib, "ncclAllGather", &n.all_gather);
-  bind(lib, "ncclBroadcast", &n.broadcast);
-  bind(lib, "ncclCommAbort", &n.comm_abort);
-  bind(lib, "ncclCommDestroy", &n.comm_destroy);
-  bind(lib, "ncclGetVersion", &n.get_version);
-  bind(lib, "ncclGetErrorString", &n.error_string);
+  const char* name = "libnccl (an NCCL older than 2.12?)";
+  cuda::bind_symbol(lib, name, "ncclGetUniqueId", &n.get_unique_id);
+  cuda::bind_symbol(lib, name, "ncclCommInitRank", &n.comm_init_rank);
+  cuda::bind_symbol(lib, name, "ncclAllReduce", &n.all_reduce);
+  cuda::bind_symbol(lib, name, "ncclAllGather", &n.all_gather);
+  cuda::bind_symbol(lib, name, "ncclBroadcast", &n.broadcast);
+  cuda::bind_symbol(lib, name, "ncclCommAbort", &n.comm_abort);
+  cuda::bind_symbol(lib, name, "ncclCommDestroy", &n.comm_destroy);
+  cuda::bind_symbol(lib, name, "ncclGetErrorString", &n.error_string);
   return n;
 }
 
