@@ -76,7 +76,7 @@ class StepReader {
   size_t at_ = 0;
 };
 
-double tp_timeout_s() {
+[[maybe_unused]] double tp_timeout_s() {  // unused without CUDA (NCCL)
   const char* e = std::getenv("APUS_TP_TIMEOUT");
   return e ? std::atof(e) : 300.0;
 }
