@@ -11,6 +11,7 @@
 #include "lora/adapter.h"
 #include "lora/merge.h"
 #include "model/load.h"
+#include "parallel/model_group.h"
 #include "sample/sampler.h"
 #include "sequence_runner.h"
 #include "test_device.h"
@@ -178,27 +179,38 @@ TEST_P(LoraGolden, UnmergedMatchesPeft) {
   const json fx = test::read_json(kDir / (GetParam() + ".json"));
   test::TempDir tmp;
   write_base(tmp.path());
-  auto backend = test::make_test_backend(2);
   LoadOptions opts;
   opts.model_dir = tmp.str();
-  auto model = load_model(opts, *backend);
-  model->enable_lora(3, 16);
-  model->lora()->load(2, load_lora_adapter(adapter_dir(GetParam())));  // not slot 0: slots are independent
-  expect_matches(*model, 2, fx["unmerged"], GetParam() + " unmerged");
+  // Whole, and split over 2 tensor-parallel ranks (each holds its part of A or B: lora_slots.h).
+  for (int tp : {1, 2}) {
+    if (tp > 1 && test::on_gpu() && gpu_count() < tp) continue;
+    ParallelOptions par;
+    par.tensor_parallel_size = tp;
+    ModelGroup group(opts, APUS_TEST_DEVICE, 2, par);
+    DecoderModel& model = group.model();
+    model.enable_lora(3, 16);
+    model.lora()->load(2, load_lora_adapter(adapter_dir(GetParam())));  // not slot 0: slots are independent
+    expect_matches(model, 2, fx["unmerged"], GetParam() + " unmerged" + (tp > 1 ? " (tensor parallel 2)" : ""));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, LoraGolden, ::testing::Values("a1", "a2"));
 
 // One batch mixing the base model and both adapters (several requests each, prefill and decode
 // together) gives what each gives alone; prefix caching never shares blocks across adapters.
-TEST(LoraServing, MixedBatchEqualsAlone) {
+class LoraServing : public ::testing::TestWithParam<int> {};  // tensor-parallel size
+
+TEST_P(LoraServing, MixedBatchEqualsAlone) {
   if (!test::device_available()) GTEST_SKIP() << "no CUDA GPU";
+  if (test::on_gpu() && gpu_count() < GetParam()) GTEST_SKIP() << "fewer than " << GetParam() << " GPUs";
   test::TempDir tmp;
   write_base(tmp.path());
-  auto backend = test::make_test_backend(2);
   LoadOptions opts;
   opts.model_dir = tmp.str();
-  auto model = load_model(opts, *backend);
+  ParallelOptions par;
+  par.tensor_parallel_size = GetParam();
+  ModelGroup group(opts, APUS_TEST_DEVICE, 2, par);
+  DecoderModel* model = &group.model();
   model->enable_lora(2, 8);
   model->lora()->load(0, load_lora_adapter(adapter_dir("a1")));
   model->lora()->load(1, load_lora_adapter(adapter_dir("a2")));
@@ -260,7 +272,14 @@ TEST(LoraServing, MixedBatchEqualsAlone) {
   // A second identical request under one adapter does hit.
   run_to_completion(e, {request(0, 0)});
   EXPECT_GT(e.stats().prefix_hit_blocks, 0u);
+  // Unloading repeats on every rank too: slot 0 cleared serves the base model's tokens.
+  model->lora()->clear(0);
+  Engine after(*model, ec);
+  const auto cleared = run_to_completion(after, {request(0, 0)})[0][0].new_tokens;
+  EXPECT_EQ(cleared, (alone[{-1, 0}].new_tokens));
 }
+
+INSTANTIATE_TEST_SUITE_P(TensorParallel, LoraServing, ::testing::Values(1, 2));
 
 }  // namespace
 }  // namespace apus

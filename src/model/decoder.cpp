@@ -83,7 +83,7 @@ Tensor meta_view(const Tensor& meta, size_t at, DType dtype, std::vector<int64_t
 
 DecoderModel::DecoderModel(ModelConfig config, ModelWeights weights, Backend& backend, Collectives* group)
     : config_(weights.shard.local(config)), weights_(std::move(weights)), backend_(backend), rope_(config_),
-      group_(group) {
+      group_(group), whole_config_(std::move(config)) {
   APUS_CHECK(weights_.shard.world == (group_ ? group_->world() : 1),
              "a tensor-parallel part of {} ranks needs its group", weights_.shard.world);
   const char* env = std::getenv("APUS_CUDA_GRAPHS");
@@ -396,9 +396,9 @@ void DecoderModel::forward(const StepBatch& in, KvCache& cache, std::vector<floa
 }
 
 void DecoderModel::enable_lora(int max_loras, int max_rank) {
-  APUS_CHECK(group_ == nullptr, "LoRA adapters are not supported with tensor parallelism yet (--tensor_parallel_size 1)");
   if (ws_) drop_graphs();
-  lora_ = std::make_unique<LoraSlots>(config_, backend_, max_loras, max_rank);
+  lora_ = std::make_unique<LoraSlots>(whole_config_, weights_.shard, backend_, max_loras, max_rank);
+  if (lora_listener_) lora_->set_listener(lora_listener_);
 }
 
 // Op by op after the step (also after a graph replay): the logit rows of tokens whose adapter
@@ -406,6 +406,7 @@ void DecoderModel::enable_lora(int max_loras, int max_rank) {
 void DecoderModel::lora_lm_heads(const StepBatch& in) {
   Workspace& w = *ws_;
   const int64_t R = int64_t(in.logit_rows.size());
+  bool any = false;
   for (int64_t a = 0; a < R;) {  // runs of consecutive logit rows of one adapter
     const int slot = in.lora_slots[size_t(in.logit_rows[size_t(a)])];
     int64_t e = a + 1;
@@ -415,8 +416,13 @@ void DecoderModel::lora_lm_heads(const StepBatch& in) {
     if (head != nullptr) {
       Tensor out = w.logits.rows_view(a, e - a);
       backend_.linear(w.final_h.rows_view(a, e - a), *head, out);
+      any = true;
     }
     a = e;
+  }
+  if (group_ && any) {  // every rank recomputed its vocabulary's part: gather them again
+    Tensor all = rows_of(w.gathered, R);
+    group_->all_gather_cols(rows_of(w.logits, R), all);
   }
 }
 

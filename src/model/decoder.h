@@ -67,6 +67,8 @@ class DecoderModel {
   // Called with each step's inputs before the step runs (tensor parallelism: rank 0 sends them to
   // the other ranks, which then run the same step on their parts).
   void set_step_hook(std::function<void(const StepBatch&, const KvCache&)> hook) { step_hook_ = std::move(hook); }
+  // Passed to the LoRA slots enable_lora() makes (LoraSlots::set_listener).
+  void set_lora_listener(std::function<void(int, const std::string&)> f) { lora_listener_ = std::move(f); }
   LoraSlots* lora() { return lora_.get(); }
   bool use_graphs() const { return use_graphs_; }
   static constexpr int kMaxGraphBatch = 256;
@@ -96,6 +98,8 @@ class DecoderModel {
   std::unique_ptr<LoraSlots> lora_;
   Collectives* group_ = nullptr;  // tensor parallelism: the other ranks (null: the whole model here)
   std::function<void(const StepBatch&, const KvCache&)> step_hook_;
+  std::function<void(int, const std::string&)> lora_listener_;
+  ModelConfig whole_config_;  // the whole model's (config_ is this rank's part of it)
   bool pad_decode_ = false;  // decode steps padded to their graph's shape (where graphs exist)
   bool use_graphs_ = false;
 };

@@ -5,11 +5,13 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <map>
 
 #include "core/error.h"
 #include "kv/kv_cache.h"
+#include "lora/lora_slots.h"
 #include "model/shard.h"
 #include "parallel/host_collectives.h"
 #include "parallel/rendezvous.h"
@@ -52,6 +54,14 @@ class StepWriter {
     word(int64_t(v.size()));
     w_.insert(w_.end(), v.begin(), v.end());
   }
+  void text(const std::string& s) {  // its length, then its bytes, 4 to a word
+    word(int64_t(s.size()));
+    for (size_t i = 0; i < s.size(); i += 4) {
+      uint32_t v = 0;
+      std::memcpy(&v, s.data() + i, std::min<size_t>(4, s.size() - i));
+      w_.push_back(int32_t(v));
+    }
+  }
 
  private:
   std::vector<int32_t>& w_;
@@ -69,6 +79,17 @@ class StepReader {
     APUS_CHECK(at_ + n <= w_.size(), "tensor parallel: truncated step message");
     v.assign(w_.begin() + ptrdiff_t(at_), w_.begin() + ptrdiff_t(at_ + n));
     at_ += n;
+  }
+  std::string text() {
+    const size_t n = size_t(word()), words = (n + 3) / 4;
+    APUS_CHECK(at_ + words <= w_.size(), "tensor parallel: truncated step message");
+    std::string s(n, '\0');
+    for (size_t i = 0; i < n; i += 4) {
+      const uint32_t v = uint32_t(w_[at_ + i / 4]);
+      std::memcpy(s.data() + i, &v, std::min<size_t>(4, n - i));
+    }
+    at_ += words;
+    return s;
   }
 
  private:
@@ -166,7 +187,13 @@ ModelGroup::ModelGroup(const LoadOptions& load, const std::string& device, int t
       lo.num_threads = per_rank;
       ModelWeights w = load_weights(config, *open_weights(lo), *r.backend, Shard::of(config, r.global, world_));
       r.model = std::make_unique<DecoderModel>(config, std::move(w), *r.backend, r.member.get());
-      if (r.global == 0) r.model->set_step_hook([this](const StepBatch& b, const KvCache& c) { send_step(b, c); });
+      if (r.global == 0) {
+        r.model->set_step_hook([this](const StepBatch& b, const KvCache& c) { send_step(b, c); });
+        r.model->set_lora_listener([this](int slot, const std::string& dir) {  // any thread (the server's)
+          std::lock_guard<std::mutex> lock(lora_mutex_);
+          lora_changes_.emplace_back(slot, dir);
+        });
+      }
     } catch (const std::exception& e) {
       abort_group(fmt::format("rank {} failed to load: {}", r.global, e.what()), r.local);
     }
@@ -292,6 +319,20 @@ void ModelGroup::send_step(const StepBatch& b, const KvCache& cache) {
   w.word(r.model->use_graphs() ? 1 : 0);
   w.word(b.max_blocks);
   w.vec(live);
+  // LoRA: the slots' shape, then the adapters loaded (slot, directory) or cleared (slot, "") since
+  // the last step, in order; a step that uses a slot comes after its load.
+  const LoraSlots* lora = r.model->lora();
+  w.word(lora ? lora->max_loras() : 0);
+  w.word(lora ? lora->max_rank() : 0);
+  {
+    std::lock_guard<std::mutex> lock(lora_mutex_);
+    w.word(int64_t(lora_changes_.size()));
+    for (const auto& [slot, dir] : lora_changes_) {
+      w.word(slot);
+      w.text(dir);
+    }
+    lora_changes_.clear();
+  }
   for (const auto* v : {&b.tokens, &b.q_start, &b.ctx_len, &b.block_table, &b.slot_mapping, &b.logit_rows,
                         &b.prompt_len, &b.lora_slots})
     w.vec(*v);
@@ -350,6 +391,16 @@ void ModelGroup::run_worker(Rank& r) {
         const bool graphs = in.word() != 0;
         b.max_blocks = in.word();
         in.vec(live);
+        const int max_loras = in.word(), max_rank = in.word();
+        if (max_loras > 0 && (!r.model->lora() || r.model->lora()->max_loras() != max_loras ||
+                              r.model->lora()->max_rank() != max_rank))
+          r.model->enable_lora(max_loras, max_rank);
+        for (int n = in.word(); n > 0; --n) {  // rank 0's adapter loads and unloads, repeated here
+          const int slot = in.word();
+          const std::string dir = in.text();
+          if (dir.empty()) r.model->lora()->clear(slot);
+          else r.model->lora()->load(slot, load_lora_adapter(dir));
+        }
         for (auto* v : {&b.tokens, &b.q_start, &b.ctx_len, &b.block_table, &b.slot_mapping, &b.logit_rows,
                         &b.prompt_len, &b.lora_slots})
           in.vec(*v);

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -73,6 +74,8 @@ class ModelGroup {
   std::string failure_;
   bool stopped_ = false;
   std::map<int32_t, std::weak_ptr<void>> live_caches_;  // rank 0: the caches steps have used, by id
+  std::mutex lora_mutex_;
+  std::vector<std::pair<int, std::string>> lora_changes_;  // rank 0: adapter loads/unloads not yet sent
   // APUS_TP_FAULT=RANK:STEP: rank RANK (not 0) fails at its STEP-th step, to test failure handling.
   int fault_rank_ = -1;
   long fault_step_ = -1;
