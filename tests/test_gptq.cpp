@@ -51,29 +51,29 @@ Hessian hessian_of(std::vector<float>& x, int64_t n, int64_t cols, ThreadPool& p
 }
 
 // ||(W - Ŵ) X^T|| / ||W X^T|| computed directly from the inputs.
-double direct_error(const std::vector<float>& w, const QuantizedMatrix& q, const std::vector<float>& x, int64_t n) {
+double direct_error(const std::vector<float>& w, const QuantMatrix& q, const std::vector<float>& x, int64_t n) {
   const std::vector<float> wq = q.dequantize();
   double num = 0.0, den = 0.0;
-  for (int64_t r = 0; r < q.rows; ++r)
+  for (int64_t r = 0; r < q.out; ++r)
     for (int64_t t = 0; t < n; ++t) {
       double y = 0.0, yq = 0.0;
-      for (int64_t c = 0; c < q.cols; ++c) {
-        y += double(w[size_t(r * q.cols + c)]) * x[size_t(t * q.cols + c)];
-        yq += double(wq[size_t(r * q.cols + c)]) * x[size_t(t * q.cols + c)];
+      for (int64_t c = 0; c < q.in; ++c) {
+        y += double(w[size_t(r * q.in + c)]) * x[size_t(t * q.in + c)];
+        yq += double(wq[size_t(r * q.in + c)]) * x[size_t(t * q.in + c)];
       }
       num += (y - yq) * (y - yq), den += y * y;
     }
   return std::sqrt(num / den);
 }
 
-void expect_on_grid(const QuantizedMatrix& q, const QuantGrid& g) {
+void expect_on_grid(const QuantMatrix& q, const QuantGrid& g) {
   const int maxq = (1 << g.bits) - 1;
   for (uint8_t v : q.q) ASSERT_LE(int(v), maxq);
   for (float s : q.scales) {
     ASSERT_GT(s, 0.0f);
     ASSERT_EQ(s, f16_to_f32(f32_to_f16(s)));  // stored as float16 without rounding
   }
-  for (int32_t z : q.zeros) {
+  for (const int z : q.zeros) {
     ASSERT_GE(z, 1);  // GPTQ v1 stores zero - 1
     ASSERT_LE(z, maxq);
     if (g.sym) {
@@ -87,7 +87,7 @@ void expect_on_grid(const QuantizedMatrix& q, const QuantGrid& g) {
     ASSERT_LT(gi, q.groups());
     ++count[size_t(gi)];
   }
-  for (int c : count) ASSERT_EQ(c, q.group_size);
+  for (int c : count) ASSERT_EQ(c, int(q.group_size));
 }
 
 TEST(Gptq, BelowRtnOnCorrelatedInputs) {
@@ -101,8 +101,8 @@ TEST(Gptq, BelowRtnOnCorrelatedInputs) {
     for (const int gs : {32, 128, -1}) {
       QuantGrid g;
       g.group_size = gs, g.sym = sym;
-      const QuantizedMatrix rtn = quantize_rtn(w.data(), rows, cols, g);
-      const QuantizedMatrix gptq = quantize_gptq(w.data(), rows, cols, h, g, pool);
+      const QuantMatrix rtn = quantize_rtn(w.data(), rows, cols, g);
+      const QuantMatrix gptq = quantize_gptq(w.data(), rows, cols, h, g, pool);
       expect_on_grid(rtn, g);
       expect_on_grid(gptq, g);
       const double e_rtn = direct_error(w, rtn, x, n), e_gptq = direct_error(w, gptq, x, n);
@@ -123,7 +123,7 @@ TEST(Gptq, ActOrder) {
   QuantGrid g;
   g.group_size = 32;
   g.desc_act = true;
-  const QuantizedMatrix q = quantize_gptq(w.data(), rows, cols, h, g, pool);
+  const QuantMatrix q = quantize_gptq(w.data(), rows, cols, h, g, pool);
   expect_on_grid(q, g);
   // The columns with the largest H_ii form group 0.
   int64_t top = 0;
@@ -182,8 +182,8 @@ TEST(Gptq, BlockSizeIsOnlyAnOrder) {
   QuantGrid a, b;
   a.group_size = b.group_size = 64;
   b.block_size = 1;
-  const QuantizedMatrix qa = quantize_gptq(w.data(), rows, cols, h, a, pool);
-  const QuantizedMatrix qb = quantize_gptq(w.data(), rows, cols, h, b, pool);
+  const QuantMatrix qa = quantize_gptq(w.data(), rows, cols, h, a, pool);
+  const QuantMatrix qb = quantize_gptq(w.data(), rows, cols, h, b, pool);
   size_t same = 0;
   for (size_t i = 0; i < qa.q.size(); ++i) same += qa.q[i] == qb.q[i];
   EXPECT_GE(double(same), 0.99 * double(qa.q.size()));
@@ -217,9 +217,9 @@ TEST(Gptq, DeadInputs) {
   const std::vector<float> w = normal_matrix(rows, cols, rng);
   QuantGrid g;
   g.group_size = 32;
-  const QuantizedMatrix q = quantize_gptq(w.data(), rows, cols, hessian_of(x, n, cols, pool), g, pool);
+  const QuantMatrix q = quantize_gptq(w.data(), rows, cols, hessian_of(x, n, cols, pool), g, pool);
   expect_on_grid(q, g);
-  for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(q.value(r, 5), 0.0f);
+  for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(q.weight(r, 5), 0.0f);
 }
 
 TEST(Gptq, BadGroupSizeIsRefused) {

@@ -64,9 +64,9 @@ int64_t resolve_group(const QuantGrid& g, int64_t cols) {
   return gs;
 }
 
-QuantizedMatrix empty_result(int64_t rows, int64_t cols, int64_t gs, const QuantGrid& g) {
-  QuantizedMatrix m;
-  m.rows = rows, m.cols = cols, m.bits = g.bits, m.group_size = int(gs);
+QuantMatrix empty_result(int64_t rows, int64_t cols, int64_t gs, const QuantGrid& g) {
+  QuantMatrix m;
+  m.out = rows, m.in = cols, m.bits = g.bits, m.group_size = gs;
   m.q.assign(size_t(rows * cols), 0);
   m.scales.assign(size_t(cols / gs * rows), 0.0f);
   m.zeros.assign(size_t(cols / gs * rows), 0);
@@ -136,13 +136,6 @@ std::vector<float> inverse_cholesky_upper(std::vector<double> l, int64_t n, Thre
 
 }  // namespace
 
-std::vector<float> QuantizedMatrix::dequantize() const {
-  std::vector<float> w(size_t(rows * cols));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) w[size_t(r * cols + c)] = value(r, c);
-  return w;
-}
-
 void Hessian::add(const Tensor& x, ThreadPool& pool) {
   APUS_CHECK(x.dtype == DType::F32 && x.shape.size() == 2 && x.cols() == cols_, "Hessian: expected F32 [T, {}] inputs",
              cols_);
@@ -162,16 +155,16 @@ void Hessian::add(const Tensor& x, ThreadPool& pool) {
   }
 }
 
-QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const QuantGrid& grid) {
+QuantMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const QuantGrid& grid) {
   const int64_t gs = resolve_group(grid, cols);
-  QuantizedMatrix m = empty_result(rows, cols, gs, grid);
+  QuantMatrix m = empty_result(rows, cols, gs, grid);
   const int maxq = max_level(grid);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t g = 0; g < cols / gs; ++g) {
       const float* x = w + r * cols + g * gs;
       const GroupParams p = group_params(x, gs, grid);
-      m.scales[size_t(g * rows + r)] = p.scale;
-      m.zeros[size_t(g * rows + r)] = p.zero;
+      m.scales[size_t(r * (cols / gs) + g)] = p.scale;
+      m.zeros[size_t(r * (cols / gs) + g)] = uint8_t(p.zero);
       for (int64_t i = 0; i < gs; ++i) m.q[size_t(r * cols + g * gs + i)] = uint8_t(quantize_value(x[i], p, maxq));
     }
   return m;
@@ -183,13 +176,13 @@ QuantizedMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const Q
 // (from the current, already compensated values), q_i = quant(w_i), err = (w_i - q_i) / U_ii,
 // w_j -= err * U_ij for the block's later columns, and the block's errors are applied to all later
 // columns at the end of the block (lazy batch update). Rows are independent: threads take tiles.
-QuantizedMatrix quantize_gptq(const float* w, int64_t rows, int64_t cols, const Hessian& hess, const QuantGrid& grid,
+QuantMatrix quantize_gptq(const float* w, int64_t rows, int64_t cols, const Hessian& hess, const QuantGrid& grid,
                               ThreadPool& pool) {
   APUS_CHECK(hess.cols() == cols, "GPTQ: the Hessian is {}x{}, the matrix has {} columns", hess.cols(), hess.cols(),
              cols);
   APUS_CHECK(hess.samples() > 0, "GPTQ: no calibration inputs were seen");
   const int64_t gs = resolve_group(grid, cols), n = cols;
-  QuantizedMatrix m = empty_result(rows, cols, gs, grid);
+  QuantMatrix m = empty_result(rows, cols, gs, grid);
   std::vector<double> a(hess.matrix().begin(), hess.matrix().end());
   std::vector<bool> dead(static_cast<size_t>(n), false);
   for (int64_t i = 0; i < n; ++i)
@@ -238,8 +231,8 @@ QuantizedMatrix quantize_gptq(const float* w, int64_t rows, int64_t cols, const 
             float* row = &wt[size_t(r * n)];
             if (i % gs == 0) {
               params[size_t(r)] = group_params(row + i, gs, grid);
-              m.scales[size_t(i / gs * rows + r0 + r)] = params[size_t(r)].scale;
-              m.zeros[size_t(i / gs * rows + r0 + r)] = params[size_t(r)].zero;
+              m.scales[size_t((r0 + r) * (n / gs) + i / gs)] = params[size_t(r)].scale;
+              m.zeros[size_t((r0 + r) * (n / gs) + i / gs)] = uint8_t(params[size_t(r)].zero);
             }
             const GroupParams& p = params[size_t(r)];
             const int q = quantize_value(row[i], p, maxq);
@@ -263,8 +256,8 @@ QuantizedMatrix quantize_gptq(const float* w, int64_t rows, int64_t cols, const 
   return m;
 }
 
-double relative_error(const float* w, const QuantizedMatrix& q, const Hessian& h, ThreadPool& pool) {
-  const int64_t rows = q.rows, cols = q.cols;
+double relative_error(const float* w, const QuantMatrix& q, const Hessian& h, ThreadPool& pool) {
+  const int64_t rows = q.out, cols = q.in;
   APUS_CHECK(h.cols() == cols, "relative_error: the Hessian is {}x{}, the matrix has {} columns", h.cols(), h.cols(),
              cols);
   std::vector<float> d = q.dequantize();
