@@ -91,7 +91,7 @@ void expect_on_grid(const QuantMatrix& q, const QuantGrid& g) {
 }
 
 TEST(Gptq, BelowRtnOnCorrelatedInputs) {
-  ThreadPool pool(3);
+  ThreadPool pool(2);
   std::mt19937 rng(7);
   const int64_t rows = 48, cols = 256, n = 600;
   std::vector<float> x = correlated_inputs(n, cols, rng);

@@ -75,63 +75,115 @@ QuantMatrix empty_result(int64_t rows, int64_t cols, int64_t gs, const QuantGrid
   return m;
 }
 
-// Lower Cholesky factor of the symmetric positive definite n x n matrix `a` (row-major), in place
-// (the upper triangle is left as it was). False when a pivot is not positive.
-bool cholesky(std::vector<double>& a, int64_t n, ThreadPool& pool) {
-  for (int64_t j = 0; j < n; ++j) {
-    double* rj = &a[size_t(j * n)];
+constexpr int64_t kPanel = 128;  // block size of the factorisations
+
+// Lower Cholesky factor of the small symmetric positive definite b x b block at `a` (row stride
+// lda), in place, in double; false when a pivot is not positive.
+bool cholesky_block(float* a, int64_t lda, int64_t b) {
+  std::vector<double> d(size_t(b * b));
+  for (int64_t i = 0; i < b; ++i)
+    for (int64_t j = 0; j <= i; ++j) d[size_t(i * b + j)] = a[i * lda + j];
+  for (int64_t j = 0; j < b; ++j) {
+    double* rj = &d[size_t(j * b)];
     double s = rj[j];
     for (int64_t k = 0; k < j; ++k) s -= rj[k] * rj[k];
     if (!(s > 0.0)) return false;
     rj[j] = std::sqrt(s);
-    const double inv = 1.0 / rj[j];
-    auto rows = [&](int64_t i0, int64_t i1) {
-      for (int64_t i = j + 1 + i0; i < j + 1 + i1; ++i) {
-        double* ri = &a[size_t(i * n)];
-        double t = ri[j];
-        for (int64_t k = 0; k < j; ++k) t -= ri[k] * rj[k];
-        ri[j] = t * inv;
+    for (int64_t i = j + 1; i < b; ++i) {
+      double* ri = &d[size_t(i * b)];
+      double t = ri[j];
+      for (int64_t k = 0; k < j; ++k) t -= ri[k] * rj[k];
+      ri[j] = t / rj[j];
+    }
+  }
+  for (int64_t i = 0; i < b; ++i)
+    for (int64_t j = 0; j <= i; ++j) a[i * lda + j] = float(d[size_t(i * b + j)]);
+  return true;
+}
+
+// Lower Cholesky factor of the symmetric positive definite n x n matrix `a` (row-major, float32 as
+// AutoGPTQ computes it; only the lower triangle is read and written), right-looking by panels:
+// factor the diagonal block, solve the panel below it, update the trailing matrix with the gemm.
+bool cholesky(std::vector<float>& a, int64_t n, ThreadPool& pool) {
+  std::vector<float> prod;
+  for (int64_t k = 0; k < n; k += kPanel) {
+    const int64_t b = std::min(kPanel, n - k), m = n - k - b;
+    float* diag = &a[size_t(k * n + k)];
+    if (!cholesky_block(diag, n, b)) return false;
+    if (m == 0) break;
+    pool.parallel_for(m, 16, [&](int64_t r0, int64_t r1) {  // row i: x L11^T = a_i  (forward substitution)
+      for (int64_t i = k + b + r0; i < k + b + r1; ++i) {
+        float* x = &a[size_t(i * n + k)];
+        for (int64_t j = 0; j < b; ++j) {
+          const float* lj = diag + j * n;
+          double t = x[j];
+          for (int64_t c = 0; c < j; ++c) t -= double(x[c]) * lj[c];
+          x[j] = float(t / lj[j]);
+        }
       }
-    };
-    if ((n - j) * j > (1 << 16)) pool.parallel_for(n - j - 1, 16, rows);
-    else rows(0, n - j - 1);
+    });
+    prod.resize(size_t(m * m));
+    const float* panel = &a[size_t((k + b) * n + k)];
+    gemm(panel, n, panel, DType::F32, n, nullptr, prod.data(), m, m, m, b, pool);
+    pool.parallel_for(m, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        float* row = &a[size_t((k + b + i) * n + k + b)];
+        for (int64_t j = 0; j <= i; ++j) row[j] -= prod[size_t(i * m + j)];
+      }
+    });
   }
   return true;
 }
 
-// The upper triangular U with H^-1 = U^T U (the GPTQ paper's "Cholesky form of the inverse"),
-// from the lower Cholesky factor L of H: with M = L^-1, H^-1 = M^T M, then U = chol(H^-1)^T.
-std::vector<float> inverse_cholesky_upper(std::vector<double> l, int64_t n, ThreadPool& pool) {
-  // mt[j][k] = M[k][j] (M lower, so mt is upper): column j of M, solved from L M = I.
-  std::vector<double> mt(size_t(n * n), 0.0);
-  pool.parallel_for(n, 1, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      double* col = &mt[size_t(j * n)];
-      col[j] = 1.0 / l[size_t(j * n + j)];
-      for (int64_t i = j + 1; i < n; ++i) {
-        const double* li = &l[size_t(i * n)];
+// xt = (L^-1)^T for the lower Cholesky factor L in `l`, by block rows: with X = L^-1, block row i of
+// X is -L_ii^-1 (L[i, :i] X[:i, :i]) left of the diagonal (one gemm) and L_ii^-1 on it.
+std::vector<float> inverse_lower_transposed(const std::vector<float>& l, int64_t n, ThreadPool& pool) {
+  std::vector<float> xt(size_t(n * n), 0.0f), t;
+  for (int64_t i0 = 0; i0 < n; i0 += kPanel) {
+    const int64_t b = std::min(kPanel, n - i0);
+    std::vector<double> dinv(size_t(b * b), 0.0);  // L_ii^-1, lower
+    for (int64_t j = 0; j < b; ++j) {
+      dinv[size_t(j * b + j)] = 1.0 / l[size_t((i0 + j) * n + i0 + j)];
+      for (int64_t i = j + 1; i < b; ++i) {
         double s = 0.0;
-        for (int64_t k = j; k < i; ++k) s -= li[k] * col[k];
-        col[i] = s / li[i];
+        for (int64_t k = j; k < i; ++k) s -= double(l[size_t((i0 + i) * n + i0 + k)]) * dinv[size_t(k * b + j)];
+        dinv[size_t(i * b + j)] = s / l[size_t((i0 + i) * n + i0 + i)];
       }
     }
-  });
-  // H^-1[a][b] = sum_k M[k][a] M[k][b] = sum_{k >= max(a, b)} mt[a][k] mt[b][k]; lower triangle only.
-  std::vector<double>& inv = l;
-  pool.parallel_for(n, 1, [&](int64_t a0, int64_t a1) {
-    for (int64_t a = a0; a < a1; ++a)
-      for (int64_t b = 0; b <= a; ++b) {
-        const double *ra = &mt[size_t(a * n)], *rb = &mt[size_t(b * n)];
-        double s = 0.0;
-        for (int64_t k = a; k < n; ++k) s += ra[k] * rb[k];
-        inv[size_t(a * n + b)] = s;
-      }
-  });
-  APUS_CHECK(cholesky(inv, n, pool), "GPTQ: the inverse Hessian is not positive definite (increase damp_percent)");
-  std::vector<float> u(size_t(n * n), 0.0f);
+    for (int64_t r = 0; r < b; ++r)
+      for (int64_t c = 0; c <= r; ++c) xt[size_t((i0 + c) * n + i0 + r)] = float(dinv[size_t(r * b + c)]);
+    if (i0 == 0) continue;
+    t.resize(size_t(b * i0));  // L[i, :i] X[:i, :i]; X[k][j] = xt[j][k]
+    gemm(&l[size_t(i0 * n)], n, xt.data(), DType::F32, n, nullptr, t.data(), i0, b, i0, i0, pool);
+    pool.parallel_for(i0, 64, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t r = 0; r < b; ++r) {
+          double s = 0.0;
+          for (int64_t c = 0; c <= r; ++c) s -= dinv[size_t(r * b + c)] * t[size_t(c * i0 + j)];
+          xt[size_t(j * n + i0 + r)] = float(s);
+        }
+    });
+  }
+  return xt;
+}
+
+// The upper triangular U with H^-1 = U^T U (the GPTQ paper's "Cholesky form of the inverse"), with
+// one factorisation and one triangular inverse: for the reversal J, J H J = L' L'^T gives
+// H = A A^T with A = J L' J upper, so H^-1 = (A^-1)^T A^-1 and U = A^-1 = J L'^-1 J.
+// False when H (damped) is not positive definite.
+bool inverse_cholesky_upper(const std::vector<double>& h, int64_t n, double damp, ThreadPool& pool,
+                            std::vector<float>* u) {
+  std::vector<float> a(size_t(n * n));
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = i; j < n; ++j) u[size_t(i * n + j)] = float(inv[size_t(j * n + i)]);
-  return u;
+    for (int64_t j = 0; j < n; ++j)
+      a[size_t(i * n + j)] = float(h[size_t((n - 1 - i) * n + (n - 1 - j))] + (i == j ? damp : 0.0));
+  if (!cholesky(a, n, pool)) return false;
+  for (int64_t i = 0; i < n; ++i) std::fill(&a[size_t(i * n + i + 1)], &a[size_t(i * n)] + n, 0.0f);
+  const std::vector<float> xt = inverse_lower_transposed(a, n, pool);
+  u->assign(size_t(n * n), 0.0f);
+  for (int64_t i = 0; i < n; ++i)  // U[i][j] = X[n-1-i][n-1-j] = xt[n-1-j][n-1-i]
+    for (int64_t j = i; j < n; ++j) (*u)[size_t(i * n + j)] = xt[size_t((n - 1 - j) * n + (n - 1 - i))];
+  return true;
 }
 
 }  // namespace
@@ -174,8 +226,8 @@ QuantMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const Quant
 // permutes the columns by decreasing H_ii; H += damp * mean(diag) I; U = chol(H^-1) upper. Then,
 // per block of block_size columns and per column i: the group's scale/zero when a group starts
 // (from the current, already compensated values), q_i = quant(w_i), err = (w_i - q_i) / U_ii,
-// w_j -= err * U_ij for the block's later columns, and the block's errors are applied to all later
-// columns at the end of the block (lazy batch update). Rows are independent: threads take tiles.
+// w_j -= err * U_ij for the block's later columns (rows in parallel), and the block's errors are
+// applied to all later columns at the end of the block with one gemm (lazy batch update).
 QuantMatrix quantize_gptq(const float* w, int64_t rows, int64_t cols, const Hessian& hess, const QuantGrid& grid,
                               ThreadPool& pool) {
   APUS_CHECK(hess.cols() == cols, "GPTQ: the Hessian is {}x{}, the matrix has {} columns", hess.cols(), hess.cols(),
@@ -201,58 +253,58 @@ QuantMatrix quantize_gptq(const float* w, int64_t rows, int64_t cols, const Hess
   double mean_diag = 0.0;
   for (int64_t i = 0; i < n; ++i) mean_diag += a[size_t(i * n + i)];
   mean_diag /= double(n);
-  std::vector<double> l;
+  std::vector<float> u;
   double damp = grid.damp_percent;
-  for (int attempt = 0;; ++attempt) {
-    l = a;
-    for (int64_t i = 0; i < n; ++i) l[size_t(i * n + i)] += damp * mean_diag;
-    if (cholesky(l, n, pool)) break;
+  for (int attempt = 0; !inverse_cholesky_upper(a, n, damp * mean_diag, pool, &u); ++attempt) {
     APUS_CHECK(attempt < 4, "GPTQ: the Hessian is not positive definite even with damp_percent {}", damp);
     damp *= 10.0;
   }
-  const std::vector<float> u = inverse_cholesky_upper(std::move(l), n, pool);
+  std::vector<float> ut(size_t(n * n));  // U^T: row j holds column j of U, for the gemm
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = i; j < n; ++j) ut[size_t(j * n + i)] = u[size_t(i * n + j)];
 
+  std::vector<float> wp(size_t(rows * n));  // W with permuted columns, dead ones zero
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < n; ++i)
+      wp[size_t(r * n + i)] = dead[size_t(perm[size_t(i)])] ? 0.0f : w[r * cols + perm[size_t(i)]];
   const int maxq = max_level(grid);
   const int64_t block = std::max(1, grid.block_size);
-  constexpr int64_t kTile = 8;  // rows per task: U's rows are read once per tile and block
-  pool.parallel_for((rows + kTile - 1) / kTile, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> wt(size_t(kTile * n)), err(size_t(kTile * block));
-    std::vector<GroupParams> params(static_cast<size_t>(kTile));
-    for (int64_t tile = t0; tile < t1; ++tile) {
-      const int64_t r0 = tile * kTile, nr = std::min(kTile, rows - r0);
-      for (int64_t r = 0; r < nr; ++r)
-        for (int64_t i = 0; i < n; ++i)
-          wt[size_t(r * n + i)] = dead[size_t(perm[size_t(i)])] ? 0.0f : w[(r0 + r) * cols + perm[size_t(i)]];
-      for (int64_t i1 = 0; i1 < n; i1 += block) {
-        const int64_t i2 = std::min(i1 + block, n);
-        for (int64_t i = i1; i < i2; ++i) {
-          const float* ui = &u[size_t(i * n)];
-          for (int64_t r = 0; r < nr; ++r) {
-            float* row = &wt[size_t(r * n)];
-            if (i % gs == 0) {
-              params[size_t(r)] = group_params(row + i, gs, grid);
-              m.scales[size_t((r0 + r) * (n / gs) + i / gs)] = params[size_t(r)].scale;
-              m.zeros[size_t((r0 + r) * (n / gs) + i / gs)] = uint8_t(params[size_t(r)].zero);
-            }
-            const GroupParams& p = params[size_t(r)];
-            const int q = quantize_value(row[i], p, maxq);
-            m.q[size_t((r0 + r) * cols + perm[size_t(i)])] = uint8_t(q);
-            const float e = (row[i] - p.scale * float(q - p.zero)) / ui[i];
-            err[size_t(r * block + (i - i1))] = e;
-            for (int64_t j = i + 1; j < i2; ++j) row[j] -= e * ui[j];
-          }
+  std::vector<float> err(size_t(rows * block)), delta;
+  for (int64_t i1 = 0; i1 < n; i1 += block) {
+    const int64_t i2 = std::min(i1 + block, n), bw = i2 - i1;
+    pool.parallel_for(rows, 8, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* row = &wp[size_t(r * n)];
+        GroupParams p{};
+        if (i1 % gs != 0) {  // a group that started in an earlier block
+          const size_t g = size_t(r * (n / gs) + i1 / gs);
+          p = {m.scales[g], int(m.zeros[g])};
         }
-        for (int64_t k = 0; k < i2 - i1; ++k) {
-          const float* uk = &u[size_t((i1 + k) * n)];
-          for (int64_t r = 0; r < nr; ++r) {
-            const float e = err[size_t(r * block + k)];
-            float* row = &wt[size_t(r * n)];
-            for (int64_t j = i2; j < n; ++j) row[j] -= e * uk[j];
+        for (int64_t i = i1; i < i2; ++i) {
+          if (i % gs == 0) {
+            p = group_params(row + i, gs, grid);
+            m.scales[size_t(r * (n / gs) + i / gs)] = p.scale;
+            m.zeros[size_t(r * (n / gs) + i / gs)] = uint8_t(p.zero);
           }
+          const int q = quantize_value(row[i], p, maxq);
+          m.q[size_t(r * cols + perm[size_t(i)])] = uint8_t(q);
+          const float* ui = &u[size_t(i * n)];
+          const float e = (row[i] - p.scale * float(q - p.zero)) / ui[i];
+          err[size_t(r * bw + (i - i1))] = e;
+          for (int64_t j = i + 1; j < i2; ++j) row[j] -= e * ui[j];
         }
       }
-    }
-  });
+    });
+    if (i2 == n) break;
+    // W[:, i2:] -= Err U[i1:i2, i2:]: the gemm's C = A B^T with B = U^T rows i2.., columns i1..i2.
+    const int64_t rest = n - i2;
+    delta.resize(size_t(rows * rest));
+    gemm(err.data(), bw, &ut[size_t(i2 * n + i1)], DType::F32, n, nullptr, delta.data(), rest, rows, rest, bw, pool);
+    pool.parallel_for(rows, 8, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t j = 0; j < rest; ++j) wp[size_t(r * n + i2 + j)] -= delta[size_t(r * rest + j)];
+    });
+  }
   return m;
 }
 
