@@ -75,6 +75,62 @@ void expect_within(const Errors& e, const Tolerance& tol, const std::string& whe
   EXPECT_LT(e.top, tol.top) << where << ": the reference's top token";
 }
 
+// The model's log-probabilities and greedy tokens against the fixture's reference (see the top).
+void check_against_reference(DecoderModel& model, Backend& backend, const nlohmann::json& fx, const std::string& name) {
+  const Tolerance tol = tolerance_for(backend.activation_dtype());
+  Errors worst;  // reported, to keep the tolerances honest
+  const int64_t V = model.config().vocab_size;
+  const auto prompt = fx["prompt"].get<std::vector<int32_t>>();
+  const auto generated = fx["generated"].get<std::vector<int32_t>>();
+  const auto& margins = fx["step_margins"];
+
+  // Prompt positions, then teacher-forced steps along the reference continuation.
+  {
+    test::SequenceRunner seq(model, int(prompt.size() + generated.size()));
+    const auto& logits = seq.feed(prompt, true);
+    for (size_t p = 0; p < prompt.size(); ++p) {
+      const Errors e = errors(logits, int64_t(p), V, fx["prompt_logprobs"][p]);
+      worst.add(e);
+      expect_within(e, tol, fmt::format("prompt position {}", p));
+    }
+    const std::vector<float>* step = &logits;
+    int64_t row = int64_t(prompt.size()) - 1;
+    for (size_t s = 0; s < generated.size(); ++s) {
+      const Errors e = errors(*step, row, V, fx["step_logprobs"][s]);
+      worst.add(e);
+      expect_within(e, tol, fmt::format("step {}", s));
+      if (margins[s].get<double>() > tol.margin) {
+        EXPECT_EQ(argmax(step->data() + row * V, V), generated[s]) << "step " << s;
+      }
+      step = &seq.feed({generated[s]}, false);
+      row = 0;
+    }
+  }
+
+  // Free-running greedy generation (whole prompt, then chunked prefill) agrees until the reference
+  // first becomes uncertain. Dynamic NTK rope depends on the step boundaries, so it is not chunked.
+  size_t sure = 0;
+  while (sure < generated.size() && margins[sure].get<double>() > tol.margin) ++sure;
+  // In float32 even the first uncertain token agrees; 16-bit rounding may flip it.
+  const size_t compared = backend.activation_dtype() == DType::F32 ? sure + 1 : sure;
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  greedy.max_tokens = int(generated.size());
+  greedy.ignore_eos = true;
+  const bool dynamic = model.config().rope_scaling.type == "dynamic";
+  for (int chunk : {0, 5}) {
+    if (chunk && dynamic) continue;
+    GenerateResult r = generate(model, prompt, greedy, chunk);
+    ASSERT_EQ(r.token_ids.size(), generated.size());
+    for (size_t s = 0; s < std::min(compared, generated.size()); ++s)
+      EXPECT_EQ(r.token_ids[s], generated[s]) << "chunk " << chunk << " step " << s;
+  }
+  std::cout << fmt::format("{} on {}: largest errors: log-probability {:.3g}, probability {:.3g}, top token {:.3g}; "
+                           "{} of {} greedy tokens compared\n",
+                           name, backend.name(), worst.logprob, worst.prob, worst.top,
+                           std::min(compared, generated.size()), generated.size());
+}
+
 class Golden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Golden, MatchesTransformers) {
@@ -107,61 +163,42 @@ TEST_P(Golden, MatchesTransformers) {
   LoadOptions opts;
   opts.model_dir = dir.str();
   auto model = load_model(opts, *backend);
-  const Tolerance tol = tolerance_for(backend->activation_dtype());
-  Errors worst;  // reported, to keep the tolerances honest
-  const int64_t V = model->config().vocab_size;
-  const auto prompt = fx["prompt"].get<std::vector<int32_t>>();
-  const auto generated = fx["generated"].get<std::vector<int32_t>>();
-  const auto& margins = fx["step_margins"];
-
-  // Prompt positions, then teacher-forced steps along the reference continuation.
-  {
-    test::SequenceRunner seq(*model, int(prompt.size() + generated.size()));
-    const auto& logits = seq.feed(prompt, true);
-    for (size_t p = 0; p < prompt.size(); ++p) {
-      const Errors e = errors(logits, int64_t(p), V, fx["prompt_logprobs"][p]);
-      worst.add(e);
-      expect_within(e, tol, fmt::format("prompt position {}", p));
-    }
-    const std::vector<float>* step = &logits;
-    int64_t row = int64_t(prompt.size()) - 1;
-    for (size_t s = 0; s < generated.size(); ++s) {
-      const Errors e = errors(*step, row, V, fx["step_logprobs"][s]);
-      worst.add(e);
-      expect_within(e, tol, fmt::format("step {}", s));
-      if (margins[s].get<double>() > tol.margin) {
-        EXPECT_EQ(argmax(step->data() + row * V, V), generated[s]) << "step " << s;
-      }
-      step = &seq.feed({generated[s]}, false);
-      row = 0;
-    }
-  }
-
-  // Free-running greedy generation (whole prompt, then chunked prefill) agrees until the reference
-  // first becomes uncertain. Dynamic NTK rope depends on the step boundaries, so it is not chunked.
-  size_t sure = 0;
-  while (sure < generated.size() && margins[sure].get<double>() > tol.margin) ++sure;
-  // In float32 even the first uncertain token agrees; 16-bit rounding may flip it.
-  const size_t compared = backend->activation_dtype() == DType::F32 ? sure + 1 : sure;
-  SamplingParams greedy;
-  greedy.temperature = 0.0f;
-  greedy.max_tokens = int(generated.size());
-  greedy.ignore_eos = true;
-  const bool dynamic = model->config().rope_scaling.type == "dynamic";
-  for (int chunk : {0, 5}) {
-    if (chunk && dynamic) continue;
-    GenerateResult r = generate(*model, prompt, greedy, chunk);
-    ASSERT_EQ(r.token_ids.size(), generated.size());
-    for (size_t s = 0; s < std::min(compared, generated.size()); ++s)
-      EXPECT_EQ(r.token_ids[s], generated[s]) << "chunk " << chunk << " step " << s;
-  }
-  std::cout << fmt::format("{} on {}: largest errors: log-probability {:.3g}, probability {:.3g}, top token {:.3g}; "
-                           "{} of {} greedy tokens compared\n",
-                           GetParam(), backend->name(), worst.logprob, worst.prob, worst.top,
-                           std::min(compared, generated.size()), generated.size());
+  check_against_reference(*model, *backend, fx, GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(fixture_names()),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+// GPTQ / AWQ checkpoints (tools/quant/make_quant_golden.py): committed checkpoint directories
+// tests/golden/quant/NAME/ with packed int4/int8 layers, against transformers on the dequantized
+// weights, with the same tolerances (the reference's weights are exactly the dequantized ones).
+std::vector<std::string> quant_fixture_names() {
+  std::vector<std::string> names;
+  const std::filesystem::path dir = std::string(APUS_SOURCE_DIR) + "/tests/golden/quant";
+  if (!std::filesystem::exists(dir)) return names;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().extension() == ".json") names.push_back(e.path().stem().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+class GoldenQuant : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GoldenQuant, MatchesDequantizedTransformers) {
+  if (!test::device_available()) GTEST_SKIP() << "no CUDA GPU";
+  const std::string quant_dir = std::string(APUS_SOURCE_DIR) + "/tests/golden/quant/";
+  const auto fx = test::read_json(quant_dir + GetParam() + ".json");
+  auto backend = test::make_test_backend(2);
+  LoadOptions opts;
+  opts.model_dir = quant_dir + GetParam();
+  auto model = load_model(opts, *backend);
+  ASSERT_TRUE(model->config().quant.has_value());
+  EXPECT_EQ(model->config().quant->describe(), parse_quant_config(fx["config"], "fixture")->describe());
+  check_against_reference(*model, *backend, fx, GetParam());
+}
+
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GoldenQuant);
+INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenQuant, ::testing::ValuesIn(quant_fixture_names()),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
 }  // namespace

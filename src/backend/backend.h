@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "quant/quant_weight.h"
 
 namespace apus {
 
@@ -18,9 +19,15 @@ class ThreadPool;
 
 // y[:, offset_p : offset_p + out_p] = x W_p^T + b_p for every part p. Several parts let q/k/v or
 // gate/up run as one fused op without copying the checkpoint's separate matrices.
+// A part of a quantized checkpoint (GPTQ / AWQ) has `quant` instead of `weight`: integer codes that
+// stay packed on the device (quant/quant_weight.h; a backend may repack them in prepare_linear).
 struct LinearPart {
-  Tensor weight;  // [out_p, in]
-  Tensor bias;    // [out_p] F32, or empty
+  Tensor weight;      // [out_p, in]; empty when `quant` holds the weight
+  Tensor bias;        // [out_p] F32, or empty
+  QuantWeight quant{};  // a quantized weight [out_p, in], or empty
+
+  int64_t out() const { return quant.empty() ? weight.shape[0] : quant.out(); }
+  int64_t in() const { return quant.empty() ? weight.shape[1] : quant.in(); }
 };
 struct Linear {
   std::vector<LinearPart> parts;

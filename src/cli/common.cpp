@@ -21,6 +21,8 @@ void ModelOptions::add_to(CLI::App& app) {
   app.add_option(opt("load-format"), load.load_format, "auto | safetensors | dummy (random weights of the config)");
   app.add_option(opt("config-preset"), load.config_preset, "with dummy weights and no --model: a known model's config");
   app.add_option(opt("dtype"), dtype, "dtype of dummy weights: bfloat16 | float16 | float32");
+  app.add_option(opt("quantization"), load.dummy_quantization,
+                 "dummy weights only: gptq | awq (4-bit, group 128 linear layers)");
   app.add_option(opt("threads"), threads, "CPU threads (default: all cores, or APUS_NUM_THREADS)");
   app.add_option(opt("device"), device, "cpu | cuda | auto (default: cuda when a GPU is present)");
   app.add_option(opt("gpu-memory-utilization"), gpu_memory_utilization,

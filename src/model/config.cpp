@@ -109,6 +109,7 @@ ModelConfig parse_model_config(const json& raw, const std::string& source) {
   std::string act = get_or<std::string>(j, "hidden_act", "silu", source);
   APUS_CHECK(act == "silu", "{}: hidden_act \"{}\" is not supported (supported: silu)", source, act);
   parse_rope(j, source, c);
+  c.quant = parse_quant_config(raw, source);
   arch.configure(raw, source, c);
   return c;
 }

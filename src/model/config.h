@@ -1,8 +1,11 @@
 // A decoder-only model's hyper-parameters, read from a Hugging Face config.json.
 #pragma once
 #include <nlohmann/json_fwd.hpp>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "quant/quant_config.h"
 
 namespace apus {
 
@@ -52,6 +55,8 @@ struct ModelConfig {
   int bos_token_id = -1;
   std::vector<int> eos_token_ids;
   std::string torch_dtype;  // as declared; informational
+  // The checkpoint's quantization_config (GPTQ / AWQ linear layers), or none: a float checkpoint.
+  std::optional<QuantConfig> quant;
 
   int64_t q_size() const { return int64_t(num_heads) * head_dim; }
   int64_t kv_size() const { return int64_t(num_kv_heads) * head_dim; }

@@ -12,6 +12,9 @@ struct LoadOptions {
   std::string load_format = "auto";  // auto | safetensors | dummy
   std::string config_preset;  // dummy only, when model_dir has no config.json
   DType dummy_dtype = DType::BF16;
+  // dummy only: "gptq" or "awq" makes the linear layers 4-bit, group 128 (gptq_v2 zeros / AWQ
+  // gemm), as if config.json had that quantization_config; "" keeps the config's own.
+  std::string dummy_quantization;
   uint64_t dummy_seed = 0;
   int num_threads = 1;        // for generating dummy weights
 };

@@ -9,6 +9,7 @@
 #include "core/random.h"
 #include "core/thread_pool.h"
 #include "model/safetensors.h"
+#include "quant/gptq_format.h"
 
 namespace apus {
 
@@ -32,24 +33,74 @@ class CheckpointSource : public WeightSource {
     return e ? e->file : ckpt_.dir();
   }
   std::vector<std::string> names() const override { return ckpt_.names(); }
+  bool has(const std::string& name) const override { return ckpt_.find(name) != nullptr; }
 
  private:
   Checkpoint ckpt_;
 };
 
+// The standard deviation gain of a float matrix's initial values (random_weight).
+double weight_gain(const std::string& name);
+
 class DummySource : public WeightSource {
  public:
-  DummySource(DType dtype, uint64_t seed, int threads) : dtype_(dtype), seed_(seed), threads_(threads) {}
+  DummySource(DType dtype, uint64_t seed, int threads, const std::optional<QuantConfig>& quant)
+      : dtype_(dtype), seed_(seed), threads_(threads), quant_(quant) {}
   Tensor get(const std::string& name, const std::vector<int64_t>& shape) override {
+    if (quant_ && name.ends_with(".qweight")) return random_words(name, shape);
+    if (quant_ && name.ends_with(".qzeros")) return filled_words(shape, quant_->bits == 8 ? 0x80808080u : 0x88888888u);
+    if (quant_ && name.ends_with(".g_idx")) {
+      Tensor t = host_tensor(DType::I32, shape);
+      const int64_t g = quant_->group_size == -1 ? shape[0] : quant_->group_size;
+      for (int64_t i = 0; i < t.numel(); ++i) t.ptr<int32_t>()[i] = int32_t(i / g);
+      return t;
+    }
+    if (quant_ && name.ends_with(".scales")) {
+      // Codes uniform in [0, 2^bits) around the zero 2^(bits-1) have a standard deviation of
+      // about 2^bits / sqrt(12); the float initialiser's is gain / sqrt(in).
+      const int64_t in = quant_->group_size == -1 ? 4096 : shape[0] * quant_->group_size;
+      const double code_std = double(1 << quant_->bits) / std::sqrt(12.0);
+      const std::string weight = name.substr(0, name.size() - 7) + ".weight";
+      const uint16_t s = f32_to_f16(float(weight_gain(weight) / std::sqrt(double(in)) / code_std));
+      Tensor t = host_tensor(DType::F16, shape);
+      std::fill(t.ptr<uint16_t>(), t.ptr<uint16_t>() + t.numel(), s);
+      return t;
+    }
     return random_weight(name, shape, dtype_, seed_, threads_);
   }
   std::string where(const std::string&) const override { return "dummy weights"; }
   std::vector<std::string> names() const override { return {}; }
+  bool has(const std::string& name) const override {
+    if (name.ends_with(".qweight")) return quant_.has_value();
+    if (name.ends_with(".g_idx")) return quant_ && quant_->method == QuantMethod::kGptq;
+    return true;
+  }
 
  private:
+  Tensor random_words(const std::string& name, const std::vector<int64_t>& shape) const {
+    Tensor t = host_tensor(DType::I32, shape);
+    const uint64_t key = fnv1a64(name) ^ (seed_ * kGoldenGamma);
+    auto fill = [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) t.ptr<uint32_t>()[i] = uint32_t(splitmix64(key + uint64_t(i)));
+    };
+    if (threads_ > 1 && t.numel() > (1 << 20)) {
+      ThreadPool pool(threads_);
+      pool.parallel_for(t.numel(), 4096, fill);
+    } else {
+      fill(0, t.numel());
+    }
+    return t;
+  }
+  static Tensor filled_words(const std::vector<int64_t>& shape, uint32_t w) {
+    Tensor t = host_tensor(DType::I32, shape);
+    std::fill(t.ptr<uint32_t>(), t.ptr<uint32_t>() + t.numel(), w);
+    return t;
+  }
+
   DType dtype_;
   uint64_t seed_;
   int threads_;
+  std::optional<QuantConfig> quant_;
 };
 
 // A copy of `t` (2-D, or 1-D: a bias) with row r taken from row order[r].
@@ -66,7 +117,8 @@ Tensor permute_rows(const Tensor& t, const std::vector<int64_t>& order) {
 // that leftovers can be reported.
 class Loader {
  public:
-  Loader(WeightSource& source, Backend& backend) : source_(source), backend_(backend) {}
+  Loader(WeightSource& source, Backend& backend, const std::optional<QuantConfig>& quant)
+      : source_(source), backend_(backend), quant_(quant) {}
 
   Tensor matrix(const std::string& name, std::vector<int64_t> shape, size_t* bytes) {
     return upload_matrix(fetch(name, shape), bytes);
@@ -79,9 +131,31 @@ class Loader {
   Tensor vector(const std::string& name, int64_t n) { return backend_.upload(convert_float(fetch(name, {n}), DType::F32)); }
   LinearPart part(const std::string& prefix, int64_t out, int64_t in, bool bias, size_t* bytes) {
     LinearPart p;
-    p.weight = matrix(prefix + ".weight", {out, in}, bytes);
+    if (quantized(prefix)) p.quant = quant_weight(prefix, out, in, bytes);
+    else p.weight = matrix(prefix + ".weight", {out, in}, bytes);
     if (bias) p.bias = vector(prefix + ".bias", out);
     return p;
+  }
+  // A quantized checkpoint's layer has `.qweight` (and qzeros, scales, g_idx); a layer it left in
+  // float (AWQ's modules_to_not_convert) has `.weight`.
+  bool quantized(const std::string& prefix) const { return quant_ && source_.has(prefix + ".qweight"); }
+  QuantWeight quant_weight(const std::string& prefix, int64_t out, int64_t in, size_t* bytes) {
+    const QuantConfig& q = *quant_;
+    const int64_t p = 32 / q.bits, groups = q.group_size == -1 ? 1 : in / q.group_size;
+    const bool awq = q.method == QuantMethod::kAwq;
+    QuantTensors t;
+    t.qweight = raw(prefix + ".qweight", awq ? std::vector<int64_t>{in, out / p} : std::vector<int64_t>{in / p, out});
+    t.qzeros = raw(prefix + ".qzeros", {groups, out / p});
+    t.scales = raw(prefix + ".scales", {groups, out});
+    if (!awq && source_.has(prefix + ".g_idx")) t.g_idx = raw(prefix + ".g_idx", {in});
+    QuantWeight w = make_quant_weight(unpack_quant(t, q, out, in, prefix, source_.where(prefix + ".qweight")), prefix);
+    *bytes += w.nbytes();
+    return w;
+  }
+  // A tensor of a quantized layer, as stored (unpack_quant checks its shape and dtype).
+  Tensor raw(const std::string& name, const std::vector<int64_t>& shape) {
+    used_.insert(name);
+    return source_.get(name, shape);
   }
   // A fused projection [sum(rows), in] (and its bias) cut into parts of `rows` rows each: row views
   // of the checkpoint's matrix, so nothing is copied unless `reorder` permutes the rows first.
@@ -89,17 +163,27 @@ class Loader {
                                 size_t* bytes, const std::vector<int64_t>* reorder = nullptr) {
     int64_t total = 0;
     for (int64_t r : rows) total += r;
-    Tensor w = fetch(prefix + ".weight", {total, in}), b;
+    QuantWeight qw;
+    Tensor w, b;
+    if (quantized(prefix)) qw = quant_weight(prefix, total, in, bytes);
+    else w = fetch(prefix + ".weight", {total, in});
     if (bias) b = fetch(prefix + ".bias", {total});
     if (reorder) {
-      w = permute_rows(w, *reorder);
+      if (qw.empty()) w = permute_rows(w, *reorder);
+      for (Tensor* t : {&qw.qweight, &qw.scales, &qw.zeros})
+        if (!qw.empty()) *t = permute_rows(*t, *reorder);
       if (bias) b = permute_rows(b, *reorder);
     }
     std::vector<LinearPart> parts;
     int64_t at = 0;
     for (int64_t r : rows) {
       LinearPart p;
-      p.weight = upload_matrix(w.rows_view(at, r), bytes);
+      if (qw.empty()) {
+        p.weight = upload_matrix(w.rows_view(at, r), bytes);
+      } else {
+        p.quant = qw;
+        for (Tensor* t : {&p.quant.qweight, &p.quant.scales, &p.quant.zeros}) *t = t->rows_view(at, r);
+      }
       if (bias) p.bias = backend_.upload(convert_float(b.rows_view(at, r), DType::F32));
       parts.push_back(std::move(p));
       at += r;
@@ -135,6 +219,7 @@ class Loader {
  private:
   WeightSource& source_;
   Backend& backend_;
+  const std::optional<QuantConfig>& quant_;
   std::set<std::string> used_;
 };
 
@@ -157,8 +242,8 @@ std::vector<int64_t> interleaved_rope_order(const ModelConfig& c) {
 
 Linear make_linear(Backend& backend, std::vector<LinearPart> parts) {
   Linear l;
-  l.in_features = parts[0].weight.shape[1];
-  for (auto& p : parts) l.out_features += p.weight.shape[0];
+  l.in_features = parts[0].in();
+  for (auto& p : parts) l.out_features += p.out();
   l.parts = std::move(parts);
   return backend.prepare_linear(std::move(l));
 }
@@ -180,8 +265,9 @@ std::unique_ptr<WeightSource> open_checkpoint_source(const std::string& dir) {
   return std::make_unique<CheckpointSource>(dir);
 }
 
-std::unique_ptr<WeightSource> make_dummy_source(DType dtype, uint64_t seed, int num_threads) {
-  return std::make_unique<DummySource>(dtype, seed, num_threads);
+std::unique_ptr<WeightSource> make_dummy_source(DType dtype, uint64_t seed, int num_threads,
+                                                const std::optional<QuantConfig>& quant) {
+  return std::make_unique<DummySource>(dtype, seed, num_threads, quant);
 }
 
 // Values: norms 1 +- 0.25, biases +- 0.5, embeddings +- 1, matrices uniform with standard
@@ -205,13 +291,7 @@ Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape,
   } else if (name.ends_with(".bias")) {
     scale = 0.5f;
   } else if (shape.size() == 2 && !ends({"embed_tokens.weight", ".wte.weight", ".word_embeddings.weight"})) {
-    double gain = 1.0;
-    if (ends({"q_proj.weight", "k_proj.weight", "lm_head.weight", ".c_attn.weight", ".query_key_value.weight",
-              ".output_layer.weight"}))
-      gain = 2.0;
-    else if (ends({"o_proj.weight", "down_proj.weight", ".c_proj.weight", ".dense.weight", ".dense_4h_to_h.weight"}))
-      gain = 3.0;
-    scale = float(gain * std::sqrt(3.0) / std::sqrt(double(shape[1])));
+    scale = float(weight_gain(name) * std::sqrt(3.0) / std::sqrt(double(shape[1])));
   }
   Tensor t = host_tensor(dtype, shape);
   const uint64_t key = fnv1a64(name) ^ (seed * kGoldenGamma);
@@ -238,6 +318,20 @@ Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape,
 }
 
 namespace {
+
+double weight_gain(const std::string& name) {
+  auto ends = [&](std::initializer_list<const char*> suffixes) {
+    for (const char* x : suffixes)
+      if (name.ends_with(x)) return true;
+    return false;
+  };
+  if (ends({"q_proj.weight", "k_proj.weight", "lm_head.weight", ".c_attn.weight", ".query_key_value.weight",
+            ".output_layer.weight"}))
+    return 2.0;
+  if (ends({"o_proj.weight", "down_proj.weight", ".c_proj.weight", ".dense.weight", ".dense_4h_to_h.weight"}))
+    return 3.0;
+  return 1.0;
+}
 
 // Hugging Face's llama family: model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, ...}.
 LayerWeights llama_layer(Loader& ld, Backend& backend, const ModelConfig& c, int i, size_t* bytes) {
@@ -315,7 +409,7 @@ LayoutNames names_of(WeightLayout layout) {
 }  // namespace
 
 ModelWeights load_weights(const ModelConfig& c, WeightSource& source, Backend& backend) {
-  Loader ld(source, backend);
+  Loader ld(source, backend, c.quant);
   ModelWeights w;
   const LayoutNames names = names_of(c.layout);
   const int64_t H = c.hidden_size;

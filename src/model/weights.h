@@ -3,6 +3,7 @@
 // (--load-format dummy), with every tensor's presence, shape and dtype checked against the config.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,12 +23,17 @@ class WeightSource {
   virtual std::string where(const std::string& name) const = 0;
   // Every tensor the source holds (empty for sources that create tensors on request).
   virtual std::vector<std::string> names() const = 0;
+  // Whether get(name, ...) would return a tensor (a quantized layer has `.qweight`, a float one not).
+  virtual bool has(const std::string& name) const = 0;
 };
 
 // A checkpoint directory (model.safetensors or sharded with model.safetensors.index.json), mmap'd.
 std::unique_ptr<WeightSource> open_checkpoint_source(const std::string& dir);
-// Deterministic random weights (see core/random.h and tools/golden/weights.py).
-std::unique_ptr<WeightSource> make_dummy_source(DType dtype, uint64_t seed, int num_threads);
+// Deterministic random weights (see core/random.h and tools/golden/weights.py). With `quant`, linear
+// layers come as that format's tensors instead: random codes, zero point 8 (0x8 in every qzeros
+// field), scales that give the float initialiser's standard deviation (weights.cpp, DummySource).
+std::unique_ptr<WeightSource> make_dummy_source(DType dtype, uint64_t seed, int num_threads,
+                                                const std::optional<QuantConfig>& quant = std::nullopt);
 
 // The value the deterministic initialiser gives to tensor `name` of `shape`, converted to `dtype`.
 // Shared by dummy loading, tests and the golden fixtures (which recompute it in Python).
@@ -50,7 +56,9 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   Tensor final_norm;  // F32 [hidden]
   Linear lm_head;     // [vocab, hidden]; the embedding matrix when tie_word_embeddings
-  size_t matrix_bytes = 0;  // bytes of the matrices a decode step streams (all but the embedding)
+  // Bytes of the matrices a decode step streams (all but the embedding); a quantized layer counts
+  // its codes, scales and zeros (QuantWeight::nbytes).
+  size_t matrix_bytes = 0;
 };
 
 ModelWeights load_weights(const ModelConfig& config, WeightSource& source, Backend& backend);

@@ -6,6 +6,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/attention.h"
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/qgemm.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -138,7 +139,13 @@ class CpuBackend : public Backend {
                out.describe(), w.out_features, w.in_features);
     int64_t col = 0;
     for (const LinearPart& p : w.parts) {
-      const int64_t n = p.weight.shape[0];
+      const int64_t n = p.out();
+      if (!p.quant.empty()) {
+        qgemm(x.ptr<float>(), x.row_stride, p.quant, p.bias.empty() ? nullptr : p.bias.ptr<float>(),
+              out.ptr<float>() + col, out.row_stride, x.rows(), pool_);
+        col += n;
+        continue;
+      }
       gemm(x.ptr<float>(), x.row_stride, p.weight.data, p.weight.dtype, p.weight.row_stride,
            p.bias.empty() ? nullptr : p.bias.ptr<float>(), out.ptr<float>() + col, out.row_stride,
            x.rows(), n, x.cols(), pool_);
