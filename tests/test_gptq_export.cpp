@@ -8,12 +8,15 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "model/load.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
 #include "quant/calibration.h"
 #include "quant/gptq_format.h"
 #include "quant/quant_config.h"
 #include "quant/quantize_model.h"
+#include "sequence_runner.h"
+#include "test_device.h"
 #include "test_util.h"
 #include "text/tokenizer/tokenizer.h"
 
@@ -192,6 +195,75 @@ TEST_F(GptqExport, WritesGptqCheckpoint) {
       err += d * d, norm += double(get_float(w, o2 * kInter + i)) * get_float(w, o2 * kInter + i);
     }
   EXPECT_LT(std::sqrt(err / norm), 0.2);
+}
+
+// The float32 checkpoint of an exported checkpoint's dequantized weights, unpacked from its files by
+// the format code (not the exporter's own matrices).
+void write_dequantized(const fs::path& qdir, const fs::path& fdir) {
+  json cfg = test::read_json(qdir / "config.json");
+  const std::optional<QuantConfig> qc = parse_quant_config(cfg, "config.json");
+  ASSERT_TRUE(qc);
+  cfg.erase("quantization_config");
+  fs::create_directories(fdir);
+  test::write_json(fdir / "config.json", cfg);
+  const Checkpoint ck = Checkpoint::open(qdir.string());
+  std::vector<Tensor> hold;
+  std::vector<TensorToWrite> out;
+  for (const std::string& name : ck.names()) {
+    const TensorEntry& e = *ck.find(name);
+    if (name.ends_with(".qzeros") || name.ends_with(".scales") || name.ends_with(".g_idx")) continue;
+    if (!name.ends_with(".qweight")) {
+      out.push_back({name, e.dtype, e.shape, e.data});
+      continue;
+    }
+    const std::string p = name.substr(0, name.size() - 8);
+    const QuantTensors t{ck.tensor(e), ck.tensor(*ck.find(p + ".qzeros")), ck.tensor(*ck.find(p + ".scales")),
+                         ck.tensor(*ck.find(p + ".g_idx"))};
+    const int64_t rows = t.scales.shape[1], cols = t.g_idx.shape[0];
+    const std::vector<float> w = unpack_quant(t, *qc, rows, cols, p, qdir.string()).dequantize();
+    hold.push_back(host_tensor(DType::F32, {rows, cols}));
+    std::copy(w.begin(), w.end(), hold.back().ptr<float>());
+    out.push_back({p + ".weight", DType::F32, {rows, cols}, hold.back().data});
+  }
+  write_checkpoint(fdir.string(), out, size_t(1) << 40);
+}
+
+// The exported checkpoint reloads (int4 codes, the quantized kernels) and gives the logits of the
+// same model with its dequantized weights in float32, for a prompt and decode steps.
+TEST_F(GptqExport, ReloadsLikeDequantizedWeights) {
+  for (const bool act : {false, true}) {
+    QuantizeOptions o = options(act ? "reload_act" : "reload");
+    o.grid.desc_act = act;
+    o.grid.sym = act;
+    o.grid.group_size = act ? 64 : 32;
+    std::ostringstream log;
+    quantize_model(o, log);
+    const fs::path fdir = tmp() / (act ? "reload_act_f32" : "reload_f32");
+    write_dequantized(o.output_dir, fdir);
+    auto backend = test::make_test_backend(2);
+    LoadOptions qo, fo;
+    qo.model_dir = o.output_dir;
+    fo.model_dir = fdir.string();
+    auto qm = load_model(qo, *backend);
+    auto fm = load_model(fo, *backend);
+    ASSERT_TRUE(qm->config().quant);
+    ASSERT_FALSE(qm->weights().layers[0].qkv.parts[0].quant.empty());
+    const auto tok = Tokenizer::load(o.output_dir);
+    const std::vector<int32_t> prompt = tok->encode("杭州的西湖 is a lake; 1 + 2 = 3.", false);
+    test::SequenceRunner qs(*qm, 64), fs2(*fm, 64);
+    double worst = 0.0, scale = 0.0;
+    auto compare = [&](const std::vector<float>& a, const std::vector<float>& b) {
+      ASSERT_EQ(a.size(), b.size());
+      for (size_t i = 0; i < a.size(); ++i) {
+        worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+        scale = std::max(scale, double(std::fabs(b[i])));
+      }
+    };
+    compare(qs.feed(prompt, true), fs2.feed(prompt, true));
+    for (int32_t t : {151643, 100, 9707, 3837}) compare(qs.feed({t}, false), fs2.feed({t}, false));
+    std::printf("act-order %d: max |logit difference| %.3g (logits up to %.3g)\n", int(act), worst, scale);
+    EXPECT_LT(worst, 1e-4 * scale) << "act-order " << act;
+  }
 }
 
 TEST_F(GptqExport, CommandLine) {

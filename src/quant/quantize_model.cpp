@@ -143,12 +143,8 @@ QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
   parse_quant_config({{"quantization_config", qjson}}, "--group_size/--quant_bits");  // the loader's rules
   const ModelConfig config = load_model_config(o.model_dir);
   check_model(config, o.grid, o.model_dir);
-  {
-    std::ifstream in(fs::path(o.model_dir) / "config.json");
-    const nlohmann::json j = nlohmann::json::parse(in);
-    APUS_CHECK(!j.contains("quantization_config"), "{}/config.json: the model is already quantized ({})", o.model_dir,
-               j["quantization_config"].dump());
-  }
+  APUS_CHECK(!config.quant, "{}/config.json: the model is already quantized ({})", o.model_dir,
+             config.quant ? config.quant->describe() : "");
   std::string out_dir = o.output_dir;
   if (out_dir.empty())
     out_dir = fs::path(o.model_dir).lexically_normal().string() + fmt::format("-gptq-int{}", o.grid.bits);
