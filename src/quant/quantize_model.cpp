@@ -267,7 +267,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
   qj["damp_percent"] = o.grid.damp_percent;
   qj["true_sequential"] = true;
   qj["static_groups"] = false;
-  qj["quantizer"] = gptq ? "apus gptq" : "apus rtn";
+  qj["meta"] = {{"quantizer", {gptq ? "apus:gptq" : "apus:rtn"}}};  // GPTQModel's place for the tool
   cfg["quantization_config"] = qj;
   std::ofstream(fs::path(out_dir) / "config.json") << cfg.dump(2) << "\n";
   log << fmt::format("wrote {} ({:.1f} s)\n", out_dir, std::chrono::duration<double>(clock::now() - t0).count());
