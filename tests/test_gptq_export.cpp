@@ -232,14 +232,21 @@ void write_dequantized(const fs::path& qdir, const fs::path& fdir) {
 // The exported checkpoint reloads (int4 codes, the quantized kernels) and gives the logits of the
 // same model with its dequantized weights in float32, for a prompt and decode steps.
 TEST_F(GptqExport, ReloadsLikeDequantizedWeights) {
-  for (const bool act : {false, true}) {
-    QuantizeOptions o = options(act ? "reload_act" : "reload");
-    o.grid.desc_act = act;
-    o.grid.sym = act;
-    o.grid.group_size = act ? 64 : 32;
+  struct Variant {
+    const char* name;
+    int bits, group;
+    bool sym, act;
+  };
+  for (const Variant& v : {Variant{"g32_asym", 4, 32, false, false}, Variant{"g64_sym_act", 4, 64, true, true},
+                           Variant{"int8_row", 8, -1, false, false}}) {
+    QuantizeOptions o = options(std::string("reload_") + v.name);
+    o.grid.bits = v.bits;
+    o.grid.desc_act = v.act;
+    o.grid.sym = v.sym;
+    o.grid.group_size = v.group;
     std::ostringstream log;
     quantize_model(o, log);
-    const fs::path fdir = tmp() / (act ? "reload_act_f32" : "reload_f32");
+    const fs::path fdir = tmp() / (std::string("reload_f32_") + v.name);
     write_dequantized(o.output_dir, fdir);
     auto backend = test::make_test_backend(2);
     LoadOptions qo, fo;
@@ -262,8 +269,8 @@ TEST_F(GptqExport, ReloadsLikeDequantizedWeights) {
     };
     compare(qs.feed(prompt, true), fs2.feed(prompt, true));
     for (int32_t t : {2, 100, 9707, 31000}) compare(qs.feed({t}, false), fs2.feed({t}, false));
-    std::printf("act-order %d: max |logit difference| %.3g (logits up to %.3g)\n", int(act), worst, scale);
-    EXPECT_LT(worst, 1e-4 * scale) << "act-order " << act;
+    std::printf("%s: max |logit difference| %.3g (logits up to %.3g)\n", v.name, worst, scale);
+    EXPECT_LT(worst, 1e-4 * scale) << v.name;
   }
 }
 
