@@ -222,7 +222,8 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
 
 // Decoder layer i on the residual stream x (whose pending MLP output from layer i - 1 is still in
 // the workspace's tmp when `add_pending`); leaves this layer's MLP output in tmp, not yet added.
-void DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor& x, bool add_pending,
+// A tap that returns false stops the layer before that linear layer; returns whether it ran to the end.
+bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor& x, bool add_pending,
                              const LinearTap* tap) {
   const ModelConfig& c = config_;
   Workspace& w = *ws_;
@@ -239,7 +240,7 @@ void DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
   if (!add_pending) backend_.rms_norm(x, L.attn_norm, c.rms_norm_eps, h);
   else backend_.add_rms_norm(x, tmp, L.attn_norm, c.rms_norm_eps, h);  // x += previous MLP out
   const LoraLayer* lo = sv.lora_slots.empty() ? nullptr : &lora_->layer(i);
-  if (tap) (*tap)(LinearSlot::kQkv, h);
+  if (tap && !(*tap)(LinearSlot::kQkv, h)) return false;
   backend_.linear(h, L.qkv, qkv);
   if (lo) backend_.lora(h, sv.lora_slots, lo->qkv, qkv);
   if (c.qk_norm) {
@@ -254,17 +255,18 @@ void DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
   }
   backend_.store_kv(k, v, ab.slot_mapping, cache.layers[size_t(i)]);
   backend_.attention(q, cache.layers[size_t(i)], ab, attn);
-  if (tap) (*tap)(LinearSlot::kO, attn);
+  if (tap && !(*tap)(LinearSlot::kO, attn)) return false;
   backend_.linear(attn, L.o, tmp);
   if (lo) backend_.lora(attn, sv.lora_slots, lo->o, tmp);
   backend_.add_rms_norm(x, tmp, L.mlp_norm, c.rms_norm_eps, h);
-  if (tap) (*tap)(LinearSlot::kGateUp, h);
+  if (tap && !(*tap)(LinearSlot::kGateUp, h)) return false;
   backend_.linear(h, L.gate_up, gate_up);
   if (lo) backend_.lora(h, sv.lora_slots, lo->gate_up, gate_up);
   backend_.silu_mul(gate_up, act);
-  if (tap) (*tap)(LinearSlot::kDown, act);
+  if (tap && !(*tap)(LinearSlot::kDown, act)) return false;
   backend_.linear(act, L.down, tmp);
   if (lo) backend_.lora(act, sv.lora_slots, lo->down, tmp);
+  return true;
 }
 
 void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
@@ -301,7 +303,7 @@ void DecoderModel::forward_layer(const StepBatch& in, KvCache& cache, int layer,
              config_.hidden_size);
   Workspace& w = workspace(T, 0);
   const StepViews sv = upload_meta(in, T, 0, in.max_blocks, 0, cache, w.meta_device);
-  run_layer(layer, sv, cache, hidden, false, tap ? &tap : nullptr);
+  if (!run_layer(layer, sv, cache, hidden, false, tap ? &tap : nullptr)) return;
   Tensor tmp = rows_of(w.tmp, T);
   backend_.add(hidden, tmp);
 }

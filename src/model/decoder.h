@@ -63,8 +63,9 @@ class DecoderModel {
 
   // The model one layer at a time, for calibration (apus export --quant_bits, src/quant/calibrate.h).
   enum class LinearSlot { kQkv, kO, kGateUp, kDown };
-  // Sees a linear layer's input [T, in] (on the backend's device) just before the layer runs.
-  using LinearTap = std::function<void(LinearSlot, const Tensor& input)>;
+  // Sees a linear layer's input [T, in] (on the backend's device) just before the layer runs;
+  // returning false stops the decoder layer there (`hidden` is then left half-updated).
+  using LinearTap = std::function<bool(LinearSlot, const Tensor& input)>;
   // hidden [T, hidden_size] (activation dtype, on the device) = the embeddings of batch.tokens.
   void embed(const StepBatch& batch, Tensor& hidden);
   // Runs decoder layer `layer` alone on the residual stream `hidden` entering it, in place (the
@@ -85,7 +86,7 @@ class DecoderModel {
   StepViews upload_meta(const StepBatch& in, int64_t pad_tokens, int64_t pad_rows, int max_blocks, int max_ctx_len,
                         const KvCache& cache, Tensor& staging);
   void run_layers(const StepViews& v, KvCache& cache);
-  void run_layer(int i, const StepViews& v, KvCache& cache, Tensor& x, bool add_pending, const LinearTap* tap);
+  bool run_layer(int i, const StepViews& v, KvCache& cache, Tensor& x, bool add_pending, const LinearTap* tap);
   // Logit rows of adapters that replace lm_head (modules_to_save), recomputed with theirs.
   void lora_lm_heads(const StepBatch& in);
   void forward_graph(const StepBatch& in, KvCache& cache, int bucket, int width);

@@ -193,8 +193,10 @@ QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
       Linear& lin = linear_of(model->layer_weights(i), m.slot);
       Hessian h(lin.in_features);
       if (gptq) {
-        const DecoderModel::LinearTap tap = [&](Slot s, const Tensor& x) {
-          if (s == m.slot) h.add(x, pool);
+        const DecoderModel::LinearTap tap = [&](Slot s, const Tensor& x) {  // stop once the input is seen
+          if (s != m.slot) return true;
+          h.add(x, pool);
+          return false;
         };
         for (Chunk& ch : chunks) {
           Tensor x = backend->alloc(DType::F32, ch.hidden.shape);
