@@ -33,13 +33,6 @@ Tensor merged(const Tensor& w, const LoraModule& m, ThreadPool& pool) {
   return res;
 }
 
-// Files other than weights that a checkpoint carries (config, generation config, tokenizer).
-bool is_side_file(const fs::path& p) {
-  const std::string name = p.filename().string(), ext = p.extension().string();
-  if (name == "adapter_config.json" || name == "model.safetensors.index.json" || name == "README.md") return false;
-  return ext == ".json" || ext == ".txt" || ext == ".model" || ext == ".jinja" || ext == ".tiktoken" || ext == ".py";
-}
-
 }  // namespace
 
 std::string merge_lora(const MergeOptions& o) {
@@ -100,10 +93,7 @@ std::string merge_lora(const MergeOptions& o) {
   write_checkpoint(out_dir, tensors, o.max_shard_bytes);
   // Config, generation config and tokenizer from the base, then any the adapter directory carries
   // (a fine-tune often saves its tokenizer beside the adapter).
-  for (const std::string& from : {base, o.adapter_dir})
-    for (const auto& f : fs::directory_iterator(from))
-      if (f.is_regular_file() && is_side_file(f.path()))
-        fs::copy_file(f.path(), fs::path(out_dir) / f.path().filename(), fs::copy_options::overwrite_existing);
+  for (const std::string& from : {base, o.adapter_dir}) copy_side_files(from, out_dir);
   return out_dir;
 }
 

@@ -229,52 +229,64 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
   return v;
 }
 
-void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
+// Decoder layer i on the residual stream x (whose pending MLP output from layer i - 1 is still in
+// the workspace's tmp when `add_pending`); leaves this layer's MLP output in tmp, not yet added.
+// A tap that returns false stops the layer before that linear layer; returns whether it ran to the end.
+bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor& x, bool add_pending,
+                             const LinearTap* tap) {
   const ModelConfig& c = config_;
   Workspace& w = *ws_;
-  const int64_t T = sv.T, R = sv.R;
+  const int64_t T = sv.T;
   const AttentionBatch& ab = sv.ab;
-  Tensor x = rows_of(w.x, T), h = rows_of(w.h, T), tmp = rows_of(w.tmp, T);
+  Tensor h = rows_of(w.h, T), tmp = rows_of(w.tmp, T);
   Tensor qkv = rows_of(w.qkv, T), attn = rows_of(w.attn, T);
   Tensor gate_up = rows_of(w.gate_up, T), act = rows_of(w.act, T);
   Tensor q = qkv.cols_view(0, c.q_size());
   Tensor k = qkv.cols_view(c.q_size(), c.kv_size());
   Tensor v = qkv.cols_view(c.q_size() + c.kv_size(), c.kv_size());
   Tensor qk = qkv.cols_view(0, c.q_size() + c.kv_size());
-  Tensor cos = sv.cos, sin = sv.sin;
-
-  backend_.embedding(sv.tokens, weights_.embed, x, weights_.shard.vocab0, c.vocab_size);
-  if (group_) group_->all_reduce(x);  // each rank has its vocabulary's rows, zeros elsewhere
-  for (int i = 0; i < c.num_layers; ++i) {
-    const LayerWeights& L = weights_.layers[size_t(i)];
-    if (i == 0) backend_.rms_norm(x, L.attn_norm, c.rms_norm_eps, h);
-    else backend_.add_rms_norm(x, tmp, L.attn_norm, c.rms_norm_eps, h);  // x += previous MLP out
-    const LoraLayer* lo = sv.lora_slots.empty() ? nullptr : &lora_->layer(i);
-    backend_.linear(h, L.qkv, qkv);
-    if (lo) backend_.lora(h, sv.lora_slots, lo->qkv, qkv);
-    if (c.qk_norm) {
-      backend_.rms_norm(q, L.q_norm, c.rms_norm_eps, q);
-      backend_.rms_norm(k, L.k_norm, c.rms_norm_eps, k);
-    }
-    if (sv.q_cos.empty()) {
-      backend_.rope(qk, cos, sin, c.head_dim);  // q's heads and k's, side by side in qkv: one launch
-    } else {  // logn attention scales q through its own tables
-      backend_.rope(q, sv.q_cos, sv.q_sin, c.head_dim);
-      backend_.rope(k, cos, sin, c.head_dim);
-    }
-    backend_.store_kv(k, v, ab.slot_mapping, cache.layers[size_t(i)]);
-    backend_.attention(q, cache.layers[size_t(i)], ab, attn);
-    backend_.linear(attn, L.o, tmp);
-    if (lo) backend_.lora(attn, sv.lora_slots, lo->o, tmp);
-    if (group_) group_->all_reduce(tmp);  // row-parallel: the sum of the ranks' heads
-    backend_.add_rms_norm(x, tmp, L.mlp_norm, c.rms_norm_eps, h);
-    backend_.linear(h, L.gate_up, gate_up);
-    if (lo) backend_.lora(h, sv.lora_slots, lo->gate_up, gate_up);
-    backend_.silu_mul(gate_up, act);
-    backend_.linear(act, L.down, tmp);
-    if (lo) backend_.lora(act, sv.lora_slots, lo->down, tmp);
-    if (group_) group_->all_reduce(tmp);
+  const LayerWeights& L = weights_.layers[size_t(i)];
+  if (!add_pending) backend_.rms_norm(x, L.attn_norm, c.rms_norm_eps, h);
+  else backend_.add_rms_norm(x, tmp, L.attn_norm, c.rms_norm_eps, h);  // x += previous MLP out
+  const LoraLayer* lo = sv.lora_slots.empty() ? nullptr : &lora_->layer(i);
+  if (tap && !(*tap)(LinearSlot::kQkv, h)) return false;
+  backend_.linear(h, L.qkv, qkv);
+  if (lo) backend_.lora(h, sv.lora_slots, lo->qkv, qkv);
+  if (c.qk_norm) {
+    backend_.rms_norm(q, L.q_norm, c.rms_norm_eps, q);
+    backend_.rms_norm(k, L.k_norm, c.rms_norm_eps, k);
   }
+  if (sv.q_cos.empty()) {
+    backend_.rope(qk, sv.cos, sv.sin, c.head_dim);  // q's heads and k's, side by side in qkv: one launch
+  } else {  // logn attention scales q through its own tables
+    backend_.rope(q, sv.q_cos, sv.q_sin, c.head_dim);
+    backend_.rope(k, sv.cos, sv.sin, c.head_dim);
+  }
+  backend_.store_kv(k, v, ab.slot_mapping, cache.layers[size_t(i)]);
+  backend_.attention(q, cache.layers[size_t(i)], ab, attn);
+  if (tap && !(*tap)(LinearSlot::kO, attn)) return false;
+  backend_.linear(attn, L.o, tmp);
+  if (lo) backend_.lora(attn, sv.lora_slots, lo->o, tmp);
+  if (group_) group_->all_reduce(tmp);  // row-parallel: the sum of the ranks' heads
+  backend_.add_rms_norm(x, tmp, L.mlp_norm, c.rms_norm_eps, h);
+  if (tap && !(*tap)(LinearSlot::kGateUp, h)) return false;
+  backend_.linear(h, L.gate_up, gate_up);
+  if (lo) backend_.lora(h, sv.lora_slots, lo->gate_up, gate_up);
+  backend_.silu_mul(gate_up, act);
+  if (tap && !(*tap)(LinearSlot::kDown, act)) return false;
+  backend_.linear(act, L.down, tmp);
+  if (lo) backend_.lora(act, sv.lora_slots, lo->down, tmp);
+  if (group_) group_->all_reduce(tmp);
+  return true;
+}
+
+void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
+  const ModelConfig& c = config_;
+  Workspace& w = *ws_;
+  const int64_t T = sv.T, R = sv.R;
+  Tensor x = rows_of(w.x, T), tmp = rows_of(w.tmp, T);
+  embed_tokens(sv.tokens, x);
+  for (int i = 0; i < c.num_layers; ++i) run_layer(i, sv, cache, x, i > 0, nullptr);
   backend_.add(x, tmp);
   if (R == 0) return;
   Tensor fh = rows_of(w.final_h, R), lg = rows_of(w.logits, R);
@@ -285,6 +297,40 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
     Tensor all = rows_of(w.gathered, R);
     group_->all_gather_cols(lg, all);
   }
+}
+
+void DecoderModel::embed(const StepBatch& in, Tensor& hidden) {
+  const int64_t T = int64_t(in.tokens.size());
+  APUS_CHECK(hidden.rows() == T && hidden.cols() == config_.hidden_size, "embed: hidden must be [{}, {}]", T,
+             config_.hidden_size);
+  Workspace& w = workspace(T, 0);
+  KvCache none;
+  none.block_size = 1;
+  const StepViews sv = upload_meta(in, T, 0, in.max_blocks, 0, none, w.meta_device);
+  embed_tokens(sv.tokens, hidden);
+}
+
+void DecoderModel::embed_tokens(const Tensor& tokens, Tensor& x) {
+  backend_.embedding(tokens, weights_.embed, x, weights_.shard.vocab0, config_.vocab_size);
+  if (group_) group_->all_reduce(x);  // each rank has its vocabulary's rows, zeros elsewhere
+}
+
+void DecoderModel::forward_layer(const StepBatch& in, KvCache& cache, int layer, Tensor& hidden,
+                                 const LinearTap& tap) {
+  const int64_t T = int64_t(in.tokens.size());
+  APUS_CHECK(layer >= 0 && layer < config_.num_layers && hidden.rows() == T && hidden.cols() == config_.hidden_size,
+             "forward_layer: layer {} of {}, hidden must be [{}, {}]", layer, config_.num_layers, T,
+             config_.hidden_size);
+  Workspace& w = workspace(T, 0);
+  const StepViews sv = upload_meta(in, T, 0, in.max_blocks, 0, cache, w.meta_device);
+  if (!run_layer(layer, sv, cache, hidden, false, tap ? &tap : nullptr)) return;
+  Tensor tmp = rows_of(w.tmp, T);
+  backend_.add(hidden, tmp);
+}
+
+LayerWeights& DecoderModel::layer_weights(int layer) {
+  if (ws_) drop_graphs();  // recorded graphs hold the old matrices
+  return weights_.layers.at(size_t(layer));
 }
 
 namespace {

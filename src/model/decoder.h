@@ -73,6 +73,20 @@ class DecoderModel {
   bool use_graphs() const { return use_graphs_; }
   static constexpr int kMaxGraphBatch = 256;
 
+  // The model one layer at a time, for calibration (apus export --quant_bits, src/quant/calibrate.h).
+  enum class LinearSlot { kQkv, kO, kGateUp, kDown };
+  // Sees a linear layer's input [T, in] (on the backend's device) just before the layer runs;
+  // returning false stops the decoder layer there (`hidden` is then left half-updated).
+  using LinearTap = std::function<bool(LinearSlot, const Tensor& input)>;
+  // hidden [T, hidden_size] (activation dtype, on the device) = the embeddings of batch.tokens.
+  void embed(const StepBatch& batch, Tensor& hidden);
+  // Runs decoder layer `layer` alone on the residual stream `hidden` entering it, in place (the
+  // stream leaving it), writing the layer's K/V into `cache`; `tap` (may be empty) sees each
+  // linear layer's input. batch.logit_rows is ignored.
+  void forward_layer(const StepBatch& batch, KvCache& cache, int layer, Tensor& hidden, const LinearTap& tap);
+  // A layer's weights, to replace matrices between forward_layer calls (drops recorded graphs).
+  LayerWeights& layer_weights(int layer);
+
  private:
   struct Workspace;
   struct Graph;
@@ -84,7 +98,9 @@ class DecoderModel {
   StepViews upload_meta(const StepBatch& in, int64_t pad_tokens, int64_t pad_rows, int max_blocks, int max_ctx_len,
                         const KvCache& cache, Tensor& staging);
   Tensor forward_step(const StepBatch& in, KvCache& cache);
+  void embed_tokens(const Tensor& tokens, Tensor& x);  // the (vocab-parallel) embedding of tokens into x
   void run_layers(const StepViews& v, KvCache& cache);
+  bool run_layer(int i, const StepViews& v, KvCache& cache, Tensor& x, bool add_pending, const LinearTap* tap);
   // Logit rows of adapters that replace lm_head (modules_to_save), recomputed with theirs.
   void lora_lm_heads(const StepBatch& in);
   void forward_graph(const StepBatch& in, KvCache& cache, int bucket, int width);

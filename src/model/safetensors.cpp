@@ -438,4 +438,15 @@ void write_checkpoint(const std::string& dir, const std::vector<TensorToWrite>& 
   fs::remove(root / kSingleFile, ec);
 }
 
+void copy_side_files(const std::string& from, const std::string& to) {
+  namespace fs = std::filesystem;
+  for (const auto& f : fs::directory_iterator(from)) {
+    if (!f.is_regular_file()) continue;
+    const std::string name = f.path().filename().string(), ext = f.path().extension().string();
+    if (name == "adapter_config.json" || name == "model.safetensors.index.json" || name == "README.md") continue;
+    if (ext == ".json" || ext == ".txt" || ext == ".model" || ext == ".jinja" || ext == ".tiktoken" || ext == ".py")
+      fs::copy_file(f.path(), fs::path(to) / name, fs::copy_options::overwrite_existing);
+  }
+}
+
 }  // namespace apus

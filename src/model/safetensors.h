@@ -96,4 +96,9 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
 void write_checkpoint(const std::string& dir, const std::vector<TensorToWrite>& tensors,
                       size_t max_shard_bytes);
 
+// Copies the files of model directory `from` that are not weights (config.json, generation config,
+// tokenizer files, chat templates, remote code; not adapter_config.json, the safetensors index or
+// README.md) into `to`, replacing files of the same name. For converters that write a checkpoint.
+void copy_side_files(const std::string& from, const std::string& to);
+
 }  // namespace apus
