@@ -208,15 +208,22 @@ TEST_P(GoldenQuant, MatchesDequantizedTransformers) {
   if (!test::device_available()) GTEST_SKIP() << "no CUDA GPU";
   const std::string quant_dir = std::string(APUS_SOURCE_DIR) + "/tests/golden/quant/";
   const auto fx = test::read_json(quant_dir + GetParam() + ".json");
-  auto backend = test::make_test_backend(2);
   LoadOptions opts;
   opts.model_dir = quant_dir + GetParam();
-  auto model = load_model(opts, *backend);
-  ASSERT_TRUE(model->config().quant.has_value());
-  EXPECT_EQ(model->config().quant->describe(), parse_quant_config(fx["config"], "fixture")->describe());
-  Tolerance tol = tolerance_for(backend->activation_dtype());
-  if (backend->activation_dtype() != DType::F32) tol = {2 * tol.logprob, 2 * tol.prob, 2 * tol.top, 2 * tol.margin};
-  check_against_reference(*model, *backend, fx, GetParam(), tol);
+  // Whole, and split over 2 tensor-parallel ranks (act-order checkpoints are not split: weights.cpp).
+  for (int tp : {1, 2}) {
+    if (tp > 1 && (GetParam().find("actorder") != std::string::npos || (test::on_gpu() && gpu_count() < tp))) continue;
+    ParallelOptions par;
+    par.tensor_parallel_size = tp;
+    ModelGroup group(opts, APUS_TEST_DEVICE, 2, par);
+    DecoderModel& model = group.model();
+    ASSERT_TRUE(model.config().quant.has_value());
+    EXPECT_EQ(model.config().quant->describe(), parse_quant_config(fx["config"], "fixture")->describe());
+    Backend& backend = group.backend();
+    Tolerance tol = tolerance_for(backend.activation_dtype());
+    if (backend.activation_dtype() != DType::F32) tol = {2 * tol.logprob, 2 * tol.prob, 2 * tol.top, 2 * tol.margin};
+    check_against_reference(model, backend, fx, GetParam() + (tp > 1 ? " (tensor parallel 2)" : ""), tol);
+  }
 }
 
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GoldenQuant);

@@ -150,8 +150,9 @@ class Loader {
     rows = rows.or_all(out), cols = cols.or_all(in);
     LinearPart p;
     if (quantized(prefix)) {
-      // Tensor parallelism with quantized layers is refused in load_weights: only whole layers here.
-      p.quant = quant_weight(prefix, out, in, bytes);
+      size_t whole = 0;
+      p.quant = quant_part(quant_weight(prefix, out, in, &whole), rows, cols, prefix);
+      *bytes += p.quant.nbytes();
     } else {
       p.weight = upload_matrix(fetch_block(prefix + ".weight", {out, in}, rows, cols), bytes);
     }
@@ -173,6 +174,28 @@ class Loader {
     if (!awq && source_.has(prefix + ".g_idx")) t.g_idx = raw(prefix + ".g_idx", {in});
     QuantWeight w = load_quant_weight(t, q, out, in, prefix, source_.where(prefix + ".qweight"));
     *bytes += w.nbytes();
+    return w;
+  }
+  // A rank's rows and input columns of a quantized matrix. Rows are views; columns must follow the
+  // groups (or all be in the one group of group_size -1) and the stored column order.
+  static QuantWeight quant_part(QuantWeight w, Range rows, Range cols, const std::string& prefix) {
+    for (Tensor* t : {&w.qweight, &w.scales, &w.zeros}) *t = t->rows_view(rows.begin, rows.n);
+    const int64_t in = w.in();
+    if (cols.n == in) return w;
+    APUS_CHECK(w.perm.empty(),
+               "{}: an act-order (desc_act) checkpoint cannot be split by input columns for tensor parallelism yet",
+               prefix);
+    APUS_CHECK((cols.begin * w.bits) % 8 == 0, "{}: input columns {} do not start on a byte", prefix, cols.begin);
+    w.qweight = contiguous(w.qweight.cols_view(cols.begin * w.bits / 8, cols.n * w.bits / 8));
+    if (w.group_size == in) {  // one group per row: every column keeps its row's scale and zero
+      w.group_size = cols.n;
+    } else {
+      APUS_CHECK(cols.begin % w.group_size == 0 && cols.n % w.group_size == 0,
+                 "{}: tensor parallelism gives a rank input columns [{}, {}), not whole groups of {}", prefix,
+                 cols.begin, cols.begin + cols.n, w.group_size);
+      w.scales = contiguous(w.scales.cols_view(cols.begin / w.group_size, cols.n / w.group_size));
+      w.zeros = contiguous(w.zeros.cols_view(cols.begin / w.group_size, cols.n / w.group_size));
+    }
     return w;
   }
   // A tensor of a quantized layer, as stored (unpack_quant checks its shape and dtype).
@@ -485,8 +508,6 @@ ModelWeights load_weights(const ModelConfig& c, WeightSource& source, Backend& b
 }
 
 ModelWeights load_weights(const ModelConfig& c, WeightSource& source, Backend& backend, const Shard& shard) {
-  APUS_CHECK(!c.quant || shard.whole(), "tensor parallelism with a quantized checkpoint ({}) is not supported yet",
-             c.quant->describe());
   Loader ld(source, backend, c.quant);
   ModelWeights w;
   w.shard = shard;
