@@ -2,10 +2,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <array>
+
 #include "core/error.h"
 #include "model/arch/arch.h"
 #include "model/load.h"
 #include "model/presets.h"
+#include "model/shard.h"
 #include "test_util.h"
 
 namespace apus {
@@ -288,6 +291,48 @@ TEST(ModelLoad, DummyWeightsAreDeterministic) {
   Tensor c = random_weight("x.weight", {8, 16}, DType::BF16, 4);
   EXPECT_EQ(std::memcmp(a.data, b.data, a.nbytes()), 0);
   EXPECT_NE(std::memcmp(a.data, c.data, a.nbytes()), 0);
+}
+
+// A tensor-parallel rank's dummy block is exactly that block of the whole tensor (sharded models
+// get the whole model's weights), with many threads as with one.
+TEST(ModelLoad, DummyBlocksAreBlocksOfTheWholeTensor) {
+  const std::vector<int64_t> shape{96, 2048};
+  const Tensor whole = random_weight("model.layers.0.mlp.down_proj.weight", shape, DType::F32, 7);
+  for (auto [r0, nr, c0, nc] : std::vector<std::array<int64_t, 4>>{{0, 96, 1024, 1024}, {48, 48, 0, 2048}, {5, 7, 3, 1500}}) {
+    const Tensor block =
+        random_weight_block("model.layers.0.mlp.down_proj.weight", shape, r0, nr, c0, nc, DType::F32, 7, 3);
+    ASSERT_EQ(block.shape, (std::vector<int64_t>{nr, nc}));
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t c = 0; c < nc; ++c)
+        ASSERT_EQ(block.ptr<float>()[r * nc + c], whole.ptr<float>()[(r0 + r) * shape[1] + c0 + c]) << r << "," << c;
+  }
+  EXPECT_THROW(random_weight_block("x.weight", shape, 90, 10, 0, 4, DType::F32, 7), Error);
+}
+
+// Which heads, KV heads, intermediate columns and vocabulary rows each rank holds.
+TEST(ModelLoad, ShardsSplitHeadsAndReplicateFewKvHeads) {
+  ModelConfig c = parse_model_config(config_preset("qwen2.5-7b"), "preset");  // 28 heads, 4 KV heads
+  const Shard two = Shard::of(c, 1, 2);
+  EXPECT_EQ(two.heads, 14);
+  EXPECT_EQ(two.head0, 14);
+  EXPECT_EQ(two.kv_heads, 2);
+  EXPECT_EQ(two.kv_head0, 2);
+  EXPECT_EQ(two.inter, c.intermediate_size / 2);
+  EXPECT_EQ(two.local(c).num_kv_heads, 2);
+  EXPECT_EQ(two.local(c).vocab_size, c.vocab_size);  // logits are gathered whole
+  c.num_kv_heads = 2;  // fewer KV heads than 4 ranks: each rank keeps the one its queries read
+  for (int r = 0; r < 4; ++r) {
+    const Shard s = Shard::of(c, r, 4);
+    EXPECT_EQ(s.kv_heads, 1);
+    EXPECT_EQ(s.kv_head0, s.head0 / 14) << r;  // 28 heads / 2 KV heads: groups of 14
+  }
+  c.vocab_size = 10;  // the last rank's share is short: padded rows
+  const Shard last = Shard::of(c, 3, 4);
+  EXPECT_EQ(last.vocab_padded, 3);
+  EXPECT_EQ(last.vocab0, 9);
+  EXPECT_EQ(last.vocab, 1);
+  c.num_heads = 30;
+  EXPECT_THROW(Shard::of(c, 0, 4), Error);
 }
 
 }  // namespace
