@@ -10,26 +10,10 @@
 #include "backend/cpu/qgemm.h"
 #include "core/thread_pool.h"
 #include "quant/gptq_format.h"
+#include "quant_test_util.h"
 
 namespace apus {
 namespace {
-
-QuantMatrix random_matrix(int64_t out, int64_t in, int bits, int64_t group, bool shuffle, std::mt19937& rng) {
-  QuantMatrix m;
-  m.out = out, m.in = in, m.bits = bits, m.group_size = group;
-  std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
-  m.q.resize(size_t(out * in));
-  for (auto& v : m.q) v = uint8_t(code(rng));
-  m.zeros.resize(size_t(out * m.groups()));
-  for (auto& v : m.zeros) v = uint8_t(code(rng));
-  m.scales.resize(m.zeros.size());
-  std::uniform_real_distribution<float> s(0.001f, 0.05f);
-  for (auto& v : m.scales) v = f16_to_f32(f32_to_f16(s(rng)));
-  m.g_idx.resize(size_t(in));
-  for (int64_t i = 0; i < in; ++i) m.g_idx[size_t(i)] = int32_t(i / group);
-  if (shuffle) std::shuffle(m.g_idx.begin(), m.g_idx.end(), rng);
-  return m;
-}
 
 TEST(Qgemm, MatchesReferenceOnEveryKernelSet) {
   std::mt19937 rng(11);
@@ -44,7 +28,7 @@ TEST(Qgemm, MatchesReferenceOnEveryKernelSet) {
                         {8, 16, 64, 32, true},  {8, 40, 256, 128, false}, {4, 264, 128, 128, true}};
   for (const detail::QGemvKernels* kr : detail::qgemv_supported()) {
     for (const Case& c : cases) {
-      const QuantMatrix qm = random_matrix(c.n, c.k, c.bits, c.group, c.shuffle, rng);
+      const QuantMatrix qm = test::random_quant_matrix(c.n, c.k, c.bits, c.group, c.shuffle, rng);
       const QuantWeight w = make_quant_weight(qm, "w");
       std::vector<float> bias(size_t(c.n));
       for (float& b : bias) b = dist(rng);

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "quant/gptq_format.h"
 #include "quant/quant_config.h"
+#include "quant_test_util.h"
 
 namespace apus {
 namespace {
@@ -164,22 +165,10 @@ TEST(GptqFormat, NamesTheTensorAtFault) {
   }
 }
 
+// With one zero point of 0 (GPTQ v1 stores it as 2^bits - 1, wrapping).
 QuantMatrix random_matrix(int64_t out, int64_t in, int bits, int64_t group, bool shuffle, std::mt19937& rng) {
-  QuantMatrix m;
-  m.out = out, m.in = in, m.bits = bits, m.group_size = group;
-  const int top = (1 << bits) - 1;
-  std::uniform_int_distribution<int> code(0, top);
-  m.q.resize(size_t(out * in));
-  for (auto& v : m.q) v = uint8_t(code(rng));
-  m.zeros.resize(size_t(out * m.groups()));
-  for (auto& v : m.zeros) v = uint8_t(code(rng));
-  m.zeros[0] = 0;  // v1 stores it as 2^bits - 1
-  m.scales.resize(m.zeros.size());
-  std::uniform_real_distribution<float> s(0.001f, 0.05f);
-  for (auto& v : m.scales) v = f16_to_f32(f32_to_f16(s(rng)));
-  m.g_idx.resize(size_t(in));
-  for (int64_t i = 0; i < in; ++i) m.g_idx[size_t(i)] = int32_t(i / group);
-  if (shuffle) std::shuffle(m.g_idx.begin(), m.g_idx.end(), rng);
+  QuantMatrix m = test::random_quant_matrix(out, in, bits, group, shuffle, rng);
+  m.zeros[0] = 0;
   return m;
 }
 

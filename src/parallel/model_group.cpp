@@ -172,9 +172,7 @@ ModelGroup::ModelGroup(const LoadOptions& load, const std::string& device, int t
       } else {
 #ifdef APUS_HAVE_CUDA
         r.backend = make_cuda_backend(r.local);
-        NcclId nid;
-        std::copy(id.begin(), id.end(), nid.begin());
-        inner = make_nccl_collectives(*r.backend, nid, r.global, world_, r.global == 0 ? tp_timeout_s() : 0.0);
+        inner = make_nccl_collectives(*r.backend, id, r.global, world_, r.global == 0 ? tp_timeout_s() : 0.0);
 #endif
       }
       {

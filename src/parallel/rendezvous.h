@@ -15,7 +15,7 @@ namespace apus {
 
 class Rendezvous {
  public:
-  using Id = std::array<char, 128>;
+  using Id = std::array<char, 128>;  // the NCCL unique id (NcclId)
   // Node 0 sends `*id` to nnodes - 1 peers; another node connects (retrying for `timeout_s`) and
   // receives it into `*id`.
   Rendezvous(const std::string& master_addr, int master_port, int nnodes, int node_rank, Id* id, double timeout_s);
