@@ -62,10 +62,10 @@ void add_export(CLI::App& root) {
                   "base_model_name_or_path)");
   cmd->add_option(opt("merge-lora"), a->merge_lora, "true: write the base model with the adapter merged in");
   cmd->add_option(opt("output-dir"), a->merge.output_dir,
-                  "where to write (default: <ckpt_dir>-merged, or <model>-gptq-int<bits>)");
+                  "where to write (default: <ckpt_dir>-merged, or <model>-<gptq|awq>-int<bits>)");
   cmd->add_option(opt("max-shard-size-gib"), a->max_shard_gib, "largest safetensors shard (default 5 GiB)");
-  cmd->add_option(opt("quant-bits"), a->quant_bits, "4 or 8: write a GPTQ checkpoint (checkpoint_format gptq)");
-  cmd->add_option(opt("quant-method"), a->quant.method, "gptq (default) or rtn (round to nearest, no calibration)");
+  cmd->add_option(opt("quant-bits"), a->quant_bits, "4 or 8: write a GPTQ checkpoint (checkpoint_format gptq), or with --quant_method awq an AWQ one (4)");
+  cmd->add_option(opt("quant-method"), a->quant.method, "gptq (default), awq (AutoAWQ GEMM layout, 4 bits) or rtn (round to nearest, no calibration)");
   cmd->add_option(opt("group-size"), a->quant.grid.group_size, "inputs per scale/zero: -1 or a multiple of 32 (default 128)");
   cmd->add_option(opt("sym"), a->quant.grid.sym, "symmetric grid (zero fixed at 8 for 4 bits; default false)");
   cmd->add_option(opt("desc-act"), a->quant.grid.desc_act, "GPTQ act-order: columns by decreasing activation energy, "

@@ -207,6 +207,12 @@ void Hessian::add(const Tensor& x, ThreadPool& pool) {
   }
 }
 
+void fake_quantize_group(const float* x, int64_t n, const QuantGrid& grid, float* out) {
+  const GroupParams p = group_params(x, n, grid);
+  const int maxq = max_level(grid);
+  for (int64_t i = 0; i < n; ++i) out[i] = p.scale * float(quantize_value(x[i], p, maxq) - p.zero);
+}
+
 QuantMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const QuantGrid& grid) {
   const int64_t gs = resolve_group(grid, cols);
   QuantMatrix m = empty_result(rows, cols, gs, grid);

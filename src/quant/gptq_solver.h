@@ -40,6 +40,9 @@ class Hessian {
   std::vector<float> h_;
 };
 
+// The n values of one group of one row rounded to the grid and back (RTN's values for that group).
+void fake_quantize_group(const float* x, int64_t n, const QuantGrid& grid, float* out);
+
 // W: row-major float [rows, cols]. Every column count must be a multiple of the group size.
 QuantMatrix quantize_rtn(const float* w, int64_t rows, int64_t cols, const QuantGrid& grid);
 QuantMatrix quantize_gptq(const float* w, int64_t rows, int64_t cols, const Hessian& h, const QuantGrid& grid,

@@ -18,6 +18,7 @@
 #include "model/config.h"
 #include "model/load.h"
 #include "model/safetensors.h"
+#include "quant/awq.h"
 #include "quant/calibration.h"
 #include "quant/gptq_format.h"
 #include "quant/quant_config.h"
@@ -34,12 +35,13 @@ namespace {
 // names under model.layers.N. (parts of one fused Linear share their input, hence one Hessian).
 struct Module {
   Slot slot;
+  const char* name;
   std::vector<const char*> parts;
 };
-const Module kModules[] = {{Slot::kQkv, {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}},
-                           {Slot::kO, {"self_attn.o_proj"}},
-                           {Slot::kGateUp, {"mlp.gate_proj", "mlp.up_proj"}},
-                           {Slot::kDown, {"mlp.down_proj"}}};
+const Module kModules[] = {{Slot::kQkv, "self_attn.q/k/v", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}},
+                           {Slot::kO, "self_attn.o_proj", {"self_attn.o_proj"}},
+                           {Slot::kGateUp, "mlp.gate/up", {"mlp.gate_proj", "mlp.up_proj"}},
+                           {Slot::kDown, "mlp.down_proj", {"mlp.down_proj"}}};
 
 Linear& linear_of(LayerWeights& l, Slot s) {
   switch (s) {
@@ -123,22 +125,116 @@ void check_model(const ModelConfig& c, const QuantGrid& grid, const std::string&
   }
 }
 
+
+// AWQ on decoder layer i (AutoAWQ's order): the inputs of its four groups from one pass of the
+// layer as it is; the scales of every group searched on them and applied (the norm before q/k/v
+// and before gate/up, v_proj's rows before o_proj when there is one v row per o column (no GQA),
+// up_proj's rows before down_proj, each divided by the scales its consumers' columns are
+// multiplied by); clipping searched for every matrix but q and k; then RTN. The layer's matrices
+// are replaced by their dequantized values and the changed norms and biases kept in `changed` (by
+// checkpoint name) for the output. Differences from AutoAWQ, on purpose: the losses are those of
+// the linear layers' own outputs (AutoAWQ measures q/k/v's on the attention block's output and
+// gate/up's on the MLP's), and every search runs on one sample of at most kAwqRows tokens (AutoAWQ:
+// all tokens for the scales, 512 for clipping).
+constexpr int64_t kAwqRows = 512;
+
+void awq_layer(DecoderModel& model, int i, std::vector<Chunk>& chunks, KvCache& cache, int64_t stride,
+               const QuantGrid& grid, const QuantConfig& qc, Backend& backend, ThreadPool& pool, Packed& packed,
+               std::map<std::string, Tensor>& changed, QuantizeResult& res, std::ostream& log) {
+  const ModelConfig& c = model.config();
+  LayerWeights& L = model.layer_weights(i);
+  std::map<Slot, ActivationSample> xs;
+  for (const Module& m : kModules) {
+    const int64_t in = linear_of(L, m.slot).in_features;
+    xs.emplace(m.slot, ActivationSample(in, stride, kAwqRows));
+  }
+  const DecoderModel::LinearTap tap = [&](Slot s, const Tensor& x) {
+    xs.at(s).add(x);
+    return true;
+  };
+  for (Chunk& ch : chunks) {
+    Tensor x = backend.alloc(DType::F32, ch.hidden.shape);
+    std::memcpy(x.data, ch.hidden.data, ch.hidden.nbytes());
+    model.forward_layer(ch.batch, cache, i, x, tap);
+  }
+  // The float weights of every part, and each part's RTN error before anything changes.
+  LayerFloats w;
+  std::vector<LinearError> errs;
+  for (const Module& m : kModules) {
+    const Linear& lin = linear_of(L, m.slot);
+    for (size_t p = 0; p < m.parts.size(); ++p) {
+      const LinearPart& part = lin.parts[p];
+      const int64_t out = part.weight.rows(), in = part.weight.cols();
+      w[m.slot].push_back(to_float(part.weight));
+      const std::vector<float> rtn = quantize_rtn(w[m.slot].back().data(), out, in, grid).dequantize();
+      errs.push_back({i, m.parts[p], out, in, -1.0, sample_error(w[m.slot].back().data(), rtn.data(), out, xs.at(m.slot), pool)});
+    }
+  }
+  auto refs = [&](Slot s) {
+    std::vector<MatrixRef> r;
+    for (const auto& v : w[s]) r.push_back({v.data(), int64_t(v.size()) / xs.at(s).cols()});
+    return r;
+  };
+  const std::string pre = fmt::format("model.layers.{}.", i);
+  const bool o_scaled = c.q_size() == c.kv_size();  // v's row r feeds o's column r only without GQA
+  for (const Module& m : kModules) {
+    if (m.slot == Slot::kO && !o_scaled) continue;
+    const AwqScales s = awq_search_scales(refs(m.slot), xs.at(m.slot), grid, pool);
+    log << fmt::format("layer {:3d} {:18s} scales {}: output mean squared error {:.4g} (rtn {:.4g})\n", i, m.name,
+                       s.ratio < 0 ? std::string("none (no alpha beats s = 1)") : fmt::format("alpha {:.2f}", s.ratio),
+                       s.loss, s.loss_rtn);
+    if (s.ratio < 0) continue;
+    xs.at(m.slot).divide_columns(s.s);
+    if (!fold_awq_scales(L, m.slot, s.s, w)) continue;
+    switch (m.slot) {  // the tensor that took the scales, for the checkpoint
+      case Slot::kQkv: changed[pre + "input_layernorm.weight"] = L.attn_norm; break;
+      case Slot::kGateUp: changed[pre + "post_attention_layernorm.weight"] = L.mlp_norm; break;
+      case Slot::kO: changed[pre + "self_attn.v_proj.bias"] = L.qkv.parts[2].bias; break;
+      case Slot::kDown: changed[pre + "mlp.up_proj.bias"] = L.gate_up.parts[1].bias; break;
+    }
+  }
+  size_t e = 0;
+  for (const Module& m : kModules) {
+    Linear& lin = linear_of(L, m.slot);
+    for (size_t p = 0; p < m.parts.size(); ++p, ++e) {
+      LinearPart& part = lin.parts[p];
+      const int64_t out = part.weight.rows(), in = part.weight.cols();
+      const std::vector<float>& v = w[m.slot][p];
+      std::vector<float> clipped = v;
+      if (m.slot != Slot::kQkv || p == 2) awq_clip(clipped.data(), out, in, xs.at(m.slot), grid, pool);
+      const QuantMatrix q = quantize_rtn(clipped.data(), out, in, grid);
+      const std::vector<float> d = q.dequantize();
+      errs[e].quantized = sample_error(v.data(), d.data(), out, xs.at(m.slot), pool);
+      log << fmt::format("layer {:3d} {:18s} [{:5d}, {:5d}]  awq {:.5f}  rtn {:.5f}\n", i, m.parts[p], out, in,
+                         errs[e].quantized, errs[e].rtn);
+      part.weight = float_tensor(d, out, in);
+      packed[pre + m.parts[p]] = pack_quant(q, qc);
+    }
+    lin = backend.prepare_linear(std::move(lin));
+  }
+  res.errors.insert(res.errors.end(), errs.begin(), errs.end());
+}
+
 }  // namespace
 
 QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  APUS_CHECK(o.method == "gptq" || o.method == "rtn",
-             "--quant_method {} is not supported (supported: gptq, rtn; AWQ export is not implemented)", o.method);
+  APUS_CHECK(o.method == "gptq" || o.method == "awq" || o.method == "rtn",
+             "--quant_method {} is not supported (supported: gptq, awq, rtn)", o.method);
   APUS_CHECK(o.grid.bits == 4 || o.grid.bits == 8, "--quant_bits {} is not supported (supported: 4, 8)", o.grid.bits);
-  APUS_CHECK(!(o.method == "rtn" && o.grid.desc_act), "--desc_act needs --quant_method gptq (it orders columns by H)");
+  APUS_CHECK(!(o.method != "gptq" && o.grid.desc_act), "--desc_act needs --quant_method gptq (it orders columns by H)");
+  const bool awq = o.method == "awq";
+  APUS_CHECK(!awq || (o.grid.bits == 4 && !o.grid.sym),
+             "--quant_method awq writes AutoAWQ's GEMM layout: 4 bits with zero points (not --quant_bits {}{})",
+             o.grid.bits, o.grid.sym ? ", --sym true" : "");
   QuantConfig qc;
-  qc.method = QuantMethod::kGptq;
+  qc.method = awq ? QuantMethod::kAwq : QuantMethod::kGptq;
   qc.bits = o.grid.bits;
   qc.group_size = o.grid.group_size;
   qc.sym = o.grid.sym;
   qc.desc_act = o.grid.desc_act;
-  qc.zeros_minus_one = true;
+  qc.zeros_minus_one = !awq;
   nlohmann::json qjson = quant_config_json(qc);
   parse_quant_config({{"quantization_config", qjson}}, "--group_size/--quant_bits");  // the loader's rules
   const ModelConfig config = load_model_config(o.model_dir);
@@ -147,7 +243,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
              config.quant ? config.quant->describe() : "");
   std::string out_dir = o.output_dir;
   if (out_dir.empty())
-    out_dir = fs::path(o.model_dir).lexically_normal().string() + fmt::format("-gptq-int{}", o.grid.bits);
+    out_dir = fs::path(o.model_dir).lexically_normal().string() + fmt::format("-{}-int{}", awq ? "awq" : "gptq", o.grid.bits);
   while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
   std::error_code ec;
   APUS_CHECK(!fs::equivalent(out_dir, o.model_dir, ec), "--output_dir {} is the input directory", out_dir);
@@ -163,10 +259,10 @@ QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
 
   QuantizeResult res;
   res.output_dir = out_dir;
-  const bool gptq = o.method == "gptq";
+  const bool gptq = o.method == "gptq", calibrate = gptq || awq;
   std::vector<Chunk> chunks;
   KvCache cache;
-  if (gptq) {
+  if (calibrate) {
     const std::unique_ptr<Tokenizer> tok = Tokenizer::load(o.model_dir);
     const std::vector<std::string> texts =
         o.dataset.empty() ? builtin_calibration_texts() : read_calibration_jsonl(o.dataset);
@@ -188,8 +284,12 @@ QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
   }
 
   Packed packed;
+  std::map<std::string, Tensor> changed;  // AWQ: norms and biases with scales folded in, by name
+  const int64_t awq_stride = (res.calibration_tokens + kAwqRows - 1) / kAwqRows;
   for (int i = 0; i < c.num_layers; ++i) {
+    if (awq) awq_layer(*model, i, chunks, cache, awq_stride, o.grid, qc, *backend, pool, packed, changed, res, log);
     for (const Module& m : kModules) {
+      if (awq) break;
       Linear& lin = linear_of(model->layer_weights(i), m.slot);
       Hessian h(lin.in_features);
       if (gptq) {
@@ -213,10 +313,10 @@ QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
         QuantMatrix q;
         if (gptq) {
           q = quantize_gptq(w.data(), out, in, h, o.grid, pool);
-          e.gptq = relative_error(w.data(), q, h, pool);
+          e.quantized = relative_error(w.data(), q, h, pool);
           e.rtn = relative_error(w.data(), rtn, h, pool);
           log << fmt::format("layer {:3d} {:18s} [{:5d}, {:5d}]  gptq {:.5f}  rtn {:.5f}\n", i, m.parts[p], out, in,
-                             e.gptq, e.rtn);
+                             e.quantized, e.rtn);
         } else {
           q = rtn;
         }
@@ -226,20 +326,21 @@ QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
       }
       lin = backend->prepare_linear(std::move(lin));
     }
-    if (gptq) {
+    if (calibrate) {
       for (Chunk& ch : chunks) model->forward_layer(ch.batch, cache, i, ch.hidden, {});
       log << fmt::format("layer {} of {} quantized ({:.1f} s)\n", i + 1, c.num_layers,
                          std::chrono::duration<double>(clock::now() - t0).count());
     }
   }
-  if (gptq) {
+  if (calibrate) {
     double g = 0.0, r = 0.0;
-    for (const LinearError& e : res.errors) g += e.gptq, r += e.rtn;
-    log << fmt::format("mean relative error ||WX - QX|| / ||WX|| over {} matrices: gptq {:.5f}, rtn {:.5f}\n",
-                       res.errors.size(), g / double(res.errors.size()), r / double(res.errors.size()));
+    for (const LinearError& e : res.errors) g += e.quantized, r += e.rtn;
+    log << fmt::format("mean relative error ||WX - QX|| / ||WX|| over {} matrices: {} {:.5f}, rtn {:.5f}\n",
+                       res.errors.size(), o.method, g / double(res.errors.size()), r / double(res.errors.size()));
   }
 
-  // The checkpoint: every tensor of the input, with each quantized W replaced by its GPTQ tensors.
+  // The checkpoint: every tensor of the input, with each quantized W replaced by its GPTQ / AWQ
+  // tensors and (AWQ) the norms and biases that took the scales, in their dtype.
   const Checkpoint ckpt = Checkpoint::open(o.model_dir);
   std::vector<TensorToWrite> tensors;
   for (const std::string& name : ckpt.names()) {
@@ -247,14 +348,18 @@ QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
     const std::string module = name.ends_with(".weight") ? name.substr(0, name.size() - 7) : "";
     auto it = packed.find(module);
     if (it == packed.end()) {
-      tensors.push_back({name, e.dtype, e.shape, e.data});
+      auto ch = changed.find(name);
+      if (ch != changed.end())
+        tensors.push_back({name, e.dtype, e.shape, nullptr, [t = ch->second, dt = e.dtype] { return convert_float(t, dt); }});
+      else
+        tensors.push_back({name, e.dtype, e.shape, e.data});
       continue;
     }
     const QuantTensors& t = it->second;
     for (const auto& [suffix, tensor] :
          {std::pair<const char*, const Tensor*>{".qweight", &t.qweight}, {".qzeros", &t.qzeros},
           {".scales", &t.scales}, {".g_idx", &t.g_idx}})
-      tensors.push_back({module + suffix, tensor->dtype, tensor->shape, tensor->data});
+      if (!tensor->empty()) tensors.push_back({module + suffix, tensor->dtype, tensor->shape, tensor->data});
   }
   fs::create_directories(out_dir, ec);
   APUS_CHECK(!ec, "{}: cannot create directory: {}", out_dir, ec.message());
@@ -266,10 +371,14 @@ QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
     cfg = nlohmann::ordered_json::parse(in);
   }
   nlohmann::ordered_json qj = nlohmann::ordered_json::parse(qjson.dump());
-  qj["damp_percent"] = o.grid.damp_percent;
-  qj["true_sequential"] = true;
-  qj["static_groups"] = false;
-  qj["meta"] = {{"quantizer", {gptq ? "apus:gptq" : "apus:rtn"}}};  // GPTQModel's place for the tool
+  if (awq) {
+    qj["modules_to_not_convert"] = nullptr;  // AutoAWQ writes it (lm_head and embeddings stay float anyway)
+  } else {
+    qj["damp_percent"] = o.grid.damp_percent;
+    qj["true_sequential"] = true;
+    qj["static_groups"] = false;
+    qj["meta"] = {{"quantizer", {gptq ? "apus:gptq" : "apus:rtn"}}};  // GPTQModel's place for the tool
+  }
   cfg["quantization_config"] = qj;
   std::ofstream(fs::path(out_dir) / "config.json") << cfg.dump(2) << "\n";
   log << fmt::format("wrote {} ({:.1f} s)\n", out_dir, std::chrono::duration<double>(clock::now() - t0).count());
