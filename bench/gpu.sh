@@ -140,10 +140,38 @@ TL="$OUT/tp_tests.log"; TB="$OUT/tp_bench.log"
 echo "tensor-parallel GPU tests ($NG GPUs): exit $?"
 run() { echo "==== $*" >> "$TB"; "$@" >> "$TB" 2>&1; echo "exit $?" >> "$TB"; }
 Q7="--device cuda --load-format dummy --config-preset qwen2.5-7b"
+# Greedy parity on the 7B dummy model, two prompts, 128 tokens (bench/compare_greedy.py: equal
+# tokens, or a split only at a near tie of the reference). In F32 (reductions in another order
+# move logits by ~1e-5) TP 2 and 4 must give TP=1's tokens. In BF16 a random 7B model turns tiny
+# differences into other tokens within a few steps whatever changes the order of its sums, so TP=2
+# is reported beside a control: TP=1 with cuBLAS instead of the GEMV kernel for decode.
+G=$(mktemp -d)
+PROMPTS=("9707,11,1879,0,3555,374,279,6722,315,9625,30" "$(seq -s, 100 37 7500)")
+greedy() {  # name, generate options...
+  local name=$1; shift
+  for i in 0 1; do
+    timeout 150 $B/apus generate $Q7 "$@" --prompt-ids "${PROMPTS[$i]}" --max-tokens 128 --temperature 0 \
+      --ignore-eos --logprobs 5 --json > "$G/${name}_$i.json" 2>> "$TB"
+  done
+}
+compare() {  # reference, other, tolerance
+  for i in 0 1; do
+    { echo "==== greedy parity $2 vs $1 prompt $i"; python3 bench/compare_greedy.py --tol "$3" "$G/$1_$i.json" "$G/$2_$i.json"
+      echo "exit $?"; } >> "$TB" 2>&1
+  done
+}
+for tp in 1 2 4; do
+  [ "$tp" -le "$NG" ] || continue
+  greedy f32_tp$tp --dtype float32 --tensor-parallel-size $tp
+  greedy bf16_tp$tp --tensor-parallel-size $tp
+  [ "$tp" -gt 1 ] && { compare f32_tp1 f32_tp$tp 0.01; compare bf16_tp1 bf16_tp$tp 0.1; }
+done
+APUS_CUDA_GEMV=0 greedy bf16_tp1_cublas
+compare bf16_tp1 bf16_tp1_cublas 0.1
 for tp in 1 2 4; do
   [ "$tp" -le "$NG" ] || continue
   run timeout 120 $B/apus bench latency $Q7 --tensor-parallel-size $tp --input-len 1024 --output-len 128
-  run timeout 150 $B/apus bench throughput $Q7 --tensor-parallel-size $tp --num-prompts 400 --input-len 512 --output-len 256
+  run timeout 150 $B/apus bench throughput $Q7 --tensor-parallel-size $tp --num-prompts 1000 --input-len 512 --output-len 256
 done
 if [ "$NG" -ge 4 ]; then
   L70="--device cuda --load-format dummy --config-preset llama-3-70b --tensor-parallel-size 4"
@@ -160,11 +188,11 @@ if [ "$NG" -ge 2 ]; then
   # A rank that fails mid-run, and a node process killed mid-run: a clear error, no hang.
   run env APUS_TP_FAULT=1:20 timeout 120 $B/apus bench latency $Q7 --tensor-parallel-size 2 --input-len 256 --output-len 64
   LONG="--num-prompts 4000 --input-len 512 --output-len 512"
-  CUDA_VISIBLE_DEVICES=1 timeout 120 $B/apus bench throughput $N2 --node-rank 1 $LONG > "$OUT/tp_node1.log" 2>&1 &
-  K=$!
+  (CUDA_VISIBLE_DEVICES=1 exec $B/apus bench throughput $N2 --node-rank 1 $LONG > "$OUT/tp_node1.log" 2>&1) &
+  K=$!  # the apus process itself (exec), killed below
   (sleep 25; kill -9 $K) &
   t0=$(date +%s)
-  run env CUDA_VISIBLE_DEVICES=0 timeout 150 $B/apus bench throughput $N2 --node-rank 0 $LONG
+  run env CUDA_VISIBLE_DEVICES=0 APUS_TP_TIMEOUT=30 timeout 150 $B/apus bench throughput $N2 --node-rank 0 $LONG
   echo "node 0 ended $(( $(date +%s) - t0 )) s after start (node 1 killed at 25 s)" >> "$TB"
   wait
 fi
@@ -197,7 +225,7 @@ fi
 echo "==== summary"
 if part tp; then
   grep -E "PASSED|FAILED|largest errors" "$OUT/tp_tests.log" | head -60
-  grep -E "^====|^exit|tensor parallel|parallel   |backend|^load|prefill  |decode  |batched|KV cache|rror|node 0 ended" "$OUT/tp_bench.log"
+  grep -E "^====|^exit|greedy tokens|tensor parallel|parallel   |backend|^load|prefill  |decode  |batched|KV cache|rror|node 0 ended" "$OUT/tp_bench.log"
 fi
 if part lora; then
   grep -E "tests passed|PASSED|FAILED|largest" "$OUT/lora_tests.log"; grep -E "ERROR SUMMARY" "$OUT/lora_memcheck.log"

@@ -117,6 +117,30 @@ TEST(TensorParallel, AFailingRankStopsTheGroupWithItsError) {
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
 }
 
+TEST(TensorParallelDeathTest, AFailedGroupThatIsNotTornDownEndsTheProcess) {
+  // After a failure the group must be torn down; one that is not (in real life: a GPU stuck in a
+  // collective with a dead peer keeps a rank's thread from ever returning) ends the process with
+  // the failure, after APUS_TP_EXIT_GRACE seconds, instead of hanging.
+  if (!test::device_available() || !enough_devices()) GTEST_SKIP() << "needs " << kTp << " GPUs";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        test::TempDir dir;
+        const LoadOptions o = fixture_model(dir);
+        setenv("APUS_TP_EXIT_GRACE", "0.5", 1);
+        setenv("APUS_TP_FAULT", "1:3", 1);
+        auto split = group_of(o, kTp);
+        Engine e(split->model(), small_cache(64));
+        try {
+          run_to_completion(e, busy_requests());
+        } catch (const Error&) {
+        }
+        std::this_thread::sleep_for(std::chrono::seconds(30));  // the owner keeps the failed group
+        std::exit(0);
+      },
+      testing::ExitedWithCode(1), "rank 1 failed: injected fault.*did not shut down within 0.5 s: exiting");
+}
+
 TEST(TensorParallel, SplitsThatDoNotDivideAreRefusedByName) {
   if (!test::device_available()) GTEST_SKIP() << "no CUDA GPU";
   test::TempDir dir;
@@ -158,10 +182,12 @@ TEST(Rendezvous, HandsTheIdToEveryNodeAndNoticesALostOne) {
   EXPECT_EQ(got2, id);
   std::atomic<int> lost{0};
   std::string why;
-  n0.watch([&](const std::string& w) {
-    why = w;
-    ++lost;
-  });
+  n0.watch(
+      [&](const std::string& w) {
+        why = w;
+        ++lost;
+      },
+      30.0);
   n1->expect_close();  // orderly on node 1's side; node 0 still sees a node go
   n2.reset();          // node 2's process "ends"
   for (int i = 0; i < 100 && lost == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -178,6 +204,35 @@ TEST(Rendezvous, HandsTheIdToEveryNodeAndNoticesALostOne) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(fmt::format("127.0.0.1:{}", port)), std::string::npos) << e.what();
   }
+}
+
+TEST(Rendezvous, NoticesANodeThatGoesSilent) {
+  // A killed process with GPU work can take long to exit and close its sockets: its silence counts.
+  std::random_device rd;
+  const int port = 20000 + int(rd() % 20000);
+  Rendezvous::Id id{}, got{};
+  std::unique_ptr<Rendezvous> n1;
+  std::thread t1([&] { n1 = std::make_unique<Rendezvous>("127.0.0.1", port, 2, 1, &got, 30.0); });
+  Rendezvous n0("127.0.0.1", port, 2, 0, &id, 30.0);
+  t1.join();
+  std::atomic<int> lost0{0}, lost1{0};
+  std::string why;
+  n1->watch([&](const std::string&) { ++lost1; }, 3.0);
+  n0.watch(
+      [&](const std::string& w) {
+        why = w;
+        ++lost0;
+      },
+      3.0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(lost0.load(), 0) << why;  // both send their heartbeats
+  n1->expect_close();                 // node 1's watcher (and heartbeat) stops; its socket stays open
+  for (int i = 0; i < 200 && lost0 == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(lost0.load(), 1);
+  EXPECT_NE(why.find("node 1 sent nothing for 3 s"), std::string::npos) << why;
+  EXPECT_EQ(lost1.load(), 0);
+  n0.expect_close();
+  n1.reset();
 }
 
 }  // namespace

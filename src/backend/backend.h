@@ -93,9 +93,9 @@ class Collectives {
   virtual void all_gather_cols(const Tensor& x, Tensor& out) = 0;
   // Rank 0's `words` to every rank (replacing theirs); a host call that waits.
   virtual void broadcast_words(std::vector<int32_t>& words) = 0;
-  // Stops this rank's part of the group (a rank died): later calls fail with `why`; with
-  // `interrupt`, calls already waiting for peers (queued device work too) are cut short.
-  virtual void abort(const std::string& why, bool interrupt = true) = 0;
+  // Stops this rank's part of the group (a rank died): later calls fail with `why`, and calls
+  // already waiting for peers (queued device work too) are cut short.
+  virtual void abort(const std::string& why) = 0;
 };
 
 class Backend {

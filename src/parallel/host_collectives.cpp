@@ -90,7 +90,7 @@ class HostCollectives final : public Collectives {
     s_->barrier();
   }
 
-  void abort(const std::string& why, bool) override { s_->abort(why); }
+  void abort(const std::string& why) override { s_->abort(why); }
 
  private:
   std::shared_ptr<Shared> s_;

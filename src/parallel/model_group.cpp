@@ -38,7 +38,7 @@ class GroupMember final : public Collectives {
   void all_reduce(Tensor& x) override { inner_.all_reduce(x); }
   void all_gather_cols(const Tensor& x, Tensor& out) override { inner_.all_gather_cols(x, out); }
   void broadcast_words(std::vector<int32_t>& words) override { inner_.broadcast_words(words); }
-  void abort(const std::string& why, bool) override { stop_(why); }
+  void abort(const std::string& why) override { stop_(why); }
 
  private:
   Collectives& inner_;
@@ -97,10 +97,11 @@ class StepReader {
   size_t at_ = 0;
 };
 
-[[maybe_unused]] double tp_timeout_s() {  // unused without CUDA (NCCL)
-  const char* e = std::getenv("APUS_TP_TIMEOUT");
-  return e ? std::atof(e) : 300.0;
+double env_seconds(const char* name, double fallback) {
+  const char* e = std::getenv(name);
+  return e ? std::atof(e) : fallback;
 }
+[[maybe_unused]] double tp_timeout_s() { return env_seconds("APUS_TP_TIMEOUT", 300); }
 
 }  // namespace
 
@@ -146,7 +147,7 @@ ModelGroup::ModelGroup(const LoadOptions& load, const std::string& device, int t
     if (par.nnodes > 1) {
       rendezvous_ = std::make_unique<Rendezvous>(par.master_addr, par.master_port, par.nnodes, par.node_rank, &id,
                                                  tp_timeout_s());
-      rendezvous_->watch([this](const std::string& why) { abort_group(why); });
+      rendezvous_->watch([this](const std::string& why) { abort_group(why); }, env_seconds("APUS_TP_HEARTBEAT_TIMEOUT", 10));
     }
 #else
     apus::fail("--device cuda: this apus was built without CUDA");
@@ -172,14 +173,15 @@ ModelGroup::ModelGroup(const LoadOptions& load, const std::string& device, int t
       } else {
 #ifdef APUS_HAVE_CUDA
         r.backend = make_cuda_backend(r.local);
-        inner = make_nccl_collectives(*r.backend, id, r.global, world_, r.global == 0 ? tp_timeout_s() : 0.0);
+        inner = make_nccl_collectives(*r.backend, id, r.global, world_, r.global == 0 ? tp_timeout_s() : 0.0,
+                                      [this](const std::string& why) { abort_group(why); });
 #endif
       }
       {
         std::lock_guard<std::mutex> lock(mutex_);
         if (!failure_.empty()) inner->abort(failure_);
         collectives_[size_t(r.local)] = std::move(inner);
-        r.member = std::make_unique<GroupMember>(*collectives_[size_t(r.local)], [this, l = r.local](const std::string& why) { abort_group(why, l); });
+        r.member = std::make_unique<GroupMember>(*collectives_[size_t(r.local)], [this](const std::string& why) { abort_group(why); });
       }
       LoadOptions lo = load;
       lo.num_threads = per_rank;
@@ -193,7 +195,7 @@ ModelGroup::ModelGroup(const LoadOptions& load, const std::string& device, int t
         });
       }
     } catch (const std::exception& e) {
-      abort_group(fmt::format("rank {} failed to load: {}", r.global, e.what()), r.local);
+      abort_group(fmt::format("rank {} failed to load: {}", r.global, e.what()));
     }
     std::lock_guard<std::mutex> lock(built_mutex);
     ++built;
@@ -243,6 +245,7 @@ ModelGroup::~ModelGroup() {
   for (auto& t : threads_) t.join();
   release(*ranks_[0]);
   if (rendezvous_) rendezvous_->close();
+  torn_down_->store(true);
 }
 
 bool ModelGroup::leader() const { return node_rank_ == 0; }
@@ -275,18 +278,29 @@ void ModelGroup::release(Rank& r) {
 [[noreturn]] void ModelGroup::fail_unloaded(const std::string& why) {
   for (auto& r : ranks_) release(*r);
   if (rendezvous_) rendezvous_->close();
+  torn_down_->store(true);
   apus::fail("{}", why);
 }
 
-void ModelGroup::abort_group(const std::string& why, int failing) {
+void ModelGroup::abort_group(const std::string& why) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!failure_.empty() || stopped_) return;
   failure_ = why;
   std::cerr << "apus: tensor parallel group stopping: " << why << "\n";
-  for (size_t l = 0; l < collectives_.size(); ++l)  // the ranks that may be waiting first
-    if (collectives_[l] && int(l) != failing) collectives_[l]->abort(why, true);
-  if (failing >= 0 && size_t(failing) < collectives_.size() && collectives_[size_t(failing)])
-    collectives_[size_t(failing)]->abort(why, false);
+  // The ranks should now stop (their waits throw) and the owner tear the group down. If a device
+  // stays stuck in a collective with a dead peer (NCCL's abort is the only way out, and has been
+  // seen to hang), nothing would ever return: end the process instead of hanging.
+  std::thread([done = torn_down_, why, grace = env_seconds("APUS_TP_EXIT_GRACE", 30)] {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(grace);
+    while (!done->load() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (done->load()) return;
+    std::fprintf(stderr, "apus: tensor parallel group failed (%s) and did not shut down within %g s: exiting\n",
+                 why.c_str(), grace);
+    std::_Exit(1);
+  }).detach();
+  for (auto& c : collectives_)
+    if (c) c->abort(why);
   if (rendezvous_) rendezvous_->hang_up();
   if (std::getenv("APUS_TP_DEBUG")) std::cerr << "apus: every rank of this process aborted\n";
 }
@@ -415,7 +429,7 @@ void ModelGroup::run_worker(Rank& r) {
         r.model->forward(b, c->second);
       }
     } catch (const std::exception& e) {
-      abort_group(fmt::format("rank {} failed: {}", r.global, e.what()), r.local);
+      abort_group(fmt::format("rank {} failed: {}", r.global, e.what()));
     }
   }
   release(r);

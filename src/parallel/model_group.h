@@ -1,6 +1,7 @@
 // A model ready for the engine: on one device, or split over a tensor-parallel group of GPUs (or CPU
 // threads), possibly on several nodes. See README.md beside this file for the design.
 #pragma once
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -58,9 +59,8 @@ class ModelGroup {
   // The measure_all_reduce() rounds (every rank runs them); returns the seconds of each timed part.
   std::pair<double, double> all_reduce_rounds(Rank& r);
   void send_step(const StepBatch& b, const KvCache& cache);
-  // Stops every rank of this process (and tells the other nodes); `failing`: the local index of the
-  // rank whose thread calls this because it failed (-1: none).
-  void abort_group(const std::string& why, int failing = -1);
+  // Stops every rank of this process (and tells the other nodes).
+  void abort_group(const std::string& why);
   void release(Rank& r);
   [[noreturn]] void fail_unloaded(const std::string& why);
 
@@ -73,6 +73,9 @@ class ModelGroup {
   std::mutex mutex_;
   std::string failure_;
   bool stopped_ = false;
+  // Set once the group is torn down: after a failure, a watchdog ends the process if that has not
+  // happened within APUS_TP_EXIT_GRACE seconds (a GPU waiting on a dead peer may never stop).
+  std::shared_ptr<std::atomic<bool>> torn_down_ = std::make_shared<std::atomic<bool>>(false);
   std::map<int32_t, std::weak_ptr<void>> live_caches_;  // rank 0: the caches steps have used, by id
   std::mutex lora_mutex_;
   std::vector<std::pair<int, std::string>> lora_changes_;  // rank 0: adapter loads/unloads not yet sent

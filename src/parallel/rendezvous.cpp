@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 #include "core/error.h"
 
@@ -123,21 +124,37 @@ Rendezvous::Rendezvous(const std::string& master_addr, int master_port, int nnod
 
 Rendezvous::~Rendezvous() { close(); }
 
-void Rendezvous::watch(std::function<void(const std::string&)> on_lost) {
-  watcher_ = std::thread([this, on_lost = std::move(on_lost)] {
+void Rendezvous::watch(std::function<void(const std::string&)> on_lost, double silence_s) {
+  watcher_ = std::thread([this, on_lost = std::move(on_lost), silence_s] {
+    using Clock = std::chrono::steady_clock;
     std::vector<pollfd> p;
     for (int fd : fds_) p.push_back(pollfd{fd, POLLIN, 0});
+    // When each peer was last heard from; its silence counts only once it has been heard (node 0
+    // starts watching only when every node has connected, which can be long after the first).
+    std::vector<std::optional<Clock::time_point>> heard(p.size());
+    Clock::time_point beat{};
+    auto lost = [&](size_t i, const std::string& how) {
+      if (!closing_.load()) on_lost(fmt::format("node {} {}", peer_[i], how));
+    };
     while (!closing_.load()) {
-      if (::poll(p.data(), p.size(), 200) <= 0) continue;
+      const auto now = Clock::now();
+      if (now - beat >= std::chrono::milliseconds(kBeatMs)) {  // "alive", for the peers' watchers
+        beat = now;
+        const char c = 1;
+        for (int fd : fds_) (void)::send(fd, &c, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+      }
+      for (size_t i = 0; i < p.size(); ++i)
+        if (heard[i] && std::chrono::duration<double>(now - *heard[i]).count() > silence_s)
+          return lost(i, fmt::format("sent nothing for {:.0f} s (its process was killed or is frozen)", silence_s));
+      if (::poll(p.data(), p.size(), kBeatMs / 2) <= 0) continue;
       for (size_t i = 0; i < p.size(); ++i) {
         if (p[i].revents == 0) continue;
-        char c;
-        const ssize_t n = ::recv(p[i].fd, &c, 1, MSG_DONTWAIT);
-        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) continue;  // nothing is sent after start-up
-        if (!closing_.load())
-          on_lost(fmt::format("node {} closed its connection (its process ended; poll events {:#x}, {})", peer_[i],
-                              p[i].revents, n == 0 ? "end of stream" : std::strerror(errno)));
-        return;
+        char buf[64];
+        const ssize_t n = ::recv(p[i].fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n > 0) heard[i] = Clock::now();
+        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) continue;
+        return lost(i, fmt::format("closed its connection (its process ended; poll events {:#x}, {})", p[i].revents,
+                                   n == 0 ? "end of stream" : std::strerror(errno)));
       }
     }
   });

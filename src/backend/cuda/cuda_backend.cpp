@@ -589,6 +589,7 @@ class CudaBackend final : public Backend {
   void set_wait_check(std::function<void(double)> f) { wait_check_ = std::move(f); }
   cudaStream_t stream() const { return stream_; }
   int device_index() const { return device_; }
+  cuda::OpProfile& profile() { return *profile_; }
 
   // With APUS_CUDA_PROFILE the ops are timed one by one, eagerly.
   bool graphs_supported() const override { return !profile_->on(); }
@@ -735,6 +736,7 @@ namespace cuda {
 
 void* stream_of(Backend& b) { return cuda_backend(b).stream(); }
 int device_of(Backend& b) { return cuda_backend(b).device_index(); }
+OpProfile& profile_of(Backend& b) { return cuda_backend(b).profile(); }
 void set_wait_check(Backend& b, std::function<void(double)> check) { cuda_backend(b).set_wait_check(std::move(check)); }
 void wait(Backend& b) { cuda_backend(b).wait(); }
 

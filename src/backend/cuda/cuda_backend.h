@@ -19,13 +19,17 @@ NcclId nccl_unique_id();
 // Rank `rank` of `world` over `backend` (a CUDA backend), its ops queued on the backend's stream.
 // Every rank calls this at once (it returns when all have joined). While the group lives, the
 // backend waits for its stream by polling and calls the group's check, which throws once the group
-// has failed or a wait has lasted longer than `timeout_s`.
+// has failed, or, when a wait has lasted longer than `timeout_s` (0: no limit), aborts this rank,
+// calls `on_timeout(why)` (to stop the others) and throws.
 std::unique_ptr<Collectives> make_nccl_collectives(Backend& backend, const NcclId& id, int rank, int world,
-                                                   double timeout_s);
+                                                   double timeout_s,
+                                                   std::function<void(const std::string&)> on_timeout);
 
 namespace cuda {
-// The CUDA backend's stream (a cudaStream_t), device, and the hooks the collectives use.
+class OpProfile;
+// The CUDA backend's stream (a cudaStream_t), device, op profile, and the hooks the collectives use.
 void* stream_of(Backend& b);
+OpProfile& profile_of(Backend& b);
 int device_of(Backend& b);
 void set_wait_check(Backend& b, std::function<void(double waited_s)> check);
 void wait(Backend& b);  // waits for the backend's stream (polling, with the check, when set)

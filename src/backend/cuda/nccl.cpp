@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -16,6 +17,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/library.h"
+#include "backend/cuda/op_profile.h"
 #include "core/error.h"
 
 namespace apus {
@@ -92,8 +94,9 @@ int nccl_type(DType t) {
 
 class NcclCollectives final : public Collectives {
  public:
-  NcclCollectives(Backend& backend, const NcclId& id, int rank, int world, double timeout_s)
-      : backend_(backend), rank_(rank), world_(world), timeout_s_(timeout_s) {
+  NcclCollectives(Backend& backend, const NcclId& id, int rank, int world, double timeout_s,
+                  std::function<void(const std::string&)> on_timeout)
+      : backend_(backend), rank_(rank), world_(world), timeout_s_(timeout_s), on_timeout_(std::move(on_timeout)) {
     stream_ = static_cast<cudaStream_t>(cuda::stream_of(backend));
     check_cuda(cudaSetDevice(cuda::device_of(backend)), "cudaSetDevice");
     ncclUniqueId uid;
@@ -124,6 +127,7 @@ class NcclCollectives final : public Collectives {
     APUS_CHECK(x.contiguous() && x.device == Device::CUDA, "all_reduce: {} must be a contiguous device tensor",
                x.describe());
     alive();
+    cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce", x.rows());
     check_nccl(nccl().all_reduce(x.data, x.data, size_t(x.numel()), nccl_type(x.dtype), kNcclSum, comm_, stream_),
                "ncclAllReduce");
   }
@@ -132,6 +136,7 @@ class NcclCollectives final : public Collectives {
     APUS_CHECK(x.contiguous() && out.rows() == x.rows() && out.cols() == world_ * x.cols() && out.dtype == x.dtype,
                "all_gather_cols: {} into {}", x.describe(), out.describe());
     alive();
+    cuda::TimedOp t(cuda::profile_of(backend_), "all_gather_cols", x.rows());
     const size_t es = dtype_size(x.dtype), n = size_t(x.numel());
     if (scratch_.numel() < int64_t(n) * world_) scratch_ = backend_.alloc(x.dtype, {int64_t(n) * world_});
     check_nccl(nccl().all_gather(x.data, scratch_.data, n, nccl_type(x.dtype), comm_, stream_), "ncclAllGather");
@@ -157,7 +162,10 @@ class NcclCollectives final : public Collectives {
         check_cuda(cudaMemcpyAsync(device_.data, pinned_, cap_ * 4, cudaMemcpyHostToDevice, stream_), "H2D");
         check_cuda(cudaEventRecord(sent_, stream_), "cudaEventRecord");
       }
-      check_nccl(nccl().broadcast(device_.data, device_.data, cap_, kNcclInt32, 0, comm_, stream_), "ncclBroadcast");
+      {
+        cuda::TimedOp t(cuda::profile_of(backend_), "broadcast_step", int64_t(cap_));
+        check_nccl(nccl().broadcast(device_.data, device_.data, cap_, kNcclInt32, 0, comm_, stream_), "ncclBroadcast");
+      }
       size_t n = words.size();
       if (!root) {
         check_cuda(cudaMemcpyAsync(pinned_, device_.data, cap_ * 4, cudaMemcpyDeviceToHost, stream_), "D2H");
@@ -172,10 +180,12 @@ class NcclCollectives final : public Collectives {
     }
   }
 
-  // The failing rank's own comm is not interrupted in line (its thread is not waiting; aborting an
-  // idle comm right after its peers' was seen to hang in NCCL 2.28): it is aborted on a thread of
-  // its own, and never destroyed.
-  void abort(const std::string& why, bool interrupt) override {
+  // ncclCommAbort runs on a thread of its own, whichever comm it is, and the comm is never
+  // destroyed: the caller (a failing rank, the rendezvous watcher, a wait that timed out) must be
+  // able to report the failure at once, and NCCL's abort can take long or hang (seen with 2.28 on
+  // an idle comm aborted right after its peers'; suspected when a peer process was killed).
+  // The ranks' waits poll aborted_ and throw; a device that never stops is the group watchdog's.
+  void abort(const std::string& why) override {
     {
       std::lock_guard<std::mutex> lock(why_mutex_);
       if (why_.empty()) why_ = why;
@@ -183,13 +193,11 @@ class NcclCollectives final : public Collectives {
     aborted_ = true;
     if (comm_aborted_.exchange(true)) return;
     const bool debug = std::getenv("APUS_TP_DEBUG") != nullptr;
-    auto run = [comm = comm_, rank = rank_, debug] {
+    std::thread([comm = comm_, rank = rank_, debug] {
       if (debug) fprintf(stderr, "apus: rank %d: ncclCommAbort...\n", rank);
       nccl().comm_abort(comm);  // its kernels stop waiting for peers
       if (debug) fprintf(stderr, "apus: rank %d: aborted\n", rank);
-    };
-    if (interrupt) run();
-    else std::thread(run).detach();
+    }).detach();
   }
 
  private:
@@ -203,8 +211,10 @@ class NcclCollectives final : public Collectives {
   void check(double waited_s) {
     if (aborted_.load()) failed();
     if (timeout_s_ > 0 && waited_s > timeout_s_) {
-      abort(fmt::format("rank {} waited {:.0f} s for a step (a peer hung or died; APUS_TP_TIMEOUT)", rank_, waited_s),
-            true);
+      const std::string why =
+          fmt::format("rank {} waited {:.0f} s for a step (a peer hung or died; APUS_TP_TIMEOUT)", rank_, waited_s);
+      abort(why);
+      if (on_timeout_) on_timeout_(why);
       failed();
     }
   }
@@ -222,6 +232,7 @@ class NcclCollectives final : public Collectives {
   Backend& backend_;
   int rank_, world_;
   double timeout_s_;
+  std::function<void(const std::string&)> on_timeout_;
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
   std::atomic<bool> aborted_{false}, comm_aborted_{false};
@@ -244,8 +255,8 @@ NcclId nccl_unique_id() {
 }
 
 std::unique_ptr<Collectives> make_nccl_collectives(Backend& backend, const NcclId& id, int rank, int world,
-                                                   double timeout_s) {
-  return std::make_unique<NcclCollectives>(backend, id, rank, world, timeout_s);
+                                                   double timeout_s, std::function<void(const std::string&)> on_timeout) {
+  return std::make_unique<NcclCollectives>(backend, id, rank, world, timeout_s, std::move(on_timeout));
 }
 
 }  // namespace apus
