@@ -10,10 +10,19 @@
 // about `rank` shuffles, not 5 * rank), then over the block through shared memory; slices add their
 // partial sums atomically into v, zeroed first (one stream-ordered memset, graph-safe).
 // Expand: out[t, off_p + o] += B_s[o] . v[t, p]: a block per (256 output columns, part, 16 tokens),
-// v of its tokens staged in shared memory; a thread owns a column, loads its tokens' outputs at
-// once, then per slot loads its B row (16-byte vectors when aligned) and adds to its tokens of that
-// slot.
+// v of its tokens staged in shared memory while each thread loads its tokens' slots and outputs; a
+// thread owns a column and per slot loads its B row (16-byte vectors when aligned; the next slot's
+// row loads while this one's tokens are summed) and adds to its tokens of that slot.
 // Tokens of slot -1 (the base model, padding) are skipped by both.
+//
+// Where the time goes (decode at batch 32, Qwen2.5-7B shape: 4 LoRA'd linear layers per layer, 112
+// per step): not bytes but fixed costs per call: memset, shrink and expand are three dependent
+// graph nodes, each a chain of memory round trips. Backend::linear_lora therefore runs memset and
+// shrink on a second stream beside the base GEMM (they read only x), leaving the expand alone on
+// the critical path (cuda_backend.cpp). Traps met on the way (ptxas -v shows both): LoraArgs'
+// arrays indexed by blockIdx.y copied the whole 120-byte struct to every thread's local memory
+// (pick() reads them with constant indices), and the expand's reads of vs hoisted out of the slot
+// loop held TB * R floats in registers and spilled.
 #include <climits>
 #include <cstring>
 #include <type_traits>
@@ -196,35 +205,46 @@ __global__ void __launch_bounds__(kThreads) lora_expand_kernel(int64_t tokens, c
   if (int64_t(blockIdx.x) * kThreads >= n) return;  // the whole block: parts narrower than the widest
   const int64_t t0 = int64_t(blockIdx.z) * TB;
   const int64_t c = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  __shared__ __align__(16) float vs[TB][R];
-  __shared__ int ss[TB];
-  if (threadIdx.x < TB) {
-    const int64_t t = t0 + threadIdx.x;
+  const bool col = c < n;
+  // The tokens' slots (the same words for every thread) and outputs are loaded while v is staged.
+  T* dst = out + pick(p.offset, part) + c;
+  int sl[TB];
+  float ov[TB];
+#pragma unroll
+  for (int k = 0; k < TB; ++k) {
+    const int64_t t = t0 + k;
     const int s = t < tokens ? slots[t] : -1;
-    ss[threadIdx.x] = s >= 0 && s < p.num_slots ? s : -1;
+    sl[k] = s >= 0 && s < p.num_slots ? s : -1;
+    ov[k] = col && t < tokens ? to_f(dst[t * out_stride]) : 0.0f;
   }
+  __shared__ __align__(16) float vs[TB][R];
   for (int o = threadIdx.x; o < TB * R; o += kThreads) {
     const int64_t t = t0 + o / R;
     vs[o / R][o % R] = t < tokens ? v[(t * kLoraMaxParts + part) * R + o % R] : 0.0f;
   }
   __syncthreads();
-  if (c >= n) return;
-  int sl[TB];
-  float ov[TB];
-  T* dst = out + pick(p.offset, part) + c;
-#pragma unroll
-  for (int k = 0; k < TB; ++k) {
-    sl[k] = ss[k];
-    ov[k] = sl[k] >= 0 ? to_f(dst[(t0 + k) * out_stride]) : 0.0f;
-  }
+  if (!col) return;
+  // Slot by slot, the next slot's row of B loading while this one's tokens are summed.
   const T* b = static_cast<const T*>(pick(p.b, part)) + c * R;
-  for (int cur = next_slot<TB>(sl, -1); cur != INT_MAX; cur = next_slot<TB>(sl, cur)) {
+  int cur = next_slot<TB>(sl, -1);
+  float bv[R];
+#pragma unroll
+  for (int r = 0; r < R; r += N) {
+    if (cur != INT_MAX) load16<T, Vec>(b + int64_t(cur) * n * R + r, bv + r);
+  }
+  while (cur != INT_MAX) {
     // Keeps the reads of vs inside the loop: hoisted out of it, TB * R of them held in registers
     // spilled to local memory (R >= 16).
     asm volatile("" ::: "memory");
-    float bv[R];
+    const int nxt = next_slot<TB>(sl, cur);
+    float bn[R];
 #pragma unroll
-    for (int r = 0; r < R; r += N) load16<T, Vec>(b + int64_t(cur) * n * R + r, bv + r);
+    for (int r = 0; r < R; r += N) {
+      if (nxt != INT_MAX) load16<T, Vec>(b + int64_t(nxt) * n * R + r, bn + r);
+#pragma unroll
+      for (int j = 0; j < N; ++j)
+        if (nxt == INT_MAX) bn[r + j] = 0.0f;
+    }
 #pragma unroll
     for (int k = 0; k < TB; ++k) {
       if (sl[k] != cur) continue;
@@ -237,6 +257,9 @@ __global__ void __launch_bounds__(kThreads) lora_expand_kernel(int64_t tokens, c
       }
       ov[k] += acc;
     }
+#pragma unroll
+    for (int r = 0; r < R; ++r) bv[r] = bn[r];
+    cur = nxt;
   }
 #pragma unroll
   for (int k = 0; k < TB; ++k)
