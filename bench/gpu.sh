@@ -9,7 +9,8 @@
 # APUS_GPU_MEMCHECK=1 also runs the op tests under compute-sanitizer (slower).
 # APUS_GPU_PARTS picks what runs after the build: test, bench, serve (default: all three), lora
 # (the LoRA suites on the GPU and decode throughput with 0, 1 and 4 adapters at batch 32; with
-# APUS_GPU_LORA_QUICK=1 without the transformers check of the merged export), tp
+# APUS_GPU_LORA_QUICK=1 without the transformers check of the merged export and the runs with
+# APUS_LORA_OVERLAP=0), tp
 # (tensor parallelism on every GPU of the machine: its tests, then the Qwen2.5-7B shape at TP 1, 2
 # and 4, Llama-3-70B at TP 4, two processes as two "nodes", and a rank that fails or is killed), int4
 # (the quantized-model suites on the GPU, then int4 GPTQ against bf16 decode at batch 1 and 32).
@@ -100,7 +101,7 @@ timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_b
   > "$OUT/lora_memcheck.log" 2>&1
 echo "LoRA memcheck: exit $?"
 # The merged export loads in transformers and runs as PEFT's merge_and_unload (CPU, float32);
-# APUS_GPU_LORA_QUICK=1 skips it (a kernel-only change).
+# APUS_GPU_LORA_QUICK=1 skips it (for a kernel-only change, when device time is short).
 if [ "${APUS_GPU_LORA_QUICK:-0}" != 1 ]; then
   PYTHONUNBUFFERED=1 timeout 120 python3 tools/lora/check_merged_in_transformers.py --apus $B/apus \
     > "$OUT/lora_transformers.log" 2>&1
@@ -114,7 +115,7 @@ LORA_TPT="$B/apus bench throughput --device cuda --load-format dummy --config-pr
 for n in 0 1 4; do
   timeout 150 $LORA_TPT --num-loras $n > "$OUT/lora_bench_$n.log" 2>&1
 done
-for n in 1 4; do
+[ "${APUS_GPU_LORA_QUICK:-0}" != 1 ] && for n in 1 4; do
   APUS_LORA_OVERLAP=0 timeout 150 $LORA_TPT --num-loras $n > "$OUT/lora_bench_serial_$n.log" 2>&1
 done
 APUS_CUDA_PROFILE=1 timeout 150 $B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b \
@@ -214,7 +215,10 @@ if part lora; then
   grep -E "tests passed|PASSED|FAILED|largest" "$OUT/lora_tests.log"; grep -E "ERROR SUMMARY" "$OUT/lora_memcheck.log"
   [ -f "$OUT/lora_transformers.log" ] && grep -E "^a[0-9]:|Error" "$OUT/lora_transformers.log"
   for n in 0 1 4; do echo "---- $n adapters"; grep -E "LoRA|batched|rror" "$OUT/lora_bench_$n.log"; done
-  for n in 1 4; do echo "---- $n adapters, APUS_LORA_OVERLAP=0"; grep -E "batched|rror" "$OUT/lora_bench_serial_$n.log"; done
+  for n in 1 4; do
+    [ -f "$OUT/lora_bench_serial_$n.log" ] || continue
+    echo "---- $n adapters, APUS_LORA_OVERLAP=0"; grep -E "batched|rror" "$OUT/lora_bench_serial_$n.log"
+  done
   echo "---- device time per op, 1 adapter (lora_profile.log)"; grep -A16 "APUS_CUDA_PROFILE" "$OUT/lora_profile.log"
 fi
 if [ -f "$OUT/serve_ready.txt" ]; then
