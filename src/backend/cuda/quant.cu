@@ -199,25 +199,179 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
       }
 }
 
-template <typename T, typename OutT, int BITS>
-cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
+// A fragment pair of weights as T: the 4-bit codes at nibble pairs (p, p + 4) of `word` for the
+// shift sh = 4p, or the 8-bit codes in bytes (b, b + 1) for sh = 8b; (q - zero), times the scale
+// unless the caller applies the scale to the product (FACTOR).
+template <typename T, int BITS, bool FACTOR>
+__device__ __forceinline__ uint32_t wpair(uint32_t word, int sh, typename Half2<T>::T2 base_zero,
+                                          typename Half2<T>::T2 scale, float z, float s) {
+  if constexpr (BITS == 4) {
+    uint32_t v = ((word >> sh) & 0x000F000Fu) | Half2<T>::kMagic;
+    const typename Half2<T>::T2 d = __hsub2(*reinterpret_cast<typename Half2<T>::T2*>(&v), base_zero);  // exact
+    return FACTOR ? bits_of(d) : bits_of(__hmul2(d, scale));
+  } else {
+    const float lo = float((word >> sh) & 0xffu) - z, hi = float((word >> (sh + 8)) & 0xffu) - z;
+    return FACTOR ? bits_of(Half2<T>::pair(lo, hi)) : bits_of(Half2<T>::pair(lo * s, hi * s));
+  }
+}
+
+// Decode and small batches (1..kQuantMmaMaxRows rows): y^T = W x^T on mma.sync m16n8k16 with the
+// weights as the A operand (16 output columns per warp) and the activations as B (8 rows of x per
+// n-tile, NT tiles), so one dequantized fragment serves every n-tile and a single row wastes no
+// weight work. A block of WARPS warps owns 16 output columns and splits K: warp w takes chunks w,
+// w + WARPS, ... of KC = 4 * KL k values, lane (g, t) the KL values t * KL.. of its chunk for
+// columns g and g + 8 (16 bytes of codes each). A round first issues the loads of U chunks (codes,
+// scales, zeros; evict-first), then computes each chunk into a fresh accumulator: FACTOR (every
+// chunk inside one group) multiplies the exact integers (q - z) and applies the scale to the chunk's
+// sums in float32, else the fragments are (q - z) * scale. Chunks are added in chunk order and the
+// warps' sums in warp order, whatever NT and U: a row's result does not depend on the batch.
+template <typename T, typename OutT, int BITS, int NT, bool FACTOR, int WARPS, int U, int OCC, int RT>
+__global__ void __launch_bounds__(WARPS * 32, OCC / WARPS)
+    qmv_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, const float* __restrict__ bias,
+               OutT* __restrict__ y, int64_t y_stride) {
+  constexpr int KL = 128 / BITS;  // k values per lane per chunk
+  constexpr int J = KL / 4;       // mmas per chunk and n-tile
+  constexpr int KC = 4 * KL;      // k values per warp per chunk
+  constexpr int KS = WARPS / RT;  // warps splitting K for each tile of 16 columns
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int tile = warp % RT, ks = warp / RT;
+  const int64_t n0 = (int64_t(blockIdx.x) * RT + tile) * 16;
+  const uint8_t* wr[2];
+  const uint16_t* sr[2];
+  const uint8_t* zr[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t row = n0 + h * 8 + g < w.n ? n0 + h * 8 + g : w.n - 1;  // past the end: not stored
+    wr[h] = w.qweight + row * w.qw_stride;
+    sr[h] = w.scales + row * w.groups;
+    zr[h] = w.zeros + row * w.groups;
+  }
+  const T* xr[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) xr[nt] = nt * 8 + g < m ? x + int64_t(nt * 8 + g) * x_stride : nullptr;
+  float acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+
+  const int chunks = int((w.k + KC - 1) / KC);
+  for (int c0 = ks; c0 < chunks; c0 += KS * U) {
+    uint4 wv[U][2];
+    uint16_t sb[U][2];
+    uint8_t zb[U][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t kb = int64_t(c0 + u * KS) * KC + t4 * KL;
+      const bool ok = kb < w.k;  // k is a multiple of 32: a lane's values are all in or all out
+      const int gi = ok ? int(kb) / w.group_size : 0;  // 32-bit: k < 2^31
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        wv[u][h] = ok ? __ldcs(reinterpret_cast<const uint4*>(wr[h] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
+        sb[u][h] = ok ? __ldg(sr[h] + gi) : uint16_t(0);  // zero scale: adds nothing
+        zb[u][h] = ok ? __ldg(zr[h] + gi) : uint8_t(0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (c0 + u * KS >= chunks) break;  // the same for the whole warp
+      const int64_t kb = int64_t(c0 + u * KS) * KC + t4 * KL;
+      const bool ok = kb < w.k;
+      float s[2], z[2];
+      typename Half2<T>::T2 bz[2], sc[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        s[h] = __half2float(__ushort_as_half(sb[u][h]));
+        z[h] = float(zb[u][h]);
+        bz[h] = Half2<T>::splat(Half2<T>::kBase + z[h]);
+        sc[h] = Half2<T>::splat(s[h]);
+      }
+      float part[NT][4];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
+      const uint32_t* w0 = reinterpret_cast<const uint32_t*>(&wv[u][0]);
+      const uint32_t* w1 = reinterpret_cast<const uint32_t*>(&wv[u][1]);
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        // The lane's k values 4j..4j+3 stand for the mma's k 2t, 2t+1 (a0, a1, b0) and 2t+8, 2t+9
+        // (a2, a3, b1); rows g (a0, a2) and g + 8 (a1, a3) of the A tile are the two columns.
+        const int wi = BITS == 4 ? j / 2 : j;
+        const int sh = BITS == 4 ? (j % 2) * 8 : 0, sh2 = BITS == 4 ? sh + 4 : 16;
+        const uint32_t a[4] = {wpair<T, BITS, FACTOR>(w0[wi], sh, bz[0], sc[0], z[0], s[0]),
+                               wpair<T, BITS, FACTOR>(w1[wi], sh, bz[1], sc[1], z[1], s[1]),
+                               wpair<T, BITS, FACTOR>(w0[wi], sh2, bz[0], sc[0], z[0], s[0]),
+                               wpair<T, BITS, FACTOR>(w1[wi], sh2, bz[1], sc[1], z[1], s[1])};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const uint2 xv = ok && xr[nt] != nullptr ? __ldg(reinterpret_cast<const uint2*>(xr[nt] + kb + 4 * j))
+                                                   : make_uint2(0, 0);
+          mma<T>(part[nt], a, xv.x, xv.y);
+        }
+      }
+      // C fragment: elements 0, 1 are column g, 2, 3 column g + 8.
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          acc[nt][e] = FACTOR ? fmaf(s[e / 2], part[nt][e], acc[nt][e]) : acc[nt][e] + part[nt][e];
+    }
+  }
+
+  __shared__ float red[KS - 1][RT][NT][4][32];
+  if (ks > 0)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) red[ks - 1][tile][nt][e][lane] = acc[nt][e];
+  __syncthreads();
+  if (ks > 0) return;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float v = acc[nt][e];
+#pragma unroll
+      for (int q = 0; q < KS - 1; ++q) v += red[q][tile][nt][e][lane];
+      // C fragment: element e of lane (g, t4) is output column g (+8 for e >= 2), row 2 t4 + e % 2.
+      const int r = nt * 8 + 2 * t4 + (e % 2);
+      const int64_t col = n0 + g + (e >= 2 ? 8 : 0);
+      if (r < m && col < w.n) y[int64_t(r) * y_stride + col] = from_f<OutT>(v + (bias ? bias[col] : 0.0f));
+    }
+}
+
+// U: chunks in flight per round, OCC: warps per multiprocessor the registers must allow (fewer
+// chunks and warps for more n-tiles: registers), RT: tiles of 16 columns per block.
+template <typename T, typename OutT, int BITS, int NT, bool FACTOR, int WARPS = kQWarps,
+          int U = NT == 1 ? 4 : NT == 2 ? 2 : 1, int OCC = NT <= 2 ? 16 : 8, int RT = 1>
+cudaError_t launch_qmv(const QuantArgs& w, const T* x, int64_t x_stride, int m, const float* bias, OutT* y,
                        int64_t y_stride, cudaStream_t stream) {
-  const dim3 grid(ceil_div(w.n, 16)), block(kQWarps * 32);
+  qmv_kernel<T, OutT, BITS, NT, FACTOR, WARPS, U, OCC, RT>
+      <<<ceil_div(w.n, 16 * RT), WARPS * 32, 0, stream>>>(w, x, x_stride, m, bias, y, y_stride);
+  return cudaGetLastError();
+}
+
+template <typename T, typename OutT, int BITS, bool FACTOR>
+cudaError_t launch_qmv_rows(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias,
+                            void* y, int64_t y_stride, cudaStream_t stream) {
   const T* xt = static_cast<const T*>(x);
   OutT* yt = static_cast<OutT*>(y);
   const int mi = int(m);
-  if (m <= 8) qmm_kernel<T, OutT, BITS, 1, true, 4><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else if (m <= 16) qmm_kernel<T, OutT, BITS, 1, false, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else if (m <= 32) qmm_kernel<T, OutT, BITS, 2, false, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else qmm_kernel<T, OutT, BITS, 4, false, 1><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  return cudaGetLastError();
+  if (m <= 8) return launch_qmv<T, OutT, BITS, 1, FACTOR>(w, xt, x_stride, mi, bias, yt, y_stride, stream);
+  if (m <= 16) return launch_qmv<T, OutT, BITS, 2, FACTOR>(w, xt, x_stride, mi, bias, yt, y_stride, stream);
+  if (m <= 32) return launch_qmv<T, OutT, BITS, 4, FACTOR>(w, xt, x_stride, mi, bias, yt, y_stride, stream);
+  return launch_qmv<T, OutT, BITS, 8, FACTOR>(w, xt, x_stride, mi, bias, yt, y_stride, stream);
 }
 
 template <typename T, typename OutT>
 cudaError_t launch_qmm_bits(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                             int64_t y_stride, cudaStream_t stream) {
-  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, stream);
-  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, stream);
+  // FACTOR when every warp chunk (128 k values at 4 bits, 64 at 8) lies inside one group.
+  const bool factor = w.groups == 1 || w.group_size % (4 * 128 / w.bits) == 0;
+  if (w.bits == 4) {
+    if (factor) return launch_qmv_rows<T, OutT, 4, true>(w, x, x_stride, m, bias, y, y_stride, stream);
+    return launch_qmv_rows<T, OutT, 4, false>(w, x, x_stride, m, bias, y, y_stride, stream);
+  }
+  if (factor) return launch_qmv_rows<T, OutT, 8, true>(w, x, x_stride, m, bias, y, y_stride, stream);
+  return launch_qmv_rows<T, OutT, 8, false>(w, x, x_stride, m, bias, y, y_stride, stream);
 }
 
 // One thread per 32-bit word of codes (8 4-bit or 4 8-bit weights), in the layer's column order,
