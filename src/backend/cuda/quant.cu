@@ -261,14 +261,16 @@ __global__ void __launch_bounds__(WARPS * 32, OCC / WARPS)
     uint8_t zb[U][2];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t kb = int64_t(c0 + u * KS) * KC + t4 * KL;
-      const bool ok = kb < w.k;  // k is a multiple of 32: a lane's values are all in or all out
-      const int gi = ok ? int(kb) / w.group_size : 0;  // 32-bit: k < 2^31
+      const int64_t kc = int64_t(c0 + u * KS) * KC, kb = kc + t4 * KL;
+      const bool in = kc < w.k, ok = kb < w.k;  // k is a multiple of 32: a lane's values are all in or all out
+      // A lane past the end of a partial chunk holds zero codes and activations but its chunk's scale:
+      // its part of the C fragment sums the other lanes' products (32-bit: k < 2^31).
+      const int gi = in ? int(ok ? kb : kc) / w.group_size : 0;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         wv[u][h] = ok ? __ldcs(reinterpret_cast<const uint4*>(wr[h] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
-        sb[u][h] = ok ? __ldg(sr[h] + gi) : uint16_t(0);  // zero scale: adds nothing
-        zb[u][h] = ok ? __ldg(zr[h] + gi) : uint8_t(0);
+        sb[u][h] = in ? __ldg(sr[h] + gi) : uint16_t(0);
+        zb[u][h] = in ? __ldg(zr[h] + gi) : uint8_t(0);
       }
     }
 #pragma unroll
