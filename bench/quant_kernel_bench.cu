@@ -191,6 +191,10 @@ int main() {
           {"m8 W16 U4 O16 R2", 8, launch_qmv<B, B, 4, 1, true, 16, 4, 16, 2>},
           {"m1 W16 U4 O16 R2", 1, launch_qmv<B, B, 4, 1, true, 16, 4, 16, 2>},
           {"m1 W16 U4 O16", 1, launch_qmv<B, B, 4, 1, true, 16, 4, 16>},
+          {"m1 sumx W8 U4 O16", 1, launch_qmv<B, B, 4, 1, true, 8, 4, 16, 1, true>},
+          {"m1 sumx W8 U2 O24", 1, launch_qmv<B, B, 4, 1, true, 8, 2, 24, 1, true>},
+          {"m8 sumx W8 U4 O16", 8, launch_qmv<B, B, 4, 1, true, 8, 4, 16, 1, true>},
+          {"m32 sumx W8 U1 O8 R2", 32, launch_qmv<B, B, 4, 4, true, 8, 1, 8, 2, true>},
           {"m64 W8 U1 O8", 64, launch_qmv<B, B, 4, 8, true, 8, 1, 8>},
           {"m64 W4 U1 O8", 64, launch_qmv<B, B, 4, 8, true, 4, 1, 8>},
       };

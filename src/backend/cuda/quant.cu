@@ -1,18 +1,24 @@
 // Linear layers with GPTQ / AWQ weights (quant/quant_weight.h), repacked at load by the backend
 // (see QuantArgs in kernels.h):
 //
-// - qmm_kernel, up to kQuantMmaMaxRows rows of 16-bit activations (decode, batch 1..64): a block of
-//   8 warps owns 16 output columns; the warps split K in chunks and reduce through shared memory.
-//   Each lane streams 16 bytes of codes of each of two weight rows per chunk (32 4-bit or 16 8-bit
-//   codes, evict-first), issuing a few chunks' loads before using any, dequantizes them in registers
-//   into the B fragments of mma.sync m16n8k16 (fp32 accumulation) and multiplies them by every
-//   16-row tile of activations, so the codes are read once whatever the row count. The mma's k positions are assigned so that each lane's codes
-//   and activations are contiguous: lane (g, t) of the PTX fragment layout holds the k positions
-//   2t, 2t+1, 2t+8, 2t+9 of both A and B, which we map to 4j..4j+3 of the lane's own 32 (16) k
-//   values for the j-th mma. 4-bit dequantization is two bit operations and two 16-bit pair
-//   operations per two weights: the nibble is placed in the mantissa of 1024 (fp16) or 128 (bf16),
-//   then (v - (base + zero)) * scale, rounded once to the dtype; the load-time repack puts the
-//   nibbles of k, k+1 eight bits apart in each 32-bit word (positions p and p+4 hold k = 2p, 2p+1).
+// - qmv_kernel, up to kQuantMmaMaxRows rows of 16-bit activations (decode, batch 1..64):
+//   mma.sync m16n8k16 with the weights as the A operand (16 output columns per warp tile) and the
+//   activations as B (8 rows per n-tile, NT = ceil(rows / 8) n-tiles), so a single row wastes no
+//   dequantization and one dequantized A fragment serves every n-tile. A block owns RT tiles of 16
+//   output columns; its warps split K in chunks and reduce through shared memory in a fixed order.
+//   Each lane streams 16 bytes of codes of each of its two columns per chunk (32 4-bit or 16 8-bit
+//   codes, evict-first), issuing U chunks' loads before using any. The mma's k positions are
+//   assigned so that each lane's codes and activations are contiguous: lane (g, t) of the PTX
+//   fragment layout holds the k positions 2t, 2t+1, 2t+8, 2t+9 of both A and B, which we map to
+//   4j..4j+3 of the lane's own 32 (16) k values for the j-th mma. 4-bit dequantization is two bit
+//   operations and one or two 16-bit pair operations per two weights: the nibble is placed in the
+//   mantissa of 1024 (fp16) or 128 (bf16) and (base + zero) subtracted, which leaves q - zero exact;
+//   the load-time repack puts the nibbles of k, k+1 sixteen bits apart in each 32-bit word
+//   (positions p and p+4 hold k = 2p, 2p+1). When every warp chunk lies inside one quantization
+//   group (group size a multiple of 128 at 4 bits, 64 at 8, or one group), the mma multiplies the
+//   exact integers and the chunk's sums are scaled in float32 (FACTOR); else the fragments are
+//   (q - zero) * scale rounded once to the activation dtype. Each chunk is summed into a fresh
+//   accumulator (short dependent mma chains) and added in chunk order, whatever the row count.
 // - dequantize_kernel: the whole matrix in the activation dtype (prefill, F32 models), then cuBLAS.
 // - gather_cols_kernel: x[:, perm] for act-order (desc_act) checkpoints, once per layer.
 #include "backend/cuda/device_util.cuh"
@@ -202,11 +208,12 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
 // A fragment pair of weights as T: the 4-bit codes at nibble pairs (p, p + 4) of `word` for the
 // shift sh = 4p, or the 8-bit codes in bytes (b, b + 1) for sh = 8b; (q - zero), times the scale
 // unless the caller applies the scale to the product (FACTOR).
-template <typename T, int BITS, bool FACTOR>
+template <typename T, int BITS, bool FACTOR, bool SUMX = false>
 __device__ __forceinline__ uint32_t wpair(uint32_t word, int sh, typename Half2<T>::T2 base_zero,
                                           typename Half2<T>::T2 scale, float z, float s) {
   if constexpr (BITS == 4) {
     uint32_t v = ((word >> sh) & 0x000F000Fu) | Half2<T>::kMagic;
+    if constexpr (SUMX) return v;  // base + q: the caller subtracts (base + zero) * sum(x)
     const typename Half2<T>::T2 d = __hsub2(*reinterpret_cast<typename Half2<T>::T2*>(&v), base_zero);  // exact
     return FACTOR ? bits_of(d) : bits_of(__hmul2(d, scale));
   } else {
@@ -218,14 +225,14 @@ __device__ __forceinline__ uint32_t wpair(uint32_t word, int sh, typename Half2<
 // Decode and small batches (1..kQuantMmaMaxRows rows): y^T = W x^T on mma.sync m16n8k16 with the
 // weights as the A operand (16 output columns per warp) and the activations as B (8 rows of x per
 // n-tile, NT tiles), so one dequantized fragment serves every n-tile and a single row wastes no
-// weight work. A block of WARPS warps owns 16 output columns and splits K: warp w takes chunks w,
-// w + WARPS, ... of KC = 4 * KL k values, lane (g, t) the KL values t * KL.. of its chunk for
-// columns g and g + 8 (16 bytes of codes each). A round first issues the loads of U chunks (codes,
+// weight work. A block of WARPS warps owns RT tiles of 16 output columns; the KS = WARPS / RT warps
+// of a tile split K: warp w takes chunks w, w + KS, ... of KC = 4 * KL k values, lane (g, t) the KL
+// values t * KL.. of its chunk for columns g and g + 8 (16 bytes of codes each). A round first issues the loads of U chunks (codes,
 // scales, zeros; evict-first), then computes each chunk into a fresh accumulator: FACTOR (every
 // chunk inside one group) multiplies the exact integers (q - z) and applies the scale to the chunk's
 // sums in float32, else the fragments are (q - z) * scale. Chunks are added in chunk order and the
 // warps' sums in warp order, whatever NT and U: a row's result does not depend on the batch.
-template <typename T, typename OutT, int BITS, int NT, bool FACTOR, int WARPS, int U, int OCC, int RT>
+template <typename T, typename OutT, int BITS, int NT, bool FACTOR, int WARPS, int U, int OCC, int RT, bool SUMX>
 __global__ void __launch_bounds__(WARPS * 32, OCC / WARPS)
     qmv_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, const float* __restrict__ bias,
                OutT* __restrict__ y, int64_t y_stride) {
@@ -287,9 +294,13 @@ __global__ void __launch_bounds__(WARPS * 32, OCC / WARPS)
         bz[h] = Half2<T>::splat(Half2<T>::kBase + z[h]);
         sc[h] = Half2<T>::splat(s[h]);
       }
-      float part[NT][4];
+      float part[NT][4], xsum[SUMX ? NT : 1][4];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < (SUMX ? NT : 1); ++nt) xsum[nt][0] = xsum[nt][1] = xsum[nt][2] = xsum[nt][3] = 0.0f;
+      const uint32_t one2 = bits_of(Half2<T>::splat(1.0f));
+      const uint32_t ones[4] = {one2, one2, one2, one2};
       const uint32_t* w0 = reinterpret_cast<const uint32_t*>(&wv[u][0]);
       const uint32_t* w1 = reinterpret_cast<const uint32_t*>(&wv[u][1]);
 #pragma unroll
@@ -298,15 +309,16 @@ __global__ void __launch_bounds__(WARPS * 32, OCC / WARPS)
         // (a2, a3, b1); rows g (a0, a2) and g + 8 (a1, a3) of the A tile are the two columns.
         const int wi = BITS == 4 ? j / 2 : j;
         const int sh = BITS == 4 ? (j % 2) * 8 : 0, sh2 = BITS == 4 ? sh + 4 : 16;
-        const uint32_t a[4] = {wpair<T, BITS, FACTOR>(w0[wi], sh, bz[0], sc[0], z[0], s[0]),
-                               wpair<T, BITS, FACTOR>(w1[wi], sh, bz[1], sc[1], z[1], s[1]),
-                               wpair<T, BITS, FACTOR>(w0[wi], sh2, bz[0], sc[0], z[0], s[0]),
-                               wpair<T, BITS, FACTOR>(w1[wi], sh2, bz[1], sc[1], z[1], s[1])};
+        const uint32_t a[4] = {wpair<T, BITS, FACTOR, SUMX>(w0[wi], sh, bz[0], sc[0], z[0], s[0]),
+                               wpair<T, BITS, FACTOR, SUMX>(w1[wi], sh, bz[1], sc[1], z[1], s[1]),
+                               wpair<T, BITS, FACTOR, SUMX>(w0[wi], sh2, bz[0], sc[0], z[0], s[0]),
+                               wpair<T, BITS, FACTOR, SUMX>(w1[wi], sh2, bz[1], sc[1], z[1], s[1])};
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           const uint2 xv = ok && xr[nt] != nullptr ? __ldg(reinterpret_cast<const uint2*>(xr[nt] + kb + 4 * j))
                                                    : make_uint2(0, 0);
           mma<T>(part[nt], a, xv.x, xv.y);
+          if constexpr (SUMX) mma<T>(xsum[nt], ones, xv.x, xv.y);
         }
       }
       // C fragment: elements 0, 1 are column g, 2, 3 column g + 8.
@@ -314,7 +326,10 @@ __global__ void __launch_bounds__(WARPS * 32, OCC / WARPS)
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-          acc[nt][e] = FACTOR ? fmaf(s[e / 2], part[nt][e], acc[nt][e]) : acc[nt][e] + part[nt][e];
+          if constexpr (SUMX)
+            acc[nt][e] = fmaf(s[e / 2], fmaf(-(Half2<T>::kBase + z[e / 2]), xsum[nt][e], part[nt][e]), acc[nt][e]);
+          else
+            acc[nt][e] = FACTOR ? fmaf(s[e / 2], part[nt][e], acc[nt][e]) : acc[nt][e] + part[nt][e];
     }
   }
 
@@ -343,10 +358,10 @@ __global__ void __launch_bounds__(WARPS * 32, OCC / WARPS)
 // U: chunks in flight per round, OCC: warps per multiprocessor the registers must allow (fewer
 // chunks and warps for more n-tiles: registers), RT: tiles of 16 columns per block.
 template <typename T, typename OutT, int BITS, int NT, bool FACTOR, int WARPS = kQWarps,
-          int U = NT == 1 ? 4 : NT == 2 ? 2 : 1, int OCC = NT <= 2 ? 16 : 8, int RT = 1>
+          int U = NT == 1 ? 4 : NT == 2 ? 2 : 1, int OCC = NT <= 2 ? 16 : 8, int RT = 1, bool SUMX = false>
 cudaError_t launch_qmv(const QuantArgs& w, const T* x, int64_t x_stride, int m, const float* bias, OutT* y,
                        int64_t y_stride, cudaStream_t stream) {
-  qmv_kernel<T, OutT, BITS, NT, FACTOR, WARPS, U, OCC, RT>
+  qmv_kernel<T, OutT, BITS, NT, FACTOR, WARPS, U, OCC, RT, SUMX>
       <<<ceil_div(w.n, 16 * RT), WARPS * 32, 0, stream>>>(w, x, x_stride, m, bias, y, y_stride);
   return cudaGetLastError();
 }
