@@ -65,21 +65,6 @@ Mat make(int64_t n, int64_t k, int bits, int group) {
   return m;
 }
 
-// The kernel of the first increment (qmm_kernel, its launcher as it was), for comparison.
-template <typename T, typename OutT, int BITS>
-cudaError_t launch_old(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                       int64_t y_stride, cudaStream_t stream) {
-  const dim3 grid(ceil_div(w.n, 16)), block(kQWarps * 32);
-  const T* xt = static_cast<const T*>(x);
-  OutT* yt = static_cast<OutT*>(y);
-  const int mi = int(m);
-  if (m <= 8) qmm_kernel<T, OutT, BITS, 1, true, 4><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else if (m <= 16) qmm_kernel<T, OutT, BITS, 1, false, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else if (m <= 32) qmm_kernel<T, OutT, BITS, 2, false, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else qmm_kernel<T, OutT, BITS, 4, false, 1><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  return cudaGetLastError();
-}
-
 template <typename F>
 float time_us(const Mat& mat, int iters, F&& call) {
   cudaEvent_t a, b;
@@ -136,10 +121,9 @@ int main() {
   };
   const Shape shapes[] = {{"gate_up", 37888, 3584}, {"down", 3584, 18944}, {"qkv", 4608, 3584}, {"o", 3584, 3584}};
   for (const int bits : {4, 8}) {
-    std::printf("\n%d bits, group 128, bf16 activations: us/call (GB/s of weights), new kernel | first increment's\n",
-                bits);
+    std::printf("\n%d bits, group 128, bf16 activations: us/call (GB/s of weights)\n", bits);
     std::printf("%-8s", "rows");
-    for (const Shape& s : shapes) std::printf(" | %-28s", s.name);
+    for (const Shape& s : shapes) std::printf(" | %-13s", s.name);
     std::printf("\n");
     std::vector<Mat> mats;
     for (const Shape& s : shapes) mats.push_back(make(s.n, s.k, bits, 128));
@@ -151,12 +135,7 @@ int main() {
         const float tn = time_us(mats[i], 100, [&](const QuantArgs& w) {
           return quant_matmul(DType::BF16, DType::BF16, w, x, s.k, m, nullptr, y, s.n, nullptr);
         });
-        const float to = time_us(mats[i], 100, [&](const QuantArgs& w) {
-          return bits == 4 ? launch_old<__nv_bfloat16, __nv_bfloat16, 4>(w, x, s.k, m, nullptr, y, s.n, nullptr)
-                           : launch_old<__nv_bfloat16, __nv_bfloat16, 8>(w, x, s.k, m, nullptr, y, s.n, nullptr);
-        });
-        std::printf(" | %6.1f (%4.0f) %6.1f (%4.0f)", tn, mats[i].bytes / (tn * 1e-6) / 1e9, to,
-                    mats[i].bytes / (to * 1e-6) / 1e9);
+        std::printf(" | %6.1f (%4.0f)", tn, mats[i].bytes / (tn * 1e-6) / 1e9);
       }
       std::printf("\n");
     }
@@ -165,38 +144,16 @@ int main() {
       struct V {
         const char* name;
         int64_t m;
-        cudaError_t (*f)(const QuantArgs&, const __nv_bfloat16*, int64_t, int, const float*, __nv_bfloat16*, int64_t,
-                         cudaStream_t);
+        cudaError_t (*f)(const QuantArgs&, const void*, int64_t, int64_t, const float*, void*, int64_t, cudaStream_t);
       };
       using B = __nv_bfloat16;
+      // The decode kernel's variants: warps splitting K, chunks in flight, warps per SM.
       const V vs[] = {
-          {"m1 W8 U4 O16", 1, launch_qmv<B, B, 4, 1, true, 8, 4, 16>},
-          {"m1 W4 U4 O16", 1, launch_qmv<B, B, 4, 1, true, 4, 4, 16>},
-          {"m1 W8 U2 O24", 1, launch_qmv<B, B, 4, 1, true, 8, 2, 24>},
-          {"m1 W4 U2 O32", 1, launch_qmv<B, B, 4, 1, true, 4, 2, 32>},
-          {"m1 W8 U8 O8", 1, launch_qmv<B, B, 4, 1, true, 8, 8, 8>},
-          {"m1 W2 U4 O16", 1, launch_qmv<B, B, 4, 1, true, 2, 4, 16>},
-          {"m8 W8 U4 O16", 8, launch_qmv<B, B, 4, 1, true, 8, 4, 16>},
-          {"m8 W4 U2 O32", 8, launch_qmv<B, B, 4, 1, true, 4, 2, 32>},
-          {"m32 W8 U1 O8", 32, launch_qmv<B, B, 4, 4, true, 8, 1, 8>},
-          {"m32 W4 U1 O8", 32, launch_qmv<B, B, 4, 4, true, 4, 1, 8>},
-          {"m32 W8 U2 O8", 32, launch_qmv<B, B, 4, 4, true, 8, 2, 8>},
-          {"m32 W4 U1 O16", 32, launch_qmv<B, B, 4, 4, true, 4, 1, 16>},
-          {"m16 W8 U2 O16", 16, launch_qmv<B, B, 4, 2, true, 8, 2, 16>},
-          {"m16 W4 U1 O16", 16, launch_qmv<B, B, 4, 2, true, 4, 1, 16>},
-          {"m32 W8 U1 O8 R2", 32, launch_qmv<B, B, 4, 4, true, 8, 1, 8, 2>},
-          {"m32 W8 U1 O8 R4", 32, launch_qmv<B, B, 4, 4, true, 8, 1, 8, 4>},
-          {"m32 W16 U1 O16 R4", 32, launch_qmv<B, B, 4, 4, true, 16, 1, 16, 4>},
-          {"m32 W16 U1 O16 R2", 32, launch_qmv<B, B, 4, 4, true, 16, 1, 16, 2>},
-          {"m8 W16 U4 O16 R2", 8, launch_qmv<B, B, 4, 1, true, 16, 4, 16, 2>},
-          {"m1 W16 U4 O16 R2", 1, launch_qmv<B, B, 4, 1, true, 16, 4, 16, 2>},
-          {"m1 W16 U4 O16", 1, launch_qmv<B, B, 4, 1, true, 16, 4, 16>},
-          {"m1 sumx W8 U4 O16", 1, launch_qmv<B, B, 4, 1, true, 8, 4, 16, 1, true>},
-          {"m1 sumx W8 U2 O24", 1, launch_qmv<B, B, 4, 1, true, 8, 2, 24, 1, true>},
-          {"m8 sumx W8 U4 O16", 8, launch_qmv<B, B, 4, 1, true, 8, 4, 16, 1, true>},
-          {"m32 sumx W8 U1 O8 R2", 32, launch_qmv<B, B, 4, 4, true, 8, 1, 8, 2, true>},
-          {"m64 W8 U1 O8", 64, launch_qmv<B, B, 4, 8, true, 8, 1, 8>},
-          {"m64 W4 U1 O8", 64, launch_qmv<B, B, 4, 8, true, 4, 1, 8>},
+          {"m1 K8 U2 O24", 1, launch_qmv<B, B, 4, true, 8, 2, 24>},  {"m1 K4 U2 O32", 1, launch_qmv<B, B, 4, true, 4, 2, 32>},
+          {"m1 K8 U4 O16", 1, launch_qmv<B, B, 4, true, 8, 4, 16>},  {"m1 K4 U4 O16", 1, launch_qmv<B, B, 4, true, 4, 4, 16>},
+          {"m1 K2 U4 O16", 1, launch_qmv<B, B, 4, true, 2, 4, 16>},  {"m1 K16 U2 O32", 1, launch_qmv<B, B, 4, true, 16, 2, 32>},
+          {"m1 K8 U2 O32", 1, launch_qmv<B, B, 4, true, 8, 2, 32>},  {"m1 K4 U2 O24", 1, launch_qmv<B, B, 4, true, 4, 2, 24>},
+          {"m8 K8 U2 O24", 8, launch_qmv<B, B, 4, true, 8, 2, 24>},  {"m8 K4 U2 O32", 8, launch_qmv<B, B, 4, true, 4, 2, 32>},
       };
       for (const V& v : vs) {
         std::printf("%-18s", v.name);
