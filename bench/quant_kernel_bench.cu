@@ -65,6 +65,16 @@ Mat make(int64_t n, int64_t k, int bits, int group) {
   return m;
 }
 
+// The batch kernel with other numbers of chunks in flight (MT 16-row tiles).
+template <int MT, int U>
+cudaError_t launch_qmm_u(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
+                         int64_t y_stride, cudaStream_t stream) {
+  using B = __nv_bfloat16;
+  qmm_kernel<B, B, 4, MT, U><<<ceil_div(w.n, 16), kQWarps * 32, 0, stream>>>(
+      w, static_cast<const B*>(x), x_stride, int(m), bias, static_cast<B*>(y), y_stride);
+  return cudaGetLastError();
+}
+
 template <typename F>
 float time_us(const Mat& mat, int iters, F&& call) {
   cudaEvent_t a, b;
@@ -153,6 +163,7 @@ int main() {
           {"m1 K8 U4 O16", 1, launch_qmv<B, B, 4, true, 8, 4, 16>},  {"m1 K4 U4 O16", 1, launch_qmv<B, B, 4, true, 4, 4, 16>},
           {"m1 K2 U4 O16", 1, launch_qmv<B, B, 4, true, 2, 4, 16>},  {"m1 K16 U2 O32", 1, launch_qmv<B, B, 4, true, 16, 2, 32>},
           {"m1 K8 U2 O32", 1, launch_qmv<B, B, 4, true, 8, 2, 32>},  {"m1 K4 U2 O24", 1, launch_qmv<B, B, 4, true, 4, 2, 24>},
+          {"m32 qmm U1", 32, launch_qmm_u<2, 1>},  {"m32 qmm U4", 32, launch_qmm_u<2, 4>},
           {"m8 K8 U2 O24", 8, launch_qmv<B, B, 4, true, 8, 2, 24>},  {"m8 K4 U2 O32", 8, launch_qmv<B, B, 4, true, 4, 2, 32>},
       };
       for (const V& v : vs) {
