@@ -11,7 +11,8 @@
 # (the LoRA suites on the GPU and decode throughput with 0, 1 and 4 adapters at batch 32), tp
 # (tensor parallelism on every GPU of the machine: its tests, then the Qwen2.5-7B shape at TP 1, 2
 # and 4, Llama-3-70B at TP 4, two processes as two "nodes", and a rank that fails or is killed), int4
-# (the quantized-model suites on the GPU, then int4 GPTQ against bf16 decode at batch 1 and 32).
+# (the quantized-model suites on the GPU, the int4 kernels alone per layer shape, then int4 GPTQ
+# against bf16 decode at batch 1 and 32).
 set -uo pipefail
 PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
 part() { [[ $PARTS == *",$1,"* ]]; }
