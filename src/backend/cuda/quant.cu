@@ -137,29 +137,27 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
       if (c0 + u * kQWarps >= chunks) break;  // the same for the whole warp
       const int64_t kb = int64_t(c0 + u * kQWarps) * KC + t4 * KL;
       const bool ok = kb < w.k;
-      {
-        uint32_t b[NT][J][2];
+      uint32_t b[NT][J][2];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+      for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-          for (int j = 0; j < J; ++j) b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b[nt][j][0], b[nt][j][1]);
+        for (int j = 0; j < J; ++j) b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b[nt][j][0], b[nt][j][1]);
 #pragma unroll
-        for (int t = 0; t < MT; ++t) {
-          const int r0 = t * 16 + g, r1 = r0 + 8;
-          uint4 va[XV], vb[XV];
+      for (int t = 0; t < MT; ++t) {
+        const int r0 = t * 16 + g, r1 = r0 + 8;
+        uint4 va[XV], vb[XV];
 #pragma unroll
-          for (int i = 0; i < XV; ++i) {
-            va[i] = ok && r0 < m ? __ldg(reinterpret_cast<const uint4*>(x + r0 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
-            vb[i] = ok && r1 < m ? __ldg(reinterpret_cast<const uint4*>(x + r1 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
-          }
-          const uint32_t* xa = reinterpret_cast<const uint32_t*>(va);
-          const uint32_t* xb = reinterpret_cast<const uint32_t*>(vb);
+        for (int i = 0; i < XV; ++i) {
+          va[i] = ok && r0 < m ? __ldg(reinterpret_cast<const uint4*>(x + r0 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
+          vb[i] = ok && r1 < m ? __ldg(reinterpret_cast<const uint4*>(x + r1 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
+        }
+        const uint32_t* xa = reinterpret_cast<const uint32_t*>(va);
+        const uint32_t* xb = reinterpret_cast<const uint32_t*>(vb);
 #pragma unroll
-          for (int j = 0; j < J; ++j) {
-            const uint32_t a[4] = {xa[2 * j], xb[2 * j], xa[2 * j + 1], xb[2 * j + 1]};
+        for (int j = 0; j < J; ++j) {
+          const uint32_t a[4] = {xa[2 * j], xb[2 * j], xa[2 * j + 1], xb[2 * j + 1]};
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) mma<T>(acc[t][nt], a, b[nt][j][0], b[nt][j][1]);
-          }
+          for (int nt = 0; nt < NT; ++nt) mma<T>(acc[t][nt], a, b[nt][j][0], b[nt][j][1]);
         }
       }
     }
