@@ -172,6 +172,11 @@ for tp in 1 2 4; do
   [ "$tp" -le "$NG" ] || continue
   run timeout 120 $B/apus bench latency $Q7 --tensor-parallel-size $tp --input-len 1024 --output-len 128
   run timeout 150 $B/apus bench throughput $Q7 --tensor-parallel-size $tp --num-prompts 1000 --input-len 512 --output-len 256
+  if [ "$tp" -gt 1 ]; then  # the same with NCCL for every sum (no peer-to-peer kernel)
+    run env APUS_TP_P2P=0 timeout 120 $B/apus bench latency $Q7 --tensor-parallel-size $tp --input-len 1024 --output-len 128
+    run env APUS_TP_P2P=0 timeout 150 $B/apus bench throughput $Q7 --tensor-parallel-size $tp --num-prompts 1000 \
+      --input-len 512 --output-len 256
+  fi
 done
 if [ "$NG" -ge 4 ]; then
   L70="--device cuda --load-format dummy --config-preset llama-3-70b --tensor-parallel-size 4"

@@ -174,7 +174,7 @@ ModelGroup::ModelGroup(const LoadOptions& load, const std::string& device, int t
 #ifdef APUS_HAVE_CUDA
         r.backend = make_cuda_backend(r.local);
         inner = make_nccl_collectives(*r.backend, id, r.global, world_, r.global == 0 ? tp_timeout_s() : 0.0,
-                                      [this](const std::string& why) { abort_group(why); });
+                                      par.nnodes == 1, [this](const std::string& why) { abort_group(why); });
 #endif
       }
       {
