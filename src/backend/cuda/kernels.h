@@ -156,5 +156,9 @@ struct P2pArgs {
   int world;
 };
 cudaError_t p2p_all_reduce(DType dt, void* x, int64_t bytes, const P2pArgs& a, cudaStream_t stream);
+// The same sum of x [rows, cols] (contiguous, like residual and out), then what add_rms_norm does
+// with it: residual += sum; out = RMSNorm(residual) * w. x is left as it was.
+cudaError_t p2p_add_rms_norm(DType dt, const void* x, void* residual, const float* w, float eps, void* out,
+                             int64_t rows, int64_t cols, const P2pArgs& a, cudaStream_t stream);
 
 }  // namespace apus::cuda

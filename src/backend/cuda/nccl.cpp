@@ -147,6 +147,18 @@ class NcclCollectives final : public Collectives {
                "ncclAllReduce");
   }
 
+  void all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
+                               Backend& backend) override {
+    if (!(p2p_ && p2p_->fits(x) && p2p_->fits(residual) && p2p_->fits(out) && residual.shape == x.shape &&
+          out.shape == x.shape && residual.dtype == x.dtype && out.dtype == x.dtype && w.dtype == DType::F32)) {
+      Collectives::all_reduce_add_rms_norm(x, residual, w, eps, out, backend);
+      return;
+    }
+    alive();
+    cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce_add_rms_norm", x.rows());
+    check_cuda(p2p_->run_add_rms_norm(x, residual, w, eps, out, stream_), "p2p_add_rms_norm");
+  }
+
   void all_gather_cols(const Tensor& x, Tensor& out) override {
     APUS_CHECK(x.contiguous() && out.rows() == x.rows() && out.cols() == world_ * x.cols() && out.dtype == x.dtype,
                "all_gather_cols: {} into {}", x.describe(), out.describe());

@@ -98,4 +98,10 @@ cudaError_t P2pAllReduce::run(Tensor& x, cudaStream_t stream) {
   return p2p_all_reduce(x.dtype, x.data, int64_t(x.nbytes()), args_, stream);
 }
 
+cudaError_t P2pAllReduce::run_add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
+                                           cudaStream_t stream) {
+  return p2p_add_rms_norm(x.dtype, x.data, residual.data, w.ptr<float>(), eps, out.data, x.rows(), x.cols(), args_,
+                          stream);
+}
+
 }  // namespace apus::cuda

@@ -29,6 +29,10 @@ class P2pAllReduce {
   size_t max_bytes() const { return max_bytes_; }
   bool fits(const Tensor& x) const;
   cudaError_t run(Tensor& x, cudaStream_t stream);
+  // run(x), then residual += x; out = RMSNorm(residual) * w (Collectives::all_reduce_add_rms_norm),
+  // in one kernel; x, residual and out must each fit.
+  cudaError_t run_add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
+                               cudaStream_t stream);
   // The group failed: kernels waiting for a peer stop waiting (from any thread).
   void abort() { *abort_host_ = 1; }
 

@@ -9,6 +9,8 @@
 //   3. sums the slice over every rank's buffer in rank order, in float32, into x: each rank reads
 //      every peer's slice once (one NVLink transfer of the message per peer) and every rank gets
 //      bit-identical results.
+// all_reduce_add_rms_norm does steps 1-3 by whole rows and adds the sum into the residual stream
+// and takes its RMSNorm in the same pass (one kernel instead of a sum and a norm).
 // The epoch is each block's counter in device memory plus one (stored back at the end), so graph
 // replays advance it. Two buffers by epoch parity make a second barrier unnecessary: a rank reuses
 // a buffer two calls later, when every peer has passed the barrier of the call in between and so
@@ -39,59 +41,147 @@ __device__ __forceinline__ void add16(float* acc, const uint4& v) {
   for (int j = 0; j < E; ++j) acc[j] += to_f(e[j]);
 }
 
-template <typename T, int W>
-__global__ void __launch_bounds__(kThreads) p2p_all_reduce_kernel(uint4* x, int64_t nvec, P2pArgs a) {
-  constexpr int E = 16 / int(sizeof(T));
-  const int b = blockIdx.x;
-  const uint32_t epoch = a.counter[b] + 1;
-  const size_t half = (epoch & 1u) ? a.buffer_bytes : 0;
-  uint4* mine = reinterpret_cast<uint4*>(static_cast<char*>(a.data[a.rank]) + half);
-  const int64_t step = int64_t(gridDim.x) * kThreads;
-  for (int64_t i = int64_t(b) * kThreads + threadIdx.x; i < nvec; i += step) mine[i] = x[i];
-  __syncthreads();
-  if (threadIdx.x < W) {
-    store_release(a.signal[threadIdx.x] + b * kP2pMaxRanks + a.rank, epoch);
-    const uint32_t* slot = a.signal[a.rank] + b * kP2pMaxRanks + threadIdx.x;
-    for (uint32_t n = 1; int32_t(load_acquire(slot) - epoch) < 0; ++n)
-      if ((n & 1023u) == 0 && *a.abort) break;  // the group failed: leave (x is garbage then)
-  }
-  __syncthreads();
-  for (int64_t i = int64_t(b) * kThreads + threadIdx.x; i < nvec; i += step) {
-    float acc[E];
-#pragma unroll
-    for (int j = 0; j < E; ++j) acc[j] = 0.0f;
-#pragma unroll
-    for (int p = 0; p < W; ++p)
-      add16<T>(acc, __ldcg(reinterpret_cast<const uint4*>(static_cast<const char*>(a.data[p]) + half) + i));
-    uint4 out;
-    T* o = reinterpret_cast<T*>(&out);
-#pragma unroll
-    for (int j = 0; j < E; ++j) o[j] = from_f<T>(acc[j]);
-    x[i] = out;
-  }
-  if (threadIdx.x == 0) a.counter[b] = epoch;
+// This call's epoch and buffer half of block b (step 1's destination and step 3's sources).
+struct Call {
+  uint32_t epoch;
+  size_t half;
+};
+__device__ __forceinline__ Call begin_call(const P2pArgs& a) {
+  const uint32_t epoch = a.counter[blockIdx.x] + 1;
+  return {epoch, (epoch & 1u) ? a.buffer_bytes : size_t(0)};
+}
+__device__ __forceinline__ const uint4* buffer(const P2pArgs& a, int rank, const Call& c) {
+  return reinterpret_cast<const uint4*>(static_cast<const char*>(a.data[rank]) + c.half);
 }
 
-template <typename T>
-cudaError_t launch(void* x, int64_t nvec, const P2pArgs& a, cudaStream_t stream) {
-  const int blocks = int(std::min<int64_t>(kP2pMaxBlocks, std::max<int64_t>(1, (nvec + kThreads - 1) / kThreads)));
-  uint4* xv = static_cast<uint4*>(x);
-  switch (a.world) {
-    case 2: p2p_all_reduce_kernel<T, 2><<<blocks, kThreads, 0, stream>>>(xv, nvec, a); break;
-    case 4: p2p_all_reduce_kernel<T, 4><<<blocks, kThreads, 0, stream>>>(xv, nvec, a); break;
-    case 8: p2p_all_reduce_kernel<T, 8><<<blocks, kThreads, 0, stream>>>(xv, nvec, a); break;
-    default: return cudaErrorInvalidValue;
+// Step 2: after this block's part is in its buffer, meet the same block of every peer.
+template <int W>
+__device__ __forceinline__ void barrier(const P2pArgs& a, const Call& c) {
+  __syncthreads();
+  if (threadIdx.x < W) {
+    store_release(a.signal[threadIdx.x] + blockIdx.x * kP2pMaxRanks + a.rank, c.epoch);
+    const uint32_t* slot = a.signal[a.rank] + blockIdx.x * kP2pMaxRanks + threadIdx.x;
+    for (uint32_t n = 1; int32_t(load_acquire(slot) - c.epoch) < 0; ++n)
+      if ((n & 1023u) == 0 && *a.abort) break;  // the group failed: leave (the results are garbage then)
   }
-  return cudaGetLastError();
+  __syncthreads();
+}
+
+// Element i (16 bytes) of the sum over the ranks, in rank order, float32, rounded to T.
+template <typename T, int W>
+__device__ __forceinline__ uint4 sum16(const P2pArgs& a, const Call& c, int64_t i) {
+  constexpr int E = 16 / int(sizeof(T));
+  float acc[E];
+#pragma unroll
+  for (int j = 0; j < E; ++j) acc[j] = 0.0f;
+#pragma unroll
+  for (int p = 0; p < W; ++p) add16<T>(acc, __ldcg(buffer(a, p, c) + i));
+  uint4 out;
+  T* o = reinterpret_cast<T*>(&out);
+#pragma unroll
+  for (int j = 0; j < E; ++j) o[j] = from_f<T>(acc[j]);
+  return out;
+}
+
+template <typename T, int W>
+__global__ void __launch_bounds__(kThreads) p2p_all_reduce_kernel(uint4* x, int64_t nvec, P2pArgs a) {
+  const Call c = begin_call(a);
+  uint4* mine = const_cast<uint4*>(buffer(a, a.rank, c));
+  const int64_t step = int64_t(gridDim.x) * kThreads;
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < nvec; i += step) mine[i] = x[i];
+  barrier<W>(a, c);
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < nvec; i += step) x[i] = sum16<T, W>(a, c, i);
+  if (threadIdx.x == 0) a.counter[blockIdx.x] = c.epoch;
+}
+
+// The sum added into the residual stream and its RMSNorm, as all_reduce + add_rms_norm compute
+// them (the sum rounded to T, then residual + sum rounded, then w * (that * 1/rms) rounded): a block
+// owns whole rows (nv 16-byte chunks each), so that it can take each row's norm.
+template <typename T, int W>
+__global__ void __launch_bounds__(kThreads) p2p_add_rms_norm_kernel(const uint4* x, T* residual, const float* w,
+                                                                   float eps, T* out, int64_t rows, int nv,
+                                                                   P2pArgs a) {
+  constexpr int E = 16 / int(sizeof(T));
+  const Call c = begin_call(a);
+  uint4* mine = const_cast<uint4*>(buffer(a, a.rank, c));
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x)
+    for (int j = threadIdx.x; j < nv; j += kThreads) mine[r * nv + j] = x[r * nv + j];
+  barrier<W>(a, c);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    uint4* res = reinterpret_cast<uint4*>(residual + r * nv * E);
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < nv; j += kThreads) {
+      const uint4 s = sum16<T, W>(a, c, r * nv + j), rv = res[j];
+      const T* se = reinterpret_cast<const T*>(&s);
+      const T* re = reinterpret_cast<const T*>(&rv);
+      uint4 nv16;
+      T* ne = reinterpret_cast<T*>(&nv16);
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        ne[e] = from_f<T>(to_f(re[e]) + to_f(se[e]));
+        ss += to_f(ne[e]) * to_f(ne[e]);
+      }
+      res[j] = nv16;
+    }
+    const float inv = rsqrtf(block_sum(ss) / float(nv * E) + eps);
+    uint4* orow = reinterpret_cast<uint4*>(out + r * nv * E);
+    for (int j = threadIdx.x; j < nv; j += kThreads) {  // each thread rereads what it wrote
+      const uint4 rv = res[j];
+      const T* re = reinterpret_cast<const T*>(&rv);
+      uint4 o16;
+      T* oe = reinterpret_cast<T*>(&o16);
+#pragma unroll
+      for (int e = 0; e < E; ++e) oe[e] = from_f<T>(w[j * E + e] * to_f(from_f<T>(to_f(re[e]) * inv)));
+      orow[j] = o16;
+    }
+  }
+  if (threadIdx.x == 0) a.counter[blockIdx.x] = c.epoch;
+}
+
+int blocks_for(int64_t work) { return int(std::min<int64_t>(kP2pMaxBlocks, std::max<int64_t>(1, work))); }
+
+#define APUS_P2P_WORLD(world, W, ...)      \
+  switch (world) {                         \
+    case 2: {                              \
+      constexpr int W = 2;                 \
+      __VA_ARGS__;                         \
+      break;                               \
+    }                                      \
+    case 4: {                              \
+      constexpr int W = 4;                 \
+      __VA_ARGS__;                         \
+      break;                               \
+    }                                      \
+    case 8: {                              \
+      constexpr int W = 8;                 \
+      __VA_ARGS__;                         \
+      break;                               \
+    }                                      \
+    default: return cudaErrorInvalidValue; \
+  }
+
+bool usable(const void* p, int64_t bytes, const P2pArgs& a) {
+  return bytes % 16 == 0 && size_t(bytes) <= a.buffer_bytes && (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
 }
 
 }  // namespace
 
 cudaError_t p2p_all_reduce(DType dt, void* x, int64_t bytes, const P2pArgs& a, cudaStream_t stream) {
-  if (bytes % 16 != 0 || size_t(bytes) > a.buffer_bytes || (reinterpret_cast<uintptr_t>(x) & 15u) != 0)
+  if (!usable(x, bytes, a)) return cudaErrorInvalidValue;
+  const int64_t nvec = bytes / 16;
+  const int blocks = blocks_for((nvec + kThreads - 1) / kThreads);
+  APUS_DISPATCH_FLOAT(dt, T, APUS_P2P_WORLD(a.world, W, (p2p_all_reduce_kernel<T, W><<<blocks, kThreads, 0, stream>>>(static_cast<uint4*>(x), nvec, a))));
+  return cudaGetLastError();
+}
+
+cudaError_t p2p_add_rms_norm(DType dt, const void* x, void* residual, const float* w, float eps, void* out,
+                             int64_t rows, int64_t cols, const P2pArgs& a, cudaStream_t stream) {
+  const int64_t row_bytes = cols * (dt == DType::F32 ? 4 : 2), bytes = rows * row_bytes;
+  if (!usable(x, bytes, a) || !usable(residual, bytes, a) || !usable(out, bytes, a) || row_bytes % 16 != 0)
     return cudaErrorInvalidValue;
-  APUS_DISPATCH_FLOAT(dt, T, return launch<T>(x, bytes / 16, a, stream));
-  return cudaErrorInvalidValue;
+  const int nv = int(row_bytes / 16);
+  APUS_DISPATCH_FLOAT(dt, T, APUS_P2P_WORLD(a.world, W, (p2p_add_rms_norm_kernel<T, W><<<blocks_for(rows), kThreads, 0, stream>>>(static_cast<const uint4*>(x), static_cast<T*>(residual), w, eps, static_cast<T*>(out), rows, nv, a))));
+  return cudaGetLastError();
 }
 
 }  // namespace apus::cuda
