@@ -8,7 +8,9 @@
 # run scripts/pack-gpu-deps.sh here first and carry .gpu-deps (device tool: carry [".gpu-deps"]).
 # APUS_GPU_MEMCHECK=1 also runs the op tests under compute-sanitizer (slower).
 # APUS_GPU_PARTS picks what runs after the build: test, bench, serve (default: all three), lora
-# (the LoRA suites on the GPU and decode throughput with 0, 1 and 4 adapters at batch 32), tp
+# (the LoRA suites on the GPU and decode throughput with 0, 1 and 4 adapters at batch 32; with
+# APUS_GPU_LORA_QUICK=1 without the transformers check of the merged export and the runs with
+# APUS_LORA_OVERLAP=0), tp
 # (tensor parallelism on every GPU of the machine: its tests, then the Qwen2.5-7B shape at TP 1, 2
 # and 4, Llama-3-70B at TP 4, two processes as two "nodes", and a rank that fails or is killed), int4
 # (the quantized-model suites on the GPU, then int4 GPTQ against bf16 decode at batch 1 and 32).
@@ -98,16 +100,26 @@ echo "LoRA GPU tests: exit $?"
 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops --gtest_filter='*Lora*' \
   > "$OUT/lora_memcheck.log" 2>&1
 echo "LoRA memcheck: exit $?"
-# The merged export loads in transformers and runs as PEFT's merge_and_unload (CPU, float32).
-PYTHONUNBUFFERED=1 timeout 120 python3 tools/lora/check_merged_in_transformers.py --apus $B/apus \
-  > "$OUT/lora_transformers.log" 2>&1
-echo "LoRA merged export in transformers: exit $?"
+# The merged export loads in transformers and runs as PEFT's merge_and_unload (CPU, float32);
+# APUS_GPU_LORA_QUICK=1 skips it (for a kernel-only change, when device time is short).
+if [ "${APUS_GPU_LORA_QUICK:-0}" != 1 ]; then
+  PYTHONUNBUFFERED=1 timeout 120 python3 tools/lora/check_merged_in_transformers.py --apus $B/apus \
+    > "$OUT/lora_transformers.log" 2>&1
+  echo "LoRA merged export in transformers: exit $?"
+fi
 # Decode-dominated throughput at batch 32 (Qwen2.5-7B shape, dummy bf16 weights): the base alone,
-# then every request through one adapter, then through 4 adapters mixed (rank 16, all linear layers).
+# then every request through one adapter, then through 4 adapters mixed (rank 16, all linear layers);
+# then the adapters again with APUS_LORA_OVERLAP=0 (the shrink after the base GEMM, not beside it),
+# and the device time per op with one adapter (the op profile times shrink and expand apart).
+LORA_TPT="$B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b --num-prompts 64 --max-num-seqs 32 --input-len 128 --output-len 256"
 for n in 0 1 4; do
-  timeout 150 $B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b \
-    --num-prompts 64 --max-num-seqs 32 --input-len 128 --output-len 256 --num-loras $n > "$OUT/lora_bench_$n.log" 2>&1
+  timeout 150 $LORA_TPT --num-loras $n > "$OUT/lora_bench_$n.log" 2>&1
 done
+[ "${APUS_GPU_LORA_QUICK:-0}" != 1 ] && for n in 1 4; do
+  APUS_LORA_OVERLAP=0 timeout 150 $LORA_TPT --num-loras $n > "$OUT/lora_bench_serial_$n.log" 2>&1
+done
+APUS_CUDA_PROFILE=1 timeout 150 $B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b \
+  --num-prompts 32 --max-num-seqs 32 --input-len 128 --output-len 64 --num-loras 1 > "$OUT/lora_profile.log" 2>&1
 fi
 
 if part int4; then
@@ -234,8 +246,13 @@ if part tp; then
 fi
 if part lora; then
   grep -E "tests passed|PASSED|FAILED|largest" "$OUT/lora_tests.log"; grep -E "ERROR SUMMARY" "$OUT/lora_memcheck.log"
-  grep -E "^a[0-9]:|Error" "$OUT/lora_transformers.log"
+  [ -f "$OUT/lora_transformers.log" ] && grep -E "^a[0-9]:|Error" "$OUT/lora_transformers.log"
   for n in 0 1 4; do echo "---- $n adapters"; grep -E "LoRA|batched|rror" "$OUT/lora_bench_$n.log"; done
+  for n in 1 4; do
+    [ -f "$OUT/lora_bench_serial_$n.log" ] || continue
+    echo "---- $n adapters, APUS_LORA_OVERLAP=0"; grep -E "batched|rror" "$OUT/lora_bench_serial_$n.log"
+  done
+  echo "---- device time per op, 1 adapter (lora_profile.log)"; grep -A16 "APUS_CUDA_PROFILE" "$OUT/lora_profile.log"
 fi
 if [ -f "$OUT/serve_ready.txt" ]; then
   cat "$OUT/serve_ready.txt"; echo "---- 32 streams"; cat "$OUT/serve_c32.log"; echo "---- 256 streams"; cat "$OUT/serve_c256.log"

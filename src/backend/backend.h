@@ -156,6 +156,13 @@ class Backend {
   // slot s = slots[t] (I32 [T]) is >= 0, out[t, p.offset : p.offset + n] += B_s (A_s x[t]).
   // Tokens with slot -1 (the base model, padding) are left alone.
   virtual void lora(const Tensor& x, const Tensor& slots, const std::vector<LoraPart>& parts, Tensor& out) = 0;
+  // linear(x, w, out) and then lora(x, slots, parts, out), as one op so that a backend may overlap
+  // them (CUDA runs the LoRA shrink, which reads only x, beside the base GEMM).
+  virtual void linear_lora(const Tensor& x, const Linear& w, const Tensor& slots, const std::vector<LoraPart>& parts,
+                           Tensor& out) {
+    linear(x, w, out);
+    lora(x, slots, parts, out);
+  }
   // Rotate-half RoPE in place on x [T, heads * head_dim]: within each head, dim i < rot/2 pairs with
   // i + rot/2, where rot = 2 * cos.cols(); cos/sin F32 [T, rot/2].
   virtual void rope(Tensor& x, const Tensor& cos, const Tensor& sin, int head_dim) = 0;

@@ -251,8 +251,8 @@ bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
   else add_rms_norm(x, tmp, L.attn_norm, h);  // x += previous MLP out
   const LoraLayer* lo = sv.lora_slots.empty() ? nullptr : &lora_->layer(i);
   if (tap && !(*tap)(LinearSlot::kQkv, h)) return false;
-  backend_.linear(h, L.qkv, qkv);
-  if (lo) backend_.lora(h, sv.lora_slots, lo->qkv, qkv);
+  if (lo) backend_.linear_lora(h, L.qkv, sv.lora_slots, lo->qkv, qkv);
+  else backend_.linear(h, L.qkv, qkv);
   if (c.qk_norm) {
     backend_.rms_norm(q, L.q_norm, c.rms_norm_eps, q);
     backend_.rms_norm(k, L.k_norm, c.rms_norm_eps, k);
@@ -266,16 +266,16 @@ bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
   backend_.store_kv(k, v, ab.slot_mapping, cache.layers[size_t(i)]);
   backend_.attention(q, cache.layers[size_t(i)], ab, attn);
   if (tap && !(*tap)(LinearSlot::kO, attn)) return false;
-  backend_.linear(attn, L.o, tmp);
-  if (lo) backend_.lora(attn, sv.lora_slots, lo->o, tmp);
+  if (lo) backend_.linear_lora(attn, L.o, sv.lora_slots, lo->o, tmp);
+  else backend_.linear(attn, L.o, tmp);
   add_rms_norm(x, tmp, L.mlp_norm, h);  // row-parallel: the sum of the ranks' heads
   if (tap && !(*tap)(LinearSlot::kGateUp, h)) return false;
-  backend_.linear(h, L.gate_up, gate_up);
-  if (lo) backend_.lora(h, sv.lora_slots, lo->gate_up, gate_up);
+  if (lo) backend_.linear_lora(h, L.gate_up, sv.lora_slots, lo->gate_up, gate_up);
+  else backend_.linear(h, L.gate_up, gate_up);
   backend_.silu_mul(gate_up, act);
   if (tap && !(*tap)(LinearSlot::kDown, act)) return false;
-  backend_.linear(act, L.down, tmp);
-  if (lo) backend_.lora(act, sv.lora_slots, lo->down, tmp);
+  if (lo) backend_.linear_lora(act, L.down, sv.lora_slots, lo->down, tmp);
+  else backend_.linear(act, L.down, tmp);
   return true;
 }
 

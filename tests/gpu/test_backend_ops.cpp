@@ -150,6 +150,40 @@ TEST_P(BackendOps, LoraMixedSlots) {
   }
 }
 
+// linear + LoRA as one op (the CUDA backend runs the shrink on a second stream beside the GEMM):
+// two in a row, the second reading the first's output, so that a shrink that ran ahead of the
+// op before it (or an expand ahead of its GEMM) would read or add to stale values. Decode- and
+// prefill-sized batches, one input slice and several.
+TEST_P(BackendOps, LinearLoraChained) {
+  for (const int64_t m : {1, 32, 600}) {
+    for (const int64_t k : {96, 1100}) {
+      const int64_t R = 16, n = k, S = 2;
+      std::vector<int32_t> slots;
+      for (int64_t t = 0; t < m; ++t) slots.push_back(int32_t(t % 3) - 1);
+      const Tensor cslots = make_view(slots.data(), DType::I32, {m});
+      const float w = 1.0f / std::sqrt(float(k));
+      Tensor x = random({m, k});
+      Tensor wt = random({n, k}, -w, w), bias = random({n});
+      Tensor a = random({S, R, k}, -w, w), b = random({S, n, R}, -0.5f, 0.5f);
+      const Linear cl{{LinearPart{wt, bias}}, k, n};
+      Tensor y1 = host_tensor(DType::F32, {m, n}), y2 = host_tensor(DType::F32, {m, n});
+      cpu_->linear_lora(x, cl, cslots, {LoraPart{a, b, 0}}, y1);
+      for (int64_t i = 0; i < y1.numel(); ++i) y1.ptr<float>()[i] = round_to(y1.ptr<float>()[i], dt_);
+      cpu_->linear_lora(y1, cl, cslots, {LoraPart{a, b, 0}}, y2);
+
+      const Linear gl = gpu_->prepare_linear(Linear{{LinearPart{to_gpu(wt), to_gpu_f32(bias)}}, k, n});
+      const std::vector<LoraPart> gp{LoraPart{to_gpu(a), to_gpu(b), 0}};
+      const Tensor gslots = to_gpu_i32(slots);
+      Tensor gx = to_gpu(x), gy1 = poisoned({m, n}), gy2 = poisoned({m, n});
+      gpu_->linear_lora(gx, gl, gslots, gp, gy1);
+      gpu_->linear_lora(gy1, gl, gslots, gp, gy2);
+      const std::string what = fmt::format("linear_lora m={} k={}", m, k);
+      expect_close(y1, gy1, what + " first");
+      expect_close(y2, gy2, what + " second (input: the first's output)", 2 * tolerance(dt_));
+    }
+  }
+}
+
 TEST_P(BackendOps, LinearPartsBiasStridesAndF32Output) {
   for (int64_t m : {1, 7, 64, 300}) {
     const int64_t k = 96, n1 = 48, n2 = 80;

@@ -81,6 +81,9 @@ class CudaBackend final : public Backend {
     APUS_CUDA_CHECK(cudaGetDeviceProperties(&props_, device));
     APUS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     APUS_CUDA_CHECK(cudaEventCreateWithFlags(&upload_done_, cudaEventDisableTiming));
+    APUS_CUDA_CHECK(cudaStreamCreateWithFlags(&lora_stream_, cudaStreamNonBlocking));
+    APUS_CUDA_CHECK(cudaEventCreateWithFlags(&lora_fork_, cudaEventDisableTiming));
+    APUS_CUDA_CHECK(cudaEventCreateWithFlags(&lora_join_, cudaEventDisableTiming));
     const cuda::Cublas& cb = cuda::cublas();
     check_blas(cb.create(&blas_), "cublasCreate");
     check_blas(cb.set_stream(blas_, stream_), "cublasSetStream");
@@ -92,6 +95,8 @@ class CudaBackend final : public Backend {
     profile_ = std::make_unique<cuda::OpProfile>(stream_);
     const char* g = std::getenv("APUS_CUDA_GEMV");
     gemv_ = g == nullptr || std::string(g) != "0";
+    const char* o = std::getenv("APUS_LORA_OVERLAP");
+    lora_overlap_ = o == nullptr || std::string(o) != "0";
   }
 
   ~CudaBackend() override {
@@ -100,6 +105,9 @@ class CudaBackend final : public Backend {
     profile_.reset();
     cuda::cublas().destroy(blas_);
     cudaEventDestroy(upload_done_);
+    cudaEventDestroy(lora_fork_);
+    cudaEventDestroy(lora_join_);
+    cudaStreamDestroy(lora_stream_);
     cudaStreamDestroy(stream_);
   }
 
@@ -464,37 +472,45 @@ class CudaBackend final : public Backend {
   }
 
   void lora(const Tensor& x, const Tensor& slots, const std::vector<LoraPart>& parts, Tensor& out) override {
-    activation(x, "lora");
-    activation(out, "lora");
-    on_device(slots, "lora");
-    APUS_CHECK(!parts.empty() && parts.size() <= size_t(cuda::kLoraMaxParts), "lora: {} parts", parts.size());
-    cuda::LoraArgs p{};
-    p.count = int(parts.size());
-    p.rank = int(parts[0].a.shape[1]);
-    p.num_slots = int(parts[0].a.shape[0]);
-    p.in = x.cols();
-    APUS_CHECK(p.rank == 8 || p.rank == 16 || p.rank == 32 || p.rank == 64,
-               "lora: the CUDA kernels take LoRA slots of rank 8, 16, 32 or 64, not {} (--max_lora_rank)", p.rank);
-    for (size_t i = 0; i < parts.size(); ++i) {
-      const LoraPart& lp = parts[i];
-      APUS_CHECK(lp.a.dtype == act_ && lp.b.dtype == act_ && lp.a.shape[1] == p.rank && lp.a.shape[2] == p.in &&
-                     lp.b.shape[2] == p.rank && lp.offset + lp.b.shape[1] <= out.cols(),
-                 "lora: A {} / B {} at column {} do not fit input {} / output {}", lp.a.describe(), lp.b.describe(),
-                 lp.offset, x.describe(), out.describe());
-      p.a[i] = lp.a.data;
-      p.b[i] = lp.b.data;
-      p.n[i] = lp.b.shape[1];
-      p.offset[i] = lp.offset;
-    }
-    const int64_t need = x.rows() * cuda::kLoraMaxParts * p.rank;
-    if (lora_scratch_.numel() < need) {
-      if (!graphs_.empty()) retired_.push_back(lora_scratch_);  // a recorded graph may use it
-      lora_scratch_ = raw_alloc(DType::F32, {std::max<int64_t>(need, 256 * cuda::kLoraMaxParts * 64)});
-    }
+    const cuda::LoraArgs p = lora_args(x, slots, parts, out);
     cuda::TimedOp t(*profile_, "lora", x.rows());
     launched(cuda::lora(act_, x.data, x.row_stride, x.rows(), slots.ptr<int32_t>(), p, lora_scratch_.ptr<float>(),
                         out.data, out.row_stride, stream_),
              "lora");
+  }
+
+  // The shrink (A x into the scratch) reads only x, so it runs on a second stream beside the base
+  // GEMM (a branch of its own in a CUDA graph); only the expand, after both, stays on the step's
+  // critical path. APUS_LORA_OVERLAP=0 (and the op profile, which times the halves apart) runs
+  // linear, shrink and expand one after the other.
+  void linear_lora(const Tensor& x, const Linear& w, const Tensor& slots, const std::vector<LoraPart>& parts,
+                   Tensor& out) override {
+    const cuda::LoraArgs p = lora_args(x, slots, parts, out);
+    const int32_t* sl = slots.ptr<int32_t>();
+    float* v = lora_scratch_.ptr<float>();
+    if (!lora_overlap_ || profile_->on()) {
+      linear(x, w, out);
+      {
+        cuda::TimedOp t(*profile_, "lora_shrink", x.rows());
+        launched(cuda::lora_shrink(act_, x.data, x.row_stride, x.rows(), sl, p, v, stream_), "lora_shrink");
+      }
+      cuda::TimedOp t(*profile_, "lora_expand", x.rows());
+      launched(cuda::lora_expand(act_, x.rows(), sl, p, v, out.data, out.row_stride, stream_), "lora_expand");
+      return;
+    }
+    APUS_CUDA_CHECK(cudaEventRecord(lora_fork_, stream_));
+    APUS_CUDA_CHECK(cudaStreamWaitEvent(lora_stream_, lora_fork_, 0));
+    const cudaError_t shrunk = cuda::lora_shrink(act_, x.data, x.row_stride, x.rows(), sl, p, v, lora_stream_);
+    APUS_CUDA_CHECK(cudaEventRecord(lora_join_, lora_stream_));
+    try {
+      linear(x, w, out);
+    } catch (...) {  // the side branch joins the step's stream whatever happens (a capture needs it)
+      cudaStreamWaitEvent(stream_, lora_join_, 0);
+      throw;
+    }
+    APUS_CUDA_CHECK(cudaStreamWaitEvent(stream_, lora_join_, 0));
+    launched(shrunk, "lora_shrink");
+    launched(cuda::lora_expand(act_, x.rows(), sl, p, v, out.data, out.row_stride, stream_), "lora_expand");
   }
 
   void silu_mul(const Tensor& gate_up, Tensor& out) override {
@@ -676,6 +692,39 @@ class CudaBackend final : public Backend {
     on_device(t, op);
     APUS_CHECK(t.dtype == act_, "{}: {} is not in the activation dtype {}", op, t.describe(), dtype_name(act_));
   }
+  // Checks a LoRA op's operands and makes room for its scratch (the shrunk activations).
+  cuda::LoraArgs lora_args(const Tensor& x, const Tensor& slots, const std::vector<LoraPart>& parts, const Tensor& out) {
+    activation(x, "lora");
+    activation(out, "lora");
+    on_device(slots, "lora");
+    APUS_CHECK(!parts.empty() && parts.size() <= size_t(cuda::kLoraMaxParts), "lora: {} parts", parts.size());
+    APUS_CHECK(slots.numel() >= x.rows(), "lora: {} slots for {} tokens", slots.numel(), x.rows());
+    cuda::LoraArgs p{};
+    p.count = int(parts.size());
+    p.rank = int(parts[0].a.shape[1]);
+    p.num_slots = int(parts[0].a.shape[0]);
+    p.in = x.cols();
+    APUS_CHECK(p.rank == 8 || p.rank == 16 || p.rank == 32 || p.rank == 64,
+               "lora: the CUDA kernels take LoRA slots of rank 8, 16, 32 or 64, not {} (--max_lora_rank)", p.rank);
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const LoraPart& lp = parts[i];
+      APUS_CHECK(lp.a.dtype == act_ && lp.b.dtype == act_ && lp.a.shape[1] == p.rank && lp.a.shape[2] == p.in &&
+                     lp.b.shape[2] == p.rank && lp.offset + lp.b.shape[1] <= out.cols(),
+                 "lora: A {} / B {} at column {} do not fit input {} / output {}", lp.a.describe(), lp.b.describe(),
+                 lp.offset, x.describe(), out.describe());
+      p.a[i] = lp.a.data;
+      p.b[i] = lp.b.data;
+      p.n[i] = lp.b.shape[1];
+      p.offset[i] = lp.offset;
+    }
+    const int64_t need = x.rows() * cuda::kLoraMaxParts * p.rank;
+    if (lora_scratch_.numel() < need) {
+      if (!graphs_.empty()) retired_.push_back(lora_scratch_);  // a recorded graph may use it
+      lora_scratch_ = raw_alloc(DType::F32, {std::max<int64_t>(need, 256 * cuda::kLoraMaxParts * 64)});
+    }
+    return p;
+  }
+
   void launched(cudaError_t e, const char* kernel) const { check(e, kernel); }
 
   cuda::DeviceError* error_word() const { return static_cast<cuda::DeviceError*>(errors_.data); }
@@ -711,6 +760,9 @@ class CudaBackend final : public Backend {
   DType act_ = DType::BF16;
   Tensor blas_workspace_, errors_, attention_scratch_, sample_buffer_, sample_scratch_;
   Tensor lora_scratch_;  // the shrunk activations of Backend::lora (grown like attention_scratch_)
+  cudaStream_t lora_stream_ = nullptr;  // linear_lora's shrink, beside the base GEMM
+  cudaEvent_t lora_fork_ = nullptr, lora_join_ = nullptr;
+  bool lora_overlap_ = true;  // APUS_LORA_OVERLAP=0: linear_lora one op after the other
   Tensor quant_scratch_;   // the largest quantized matrix dequantized (prefill), sized at load
   Tensor gather_scratch_;  // act-order layers' reordered activations (grown like attention_scratch_)
   PinnedBuffer upload_pinned_, download_pinned_, error_pinned_, sample_pinned_;

@@ -103,6 +103,12 @@ struct LoraArgs {
 };
 cudaError_t lora(DType dt, const void* x, int64_t x_stride, int64_t tokens, const int32_t* slots, const LoraArgs& p,
                  float* scratch, void* out, int64_t out_stride, cudaStream_t stream);
+// lora() in its two halves: the shrink (scratch = A x; reads x only, so it may run on another
+// stream beside the base GEMM that writes `out`) and the expand (out += B scratch).
+cudaError_t lora_shrink(DType dt, const void* x, int64_t x_stride, int64_t tokens, const int32_t* slots,
+                        const LoraArgs& p, float* scratch, cudaStream_t stream);
+cudaError_t lora_expand(DType dt, int64_t tokens, const int32_t* slots, const LoraArgs& p, const float* scratch,
+                        void* out, int64_t out_stride, cudaStream_t stream);
 
 // Paged attention over block tables (see AttentionBatch in backend/backend.h for the layout).
 struct AttentionParams {
