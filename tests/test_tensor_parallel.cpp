@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <random>
 #include <thread>
@@ -146,8 +147,9 @@ TEST(TensorParallelDeathTest, AFailedGroupThatIsNotTornDownEndsTheProcess) {
 
 #ifdef APUS_TEST_GPU
 // The collectives directly, two GPUs: sums of every size the model makes (decode rows through the
-// peer-to-peer kernel, larger ones through NCCL), three at a time back to back, of values whose
-// sums bf16 holds exactly, so that any stale or raced buffer shows; both ranks get the exact sums.
+// peer-to-peer kernel, larger ones through NCCL), three at a time back to back and then one fused
+// with the residual add + RMSNorm, of values whose sums bf16 holds exactly, so that any stale or
+// raced buffer shows; both ranks get the exact sums (and the norm within bf16 rounding).
 TEST(TensorParallel, AllReducesOfEverySizeAreExactOnEveryRank) {
   if (gpu_count() < 2) GTEST_SKIP() << "needs 2 GPUs";
   constexpr int kWorld = 2;
@@ -169,6 +171,33 @@ TEST(TensorParallel, AllReducesOfEverySizeAreExactOnEveryRank) {
           t.push_back(b->upload(h));
         }
         for (Tensor& x : t) c->all_reduce(x);
+        // The fused sum + residual add + RMSNorm on a fourth: the residual stream is rank 0's 4th input.
+        Tensor hx = host_tensor(DType::BF16, {rows, kCols}), hr = host_tensor(DType::BF16, {rows, kCols});
+        Tensor hw = host_tensor(DType::F32, {kCols});
+        for (int64_t i = 0; i < hx.numel(); ++i) set_float(hx, i, value(rank, it, 3, i)), set_float(hr, i, value(0, it, 4, i));
+        for (int64_t i = 0; i < kCols; ++i) hw.ptr<float>()[i] = 0.5f + float(i % 7) * 0.25f;
+        Tensor dx = b->upload(hx), dres = b->upload(hr), dw = b->upload(hw), dout = b->alloc(DType::BF16, {rows, kCols});
+        c->all_reduce_add_rms_norm(dx, dres, dw, 1e-6f, dout, *b);
+        b->copy_to_host(dres, hr.data);
+        Tensor hout = host_tensor(DType::BF16, {rows, kCols});
+        b->copy_to_host(dout, hout.data);
+        for (int64_t r = 0; r < rows && errors[size_t(rank)].empty(); ++r) {
+          double ss = 0.0;
+          for (int64_t i = r * kCols; i < (r + 1) * kCols; ++i) {
+            const float want = value(0, it, 4, i) + value(0, it, 3, i) + value(1, it, 3, i);
+            ss += double(want) * want;
+            if (get_float(hr, i) != want)
+              errors[size_t(rank)] = fmt::format("rank {} call {} residual row {} element {}: {} instead of {}", rank, it,
+                                                 r, i, get_float(hr, i), want);
+          }
+          const double inv = 1.0 / std::sqrt(ss / double(kCols) + 1e-6);
+          for (int64_t i = r * kCols; i < (r + 1) * kCols && errors[size_t(rank)].empty(); ++i) {
+            const double want = double(get_float(hr, i)) * inv * hw.ptr<float>()[i % kCols];
+            if (std::fabs(get_float(hout, i) - want) > 0.01 * std::fabs(want) + 1e-3)
+              errors[size_t(rank)] = fmt::format("rank {} call {} norm row {} element {}: {} instead of {}", rank, it,
+                                                 r, i, get_float(hout, i), want);
+          }
+        }
         for (int k = 0; k < 3; ++k) {
           Tensor h = host_tensor(DType::BF16, {rows, kCols});
           b->copy_to_host(t[size_t(k)], h.data);

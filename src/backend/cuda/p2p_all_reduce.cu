@@ -12,9 +12,13 @@
 // all_reduce_add_rms_norm does steps 1-3 by whole rows and adds the sum into the residual stream
 // and takes its RMSNorm in the same pass (one kernel instead of a sum and a norm).
 // The epoch is each block's counter in device memory plus one (stored back at the end), so graph
-// replays advance it. Two buffers by epoch parity make a second barrier unnecessary: a rank reuses
-// a buffer two calls later, when every peer has passed the barrier of the call in between and so
-// finished reading it. A peer may already be one call ahead: slots are compared as ">= epoch".
+// replays advance it. Every call runs all kP2pMaxBlocks blocks (those without work too), so every
+// block's counter advances with every call and all of a call's blocks use the same buffer half,
+// whatever the message's size or the kernel (elementwise or by rows): two halves by epoch parity
+// then make a second barrier unnecessary. A rank writes a half again two calls later, when its
+// block has met each peer's block at the barrier of the call in between, so each peer's kernel
+// of the call before (every block of it) has ended. A peer may be one call ahead: slots are
+// compared as ">= epoch".
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 
@@ -138,8 +142,6 @@ __global__ void __launch_bounds__(kThreads) p2p_add_rms_norm_kernel(const uint4*
   if (threadIdx.x == 0) a.counter[blockIdx.x] = c.epoch;
 }
 
-int blocks_for(int64_t work) { return int(std::min<int64_t>(kP2pMaxBlocks, std::max<int64_t>(1, work))); }
-
 #define APUS_P2P_WORLD(world, W, ...)      \
   switch (world) {                         \
     case 2: {                              \
@@ -169,8 +171,7 @@ bool usable(const void* p, int64_t bytes, const P2pArgs& a) {
 cudaError_t p2p_all_reduce(DType dt, void* x, int64_t bytes, const P2pArgs& a, cudaStream_t stream) {
   if (!usable(x, bytes, a)) return cudaErrorInvalidValue;
   const int64_t nvec = bytes / 16;
-  const int blocks = blocks_for((nvec + kThreads - 1) / kThreads);
-  APUS_DISPATCH_FLOAT(dt, T, APUS_P2P_WORLD(a.world, W, (p2p_all_reduce_kernel<T, W><<<blocks, kThreads, 0, stream>>>(static_cast<uint4*>(x), nvec, a))));
+  APUS_DISPATCH_FLOAT(dt, T, APUS_P2P_WORLD(a.world, W, (p2p_all_reduce_kernel<T, W><<<kP2pMaxBlocks, kThreads, 0, stream>>>(static_cast<uint4*>(x), nvec, a))));
   return cudaGetLastError();
 }
 
@@ -180,7 +181,7 @@ cudaError_t p2p_add_rms_norm(DType dt, const void* x, void* residual, const floa
   if (!usable(x, bytes, a) || !usable(residual, bytes, a) || !usable(out, bytes, a) || row_bytes % 16 != 0)
     return cudaErrorInvalidValue;
   const int nv = int(row_bytes / 16);
-  APUS_DISPATCH_FLOAT(dt, T, APUS_P2P_WORLD(a.world, W, (p2p_add_rms_norm_kernel<T, W><<<blocks_for(rows), kThreads, 0, stream>>>(static_cast<const uint4*>(x), static_cast<T*>(residual), w, eps, static_cast<T*>(out), rows, nv, a))));
+  APUS_DISPATCH_FLOAT(dt, T, APUS_P2P_WORLD(a.world, W, (p2p_add_rms_norm_kernel<T, W><<<kP2pMaxBlocks, kThreads, 0, stream>>>(static_cast<const uint4*>(x), static_cast<T*>(residual), w, eps, static_cast<T*>(out), rows, nv, a))));
   return cudaGetLastError();
 }
 
