@@ -13,7 +13,8 @@
 # APUS_LORA_OVERLAP=0), tp
 # (tensor parallelism on every GPU of the machine: its tests, then the Qwen2.5-7B shape at TP 1, 2
 # and 4, Llama-3-70B at TP 4, two processes as two "nodes", and a rank that fails or is killed), int4
-# (the quantized-model suites on the GPU, then int4 GPTQ against bf16 decode at batch 1 and 32).
+# (the quantized-model suites on the GPU, the int4 kernels alone per layer shape, then int4 GPTQ
+# against bf16 decode at batch 1 and 32).
 set -uo pipefail
 PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
 part() { [[ $PARTS == *",$1,"* ]]; }
@@ -50,6 +51,13 @@ part test && TARGETS="$TARGETS test_backend_ops test_decode_graphs test_golden_g
 part lora && TARGETS="$TARGETS test_backend_ops test_lora_gpu"
 part int4 && TARGETS="$TARGETS test_backend_ops test_golden_gpu test_quant_model_gpu"
 part tp && TARGETS="$TARGETS test_tensor_parallel_gpu test_golden_gpu"
+# The int4 decode kernels alone (bench/quant_kernel_bench.cu, not a CMake target), built beside.
+if part int4; then
+  mkdir -p $B
+  nvcc -std=c++17 -O3 -arch=native -Isrc -Iinclude bench/quant_kernel_bench.cu -o $B/quant_kernel_bench \
+    > "$OUT/int4_kernels.log" 2>&1 &
+  QB=$!
+fi
 if ! cmake --build $B -j$(nproc) --target $TARGETS > "$OUT/build.log" 2>&1; then
   grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1
 fi
@@ -123,6 +131,8 @@ APUS_CUDA_PROFILE=1 timeout 150 $B/apus bench throughput --device cuda --load-fo
 fi
 
 if part int4; then
+wait $QB && timeout 120 $B/quant_kernel_bench >> "$OUT/int4_kernels.log" 2>&1
+echo "int4 kernel bench: exit $?"
 : > "$OUT/int4_tests.log"
 for t in "test_backend_ops --gtest_filter=*Quant*" test_quant_model_gpu "test_golden_gpu --gtest_filter=*GoldenQuant*"; do
   (cd $B && timeout 120 ./tests/$t) >> "$OUT/int4_tests.log" 2>&1
@@ -257,6 +267,14 @@ fi
 if [ -f "$OUT/serve_ready.txt" ]; then
   cat "$OUT/serve_ready.txt"; echo "---- 32 streams"; cat "$OUT/serve_c32.log"; echo "---- 256 streams"; cat "$OUT/serve_c256.log"
   grep -E "error|Error" "$OUT/serve_server.log" | head -5
+fi
+if part int4; then
+  grep -E "FAILED|Failure|largest" "$OUT/int4_tests.log" | head -20; grep -E "ERROR SUMMARY" "$OUT/int4_memcheck.log"
+  cat "$OUT/int4_kernels.log"
+  for f in latency_bf16 latency_gptq batch32_bf16 batch32_gptq; do
+    echo "---- $f"; grep -E "^prefill  |^decode  |^load  |batched|rror" "$OUT/int4_$f.log"
+  done
+  echo "---- int4 decode, device time per op"; grep -A24 "APUS_CUDA_PROFILE" "$OUT/int4_profile.log"
 fi
 if part test; then
 grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|\*\*\*" "$OUT/ctest.log"

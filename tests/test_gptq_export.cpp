@@ -442,6 +442,14 @@ TEST_F(GptqExport, CommandLine) {
   ASSERT_EQ(g.status, 0) << g.out;
   EXPECT_TRUE(std::regex_search(g.out, std::regex(R"(layer +1 mlp.down_proj .* gptq [0-9.]+ +rtn [0-9.]+)"))) << g.out;
   EXPECT_NE(g.out.find("calibration: 1 samples"), std::string::npos) << g.out;
+  // AWQ, into the default directory <model>-awq-int4.
+  const auto a = test::run_apus(fmt::format("export --model {} --quant_bits 4 --quant_method awq --group_size 32 "
+                                            "--dataset {} --threads 2",
+                                            model(), data.string()));
+  ASSERT_EQ(a.status, 0) << a.out;
+  EXPECT_TRUE(std::regex_search(a.out, std::regex(R"(layer +1 mlp.down_proj .* awq [0-9.]+ +rtn [0-9.]+)"))) << a.out;
+  EXPECT_EQ(test::read_json(fs::path(model() + "-awq-int4") / "config.json")["quantization_config"]["quant_method"],
+            "awq");
 }
 
 TEST_F(GptqExport, ClearErrors) {

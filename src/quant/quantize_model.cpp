@@ -125,6 +125,49 @@ void check_model(const ModelConfig& c, const QuantGrid& grid, const std::string&
   }
 }
 
+// GPTQ (with `gptq`: Hessians from the calibration chunks, one pass per group of the layer as
+// quantized so far) or RTN on decoder layer i; the matrices are replaced by their dequantized values.
+void gptq_layer(DecoderModel& model, int i, bool gptq, std::vector<Chunk>& chunks, KvCache& cache,
+                const QuantGrid& grid, const QuantConfig& qc, Backend& backend, ThreadPool& pool, Packed& packed,
+                QuantizeResult& res, std::ostream& log) {
+  for (const Module& m : kModules) {
+    Linear& lin = linear_of(model.layer_weights(i), m.slot);
+    Hessian h(lin.in_features);
+    if (gptq) {
+      const DecoderModel::LinearTap tap = [&](Slot s, const Tensor& x) {  // stop once the input is seen
+        if (s != m.slot) return true;
+        h.add(x, pool);
+        return false;
+      };
+      for (Chunk& ch : chunks) {
+        Tensor x = backend.alloc(DType::F32, ch.hidden.shape);
+        std::memcpy(x.data, ch.hidden.data, ch.hidden.nbytes());
+        model.forward_layer(ch.batch, cache, i, x, tap);
+      }
+    }
+    for (size_t p = 0; p < m.parts.size(); ++p) {
+      LinearPart& part = lin.parts[p];
+      const int64_t out = part.weight.rows(), in = part.weight.cols();
+      const std::vector<float> w = to_float(part.weight);
+      LinearError e{i, m.parts[p], out, in, -1.0, -1.0};
+      const QuantMatrix rtn = quantize_rtn(w.data(), out, in, grid);
+      QuantMatrix q;
+      if (gptq) {
+        q = quantize_gptq(w.data(), out, in, h, grid, pool);
+        e.quantized = relative_error(w.data(), q, h, pool);
+        e.rtn = relative_error(w.data(), rtn, h, pool);
+        log << fmt::format("layer {:3d} {:18s} [{:5d}, {:5d}]  gptq {:.5f}  rtn {:.5f}\n", i, m.parts[p], out, in,
+                           e.quantized, e.rtn);
+      } else {
+        q = rtn;
+      }
+      res.errors.push_back(e);
+      part.weight = float_tensor(q.dequantize(), out, in);  // what the next layers' inputs see
+      packed[fmt::format("model.layers.{}.{}", i, m.parts[p])] = pack_quant(q, qc);
+    }
+    lin = backend.prepare_linear(std::move(lin));
+  }
+}
 
 // AWQ on decoder layer i (AutoAWQ's order): the inputs of its four groups from one pass of the
 // layer as it is; the scales of every group searched on them and applied (the norm before q/k/v
@@ -288,44 +331,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o, std::ostream& log) {
   const int64_t awq_stride = (res.calibration_tokens + kAwqRows - 1) / kAwqRows;
   for (int i = 0; i < c.num_layers; ++i) {
     if (awq) awq_layer(*model, i, chunks, cache, awq_stride, o.grid, qc, *backend, pool, packed, changed, res, log);
-    for (const Module& m : kModules) {
-      if (awq) break;
-      Linear& lin = linear_of(model->layer_weights(i), m.slot);
-      Hessian h(lin.in_features);
-      if (gptq) {
-        const DecoderModel::LinearTap tap = [&](Slot s, const Tensor& x) {  // stop once the input is seen
-          if (s != m.slot) return true;
-          h.add(x, pool);
-          return false;
-        };
-        for (Chunk& ch : chunks) {
-          Tensor x = backend->alloc(DType::F32, ch.hidden.shape);
-          std::memcpy(x.data, ch.hidden.data, ch.hidden.nbytes());
-          model->forward_layer(ch.batch, cache, i, x, tap);
-        }
-      }
-      for (size_t p = 0; p < m.parts.size(); ++p) {
-        LinearPart& part = lin.parts[p];
-        const int64_t out = part.weight.rows(), in = part.weight.cols();
-        const std::vector<float> w = to_float(part.weight);
-        LinearError e{i, m.parts[p], out, in, -1.0, -1.0};
-        const QuantMatrix rtn = quantize_rtn(w.data(), out, in, o.grid);
-        QuantMatrix q;
-        if (gptq) {
-          q = quantize_gptq(w.data(), out, in, h, o.grid, pool);
-          e.quantized = relative_error(w.data(), q, h, pool);
-          e.rtn = relative_error(w.data(), rtn, h, pool);
-          log << fmt::format("layer {:3d} {:18s} [{:5d}, {:5d}]  gptq {:.5f}  rtn {:.5f}\n", i, m.parts[p], out, in,
-                             e.quantized, e.rtn);
-        } else {
-          q = rtn;
-        }
-        res.errors.push_back(e);
-        part.weight = float_tensor(q.dequantize(), out, in);  // what the next layers' inputs see
-        packed[fmt::format("model.layers.{}.{}", i, m.parts[p])] = pack_quant(q, qc);
-      }
-      lin = backend->prepare_linear(std::move(lin));
-    }
+    else gptq_layer(*model, i, gptq, chunks, cache, o.grid, qc, *backend, pool, packed, res, log);
     if (calibrate) {
       for (Chunk& ch : chunks) model->forward_layer(ch.batch, cache, i, ch.hidden, {});
       log << fmt::format("layer {} of {} quantized ({:.1f} s)\n", i + 1, c.num_layers,

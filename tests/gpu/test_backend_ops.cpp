@@ -9,6 +9,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <vector>
 
 #include "backend/backend.h"
 #include "core/error.h"
@@ -239,10 +240,12 @@ TEST_P(BackendOps, GemvSmallBatchesOddShapes) {
   }
 }
 
-// GPTQ / AWQ layers against the CPU's qgemm: 4 and 8 bits, groups of 32, 128 and the whole row,
-// act-order (a column permutation), two fused parts with a bias, decode batches on tensor cores
-// (1-64 rows, k not a multiple of a warp's chunk), prefill through the dequantized matrix (65+
-// rows, and every batch for F32), F32 output; rows independent of the batch around them.
+// GPTQ / AWQ layers against the CPU's qgemm: 4 and 8 bits, groups of 32, 64, 128 and the whole row
+// (scales per fragment, or per chunk of products when a warp's chunk lies in one group), act-order
+// (a column permutation), two fused parts with a bias and an odd total of output columns, decode
+// batches on tensor cores (1-8 and 9-64 rows, k not a multiple of a warp's chunk), prefill through the
+// dequantized matrix (65+ rows, and every batch for F32), F32 output; rows independent of the batch
+// around them (within 1-8 rows and within 9-64).
 TEST_P(BackendOps, QuantLinear) {
   struct Case {
     int bits;
@@ -250,8 +253,9 @@ TEST_P(BackendOps, QuantLinear) {
     bool act_order;
   };
   for (const Case c : {Case{4, 96, 32, false}, Case{4, 256, 128, true}, Case{4, 3584, 128, false},
-                       Case{8, 96, 32, true}, Case{8, 512, 512, false}, Case{4, 160, 160, false}}) {
-    const int64_t k = c.k, n1 = 40, n2 = 24;
+                       Case{4, 448, 64, false}, Case{8, 96, 32, true}, Case{8, 512, 512, false},
+                       Case{8, 192, 64, false}, Case{4, 160, 160, false}}) {
+    const int64_t k = c.k, n1 = 40, n2 = 23;
     std::vector<QuantWeight> parts;
     std::vector<int32_t> g_idx(static_cast<size_t>(k));
     for (int64_t i = 0; i < k; ++i) g_idx[size_t(i)] = int32_t(i / c.group);
@@ -273,7 +277,7 @@ TEST_P(BackendOps, QuantLinear) {
     Linear cl{{LinearPart{{}, b1, parts[0]}, LinearPart{{}, {}, parts[1]}}, k, n1 + n2};
     Linear gl = gpu_->prepare_linear(
         Linear{{LinearPart{{}, to_gpu_f32(b1), parts[0]}, LinearPart{{}, {}, parts[1]}}, k, n1 + n2});
-    for (int64_t m : {1, 3, 8, 16, 17, 33, 64, 65, 200}) {
+    for (int64_t m : {1, 2, 3, 8, 9, 16, 17, 33, 64, 65, 200}) {
       Tensor x = random({m, k});
       Tensor y = host_tensor(DType::F32, {m, n1 + n2});
       cpu_->linear(x, cl, y);
@@ -286,9 +290,11 @@ TEST_P(BackendOps, QuantLinear) {
       Tensor gf = gpu_->alloc(DType::F32, {m, n1 + n2});
       gpu_->linear(gx, gl, gf);
       expect_close(y, gf, what + " to F32", dt_ == DType::F32 ? 0 : 3e-3);
-      if (m == 64 && dt_ != DType::F32) {  // rows independent of the batch (graphs pad decode batches)
+      // Rows independent of the batch (graphs pad decode batches to powers of two): 1-8 rows take the
+      // decode kernel, 9-64 the batch kernel.
+      if ((m == 8 || m == 64) && dt_ != DType::F32) {
         const Tensor all_h = to_host(gf);
-        for (int64_t sub : {1, 17, 33}) {
+        for (int64_t sub : m == 8 ? std::vector<int64_t>{1, 2, 5} : std::vector<int64_t>{9, 17, 33}) {
           Tensor part = gpu_->alloc(DType::F32, {sub, n1 + n2});
           gpu_->linear(gx.rows_view(0, sub), gl, part);
           const Tensor part_h = to_host(part);

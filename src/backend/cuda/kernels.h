@@ -65,8 +65,12 @@ struct QuantArgs {
   int64_t n, k;
 };
 // y[m, n] = x[m, k] W^T (+ bias) on tensor cores for m <= kQuantMmaMaxRows; x in `dt` (BF16 or F16,
-// 16-byte aligned rows, columns already in the weight's order), y in `dt` or F32.
+// 16-byte aligned rows, columns already in the weight's order), y in `dt` or F32. Up to
+// kQuantGemvMaxRows rows take the decode kernel (weights as the mma's A operand), more the batch
+// kernel (activations as A); a row's result depends on neither the rows beside it nor, within each
+// of the two ranges, their number.
 constexpr int kQuantMmaMaxRows = 64;
+constexpr int kQuantGemvMaxRows = 8;
 cudaError_t quant_matmul(DType dt, DType out_dt, const QuantArgs& w, const void* x, int64_t x_stride, int64_t m,
                          const float* bias, void* y, int64_t y_stride, cudaStream_t stream);
 // The whole weight as `dt` [n, k] (row stride out_stride), for a cuBLAS product (prefill, F32 models).

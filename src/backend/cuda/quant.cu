@@ -1,18 +1,28 @@
 // Linear layers with GPTQ / AWQ weights (quant/quant_weight.h), repacked at load by the backend
 // (see QuantArgs in kernels.h):
 //
-// - qmm_kernel, up to kQuantMmaMaxRows rows of 16-bit activations (decode, batch 1..64): a block of
-//   8 warps owns 16 output columns; the warps split K in chunks and reduce through shared memory.
-//   Each lane streams 16 bytes of codes of each of two weight rows per chunk (32 4-bit or 16 8-bit
-//   codes, evict-first), issuing a few chunks' loads before using any, dequantizes them in registers
-//   into the B fragments of mma.sync m16n8k16 (fp32 accumulation) and multiplies them by every
-//   16-row tile of activations, so the codes are read once whatever the row count. The mma's k positions are assigned so that each lane's codes
-//   and activations are contiguous: lane (g, t) of the PTX fragment layout holds the k positions
-//   2t, 2t+1, 2t+8, 2t+9 of both A and B, which we map to 4j..4j+3 of the lane's own 32 (16) k
-//   values for the j-th mma. 4-bit dequantization is two bit operations and two 16-bit pair
-//   operations per two weights: the nibble is placed in the mantissa of 1024 (fp16) or 128 (bf16),
-//   then (v - (base + zero)) * scale, rounded once to the dtype; the load-time repack puts the
-//   nibbles of k, k+1 eight bits apart in each 32-bit word (positions p and p+4 hold k = 2p, 2p+1).
+// - qmv_kernel, 1..kQuantGemvMaxRows rows of 16-bit activations (decode): mma.sync m16n8k16 with
+//   the weights as the A operand (16 output columns per warp) and the rows of x as B (the n-tile's
+//   8 columns), so a single row wastes no dequantization. A block owns 16 output columns; its warps
+//   split K, each taking two consecutive chunks at a time (a 128-byte line of each column), and
+//   reduce through shared memory in a fixed order. Each lane streams 16 bytes of codes of each of its
+//   two columns per chunk (32 4-bit or 16 8-bit codes, evict-first), issuing the loads of U chunks
+//   before using any. When every warp chunk lies inside one quantization group (group size a
+//   multiple of 128 at 4 bits, 64 at 8, or one group), the mma multiplies the exact integers
+//   q - zero and the chunk's sums are scaled in float32 (FACTOR); else the fragments are
+//   (q - zero) * scale rounded once to the activation dtype. Each chunk is summed into a fresh
+//   accumulator (short dependent mma chains) and added in chunk order.
+// - qmm_kernel, 9..kQuantMmaMaxRows rows (batched decode): the activations are the A operand (16-row
+//   tiles), the dequantized weights B (two n-tiles of 8 columns), reused by every row tile.
+// Both assign the mma's k positions so that each lane's codes and activations are contiguous: lane
+//   (g, t) of the PTX fragment layout holds the k positions 2t, 2t+1, 2t+8, 2t+9 of both A and B,
+//   which we map to 4j..4j+3 of the lane's own 32 (16) k values for the j-th mma. 4-bit
+//   dequantization is two bit operations and one or two 16-bit pair operations per two weights: the
+//   nibble is placed in the mantissa of 1024 (fp16) or 128 (bf16) and (base + zero) subtracted,
+//   which leaves q - zero exact; the load-time repack puts the nibbles of k, k+1 sixteen bits apart
+//   in each 32-bit word (positions p and p+4 hold k = 2p, 2p+1). A row's result depends neither on
+//   the rows beside it nor, within 1-8 and within 9-64 rows, on their number (graphs pad decode
+//   batches to powers of two).
 // - dequantize_kernel: the whole matrix in the activation dtype (prefill, F32 models), then cuBLAS.
 // - gather_cols_kernel: x[:, perm] for act-order (desc_act) checkpoints, once per layer.
 #include "backend/cuda/device_util.cuh"
@@ -73,12 +83,12 @@ __device__ __forceinline__ void b_frag(const uint4& wv, float s, float z, int j,
   }
 }
 
-// A block of kQWarps warps owns 16 output columns (two mma n-tiles sharing every activation load);
-// the warps split K. Per round a lane first issues all its loads (U chunks of codes for both
-// n-tiles, their scales and zeros, and for HALF the activations), then computes, so that a round
-// costs one memory latency. MT: 16-row tiles of activations; HALF: at most 8 rows (only the A
-// fragment rows 0-7 are loaded, the others are zero).
-template <typename T, typename OutT, int BITS, int MT, bool HALF, int U>
+// Batches of 9..kQuantMmaMaxRows rows: the activations are the A operand (MT tiles of 16 rows), the
+// weights B. A block of kQWarps warps owns 16 output columns (two mma n-tiles sharing every
+// activation load); the warps split K. Per round a lane first issues all its loads (U chunks of
+// codes for both n-tiles, their scales and zeros), then computes, so that a round costs one memory
+// latency; each dequantized B fragment serves every row tile.
+template <typename T, typename OutT, int BITS, int MT, int U>
 __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride,
                                                            int m, const float* __restrict__ bias, OutT* __restrict__ y,
                                                            int64_t y_stride) {
@@ -110,7 +120,6 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
   for (int c0 = warp; c0 < chunks; c0 += kQWarps * U) {
     uint4 wv[U][NT];
     float s[U][NT], z[U][NT];
-    uint4 xh[HALF ? U : 1][XV];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t kb = int64_t(c0 + u * kQWarps) * KC + t4 * KL;
@@ -122,52 +131,33 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
         s[u][nt] = ok ? __half2float(__ushort_as_half(__ldg(sr[nt] + gi))) : 0.0f;  // zero scale: adds nothing
         z[u][nt] = ok ? float(__ldg(zr[nt] + gi)) : 0.0f;
       }
-      if constexpr (HALF) {
-#pragma unroll
-        for (int i = 0; i < XV; ++i)
-          xh[u][i] = ok && g < m ? __ldg(reinterpret_cast<const uint4*>(x + g * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
-      }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (c0 + u * kQWarps >= chunks) break;  // the same for the whole warp
       const int64_t kb = int64_t(c0 + u * kQWarps) * KC + t4 * KL;
       const bool ok = kb < w.k;
-      if constexpr (HALF) {
-        const uint32_t* xa = reinterpret_cast<const uint32_t*>(xh[u]);
+      uint32_t b[NT][J][2];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < J; ++j) b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b[nt][j][0], b[nt][j][1]);
+#pragma unroll
+      for (int t = 0; t < MT; ++t) {
+        const int r0 = t * 16 + g, r1 = r0 + 8;
+        uint4 va[XV], vb[XV];
+#pragma unroll
+        for (int i = 0; i < XV; ++i) {
+          va[i] = ok && r0 < m ? __ldg(reinterpret_cast<const uint4*>(x + r0 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
+          vb[i] = ok && r1 < m ? __ldg(reinterpret_cast<const uint4*>(x + r1 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
+        }
+        const uint32_t* xa = reinterpret_cast<const uint32_t*>(va);
+        const uint32_t* xb = reinterpret_cast<const uint32_t*>(vb);
 #pragma unroll
         for (int j = 0; j < J; ++j) {
-          const uint32_t a[4] = {xa[2 * j], 0u, xa[2 * j + 1], 0u};
+          const uint32_t a[4] = {xa[2 * j], xb[2 * j], xa[2 * j + 1], xb[2 * j + 1]};
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            uint32_t b0, b1;
-            b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b0, b1);
-            mma<T>(acc[0][nt], a, b0, b1);
-          }
-        }
-      } else {
-        uint32_t b[NT][J][2];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int j = 0; j < J; ++j) b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b[nt][j][0], b[nt][j][1]);
-#pragma unroll
-        for (int t = 0; t < MT; ++t) {
-          const int r0 = t * 16 + g, r1 = r0 + 8;
-          uint4 va[XV], vb[XV];
-#pragma unroll
-          for (int i = 0; i < XV; ++i) {
-            va[i] = ok && r0 < m ? __ldg(reinterpret_cast<const uint4*>(x + r0 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
-            vb[i] = ok && r1 < m ? __ldg(reinterpret_cast<const uint4*>(x + r1 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
-          }
-          const uint32_t* xa = reinterpret_cast<const uint32_t*>(va);
-          const uint32_t* xb = reinterpret_cast<const uint32_t*>(vb);
-#pragma unroll
-          for (int j = 0; j < J; ++j) {
-            const uint32_t a[4] = {xa[2 * j], xb[2 * j], xa[2 * j + 1], xb[2 * j + 1]};
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) mma<T>(acc[t][nt], a, b[nt][j][0], b[nt][j][1]);
-          }
+          for (int nt = 0; nt < NT; ++nt) mma<T>(acc[t][nt], a, b[nt][j][0], b[nt][j][1]);
         }
       }
     }
@@ -199,17 +189,173 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
       }
 }
 
+// A fragment pair of weights as T: the 4-bit codes at nibble pairs (p, p + 4) of `word` for the
+// shift sh = 4p, or the 8-bit codes in bytes (b, b + 1) for sh = 8b; (q - zero), times the scale
+// unless the caller applies the scale to the product (FACTOR).
+template <typename T, int BITS, bool FACTOR>
+__device__ __forceinline__ uint32_t wpair(uint32_t word, int sh, typename Half2<T>::T2 base_zero,
+                                          typename Half2<T>::T2 scale, float z, float s) {
+  if constexpr (BITS == 4) {
+    uint32_t v = ((word >> sh) & 0x000F000Fu) | Half2<T>::kMagic;
+    const typename Half2<T>::T2 d = __hsub2(*reinterpret_cast<typename Half2<T>::T2*>(&v), base_zero);  // exact
+    return FACTOR ? bits_of(d) : bits_of(__hmul2(d, scale));
+  } else {
+    const float lo = float((word >> sh) & 0xffu) - z, hi = float((word >> (sh + 8)) & 0xffu) - z;
+    return FACTOR ? bits_of(Half2<T>::pair(lo, hi)) : bits_of(Half2<T>::pair(lo * s, hi * s));
+  }
+}
+
+constexpr int kQvGroup = 2;  // consecutive chunks a warp of qmv_kernel takes (one 128-byte line per column)
+
+// Decode, 1..8 rows: y^T = W x^T on mma.sync m16n8k16 with the weights as the A operand (16 output
+// columns) and the rows of x as B (8 columns of the n-tile), so a single row wastes no
+// dequantization. A block of KS warps owns 16 output columns and splits K in chunks of KC = 4 * KL
+// k values, kQvGroup consecutive chunks at a time: warp w takes chunks 2w, 2w + 1, 2(w + KS), ...;
+// lane (g, t) the KL values t * KL.. of a chunk for columns g and g + 8 (16 bytes of codes each). A
+// round first issues the loads of U chunks (codes, scales, zeros; evict-first), then computes each
+// chunk into a fresh accumulator: FACTOR (every chunk inside one group) multiplies the exact
+// integers (q - z) and applies the scale to the chunk's sums in float32, else the fragments are
+// (q - z) * scale. Chunks are added in chunk order and the warps' sums in warp order, whatever the
+// row count: a row's result does not depend on the rows beside it.
+template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
+__global__ void __launch_bounds__(KS * 32, OCC / KS)
+    qmv_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, const float* __restrict__ bias,
+               OutT* __restrict__ y, int64_t y_stride) {
+  constexpr int KL = 128 / BITS;           // k values per lane per chunk
+  constexpr int J = KL / 4;                // mmas per chunk
+  constexpr int KC = 4 * KL;               // k values per warp per chunk
+  constexpr int XV = KL * sizeof(T) / 16;  // 16-byte loads of x per chunk
+  const int lane = threadIdx.x % 32, ks = threadIdx.x / 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int64_t n0 = int64_t(blockIdx.x) * 16;
+  const uint8_t* wr[2];
+  const uint16_t* sr[2];
+  const uint8_t* zr[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t row = n0 + h * 8 + g < w.n ? n0 + h * 8 + g : w.n - 1;  // past the end: not stored
+    wr[h] = w.qweight + row * w.qw_stride;
+    sr[h] = w.scales + row * w.groups;
+    zr[h] = w.zeros + row * w.groups;
+  }
+  const T* xr = g < m ? x + int64_t(g) * x_stride : nullptr;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+
+  const int chunks = int((w.k + KC - 1) / KC);
+  // The warp's i-th chunk.
+  auto chunk = [ks](int i) { return (i / kQvGroup) * (KS * kQvGroup) + ks * kQvGroup + i % kQvGroup; };
+  for (int i0 = 0; chunk(i0) < chunks; i0 += U) {
+    uint4 wv[U][2];
+    uint16_t sb[U][2];
+    uint8_t zb[U][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t kc = int64_t(chunk(i0 + u)) * KC, kb = kc + t4 * KL;
+      const bool in = kc < w.k, ok = kb < w.k;  // k is a multiple of 32: a lane's values are all in or all out
+      // A lane past the end of a partial chunk holds zero codes and activations but its chunk's scale:
+      // its part of the C fragment sums the other lanes' products (32-bit: k < 2^31).
+      const int gi = in ? int(ok ? kb : kc) / w.group_size : 0;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        wv[u][h] = ok ? __ldcs(reinterpret_cast<const uint4*>(wr[h] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
+        sb[u][h] = in ? __ldg(sr[h] + gi) : uint16_t(0);
+        zb[u][h] = in ? __ldg(zr[h] + gi) : uint8_t(0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (chunk(i0 + u) >= chunks) break;  // the same for the whole warp
+      const int64_t kb = int64_t(chunk(i0 + u)) * KC + t4 * KL;
+      const bool ok = kb < w.k;
+      uint4 xv[XV];
+#pragma unroll
+      for (int v = 0; v < XV; ++v)
+        xv[v] = ok && xr != nullptr ? __ldg(reinterpret_cast<const uint4*>(xr + kb) + v) : make_uint4(0, 0, 0, 0);
+      const uint32_t* xw = reinterpret_cast<const uint32_t*>(xv);
+      float s[2], z[2];
+      typename Half2<T>::T2 bz[2], sc[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        s[h] = __half2float(__ushort_as_half(sb[u][h]));
+        z[h] = float(zb[u][h]);
+        bz[h] = Half2<T>::splat(Half2<T>::kBase + z[h]);
+        sc[h] = Half2<T>::splat(s[h]);
+      }
+      float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const uint32_t* w0 = reinterpret_cast<const uint32_t*>(&wv[u][0]);
+      const uint32_t* w1 = reinterpret_cast<const uint32_t*>(&wv[u][1]);
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        // The lane's k values 4j..4j+3 stand for the mma's k 2t, 2t+1 (a0, a1, b0) and 2t+8, 2t+9
+        // (a2, a3, b1); rows g (a0, a2) and g + 8 (a1, a3) of the A tile are the two columns.
+        const int wi = BITS == 4 ? j / 2 : j;
+        const int sh = BITS == 4 ? (j % 2) * 8 : 0, sh2 = BITS == 4 ? sh + 4 : 16;
+        const uint32_t a[4] = {wpair<T, BITS, FACTOR>(w0[wi], sh, bz[0], sc[0], z[0], s[0]),
+                               wpair<T, BITS, FACTOR>(w1[wi], sh, bz[1], sc[1], z[1], s[1]),
+                               wpair<T, BITS, FACTOR>(w0[wi], sh2, bz[0], sc[0], z[0], s[0]),
+                               wpair<T, BITS, FACTOR>(w1[wi], sh2, bz[1], sc[1], z[1], s[1])};
+        mma<T>(part, a, xw[2 * j], xw[2 * j + 1]);
+      }
+      // C fragment: elements 0, 1 are column g, 2, 3 column g + 8.
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[e] = FACTOR ? fmaf(s[e / 2], part[e], acc[e]) : acc[e] + part[e];
+    }
+  }
+
+  __shared__ float red[KS - 1][4][32];
+  if (ks > 0)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) red[ks - 1][e][lane] = acc[e];
+  __syncthreads();
+  if (ks > 0) return;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    float v = acc[e];
+#pragma unroll
+    for (int q = 0; q < KS - 1; ++q) v += red[q][e][lane];
+    // C fragment: element e of lane (g, t4) is output column g (+8 for e >= 2), row 2 t4 + e % 2.
+    const int r = 2 * t4 + (e % 2);
+    const int64_t col = n0 + g + (e >= 2 ? 8 : 0);
+    if (r < m && col < w.n) y[int64_t(r) * y_stride + col] = from_f<OutT>(v + (bias ? bias[col] : 0.0f));
+  }
+}
+
+// KS: warps splitting K (fewer where there are many column tiles), U: chunks in flight per round,
+// OCC: warps per multiprocessor the registers must allow (measured: bench/quant_kernel_bench.cu).
+template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
+cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
+                       int64_t y_stride, cudaStream_t stream) {
+  qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC><<<ceil_div(w.n, 16), KS * 32, 0, stream>>>(
+      w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride);
+  return cudaGetLastError();
+}
+
+constexpr int64_t kQvManyTiles = 1024;  // column tiles from which 4 warps split K instead of 8
+
+template <typename T, typename OutT, int BITS, bool FACTOR>
+cudaError_t launch_qmv_shape(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias,
+                             void* y, int64_t y_stride, cudaStream_t stream) {
+  if (ceil_div(w.n, 16) >= kQvManyTiles)
+    return launch_qmv<T, OutT, BITS, FACTOR, 4, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream);
+  return launch_qmv<T, OutT, BITS, FACTOR, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream);
+}
+
 template <typename T, typename OutT, int BITS>
 cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                        int64_t y_stride, cudaStream_t stream) {
+  if (m <= kQuantGemvMaxRows) {
+    // FACTOR when every warp chunk (128 k values at 4 bits, 64 at 8) lies inside one group.
+    if (w.groups == 1 || w.group_size % (4 * 128 / BITS) == 0)
+      return launch_qmv_shape<T, OutT, BITS, true>(w, x, x_stride, m, bias, y, y_stride, stream);
+    return launch_qmv_shape<T, OutT, BITS, false>(w, x, x_stride, m, bias, y, y_stride, stream);
+  }
   const dim3 grid(ceil_div(w.n, 16)), block(kQWarps * 32);
   const T* xt = static_cast<const T*>(x);
   OutT* yt = static_cast<OutT*>(y);
   const int mi = int(m);
-  if (m <= 8) qmm_kernel<T, OutT, BITS, 1, true, 4><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else if (m <= 16) qmm_kernel<T, OutT, BITS, 1, false, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else if (m <= 32) qmm_kernel<T, OutT, BITS, 2, false, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else qmm_kernel<T, OutT, BITS, 4, false, 1><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  if (m <= 16) qmm_kernel<T, OutT, BITS, 1, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  else if (m <= 32) qmm_kernel<T, OutT, BITS, 2, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  else qmm_kernel<T, OutT, BITS, 4, 1><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
   return cudaGetLastError();
 }
 

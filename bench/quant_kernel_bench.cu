@@ -1,0 +1,189 @@
+// Microbenchmark for the int4 / int8 decode kernels of src/backend/cuda/quant.cu on the linear
+// layers of the Qwen2.5-7B shape: device time per call and weight bytes (codes, scales, zeros) per
+// second, next to this GPU's copy bandwidth (cudaMemcpy device to device, read + write). Weights are
+// cycled through enough copies to exceed the L2 cache, as a model's layers do. Built by hand on the
+// GPU machine (it includes the kernels' source, so the launchers in its anonymous namespace are
+// reachable):
+//
+//   nvcc -std=c++17 -O3 -arch=sm_90a -Isrc -Iinclude bench/quant_kernel_bench.cu -o qbench && ./qbench
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "backend/cuda/quant.cu"
+
+namespace apus::cuda::qbench {
+
+#define CK(x)                                                                           \
+  do {                                                                                  \
+    cudaError_t e_ = (x);                                                               \
+    if (e_ != cudaSuccess) {                                                            \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                     \
+    }                                                                                   \
+  } while (0)
+
+__global__ void fill_bytes(uint8_t* p, int64_t n, uint32_t seed, uint32_t mask) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 13, h *= 0x5bd1e995u, h ^= h >> 15;
+    p[i] = uint8_t(h & mask);
+  }
+}
+__global__ void fill_scales(uint16_t* p, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    p[i] = __half_as_ushort(__float2half(0.001f + 0.0001f * float(i % 97)));
+}
+
+__global__ void fill_x(__nv_bfloat16* p, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    p[i] = __float2bfloat16(float(int(i % 201) - 100) / 100.0f);
+}
+
+struct Mat {
+  std::vector<QuantArgs> copies;
+  double bytes;
+};
+
+Mat make(int64_t n, int64_t k, int bits, int group) {
+  const int groups = int(k / group);
+  const double bytes = double(n) * (k * bits / 8 + groups * 3);
+  const int copies = int(200e6 / bytes) + 1;
+  Mat m{{}, bytes};
+  for (int c = 0; c < copies; ++c) {
+    uint8_t *q, *z;
+    uint16_t* s;
+    CK(cudaMalloc(&q, size_t(n * k * bits / 8)));
+    CK(cudaMalloc(&s, size_t(n * groups * 2)));
+    CK(cudaMalloc(&z, size_t(n * groups)));
+    fill_bytes<<<1024, 256>>>(q, n * k * bits / 8, 17u + c, 0xffu);
+    fill_bytes<<<1024, 256>>>(z, n * groups, 5u + c, bits == 4 ? 0xfu : 0xffu);
+    fill_scales<<<1024, 256>>>(s, n * groups);
+    m.copies.push_back(QuantArgs{q, k * bits / 8, s, z, groups, group, bits, n, k});
+  }
+  CK(cudaDeviceSynchronize());
+  return m;
+}
+
+// The batch kernel with other numbers of chunks in flight (MT 16-row tiles).
+template <int MT, int U>
+cudaError_t launch_qmm_u(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
+                         int64_t y_stride, cudaStream_t stream) {
+  using B = __nv_bfloat16;
+  qmm_kernel<B, B, 4, MT, U><<<ceil_div(w.n, 16), kQWarps * 32, 0, stream>>>(
+      w, static_cast<const B*>(x), x_stride, int(m), bias, static_cast<B*>(y), y_stride);
+  return cudaGetLastError();
+}
+
+template <typename F>
+float time_us(const Mat& mat, int iters, F&& call) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) CK(call(mat.copies[size_t(i) % mat.copies.size()]));
+  CK(cudaEventRecord(a));
+  for (int i = 0; i < iters; ++i) CK(call(mat.copies[size_t(i) % mat.copies.size()]));
+  CK(cudaEventRecord(b));
+  CK(cudaEventSynchronize(b));
+  float ms = 0;
+  CK(cudaEventElapsedTime(&ms, a, b));
+  return ms * 1000.0f / float(iters);
+}
+
+}  // namespace apus::cuda::qbench
+
+int main() {
+  using namespace apus;
+  using namespace apus::cuda;
+  using namespace apus::cuda::qbench;
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  {
+    const size_t sz = size_t(1) << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, sz));
+    CK(cudaMalloc(&b, sz));
+    CK(cudaMemcpy(b, a, sz, cudaMemcpyDeviceToDevice));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    CK(cudaEventRecord(e0));
+    for (int i = 0; i < 5; ++i) CK(cudaMemcpyAsync(b, a, sz, cudaMemcpyDeviceToDevice));
+    CK(cudaEventRecord(e1));
+    CK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    std::printf("copy bandwidth (read + write): %.0f GB/s\n", 2.0 * 5 * double(sz) / (ms * 1e-3) / 1e9);
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+  }
+  const int64_t kMaxK = 18944;
+  __nv_bfloat16* x;
+  __nv_bfloat16* y;
+  CK(cudaMalloc(&x, size_t(64 * kMaxK * 2)));
+  CK(cudaMalloc(&y, size_t(64 * 37888 * 2)));
+  CK(cudaMemset(y, 0, size_t(64 * 37888 * 2)));
+  fill_x<<<1024, 256>>>(x, 64 * kMaxK);
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+  };
+  const Shape shapes[] = {{"gate_up", 37888, 3584}, {"down", 3584, 18944}, {"qkv", 4608, 3584}, {"o", 3584, 3584}};
+  for (const int bits : {4, 8}) {
+    std::printf("\n%d bits, group 128, bf16 activations: us/call (GB/s of weights)\n", bits);
+    std::printf("%-8s", "rows");
+    for (const Shape& s : shapes) std::printf(" | %-13s", s.name);
+    std::printf("\n");
+    std::vector<Mat> mats;
+    for (const Shape& s : shapes) mats.push_back(make(s.n, s.k, bits, 128));
+    for (const int64_t m : {1, 2, 4, 8, 16, 32, 64}) {
+      if (bits == 8 && m != 1 && m != 32) continue;
+      std::printf("%-8lld", static_cast<long long>(m));
+      for (size_t i = 0; i < mats.size(); ++i) {
+        const Shape& s = shapes[i];
+        const float tn = time_us(mats[i], 100, [&](const QuantArgs& w) {
+          return quant_matmul(DType::BF16, DType::BF16, w, x, s.k, m, nullptr, y, s.n, nullptr);
+        });
+        std::printf(" | %6.1f (%4.0f)", tn, mats[i].bytes / (tn * 1e-6) / 1e9);
+      }
+      std::printf("\n");
+    }
+    if (bits == 4) {
+      // Variants of the new kernel (warps per block, chunks in flight, warps per SM) for 1 and 32 rows.
+      struct V {
+        const char* name;
+        int64_t m;
+        cudaError_t (*f)(const QuantArgs&, const void*, int64_t, int64_t, const float*, void*, int64_t, cudaStream_t);
+      };
+      using B = __nv_bfloat16;
+      // The decode kernel's variants: warps splitting K, chunks in flight, warps per SM.
+      const V vs[] = {
+          {"m1 K8 U2 O24", 1, launch_qmv<B, B, 4, true, 8, 2, 24>},  {"m1 K4 U2 O32", 1, launch_qmv<B, B, 4, true, 4, 2, 32>},
+          {"m1 K8 U4 O16", 1, launch_qmv<B, B, 4, true, 8, 4, 16>},  {"m1 K4 U4 O16", 1, launch_qmv<B, B, 4, true, 4, 4, 16>},
+          {"m1 K2 U4 O16", 1, launch_qmv<B, B, 4, true, 2, 4, 16>},  {"m1 K16 U2 O32", 1, launch_qmv<B, B, 4, true, 16, 2, 32>},
+          {"m1 K8 U2 O32", 1, launch_qmv<B, B, 4, true, 8, 2, 32>},  {"m1 K4 U2 O24", 1, launch_qmv<B, B, 4, true, 4, 2, 24>},
+          {"m32 qmm U1", 32, launch_qmm_u<2, 1>},  {"m32 qmm U4", 32, launch_qmm_u<2, 4>},
+          {"m8 K8 U2 O24", 8, launch_qmv<B, B, 4, true, 8, 2, 24>},  {"m8 K4 U2 O32", 8, launch_qmv<B, B, 4, true, 4, 2, 32>},
+      };
+      for (const V& v : vs) {
+        std::printf("%-18s", v.name);
+        for (size_t i = 0; i < mats.size(); ++i) {
+          const Shape& s = shapes[i];
+          const float t = time_us(mats[i], 100, [&](const QuantArgs& w) {
+            return v.f(w, x, s.k, int(v.m), nullptr, y, s.n, nullptr);
+          });
+          std::printf(" | %6.1f (%4.0f)", t, mats[i].bytes / (t * 1e-6) / 1e9);
+        }
+        std::printf("\n");
+      }
+    }
+    for (Mat& mt : mats)
+      for (QuantArgs& w : mt.copies) {
+        CK(cudaFree(const_cast<uint8_t*>(w.qweight)));
+        CK(cudaFree(const_cast<uint16_t*>(w.scales)));
+        CK(cudaFree(const_cast<uint8_t*>(w.zeros)));
+      }
+  }
+  return 0;
+}
