@@ -5,56 +5,29 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <fstream>
 #include <iostream>
 
 #include "cli/infer.h"
 #include "core/error.h"
+#include "core/jsonl.h"
 
 namespace apus::cli {
 
-namespace {
-
-History parse_history(const nlohmann::ordered_json& j, const std::string& where) {
-  History h;
-  if (j.is_null()) return h;
-  const bool ok = j.is_array() && std::all_of(j.begin(), j.end(), [](const auto& turn) {
-                    return turn.is_array() && turn.size() == 2 && turn[0].is_string() && turn[1].is_string();
-                  });
-  APUS_CHECK(ok, "{}: \"history\" must be a list of [query, response] string pairs", where);
-  for (const auto& turn : j) h.emplace_back(turn[0].template get<std::string>(), turn[1].template get<std::string>());
-  return h;
-}
-
-}  // namespace
-
 // One sample per non-blank line: {"query": ..., "response": label, "history": [[q, r], ...], "system": ...}.
 std::vector<DatasetSample> read_dataset(const std::string& file) {
-  std::ifstream in(file);
-  APUS_CHECK(in.good(), "--val_dataset: cannot open {}", file);
   std::vector<DatasetSample> samples;
-  std::string text;
-  for (size_t n = 1; std::getline(in, text); ++n) {
-    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;  // e.g. a trailing blank line
-    const std::string where = fmt::format("{}:{}", file, n);
-    nlohmann::ordered_json j;
-    try {
-      j = nlohmann::ordered_json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}: invalid JSON ({})", where, e.what());
-    }
-    APUS_CHECK(j.is_object(), "{}: expected a JSON object like {{\"query\": ..., \"response\": ...}}", where);
+  for_each_jsonl_object(file, "--val_dataset", "like {\"query\": ..., \"response\": ...}",
+                        [&](const nlohmann::ordered_json& j, const std::string& where) {
     APUS_CHECK(j.contains("query") && j["query"].is_string(), "{}: \"query\" must be a string", where);
     DatasetSample s;
     s.request.query = j["query"].get<std::string>();
-    s.request.history = parse_history(j.value("history", nlohmann::ordered_json()), where);
+    s.request.history = jsonl_history(j.value("history", nlohmann::ordered_json()), where);
     const nlohmann::ordered_json system = j.value("system", nlohmann::ordered_json());
     APUS_CHECK(system.is_null() || system.is_string(), "{}: \"system\" must be a string or null", where);
     if (system.is_string()) s.request.system = system.get<std::string>();
     s.label = j.value("response", nlohmann::ordered_json());
     samples.push_back(std::move(s));
-  }
-  APUS_CHECK(!in.bad(), "--val_dataset: cannot read {}", file);
+  });
   APUS_CHECK(!samples.empty(), "--val_dataset: {} holds no samples", file);
   return samples;
 }

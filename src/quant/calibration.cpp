@@ -1,10 +1,10 @@
 #include "quant/calibration.h"
 
 #include <algorithm>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/jsonl.h"
 #include "core/random.h"
 #include "text/tokenizer/tokenizer.h"
 
@@ -71,7 +71,7 @@ The integral of x^2 from 0 to 3 is 9; the roots of x^2 - 5x + 6 = 0 are 2 and 3;
 <table><tr><th>City</th><th>Population</th></tr><tr><td>Lyon</td><td>522,000</td></tr></table>)",
 };
 
-const std::string* string_field(const nlohmann::json& j, const char* key, const std::string& where) {
+const std::string* string_field(const nlohmann::ordered_json& j, const char* key, const std::string& where) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return nullptr;
   APUS_CHECK(it->is_string(), "{}: \"{}\" must be a string", where, key);
@@ -83,42 +83,23 @@ const std::string* string_field(const nlohmann::json& j, const char* key, const 
 std::vector<std::string> builtin_calibration_texts() { return {std::begin(kBuiltinTexts), std::end(kBuiltinTexts)}; }
 
 std::vector<std::string> read_calibration_jsonl(const std::string& file) {
-  std::ifstream in(file);
-  APUS_CHECK(in.good(), "--dataset: cannot open {}", file);
   std::vector<std::string> texts;
-  std::string line;
-  for (size_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = fmt::format("{}:{}", file, n);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}: invalid JSON ({})", where, e.what());
-    }
-    APUS_CHECK(j.is_object(), "{}: expected a JSON object with \"text\" or \"query\"/\"response\"", where);
+  for_each_jsonl_object(file, "--dataset", "with \"text\" or \"query\"/\"response\"",
+                        [&](const nlohmann::ordered_json& j, const std::string& where) {
     std::string text;
     if (const std::string* t = string_field(j, "text", where)) {
       text = *t;
     } else {
       auto add = [&](const std::string& s) { text += (text.empty() ? "" : "\n") + s; };
       if (const std::string* s = string_field(j, "system", where)) add(*s);
-      if (auto h = j.find("history"); h != j.end() && !h->is_null()) {
-        APUS_CHECK(h->is_array(), "{}: \"history\" must be a list of [query, response] string pairs", where);
-        for (const auto& turn : *h) {
-          APUS_CHECK(turn.is_array() && turn.size() == 2 && turn[0].is_string() && turn[1].is_string(),
-                     "{}: \"history\" must be a list of [query, response] string pairs", where);
-          add(turn[0].get<std::string>()), add(turn[1].get<std::string>());
-        }
-      }
+      for (const auto& [q, r] : jsonl_history(j.value("history", nlohmann::ordered_json()), where)) add(q), add(r);
       const std::string* q = string_field(j, "query", where);
       APUS_CHECK(q != nullptr, "{}: a calibration sample needs a \"text\" or a \"query\" string", where);
       add(*q);
       if (const std::string* r = string_field(j, "response", where)) add(*r);
     }
     if (!text.empty()) texts.push_back(std::move(text));
-  }
-  APUS_CHECK(!in.bad(), "--dataset: cannot read {}", file);
+  });
   APUS_CHECK(!texts.empty(), "--dataset: {} holds no text", file);
   return texts;
 }
