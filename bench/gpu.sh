@@ -11,8 +11,10 @@
 # (the LoRA suites on the GPU and decode throughput with 0, 1 and 4 adapters at batch 32; with
 # APUS_GPU_LORA_QUICK=1 without the transformers check of the merged export and the runs with
 # APUS_LORA_OVERLAP=0), tp
-# (tensor parallelism on every GPU of the machine: its tests, then the Qwen2.5-7B shape at TP 1, 2
-# and 4, Llama-3-70B at TP 4, two processes as two "nodes", and a rank that fails or is killed), int4
+# (tensor parallelism on every GPU of the machine: its tests, greedy parity and the Qwen2.5-7B shape's
+# figures at TP 1, 2 and 4, peer-to-peer sums on and off), tpnodes (Llama-3-70B at TP 4, two
+# processes as two "nodes", and a rank that fails or is killed; one call each: together they run
+# longer than a device call may), int4
 # (the quantized-model suites on the GPU, the int4 kernels alone per layer shape, then int4 GPTQ
 # against bf16 decode at batch 1 and 32).
 set -uo pipefail
@@ -154,14 +156,15 @@ done
 APUS_CUDA_PROFILE=1 timeout 100 $B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b --input-len 512 --output-len 32 --quantization gptq > "$OUT/int4_profile.log" 2>&1
 fi
 
-if part tp; then
 NG=$(nvidia-smi -L | wc -l)
-TL="$OUT/tp_tests.log"; TB="$OUT/tp_bench.log"
+TB="$OUT/tp_bench.log"
+run() { echo "==== $*" >> "$TB"; "$@" >> "$TB" 2>&1; echo "exit $?" >> "$TB"; }
+Q7="--device cuda --load-format dummy --config-preset qwen2.5-7b"
+if part tp; then
+TL="$OUT/tp_tests.log"
 { (cd $B && timeout 200 ./tests/test_tensor_parallel_gpu && timeout 200 ./tests/test_golden_gpu --gtest_filter='*tp*'); } \
   > "$TL" 2>&1
 echo "tensor-parallel GPU tests ($NG GPUs): exit $?"
-run() { echo "==== $*" >> "$TB"; "$@" >> "$TB" 2>&1; echo "exit $?" >> "$TB"; }
-Q7="--device cuda --load-format dummy --config-preset qwen2.5-7b"
 # Greedy parity on the 7B dummy model, two prompts, 128 tokens (bench/compare_greedy.py: equal
 # tokens, or a split only at a near tie of the reference). In F32 (reductions in another order
 # move logits by ~1e-5) TP 2 and 4 must give TP=1's tokens. In BF16 a random 7B model turns tiny
@@ -200,9 +203,12 @@ for tp in 1 2 4; do
       --input-len 512 --output-len 256
   fi
 done
+fi
+if part tpnodes; then
 if [ "$NG" -ge 4 ]; then
   L70="--device cuda --load-format dummy --config-preset llama-3-70b --tensor-parallel-size 4"
   run timeout 200 $B/apus bench latency $L70 --input-len 1024 --output-len 128
+  run env APUS_TP_P2P=0 timeout 200 $B/apus bench latency $L70 --input-len 1024 --output-len 128
   run timeout 200 $B/apus bench throughput $L70 --num-prompts 128 --input-len 512 --output-len 256
 fi
 if [ "$NG" -ge 2 ]; then
@@ -250,8 +256,8 @@ JSON
 fi
 
 echo "==== summary"
-if part tp; then
-  grep -E "PASSED|FAILED|largest errors" "$OUT/tp_tests.log" | head -60
+if part tp || part tpnodes; then
+  [ -f "$OUT/tp_tests.log" ] && grep -E "PASSED|FAILED|largest errors" "$OUT/tp_tests.log" | head -60
   grep -E "^====|^exit|greedy tokens|tensor parallel|parallel   |backend|^load|prefill  |decode  |batched|KV cache|rror|node 0 ended" "$OUT/tp_bench.log"
 fi
 if part lora; then
