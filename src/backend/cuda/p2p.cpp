@@ -1,8 +1,11 @@
 #include "backend/cuda/p2p.h"
 
+#include <cuda.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -14,6 +17,45 @@ constexpr size_t kBufferBytes = size_t(16) << 20;  // each of a rank's two buffe
 
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail("CUDA error in {} (peer-to-peer all-reduce): {}", what, cudaGetErrorString(e));
+}
+
+// The driver's virtual memory calls, found through the runtime (apus does not link libcuda).
+struct Vmm {
+  decltype(&cuMemGetAllocationGranularity) granularity = nullptr;
+  decltype(&cuMemCreate) create = nullptr;
+  decltype(&cuMemRelease) release = nullptr;
+  decltype(&cuMemAddressReserve) reserve = nullptr;
+  decltype(&cuMemAddressFree) unreserve = nullptr;
+  decltype(&cuMemMap) map = nullptr;
+  decltype(&cuMemUnmap) unmap = nullptr;
+  decltype(&cuMemSetAccess) set_access = nullptr;
+};
+
+const Vmm& vmm() {
+  static const Vmm v = [] {
+    Vmm f;
+    auto bind = [](const char* name, auto* fn) {
+      void* p = nullptr;
+      cudaDriverEntryPointQueryResult found{};
+      check(cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &found), name);
+      APUS_CHECK(found == cudaDriverEntryPointSuccess && p, "the CUDA driver has no {}", name);
+      *fn = reinterpret_cast<std::remove_pointer_t<decltype(fn)>>(p);
+    };
+    bind("cuMemGetAllocationGranularity", &f.granularity);
+    bind("cuMemCreate", &f.create);
+    bind("cuMemRelease", &f.release);
+    bind("cuMemAddressReserve", &f.reserve);
+    bind("cuMemAddressFree", &f.unreserve);
+    bind("cuMemMap", &f.map);
+    bind("cuMemUnmap", &f.unmap);
+    bind("cuMemSetAccess", &f.set_access);
+    return f;
+  }();
+  return v;
+}
+
+void check(CUresult r, const char* what) {
+  if (r != CUDA_SUCCESS) fail("CUDA driver error {} in {} (peer-to-peer all-reduce)", int(r), what);
 }
 
 }  // namespace
@@ -34,16 +76,39 @@ std::unique_ptr<P2pAllReduce> P2pAllReduce::create(int rank, int world, int devi
     if (v == 0) return nullptr;
 
   std::unique_ptr<P2pAllReduce> r(new P2pAllReduce());
-  for (int p = 0; p < world; ++p) {
-    if (p == rank) continue;
-    const cudaError_t e = cudaDeviceEnablePeerAccess(devices[size_t(p)], 0);
-    if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();  // another group of this process did
-    else check(e, "cudaDeviceEnablePeerAccess");
-  }
+  // The buffers and signal slots: device memory of this rank mapped for its peers too. Not
+  // cudaDeviceEnablePeerAccess: that maps every allocation of each device into its peers, and then
+  // freeing any of them (a workspace that grows, say) waits for the peers' devices, which may be
+  // waiting in this kernel for this very rank: a deadlock.
   constexpr size_t kSlots = size_t(kP2pMaxBlocks) * kP2pMaxRanks, kCounters = kP2pMaxBlocks;
-  check(cudaMalloc(&r->data_, 2 * kBufferBytes), "cudaMalloc");
-  check(cudaMalloc(reinterpret_cast<void**>(&r->signal_), (kSlots + kCounters) * sizeof(uint32_t)), "cudaMalloc");
-  check(cudaMemset(r->signal_, 0, (kSlots + kCounters) * sizeof(uint32_t)), "cudaMemset");
+  const size_t signal_bytes = (kSlots + kCounters) * sizeof(uint32_t);
+  const Vmm& driver = vmm();
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = device;
+  size_t grain = 0;
+  check(driver.granularity(&grain, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED), "cuMemGetAllocationGranularity");
+  r->mapped_bytes_ = (2 * kBufferBytes + signal_bytes + grain - 1) / grain * grain;
+  CUmemGenericAllocationHandle handle{};
+  check(driver.create(&handle, r->mapped_bytes_, &prop, 0), "cuMemCreate");
+  CUdeviceptr base = 0;
+  CUresult status = driver.reserve(&base, r->mapped_bytes_, grain, 0, 0);
+  if (status == CUDA_SUCCESS) {
+    status = driver.map(base, r->mapped_bytes_, 0, handle, 0);
+    if (status != CUDA_SUCCESS) driver.unreserve(base, r->mapped_bytes_);
+  }
+  driver.release(handle);  // the mapping keeps the memory
+  check(status, "cuMemAddressReserve/cuMemMap");
+  std::vector<CUmemAccessDesc> access(static_cast<size_t>(world));
+  for (int p = 0; p < world; ++p) {
+    access[size_t(p)].location = {CU_MEM_LOCATION_TYPE_DEVICE, devices[size_t(p)]};
+    access[size_t(p)].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  }
+  r->data_ = reinterpret_cast<void*>(base);  // owned (unmapped by the destructor) from here
+  check(driver.set_access(base, r->mapped_bytes_, access.data(), access.size()), "cuMemSetAccess");
+  r->signal_ = reinterpret_cast<uint32_t*>(static_cast<char*>(r->data_) + 2 * kBufferBytes);
+  check(cudaMemset(r->signal_, 0, signal_bytes), "cudaMemset");
   int* host = nullptr;
   check(cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof(int), cudaHostAllocMapped), "cudaHostAlloc");
   *host = 0;
@@ -83,9 +148,12 @@ std::unique_ptr<P2pAllReduce> P2pAllReduce::create(int rank, int world, int devi
 }
 
 P2pAllReduce::~P2pAllReduce() {
-  cudaFree(data_);
-  cudaFree(signal_);
-  cudaFreeHost(const_cast<int*>(abort_host_));
+  if (data_) {
+    const auto base = reinterpret_cast<CUdeviceptr>(data_);
+    vmm().unmap(base, mapped_bytes_);
+    vmm().unreserve(base, mapped_bytes_);
+  }
+  if (abort_host_) cudaFreeHost(const_cast<int*>(abort_host_));
 }
 
 bool P2pAllReduce::fits(const Tensor& x) const {

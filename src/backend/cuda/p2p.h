@@ -40,7 +40,8 @@ class P2pAllReduce {
   P2pAllReduce() = default;
   P2pArgs args_{};
   size_t max_bytes_ = 0;
-  void* data_ = nullptr;
+  void* data_ = nullptr;  // the buffers, then the signal slots and counters: one mapping for every rank
+  size_t mapped_bytes_ = 0;
   uint32_t* signal_ = nullptr;
   volatile int* abort_host_ = nullptr;
 };
