@@ -161,6 +161,7 @@ struct P2pArgs {
   uint32_t* signal[kP2pMaxRanks];  // every rank's signal slots, by rank
   uint32_t* counter;               // this rank's per-block call counters
   const volatile int* abort;
+  unsigned long long spin_limit_ns;  // 0: wait for the peers however long; else print the wait and leave
   size_t buffer_bytes;
   int rank;
   int world;

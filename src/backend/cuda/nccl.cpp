@@ -139,6 +139,7 @@ class NcclCollectives final : public Collectives {
                x.describe());
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce", x.rows());
+    trace("all_reduce", x, p2p_ && p2p_->fits(x));
     if (p2p_ && p2p_->fits(x)) {
       check_cuda(p2p_->run(x, stream_), "p2p_all_reduce");
       return;
@@ -156,6 +157,7 @@ class NcclCollectives final : public Collectives {
     }
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce_add_rms_norm", x.rows());
+    trace("all_reduce_add_rms_norm", x, true);
     check_cuda(p2p_->run_add_rms_norm(x, residual, w, eps, out, stream_), "p2p_add_rms_norm");
   }
 
@@ -164,6 +166,7 @@ class NcclCollectives final : public Collectives {
                "all_gather_cols: {} into {}", x.describe(), out.describe());
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_gather_cols", x.rows());
+    trace("all_gather_cols", x, false);
     const size_t es = dtype_size(x.dtype), n = size_t(x.numel());
     if (scratch_.numel() < int64_t(n) * world_) scratch_ = backend_.alloc(x.dtype, {int64_t(n) * world_});
     check_nccl(nccl().all_gather(x.data, scratch_.data, n, nccl_type(x.dtype), comm_, stream_), "ncclAllGather");
@@ -229,6 +232,15 @@ class NcclCollectives final : public Collectives {
   }
 
  private:
+  // APUS_TP_TRACE: every collective this rank queues, one line each (recorded into a graph or run).
+  void trace(const char* op, const Tensor& x, bool p2p) {
+    if (!trace_) return;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    cudaStreamIsCapturing(stream_, &capture);
+    std::fprintf(stderr, "tp-trace rank %d #%lld %s %s %s%s\n", rank_, static_cast<long long>(traced_++), op,
+                 x.describe().c_str(), p2p ? "p2p" : "nccl", capture == cudaStreamCaptureStatusActive ? " (captured)" : "");
+  }
+
   // Every rank's words side by side (a collective; waits).
   std::vector<int32_t> gather_words(const std::vector<int32_t>& w) {
     const int64_t n = int64_t(w.size());
@@ -273,7 +285,9 @@ class NcclCollectives final : public Collectives {
   int rank_, world_;
   double timeout_s_;
   std::function<void(const std::string&)> on_timeout_;
-  std::unique_ptr<cuda::P2pAllReduce> p2p_;  // ranks in one process: the one-shot kernel for small sums
+  std::unique_ptr<cuda::P2pAllReduce> p2p_;
+  const bool trace_ = std::getenv("APUS_TP_TRACE") != nullptr;
+  int64_t traced_ = 0;  // ranks in one process: the one-shot kernel for small sums
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
   std::atomic<bool> aborted_{false}, comm_aborted_{false};

@@ -139,6 +139,7 @@ std::unique_ptr<P2pAllReduce> P2pAllReduce::create(int rank, int world, int devi
   a.counter = r->signal_ + kSlots;
   a.abort = dev_abort;
   a.buffer_bytes = kBufferBytes;
+  if (const char* limit = std::getenv("APUS_TP_P2P_SPIN_LIMIT")) a.spin_limit_ns = static_cast<unsigned long long>(std::atof(limit) * 1e9);
   a.rank = rank;
   a.world = world;
   // One rank reads every peer's message: beyond two ranks, large messages are NCCL's (its ring

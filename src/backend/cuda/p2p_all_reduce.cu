@@ -22,6 +22,8 @@
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 
+#include <cstdio>
+
 namespace apus::cuda {
 
 namespace {
@@ -35,6 +37,12 @@ __device__ __forceinline__ uint32_t load_acquire(const uint32_t* p) {
   uint32_t v;
   asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
+}
+
+__device__ __forceinline__ unsigned long long now_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
 }
 
 template <typename T>
@@ -65,8 +73,16 @@ __device__ __forceinline__ void barrier(const P2pArgs& a, const Call& c) {
   if (threadIdx.x < W) {
     store_release(a.signal[threadIdx.x] + blockIdx.x * kP2pMaxRanks + a.rank, c.epoch);
     const uint32_t* slot = a.signal[a.rank] + blockIdx.x * kP2pMaxRanks + threadIdx.x;
-    for (uint32_t n = 1; int32_t(load_acquire(slot) - c.epoch) < 0; ++n)
-      if ((n & 1023u) == 0 && *a.abort) break;  // the group failed: leave (the results are garbage then)
+    const unsigned long long start = a.spin_limit_ns ? now_ns() : 0;
+    for (uint32_t n = 1; int32_t(load_acquire(slot) - c.epoch) < 0; ++n) {
+      if ((n & 1023u) != 0) continue;
+      if (*a.abort) break;  // the group failed: leave (the results are garbage then)
+      if (a.spin_limit_ns && now_ns() - start > a.spin_limit_ns) {  // APUS_TP_P2P_SPIN_LIMIT: diagnosis
+        printf("p2p: rank %d block %d call %u: rank %d is at call %u after %.1f s; leaving (results garbage)\n",
+               a.rank, int(blockIdx.x), c.epoch, int(threadIdx.x), load_acquire(slot), double(now_ns() - start) * 1e-9);
+        break;
+      }
+    }
   }
   __syncthreads();
 }
