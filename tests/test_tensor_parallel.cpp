@@ -211,6 +211,11 @@ TEST(TensorParallel, AllReducesOfEverySizeAreExactOnEveryRank) {
           }
         }
       }
+      // Before the buffers go: a collective (4 bytes: NCCL) after the last sum, so that no peer
+      // still reads this rank's buffers.
+      Tensor last = b->alloc(DType::F32, {1});
+      c->all_reduce(last);
+      b->synchronize();
     } catch (const std::exception& e) {
       errors[size_t(rank)] = e.what();
     }

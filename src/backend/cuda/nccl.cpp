@@ -117,10 +117,10 @@ class NcclCollectives final : public Collectives {
   ~NcclCollectives() override {
     cuda::set_wait_check(backend_, nullptr);
     if (!aborted_.load()) {
-      if (p2p_) {  // no peer may still read this rank's buffers: meet every rank after its last use
-        Tensor one = backend_.alloc(DType::F32, {1});
-        nccl().all_reduce(one.data, one.data, 1, kNcclFloat32, kNcclSum, comm_, stream_);
-      }
+      // No collective here: the ranks are not torn down together (ModelGroup's rank 0 only after
+      // joining the others), so a barrier would wait forever. Unmapping the P2P buffers is safe
+      // when a collective after their last use has completed on this rank (ModelGroup: the stop
+      // broadcast, which every peer's stream reaches only after its last step).
       cudaStreamSynchronize(stream_);
       p2p_.reset();
       nccl().comm_destroy(comm_);

@@ -21,7 +21,9 @@ class P2pAllReduce {
   // Collective: every rank calls it at once. Null (on every rank alike) when the group cannot use
   // it: world not 2, 4 or 8, a pair of devices without peer access, or APUS_TP_P2P=0.
   static std::unique_ptr<P2pAllReduce> create(int rank, int world, int device, const Gather& gather);
-  ~P2pAllReduce();  // call only once no peer can still be reading this rank's buffers
+  // Call only once no peer can still be reading this rank's buffers: after a collective that
+  // follows the last use has completed on this rank.
+  ~P2pAllReduce();
   P2pAllReduce(const P2pAllReduce&) = delete;
   P2pAllReduce& operator=(const P2pAllReduce&) = delete;
 
