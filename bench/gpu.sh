@@ -182,6 +182,7 @@ bounded() {
   wait $pid
 }
 if part tp; then
+export APUS_TP_P2P=${APUS_TP_P2P:-1}  # the peer-to-peer all-reduce (opt-in) under test; off below for comparison
 TL="$OUT/tp_tests.log"
 tp_tests() {
   (cd $B && APUS_TP_TIMEOUT=60 bounded 150 ./tests/test_tensor_parallel_gpu \
@@ -236,7 +237,7 @@ fi
 if part tpnodes; then
 if [ "$NG" -ge 4 ]; then
   L70="--device cuda --load-format dummy --config-preset llama-3-70b --tensor-parallel-size 4"
-  run timeout 200 $B/apus bench latency $L70 --input-len 1024 --output-len 128
+  run env APUS_TP_P2P=1 timeout 200 $B/apus bench latency $L70 --input-len 1024 --output-len 128
   run env APUS_TP_P2P=0 timeout 200 $B/apus bench latency $L70 --input-len 1024 --output-len 128
   run timeout 200 $B/apus bench throughput $L70 --num-prompts 128 --input-len 512 --output-len 256
 fi
