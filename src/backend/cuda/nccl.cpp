@@ -285,9 +285,9 @@ class NcclCollectives final : public Collectives {
   int rank_, world_;
   double timeout_s_;
   std::function<void(const std::string&)> on_timeout_;
-  std::unique_ptr<cuda::P2pAllReduce> p2p_;
+  std::unique_ptr<cuda::P2pAllReduce> p2p_;  // ranks in one process: the one-shot kernel for small sums
   const bool trace_ = std::getenv("APUS_TP_TRACE") != nullptr;
-  int64_t traced_ = 0;  // ranks in one process: the one-shot kernel for small sums
+  int64_t traced_ = 0;
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
   std::atomic<bool> aborted_{false}, comm_aborted_{false};
