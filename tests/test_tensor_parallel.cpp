@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <random>
 #include <thread>
@@ -17,6 +18,9 @@
 #include "parallel/rendezvous.h"
 #include "test_device.h"
 #include "test_util.h"
+#ifdef APUS_TEST_GPU
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace apus {
 namespace {
@@ -140,6 +144,90 @@ TEST(TensorParallelDeathTest, AFailedGroupThatIsNotTornDownEndsTheProcess) {
       },
       testing::ExitedWithCode(1), "rank 1 failed: injected fault.*did not shut down within 0.5 s: exiting");
 }
+
+#ifdef APUS_TEST_GPU
+// The collectives directly, two GPUs: sums of every size the model makes (decode rows through the
+// peer-to-peer kernel, larger ones through NCCL), three at a time back to back and then one fused
+// with the residual add + RMSNorm, of values whose sums bf16 holds exactly, so that any stale or
+// raced buffer shows; both ranks get the exact sums (and the norm within bf16 rounding).
+TEST(TensorParallel, AllReducesOfEverySizeAreExactOnEveryRank) {
+  if (gpu_count() < 2) GTEST_SKIP() << "needs 2 GPUs";
+  setenv("APUS_TP_P2P", "1", 1);  // opt-in for now (src/parallel/README.md)
+  constexpr int kWorld = 2;
+  constexpr int64_t kCols = 3584;
+  const int64_t sizes[] = {1, 7, 256, 1, 2048, 3000, 64, 256, 255};  // 2048 rows: 14.7 MB (peer-to-peer); 3000: NCCL
+  const NcclId id = nccl_unique_id();
+  auto value = [](int rank, int it, int k, int64_t i) { return float(int((i * 7 + it * 13 + k * 5 + rank * 101) % 17) - 8) * 0.125f; };
+  std::vector<std::string> errors(kWorld);
+  auto run = [&](int rank) {
+    try {
+      auto b = make_cuda_backend(rank);
+      auto c = make_nccl_collectives(*b, id, rank, kWorld, 0.0, true, nullptr);
+      for (int it = 0; it < 40; ++it) {
+        const int64_t rows = sizes[it % std::size(sizes)];
+        std::vector<Tensor> t;
+        for (int k = 0; k < 3; ++k) {
+          Tensor h = host_tensor(DType::BF16, {rows, kCols});
+          for (int64_t i = 0; i < h.numel(); ++i) set_float(h, i, value(rank, it, k, i));
+          t.push_back(b->upload(h));
+        }
+        for (Tensor& x : t) c->all_reduce(x);
+        // The fused sum + residual add + RMSNorm on a fourth: the residual stream is rank 0's 4th input.
+        Tensor hx = host_tensor(DType::BF16, {rows, kCols}), hr = host_tensor(DType::BF16, {rows, kCols});
+        Tensor hw = host_tensor(DType::F32, {kCols});
+        for (int64_t i = 0; i < hx.numel(); ++i) set_float(hx, i, value(rank, it, 3, i)), set_float(hr, i, value(0, it, 4, i));
+        for (int64_t i = 0; i < kCols; ++i) hw.ptr<float>()[i] = 0.5f + float(i % 7) * 0.25f;
+        Tensor dx = b->upload(hx), dres = b->upload(hr), dw = b->upload(hw), dout = b->alloc(DType::BF16, {rows, kCols});
+        c->all_reduce_add_rms_norm(dx, dres, dw, 1e-6f, dout, *b);
+        b->copy_to_host(dres, hr.data);
+        Tensor hout = host_tensor(DType::BF16, {rows, kCols});
+        b->copy_to_host(dout, hout.data);
+        for (int64_t r = 0; r < rows && errors[size_t(rank)].empty(); ++r) {
+          double ss = 0.0;
+          for (int64_t i = r * kCols; i < (r + 1) * kCols; ++i) {
+            const float want = value(0, it, 4, i) + value(0, it, 3, i) + value(1, it, 3, i);
+            ss += double(want) * want;
+            if (get_float(hr, i) != want)
+              errors[size_t(rank)] = fmt::format("rank {} call {} residual row {} element {}: {} instead of {}", rank, it,
+                                                 r, i, get_float(hr, i), want);
+          }
+          const double inv = 1.0 / std::sqrt(ss / double(kCols) + 1e-6);
+          for (int64_t i = r * kCols; i < (r + 1) * kCols && errors[size_t(rank)].empty(); ++i) {
+            const double want = double(get_float(hr, i)) * inv * hw.ptr<float>()[i % kCols];
+            if (std::fabs(get_float(hout, i) - want) > 0.01 * std::fabs(want) + 1e-3)
+              errors[size_t(rank)] = fmt::format("rank {} call {} norm row {} element {}: {} instead of {}", rank, it,
+                                                 r, i, get_float(hout, i), want);
+          }
+        }
+        for (int k = 0; k < 3; ++k) {
+          Tensor h = host_tensor(DType::BF16, {rows, kCols});
+          b->copy_to_host(t[size_t(k)], h.data);
+          for (int64_t i = 0; i < h.numel(); ++i) {
+            const float want = value(0, it, k, i) + value(1, it, k, i);
+            if (get_float(h, i) != want && errors[size_t(rank)].empty()) {  // go on: the peer waits for us
+              errors[size_t(rank)] = fmt::format("rank {} call {}.{} ({} rows) element {}: {} instead of {}", rank, it,
+                                                 k, rows, i, get_float(h, i), want);
+              break;
+            }
+          }
+        }
+      }
+      // Before the buffers go: a collective (4 bytes: NCCL) after the last sum, so that no peer
+      // still reads this rank's buffers.
+      Tensor last = b->alloc(DType::F32, {1});
+      c->all_reduce(last);
+      b->synchronize();
+    } catch (const std::exception& e) {
+      errors[size_t(rank)] = e.what();
+    }
+  };
+  std::thread t1(run, 1);
+  run(0);
+  t1.join();
+  unsetenv("APUS_TP_P2P");
+  for (const std::string& e : errors) EXPECT_EQ(e, "");
+}
+#endif
 
 TEST(TensorParallel, SplitsThatDoNotDivideAreRefusedByName) {
   if (!test::device_available()) GTEST_SKIP() << "no CUDA GPU";

@@ -28,4 +28,10 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int num_threads
 #endif
 }
 
+void Collectives::all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
+                                          Backend& backend) {
+  all_reduce(x);
+  backend.add_rms_norm(residual, x, w, eps, out);
+}
+
 }  // namespace apus

@@ -82,6 +82,8 @@ struct SampleRow {
 // A tensor-parallel group's collective operations over one rank's backend (src/parallel/README.md).
 // Every rank calls each of them in the same order with tensors of the same shape. The device ones
 // are queued like the backend's ops (so CUDA graphs record them).
+class Backend;
+
 class Collectives {
  public:
   virtual ~Collectives() = default;
@@ -91,6 +93,11 @@ class Collectives {
   virtual void all_reduce(Tensor& x) = 0;
   // out[R, world * n] = every rank's x[R, n] (contiguous) side by side, in rank order.
   virtual void all_gather_cols(const Tensor& x, Tensor& out) = 0;
+  // all_reduce(x), then backend.add_rms_norm(residual, x, w, eps, out): the sum added into the
+  // residual stream and normalized, in one pass where the collectives can (x is then left as it
+  // was, not summed).
+  virtual void all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
+                                       Backend& backend);
   // Rank 0's `words` to every rank (replacing theirs); a host call that waits.
   virtual void broadcast_words(std::vector<int32_t>& words) = 0;
   // Stops this rank's part of the group (a rank died): later calls fail with `why`, and calls

@@ -230,7 +230,8 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
 }
 
 // Decoder layer i on the residual stream x (whose pending MLP output from layer i - 1 is still in
-// the workspace's tmp when `add_pending`); leaves this layer's MLP output in tmp, not yet added.
+// the workspace's tmp when `add_pending`); leaves this layer's MLP output in tmp, not yet added (nor,
+// with tensor parallelism, summed over the ranks: add_mlp_output() does both).
 // A tap that returns false stops the layer before that linear layer; returns whether it ran to the end.
 bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor& x, bool add_pending,
                              const LinearTap* tap) {
@@ -247,7 +248,7 @@ bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
   Tensor qk = qkv.cols_view(0, c.q_size() + c.kv_size());
   const LayerWeights& L = weights_.layers[size_t(i)];
   if (!add_pending) backend_.rms_norm(x, L.attn_norm, c.rms_norm_eps, h);
-  else backend_.add_rms_norm(x, tmp, L.attn_norm, c.rms_norm_eps, h);  // x += previous MLP out
+  else add_rms_norm(x, tmp, L.attn_norm, h);  // x += previous MLP out
   const LoraLayer* lo = sv.lora_slots.empty() ? nullptr : &lora_->layer(i);
   if (tap && !(*tap)(LinearSlot::kQkv, h)) return false;
   if (lo) backend_.linear_lora(h, L.qkv, sv.lora_slots, lo->qkv, qkv);
@@ -267,8 +268,7 @@ bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
   if (tap && !(*tap)(LinearSlot::kO, attn)) return false;
   if (lo) backend_.linear_lora(attn, L.o, sv.lora_slots, lo->o, tmp);
   else backend_.linear(attn, L.o, tmp);
-  if (group_) group_->all_reduce(tmp);  // row-parallel: the sum of the ranks' heads
-  backend_.add_rms_norm(x, tmp, L.mlp_norm, c.rms_norm_eps, h);
+  add_rms_norm(x, tmp, L.mlp_norm, h);  // row-parallel: the sum of the ranks' heads
   if (tap && !(*tap)(LinearSlot::kGateUp, h)) return false;
   if (lo) backend_.linear_lora(h, L.gate_up, sv.lora_slots, lo->gate_up, gate_up);
   else backend_.linear(h, L.gate_up, gate_up);
@@ -276,8 +276,17 @@ bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
   if (tap && !(*tap)(LinearSlot::kDown, act)) return false;
   if (lo) backend_.linear_lora(act, L.down, sv.lora_slots, lo->down, tmp);
   else backend_.linear(act, L.down, tmp);
-  if (group_) group_->all_reduce(tmp);
   return true;
+}
+
+void DecoderModel::add_rms_norm(Tensor& x, Tensor& partial, const Tensor& w, Tensor& out) {
+  if (group_) group_->all_reduce_add_rms_norm(partial, x, w, config_.rms_norm_eps, out, backend_);
+  else backend_.add_rms_norm(x, partial, w, config_.rms_norm_eps, out);
+}
+
+void DecoderModel::add_mlp_output(Tensor& x, Tensor& partial) {
+  if (group_) group_->all_reduce(partial);
+  backend_.add(x, partial);
 }
 
 void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
@@ -287,7 +296,7 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
   Tensor x = rows_of(w.x, T), tmp = rows_of(w.tmp, T);
   embed_tokens(sv.tokens, x);
   for (int i = 0; i < c.num_layers; ++i) run_layer(i, sv, cache, x, i > 0, nullptr);
-  backend_.add(x, tmp);
+  add_mlp_output(x, tmp);
   if (R == 0) return;
   Tensor fh = rows_of(w.final_h, R), lg = rows_of(w.logits, R);
   backend_.gather_rows(x, sv.logit_rows, fh);
@@ -325,7 +334,7 @@ void DecoderModel::forward_layer(const StepBatch& in, KvCache& cache, int layer,
   const StepViews sv = upload_meta(in, T, 0, in.max_blocks, 0, cache, w.meta_device);
   if (!run_layer(layer, sv, cache, hidden, false, tap ? &tap : nullptr)) return;
   Tensor tmp = rows_of(w.tmp, T);
-  backend_.add(hidden, tmp);
+  add_mlp_output(hidden, tmp);
 }
 
 LayerWeights& DecoderModel::layer_weights(int layer) {

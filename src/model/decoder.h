@@ -101,6 +101,9 @@ class DecoderModel {
   void embed_tokens(const Tensor& tokens, Tensor& x);  // the (vocab-parallel) embedding of tokens into x
   void run_layers(const StepViews& v, KvCache& cache);
   bool run_layer(int i, const StepViews& v, KvCache& cache, Tensor& x, bool add_pending, const LinearTap* tap);
+  // x += partial (summed over the ranks first), then out = RMSNorm(x) * w; or without the norm.
+  void add_rms_norm(Tensor& x, Tensor& partial, const Tensor& w, Tensor& out);
+  void add_mlp_output(Tensor& x, Tensor& partial);
   // Logit rows of adapters that replace lm_head (modules_to_save), recomputed with theirs.
   void lora_lm_heads(const StepBatch& in);
   void forward_graph(const StepBatch& in, KvCache& cache, int bucket, int width);

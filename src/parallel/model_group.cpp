@@ -36,6 +36,10 @@ class GroupMember final : public Collectives {
   int rank() const override { return inner_.rank(); }
   int world() const override { return inner_.world(); }
   void all_reduce(Tensor& x) override { inner_.all_reduce(x); }
+  void all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
+                               Backend& backend) override {
+    inner_.all_reduce_add_rms_norm(x, residual, w, eps, out, backend);
+  }
   void all_gather_cols(const Tensor& x, Tensor& out) override { inner_.all_gather_cols(x, out); }
   void broadcast_words(std::vector<int32_t>& words) override { inner_.broadcast_words(words); }
   void abort(const std::string& why) override { stop_(why); }
@@ -174,7 +178,7 @@ ModelGroup::ModelGroup(const LoadOptions& load, const std::string& device, int t
 #ifdef APUS_HAVE_CUDA
         r.backend = make_cuda_backend(r.local);
         inner = make_nccl_collectives(*r.backend, id, r.global, world_, r.global == 0 ? tp_timeout_s() : 0.0,
-                                      [this](const std::string& why) { abort_group(why); });
+                                      par.nnodes == 1, [this](const std::string& why) { abort_group(why); });
 #endif
       }
       {

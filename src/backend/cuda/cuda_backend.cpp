@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -629,6 +630,8 @@ class CudaBackend final : public Backend {
   void replay(int graph) override {
     const auto it = graphs_.find(graph);
     APUS_CHECK(it != graphs_.end(), "replay: no graph {}", graph);
+    static const bool trace = std::getenv("APUS_TP_TRACE") != nullptr;
+    if (trace) std::fprintf(stderr, "tp-trace device %d replays graph %d\n", device_, graph);
     APUS_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
   }
 

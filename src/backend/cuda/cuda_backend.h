@@ -20,9 +20,10 @@ NcclId nccl_unique_id();
 // Every rank calls this at once (it returns when all have joined). While the group lives, the
 // backend waits for its stream by polling and calls the group's check, which throws once the group
 // has failed, or, when a wait has lasted longer than `timeout_s` (0: no limit), aborts this rank,
-// calls `on_timeout(why)` (to stop the others) and throws.
+// calls `on_timeout(why)` (to stop the others) and throws. `one_process`: every rank is a thread of
+// this process, so small sums may use the peer-to-peer kernel (p2p.h) instead of NCCL.
 std::unique_ptr<Collectives> make_nccl_collectives(Backend& backend, const NcclId& id, int rank, int world,
-                                                   double timeout_s,
+                                                   double timeout_s, bool one_process,
                                                    std::function<void(const std::string&)> on_timeout);
 
 namespace cuda {

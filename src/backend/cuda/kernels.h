@@ -150,4 +150,26 @@ size_t attention_scratch_floats(const AttentionParams& p);
 size_t attention_smem_bytes(const AttentionParams& p);
 cudaError_t paged_attention(const AttentionParams& p, cudaStream_t stream);
 
+// One-shot all-reduce (sum) over peer-to-peer device memory for 2, 4 or 8 ranks of one process
+// (p2p_all_reduce.cu). Every rank owns `data` (two halves of buffer_bytes, peer-readable), `signal`
+// (kP2pMaxBlocks x kP2pMaxRanks uint32 slots, zeroed, peer-writable) and `counter`
+// (kP2pMaxBlocks uint32, zeroed); `abort` points into host-mapped memory, non-zero once the group
+// failed. x (16-byte aligned, bytes a multiple of 16, at most buffer_bytes) is summed in place.
+constexpr int kP2pMaxRanks = 8, kP2pMaxBlocks = 64;
+struct P2pArgs {
+  void* data[kP2pMaxRanks];        // every rank's buffers (peer pointers), by rank
+  uint32_t* signal[kP2pMaxRanks];  // every rank's signal slots, by rank
+  uint32_t* counter;               // this rank's per-block call counters
+  const volatile int* abort;
+  unsigned long long spin_limit_ns;  // 0: wait for the peers however long; else print the wait and leave
+  size_t buffer_bytes;
+  int rank;
+  int world;
+};
+cudaError_t p2p_all_reduce(DType dt, void* x, int64_t bytes, const P2pArgs& a, cudaStream_t stream);
+// The same sum of x [rows, cols] (contiguous, like residual and out), then what add_rms_norm does
+// with it: residual += sum; out = RMSNorm(residual) * w. x is left as it was.
+cudaError_t p2p_add_rms_norm(DType dt, const void* x, void* residual, const float* w, float eps, void* out,
+                             int64_t rows, int64_t cols, const P2pArgs& a, cudaStream_t stream);
+
 }  // namespace apus::cuda

@@ -18,6 +18,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/library.h"
 #include "backend/cuda/op_profile.h"
+#include "backend/cuda/p2p.h"
 #include "core/error.h"
 
 namespace apus {
@@ -94,7 +95,7 @@ int nccl_type(DType t) {
 
 class NcclCollectives final : public Collectives {
  public:
-  NcclCollectives(Backend& backend, const NcclId& id, int rank, int world, double timeout_s,
+  NcclCollectives(Backend& backend, const NcclId& id, int rank, int world, double timeout_s, bool one_process,
                   std::function<void(const std::string&)> on_timeout)
       : backend_(backend), rank_(rank), world_(world), timeout_s_(timeout_s), on_timeout_(std::move(on_timeout)) {
     stream_ = static_cast<cudaStream_t>(cuda::stream_of(backend));
@@ -108,13 +109,23 @@ class NcclCollectives final : public Collectives {
     Tensor one = backend_.alloc(DType::F32, {1});
     all_reduce(one);
     cuda::wait(backend_);
+    if (one_process)
+      p2p_ = cuda::P2pAllReduce::create(rank, world, cuda::device_of(backend),
+                                        [this](const std::vector<int32_t>& w) { return gather_words(w); });
   }
 
   ~NcclCollectives() override {
     cuda::set_wait_check(backend_, nullptr);
     if (!aborted_.load()) {
+      // No collective here: the ranks are not torn down together (ModelGroup's rank 0 only after
+      // joining the others), so a barrier would wait forever. Unmapping the P2P buffers is safe
+      // when a collective after their last use has completed on this rank (ModelGroup: the stop
+      // broadcast, which every peer's stream reaches only after its last step).
       cudaStreamSynchronize(stream_);
+      p2p_.reset();
       nccl().comm_destroy(comm_);
+    } else {
+      (void)p2p_.release();  // a peer's kernel may still read it
     }
     cudaEventDestroy(sent_);
     if (pinned_) cudaFreeHost(pinned_);
@@ -128,8 +139,26 @@ class NcclCollectives final : public Collectives {
                x.describe());
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce", x.rows());
+    trace("all_reduce", x, p2p_ && p2p_->fits(x));
+    if (p2p_ && p2p_->fits(x)) {
+      check_cuda(p2p_->run(x, stream_), "p2p_all_reduce");
+      return;
+    }
     check_nccl(nccl().all_reduce(x.data, x.data, size_t(x.numel()), nccl_type(x.dtype), kNcclSum, comm_, stream_),
                "ncclAllReduce");
+  }
+
+  void all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
+                               Backend& backend) override {
+    if (!(p2p_ && p2p_->fits(x) && p2p_->fits(residual) && p2p_->fits(out) && residual.shape == x.shape &&
+          out.shape == x.shape && residual.dtype == x.dtype && out.dtype == x.dtype && w.dtype == DType::F32)) {
+      Collectives::all_reduce_add_rms_norm(x, residual, w, eps, out, backend);
+      return;
+    }
+    alive();
+    cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce_add_rms_norm", x.rows());
+    trace("all_reduce_add_rms_norm", x, true);
+    check_cuda(p2p_->run_add_rms_norm(x, residual, w, eps, out, stream_), "p2p_add_rms_norm");
   }
 
   void all_gather_cols(const Tensor& x, Tensor& out) override {
@@ -137,6 +166,7 @@ class NcclCollectives final : public Collectives {
                "all_gather_cols: {} into {}", x.describe(), out.describe());
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_gather_cols", x.rows());
+    trace("all_gather_cols", x, false);
     const size_t es = dtype_size(x.dtype), n = size_t(x.numel());
     if (scratch_.numel() < int64_t(n) * world_) scratch_ = backend_.alloc(x.dtype, {int64_t(n) * world_});
     check_nccl(nccl().all_gather(x.data, scratch_.data, n, nccl_type(x.dtype), comm_, stream_), "ncclAllGather");
@@ -191,6 +221,7 @@ class NcclCollectives final : public Collectives {
       if (why_.empty()) why_ = why;
     }
     aborted_ = true;
+    if (p2p_) p2p_->abort();
     if (comm_aborted_.exchange(true)) return;
     const bool debug = std::getenv("APUS_TP_DEBUG") != nullptr;
     std::thread([comm = comm_, rank = rank_, debug] {
@@ -201,6 +232,27 @@ class NcclCollectives final : public Collectives {
   }
 
  private:
+  // APUS_TP_TRACE: every collective this rank queues, one line each (recorded into a graph or run).
+  void trace(const char* op, const Tensor& x, bool p2p) {
+    if (!trace_) return;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    cudaStreamIsCapturing(stream_, &capture);
+    std::fprintf(stderr, "tp-trace rank %d #%lld %s %s %s%s\n", rank_, static_cast<long long>(traced_++), op,
+                 x.describe().c_str(), p2p ? "p2p" : "nccl", capture == cudaStreamCaptureStatusActive ? " (captured)" : "");
+  }
+
+  // Every rank's words side by side (a collective; waits).
+  std::vector<int32_t> gather_words(const std::vector<int32_t>& w) {
+    const int64_t n = int64_t(w.size());
+    Tensor in = backend_.alloc(DType::I32, {n}), out = backend_.alloc(DType::I32, {n * world_});
+    check_cuda(cudaMemcpyAsync(in.data, w.data(), size_t(n) * 4, cudaMemcpyHostToDevice, stream_), "H2D");
+    check_nccl(nccl().all_gather(in.data, out.data, size_t(n), kNcclInt32, comm_, stream_), "ncclAllGather");
+    std::vector<int32_t> all(size_t(n * world_));
+    check_cuda(cudaMemcpyAsync(all.data(), out.data, all.size() * 4, cudaMemcpyDeviceToHost, stream_), "D2H");
+    cuda::wait(backend_);
+    return all;
+  }
+
   void alive() const {
     if (aborted_.load()) failed();
   }
@@ -233,6 +285,9 @@ class NcclCollectives final : public Collectives {
   int rank_, world_;
   double timeout_s_;
   std::function<void(const std::string&)> on_timeout_;
+  std::unique_ptr<cuda::P2pAllReduce> p2p_;  // ranks in one process: the one-shot kernel for small sums
+  const bool trace_ = std::getenv("APUS_TP_TRACE") != nullptr;
+  int64_t traced_ = 0;
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
   std::atomic<bool> aborted_{false}, comm_aborted_{false};
@@ -255,8 +310,9 @@ NcclId nccl_unique_id() {
 }
 
 std::unique_ptr<Collectives> make_nccl_collectives(Backend& backend, const NcclId& id, int rank, int world,
-                                                   double timeout_s, std::function<void(const std::string&)> on_timeout) {
-  return std::make_unique<NcclCollectives>(backend, id, rank, world, timeout_s, std::move(on_timeout));
+                                                   double timeout_s, bool one_process,
+                                                   std::function<void(const std::string&)> on_timeout) {
+  return std::make_unique<NcclCollectives>(backend, id, rank, world, timeout_s, one_process, std::move(on_timeout));
 }
 
 }  // namespace apus
