@@ -16,7 +16,9 @@
 # processes as two "nodes", and a rank that fails or is killed; one call each: together they run
 # longer than a device call may), int4
 # (the quantized-model suites on the GPU, the int4 kernels alone per layer shape, then int4 GPTQ
-# against bf16 decode at batch 1 and 32).
+# against bf16 decode at batch 1 and 32), decode (decode attention on tensor cores, opt-in with
+# APUS_CUDA_FLASH_DECODE: the op tests, memcheck, the golden, engine and graph suites with it, then
+# decode and throughput with and without it, and the attention op's device time at batch 256).
 set -uo pipefail
 PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
 part() { [[ $PARTS == *",$1,"* ]]; }
@@ -53,6 +55,7 @@ part test && TARGETS="$TARGETS test_backend_ops test_decode_graphs test_golden_g
 part lora && TARGETS="$TARGETS test_backend_ops test_lora_gpu"
 part int4 && TARGETS="$TARGETS test_backend_ops test_golden_gpu test_quant_model_gpu"
 part tp && TARGETS="$TARGETS test_tensor_parallel_gpu test_golden_gpu"
+part decode && TARGETS="$TARGETS test_backend_ops test_decode_graphs test_golden_gpu test_engine_gpu"
 # The int4 decode kernels alone (bench/quant_kernel_bench.cu, not a CMake target), built beside.
 if part int4; then
   mkdir -p $B
@@ -154,6 +157,31 @@ for q in bf16 gptq; do
 done
 # Device time per op of the int4 decode (what is left between the kernels and the byte floor).
 APUS_CUDA_PROFILE=1 timeout 100 $B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b --input-len 512 --output-len 32 --quantization gptq > "$OUT/int4_profile.log" 2>&1
+fi
+
+if part decode; then
+DL="$OUT/decode_tests.log"; DB="$OUT/decode_bench.log"
+{
+  for t in "test_backend_ops --gtest_filter=*Attention*" test_decode_graphs test_golden_gpu test_engine_gpu; do
+    echo "==== APUS_CUDA_FLASH_DECODE=1 $t"
+    (cd $B && APUS_CUDA_FLASH_DECODE=1 timeout 200 ./tests/$t); echo "exit $?"
+  done
+  echo "==== memcheck"
+  APUS_CUDA_FLASH_DECODE=1 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops \
+    --gtest_filter='*GqaDecode*:*Overstated*:*LongDecodes*'; echo "exit $?"
+} > "$DL" 2>&1
+echo "flash decode tests: $(grep -c '^exit 0' "$DL") of 5 passed"
+LAT="$B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b"
+TPT="$B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b"
+for fd in 0 1; do
+  E=""; [ $fd = 1 ] && E="APUS_CUDA_FLASH_DECODE=1"
+  { echo "==== flash decode $fd: decode 1k / 4k context, throughput 1000 x 512/256, attention at batch 256"
+    env $E timeout 150 $LAT --input-len 1024 --output-len 128 --num-iters 2
+    env $E timeout 150 $LAT --input-len 4096 --output-len 128
+    env $E timeout 200 $TPT --num-prompts 1000 --input-len 512 --output-len 256
+    env $E APUS_CUDA_PROFILE=1 timeout 200 $TPT --num-prompts 256 --input-len 512 --output-len 256 | grep -E "attention|batched"
+  } >> "$DB" 2>&1
+done
 fi
 
 NG=$(nvidia-smi -L | wc -l)
@@ -286,6 +314,10 @@ JSON
 fi
 
 echo "==== summary"
+if part decode; then
+  grep -E "^====|^exit|FAILED|PASSED" "$OUT/decode_tests.log" | head -40
+  grep -E "^====|decode  |prefill  |batched|attention" "$OUT/decode_bench.log"
+fi
 if part tp || part tpnodes; then
   [ -f "$OUT/tp_tests.log" ] && grep -E "PASSED|FAILED|largest errors" "$OUT/tp_tests.log" | head -60
   grep -E "^====|^exit|greedy tokens|tensor parallel|parallel   |backend|^load|prefill  |decode  |batched|KV cache|rror|node 0 ended" "$OUT/tp_bench.log"

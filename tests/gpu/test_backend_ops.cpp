@@ -661,6 +661,20 @@ TEST_P(BackendAttention, ManyDecodesAndSlidingWindow) {
   run({{{3000, 1}}, 8, 2, 128, 100});       // windowed and split
 }
 
+TEST_P(BackendAttention, GqaDecodeSteps) {
+  // Steps of decodes only, 2..16 query heads per kv head (with APUS_CUDA_FLASH_DECODE set, 16-bit
+  // head_dim 64/128 ones run on tensor cores, flash_decode.cu): one sequence split over blocks, a
+  // batch too large to split, windows, group sizes that leave most of the 16-row tile empty.
+  std::vector<std::pair<int, int>> many;
+  for (int i = 0; i < 300; ++i) many.push_back({1 + int(rng_() % 1500), 1});
+  run({many, 28, 4, 128, 0});
+  run({{{1024, 1}}, 28, 4, 128, 0});
+  run({{{5000, 1}, {31, 1}, {32, 1}, {33, 1}}, 64, 8, 128, 0});
+  run({{{700, 1}, {1, 1}, {64, 1}}, 32, 2, 64, 0});  // 16 per kv head (ChatGLM3's MQA)
+  run({{{2500, 1}, {90, 1}}, 4, 2, 64, 300});
+  run({{{129, 1}}, 16, 8, 128, 0, 8192});  // overstated context: empty splits
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, BackendOps, ::testing::Values(DType::BF16, DType::F16, DType::F32),
                          [](const ::testing::TestParamInfo<DType>& p) { return std::string(dtype_name(p.param)); });
 INSTANTIATE_TEST_SUITE_P(Dtypes, BackendAttention, ::testing::Values(DType::BF16, DType::F16, DType::F32),

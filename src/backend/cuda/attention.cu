@@ -7,7 +7,8 @@
 // against every row, then each lane accumulates head_dim/32 output dims over the tile's values);
 // the warps' partial results are merged in shared memory at the end. Shared memory does not grow
 // with the context (one tile per warp), so any context length runs. Sequences with kFlashMinQ or
-// more new tokens go to the tensor-core kernel (flash_prefill.cu) where it applies.
+// more new tokens go to the tensor-core kernel (flash_prefill.cu) where it applies, and decode steps
+// of GQA models to flash_decode.cu where that applies (for now opt-in: APUS_CUDA_FLASH_DECODE).
 //
 // When a step has too few (sequence, kv head, row-tile) blocks to fill the GPU -- decode of a few
 // sequences -- each sequence's keys are also split across `num_splits` blocks, which write
@@ -296,6 +297,16 @@ __global__ void combine_splits_kernel(AttentionParams p) {
   }
 }
 
+// After a kernel that wrote num_splits > 1 partial results: the merge.
+template <typename T>
+cudaError_t combine_splits(const AttentionParams& p, cudaStream_t stream) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess || p.num_splits == 1) return e;
+  const unsigned threads = p.head_dim >= 128 ? 128 : (p.head_dim + 31) / 32 * 32;
+  combine_splits_kernel<T><<<dim3(unsigned(p.tokens), unsigned(p.heads)), threads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
 template <typename T, int DPL, int R>
 cudaError_t launch_rows(const AttentionParams& p, cudaStream_t stream) {
   const size_t smem = smem_layout<T>(p.head_dim, R).total;
@@ -303,13 +314,7 @@ cudaError_t launch_rows(const AttentionParams& p, cudaStream_t stream) {
   const int group = p.heads / p.kv_heads;
   const dim3 grid(ceil_div(int64_t(p.max_q_len) * group, R), unsigned(p.num_seqs), unsigned(p.kv_heads * p.num_splits));
   paged_attention_kernel<T, DPL, R><<<grid, kWarps * 32, smem, stream>>>(p);
-  if (p.num_splits > 1) {
-    const cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-    const unsigned threads = p.head_dim >= 128 ? 128 : (p.head_dim + 31) / 32 * 32;
-    combine_splits_kernel<T><<<dim3(unsigned(p.tokens), unsigned(p.heads)), threads, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  return combine_splits<T>(p, stream);
 }
 
 // 16 rows per block (8 for head_dim > 128); 8 where every sequence's rows fit in 8 (decode steps
@@ -349,6 +354,12 @@ size_t attention_smem_bytes(const AttentionParams& p) {
 
 cudaError_t paged_attention(const AttentionParams& params, cudaStream_t stream) {
   if (params.tokens == 0) return cudaSuccess;
+  if (flash_decode_applies(params)) {
+    const cudaError_t e = flash_decode(params, stream);
+    if (e != cudaSuccess) return e;
+    APUS_DISPATCH_FLOAT(params.dt, T, { return combine_splits<T>(params, stream); });
+    return cudaErrorInvalidValue;
+  }
   AttentionParams p = params;
   p.flash_min_q = 0;
   if (flash_prefill_applies(p)) {

@@ -1,0 +1,265 @@
+// Decode attention on tensor cores: steps in which every sequence has one new token, 16-bit
+// activations, head_dim 64 or 128, 2..16 query heads per kv head (flash_decode_applies).
+//
+// A block takes one sequence, one kv head and one split of its keys. The group's query heads are
+// the rows of one 16-row mma tile (the rows past the group are zeros), shared by the block's 4
+// warps, which take turns over 32-key tiles: a warp gathers its tile's keys and values from the
+// cache's blocks into its own shared memory with cp.async (the values' copy overlaps the scores),
+// computes S = Q K^T and O += P V with mma.sync m16n8k16 (float32 accumulation; P rounded to the
+// activation dtype for P V, as in flash_prefill.cu) and keeps its own online softmax. The warps'
+// (m, l, O) are merged through shared memory at the end; with several splits (few sequences, long
+// contexts: attention_splits) the block writes them unnormalised for combine_splits_kernel, in the
+// CUDA-core kernel's format. Each key is read once for the whole group, as there, but the
+// arithmetic is on tensor cores: at 256 decodes of the Qwen2.5-7B shape the CUDA-core kernel took
+// ~190 us per layer against ~110 us of KV bytes (bench/RESULTS.md).
+#include <cuda_pipeline.h>
+
+#include <cstdlib>
+
+#include "backend/cuda/device_util.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace apus::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kKeys = 32;  // keys per warp tile
+constexpr int kRows = 16;  // the group's query heads, padded to one mma row tile
+
+template <int HD>
+__host__ __device__ constexpr int row_elems() { return HD + 8; }  // padded shared-memory row (ldmatrix)
+
+// Shared memory: the queries [kRows][row_elems], then each warp's K tile, V tile ([kKeys][row_elems]
+// each) and key slots; the final merge reuses the warps' area.
+template <typename T, int HD>
+__host__ __device__ constexpr size_t tile_bytes() { return size_t(kKeys) * row_elems<HD>() * sizeof(T); }
+template <typename T, int HD>
+__host__ __device__ constexpr size_t warp_bytes() { return 2 * tile_bytes<T, HD>() + kKeys * sizeof(int); }
+template <typename T, int HD>
+constexpr size_t decode_smem() {
+  const size_t warps = kWarps * warp_bytes<T, HD>(), merge = size_t(kWarps) * kRows * (HD + 2) * sizeof(float);
+  return size_t(kRows) * row_elems<HD>() * sizeof(T) + (warps > merge ? warps : merge);
+}
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionParams p) {
+  constexpr int LD = row_elems<HD>();
+  constexpr int kChunks = HD * int(sizeof(T)) / 16, kEpc = 16 / int(sizeof(T));  // 16-byte chunks of a row
+  extern __shared__ float4 smem_raw[];
+  char* smem = reinterpret_cast<char*>(smem_raw);
+  T* q_s = reinterpret_cast<T*>(smem);
+  char* area = smem + size_t(kRows) * LD * sizeof(T);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  T* k_s = reinterpret_cast<T*>(area + size_t(warp) * warp_bytes<T, HD>());
+  T* v_s = k_s + kKeys * LD;
+  int* slot_s = reinterpret_cast<int*>(v_s + kKeys * LD);
+
+  const int group = p.heads / p.kv_heads;
+  const int seq = blockIdx.x;
+  const int kvh = int(blockIdx.y) / p.num_splits, split = int(blockIdx.y) % p.num_splits;
+  const int64_t tok = p.q_start[seq];
+  if (p.q_start[seq + 1] - tok < 1) return;
+  const int ctx = p.ctx_len[seq], pos = ctx - 1;
+  int klo = p.sliding_window > 0 ? max(0, pos - p.sliding_window + 1) : 0, khi = ctx;
+  if (p.num_splits > 1) {
+    const int chunk = (ctx + p.num_splits * kKeys - 1) / (p.num_splits * kKeys) * kKeys;
+    klo = max(klo, split * chunk);
+    khi = min(khi, (split + 1) * chunk);
+  }
+
+  // The group's queries (rows past it are zeros), as the mma's A fragments.
+  const T* q = static_cast<const T*>(p.q);
+  for (int i = threadIdx.x; i < kRows * kChunks; i += kWarps * 32) {
+    const int r = i / kChunks, c = i % kChunks;
+    T* d = q_s + r * LD + c * kEpc;
+    if (r < group) __pipeline_memcpy_async(d, q + tok * p.q_stride + int64_t(kvh * group + r) * HD + c * kEpc, 16);
+    else *reinterpret_cast<float4*>(d) = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+  __syncthreads();
+  uint32_t qf[HD / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) ldmatrix_x4(qf[kk], q_s + (lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+  const bool qok[2] = {g < group, g + 8 < group};  // this thread's rows g and g + 8
+  const float scale_log2 = p.scale * 1.4426950408889634f;  // softmax in base 2
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+  const int32_t* table = p.block_table + int64_t(seq) * p.max_blocks_per_seq;
+  const int64_t kv_row = int64_t(p.kv_heads) * HD, head_off = int64_t(kvh) * HD;
+  const T* k_cache = static_cast<const T*>(p.k_cache);
+  const T* v_cache = static_cast<const T*>(p.v_cache);
+  const int ntiles = khi > klo ? (khi - klo + kKeys - 1) / kKeys : 0;
+  for (int tile = warp; tile < ntiles; tile += kWarps) {
+    const int kbase = klo + tile * kKeys;
+    __syncwarp();  // every lane is done reading the previous tile
+    {
+      const int kp = kbase + lane;
+      slot_s[lane] = kp < khi ? table[kp / p.block_size] * p.block_size + kp % p.block_size : -1;
+    }
+    __syncwarp();
+    for (int half = 0; half < 2; ++half) {  // keys, then values: two commit groups
+      const T* cache = half == 0 ? k_cache : v_cache;
+      T* dst = half == 0 ? k_s : v_s;
+      for (int i = lane; i < kKeys * kChunks; i += 32) {
+        const int j = i / kChunks, c = i % kChunks, slot = slot_s[j];
+        T* d = dst + j * LD + c * kEpc;
+        if (slot >= 0) __pipeline_memcpy_async(d, cache + int64_t(slot) * kv_row + head_off + c * kEpc, 16);
+        else *reinterpret_cast<float4*>(d) = make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+      __pipeline_commit();
+    }
+    __pipeline_wait_prior(1);  // the keys are in; the values may not be
+    __syncwarp();
+
+    // S = Q K^T for the 16 rows and the tile's 32 keys.
+    float s[kKeys / 8][4];
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+#pragma unroll
+      for (int np = 0; np < kKeys / 16; ++np) {
+        uint32_t b[4];
+        ldmatrix_x4(b, k_s + (np * 16 + (lane / 16) * 8 + lane % 8) * LD + kk * 16 + ((lane / 8) % 2) * 8);
+        mma<T>(s[2 * np], qf[kk], b[0], b[1]);
+        mma<T>(s[2 * np + 1], qf[kk], b[2], b[3]);
+      }
+
+    // Mask (padding rows, keys past the split's end), then the online softmax of each row.
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e / 2, kp = kbase + n * 8 + 2 * t + (e % 2);
+        s[n][e] = qok[h] && kp < khi ? s[n][e] * scale_log2 : -INFINITY;
+        mx[h] = fmaxf(mx[h], s[n][e]);
+      }
+    float alpha[2], rowsum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      const float m_new = fmaxf(m[h], mx[h]);
+      alpha[h] = m_new == -INFINITY ? 1.0f : exp2f(m[h] - m_new);
+      m[h] = m_new;
+    }
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e / 2;
+        s[n][e] = m[h] == -INFINITY ? 0.0f : exp2f(s[n][e] - m[h]);
+        rowsum[h] += s[n][e];
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + rowsum[h];
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      o[n][0] *= alpha[0], o[n][1] *= alpha[0];
+      o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+    }
+
+    // O += P V: the score accumulators are already laid out as the A operand.
+    __pipeline_wait_prior(0);
+    __syncwarp();
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                             pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < HD / 16; ++dp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, v_s + (kk * 16 + ((lane / 8) % 2) * 8 + lane % 8) * LD + dp * 16 + (lane / 16) * 8);
+        mma<T>(o[2 * dp], a, b[0], b[1]);
+        mma<T>(o[2 * dp + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+  // The row sums are spread over the 4 threads of a row; then the warps' results are merged.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+  }
+  __syncthreads();  // every warp is done with its tiles
+  float* c_m = reinterpret_cast<float*>(area);  // [warp][row]
+  float* c_l = c_m + kWarps * kRows;
+  float* c_o = c_l + kWarps * kRows;  // [warp][row][HD]
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp * kRows + g + 8 * h;
+    if (t == 0) c_m[r] = m[h], c_l[r] = l[h];
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      c_o[r * HD + n * 8 + 2 * t] = o[n][2 * h];
+      c_o[r * HD + n * 8 + 2 * t + 1] = o[n][2 * h + 1];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < group * HD; i += kWarps * 32) {
+    const int r = i / HD, d = i % HD, head = kvh * group + r;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, c_m[w * kRows + r]);
+    float sum = 0.0f, a = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = c_m[w * kRows + r];
+        const float f = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
+        sum += c_l[w * kRows + r] * f;
+        a += c_o[(w * kRows + r) * HD + d] * f;
+      }
+    }
+    if (p.num_splits == 1) {
+      static_cast<T*>(p.out)[tok * p.out_stride + int64_t(head) * HD + d] = from_f<T>(sum > 0.0f ? a / sum : 0.0f);
+    } else {  // unnormalised, the maximum in natural-log units (combine_splits_kernel's format)
+      float* part = p.partial + ((tok * p.heads + head) * p.num_splits + split) * (HD + 2);
+      part[d] = a;
+      if (d == 0) {
+        part[HD] = mx == -INFINITY ? -INFINITY : mx * 0.6931471805599453f;
+        part[HD + 1] = sum;
+      }
+    }
+  }
+}
+
+template <typename T, int HD>
+cudaError_t launch_decode(const AttentionParams& p, cudaStream_t stream) {
+  constexpr size_t smem = decode_smem<T, HD>();
+  if (const cudaError_t e = allow_shared_memory<flash_decode_kernel<T, HD>>(smem); e != cudaSuccess) return e;
+  const dim3 grid(unsigned(p.num_seqs), unsigned(p.kv_heads * p.num_splits));
+  flash_decode_kernel<T, HD><<<grid, kWarps * 32, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool flash_decode_applies(const AttentionParams& p) {
+  const size_t es = p.dt == DType::F32 ? 4 : 2;
+  const int group = p.heads / p.kv_heads;
+  static const bool on = std::getenv("APUS_CUDA_FLASH_DECODE") != nullptr;  // opt-in until measured on a GPU
+  return on && p.dt != DType::F32 && (p.head_dim == 64 || p.head_dim == 128) && p.max_q_len == 1 && group >= 2 &&
+         group <= kRows && (p.q_stride * es) % 16 == 0;
+}
+
+cudaError_t flash_decode(const AttentionParams& p, cudaStream_t stream) {
+  if (p.dt == DType::BF16) {
+    if (p.head_dim == 64) return launch_decode<__nv_bfloat16, 64>(p, stream);
+    if (p.head_dim == 128) return launch_decode<__nv_bfloat16, 128>(p, stream);
+  } else if (p.dt == DType::F16) {
+    if (p.head_dim == 64) return launch_decode<__half, 64>(p, stream);
+    if (p.head_dim == 128) return launch_decode<__half, 128>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace apus::cuda
