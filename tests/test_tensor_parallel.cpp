@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <thread>
 
 #include "core/error.h"
@@ -152,6 +153,8 @@ TEST(TensorParallelDeathTest, AFailedGroupThatIsNotTornDownEndsTheProcess) {
 // raced buffer shows; both ranks get the exact sums (and the norm within bf16 rounding).
 TEST(TensorParallel, AllReducesOfEverySizeAreExactOnEveryRank) {
   if (gpu_count() < 2) GTEST_SKIP() << "needs 2 GPUs";
+  const char* was = std::getenv("APUS_TP_P2P");
+  const std::string before = was ? was : "";
   setenv("APUS_TP_P2P", "1", 1);  // opt-in for now (src/parallel/README.md)
   constexpr int kWorld = 2;
   constexpr int64_t kCols = 3584;
@@ -224,7 +227,8 @@ TEST(TensorParallel, AllReducesOfEverySizeAreExactOnEveryRank) {
   std::thread t1(run, 1);
   run(0);
   t1.join();
-  unsetenv("APUS_TP_P2P");
+  if (was) setenv("APUS_TP_P2P", before.c_str(), 1);
+  else unsetenv("APUS_TP_P2P");
   for (const std::string& e : errors) EXPECT_EQ(e, "");
 }
 #endif
