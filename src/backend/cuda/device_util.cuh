@@ -116,6 +116,11 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* p) 
                : "r"(a));
 }
 
+// Elements per shared-memory row of HD 16-bit values padded by 16 bytes, so that the 8 row
+// addresses of an ldmatrix fall in different banks.
+template <int HD>
+__host__ __device__ constexpr int padded_row() { return HD + 8; }
+
 // Two floats as one register of two 16-bit values (the first in the low half).
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi);

@@ -27,24 +27,21 @@ constexpr int kWarps = 4;
 constexpr int kKeys = 32;  // keys per warp tile
 constexpr int kRows = 16;  // the group's query heads, padded to one mma row tile
 
-template <int HD>
-__host__ __device__ constexpr int row_elems() { return HD + 8; }  // padded shared-memory row (ldmatrix)
-
-// Shared memory: the queries [kRows][row_elems], then each warp's K tile, V tile ([kKeys][row_elems]
+// Shared memory: the queries [kRows][padded_row], then each warp's K tile, V tile ([kKeys][padded_row]
 // each) and key slots; the final merge reuses the warps' area.
 template <typename T, int HD>
-__host__ __device__ constexpr size_t tile_bytes() { return size_t(kKeys) * row_elems<HD>() * sizeof(T); }
+__host__ __device__ constexpr size_t tile_bytes() { return size_t(kKeys) * padded_row<HD>() * sizeof(T); }
 template <typename T, int HD>
 __host__ __device__ constexpr size_t warp_bytes() { return 2 * tile_bytes<T, HD>() + kKeys * sizeof(int); }
 template <typename T, int HD>
 constexpr size_t decode_smem() {
   const size_t warps = kWarps * warp_bytes<T, HD>(), merge = size_t(kWarps) * kRows * (HD + 2) * sizeof(float);
-  return size_t(kRows) * row_elems<HD>() * sizeof(T) + (warps > merge ? warps : merge);
+  return size_t(kRows) * padded_row<HD>() * sizeof(T) + (warps > merge ? warps : merge);
 }
 
 template <typename T, int HD>
 __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionParams p) {
-  constexpr int LD = row_elems<HD>();
+  constexpr int LD = padded_row<HD>();
   constexpr int kChunks = HD * int(sizeof(T)) / 16, kEpc = 16 / int(sizeof(T));  // 16-byte chunks of a row
   extern __shared__ float4 smem_raw[];
   char* smem = reinterpret_cast<char*>(smem_raw);

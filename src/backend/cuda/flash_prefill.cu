@@ -23,20 +23,17 @@ namespace {
 constexpr int kRows = 64;  // query tokens per block (16 per warp)
 constexpr int kKeys = 64;  // keys per tile
 
-template <int HD>
-__host__ __device__ constexpr int row_elems() { return HD + 8; }  // padded shared-memory row
-
 template <typename T, int HD>
-constexpr size_t flash_smem() { return size_t(kRows + 2 * kKeys) * row_elems<HD>() * sizeof(T) + kKeys * sizeof(int); }
+constexpr size_t flash_smem() { return size_t(kRows + 2 * kKeys) * padded_row<HD>() * sizeof(T) + kKeys * sizeof(int); }
 
-// Copies `rows` rows of HD elements into shared memory (row stride row_elems), 16 bytes per
+// Copies `rows` rows of HD elements into shared memory (row stride padded_row), 16 bytes per
 // cp.async; rows whose source is null become zeros.
 template <typename T, int HD, typename Src>
 __device__ __forceinline__ void load_rows(T* dst, int rows, Src src) {
   constexpr int kChunks = HD * int(sizeof(T)) / 16, kEpc = 16 / int(sizeof(T));
   for (int i = threadIdx.x; i < rows * kChunks; i += 128) {
     const int r = i / kChunks, c = i % kChunks;
-    T* d = dst + r * row_elems<HD>() + c * kEpc;
+    T* d = dst + r * padded_row<HD>() + c * kEpc;
     const T* s = src(r);
     if (s != nullptr) __pipeline_memcpy_async(d, s + c * kEpc, 16);
     else *reinterpret_cast<float4*>(d) = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -46,7 +43,7 @@ __device__ __forceinline__ void load_rows(T* dst, int rows, Src src) {
 
 template <typename T, int HD>
 __global__ void __launch_bounds__(128) flash_prefill_kernel(AttentionParams p, int min_q) {
-  constexpr int LD = row_elems<HD>();
+  constexpr int LD = padded_row<HD>();
   extern __shared__ float4 smem_raw[];
   T* q_s = reinterpret_cast<T*>(smem_raw);
   T* k_s = q_s + kRows * LD;
