@@ -17,6 +17,7 @@
 #include <cstdlib>
 
 #include "backend/cuda/device_util.cuh"
+#include "backend/cuda/flash_tile.cuh"
 #include "backend/cuda/kernels.h"
 
 namespace apus::cuda {
@@ -114,70 +115,23 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
     __pipeline_wait_prior(1);  // the keys are in; the values may not be
     __syncwarp();
 
-    // S = Q K^T for the 16 rows and the tile's 32 keys.
+    // S = Q K^T for the 16 rows and the tile's 32 keys; mask (padding rows, keys past the split's
+    // end), then the online softmax of each row.
     float s[kKeys / 8][4];
-#pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-#pragma unroll
-      for (int np = 0; np < kKeys / 16; ++np) {
-        uint32_t b[4];
-        ldmatrix_x4(b, k_s + (np * 16 + (lane / 16) * 8 + lane % 8) * LD + kk * 16 + ((lane / 8) % 2) * 8);
-        mma<T>(s[2 * np], qf[kk], b[0], b[1]);
-        mma<T>(s[2 * np + 1], qf[kk], b[2], b[3]);
-      }
-
-    // Mask (padding rows, keys past the split's end), then the online softmax of each row.
-    float mx[2] = {-INFINITY, -INFINITY};
+    tile_scores<T, HD, kKeys>(s, qf, k_s, lane);
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int h = e / 2, kp = kbase + n * 8 + 2 * t + (e % 2);
         s[n][e] = qok[h] && kp < khi ? s[n][e] * scale_log2 : -INFINITY;
-        mx[h] = fmaxf(mx[h], s[n][e]);
       }
-    float alpha[2], rowsum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-      const float m_new = fmaxf(m[h], mx[h]);
-      alpha[h] = m_new == -INFINITY ? 1.0f : exp2f(m[h] - m_new);
-      m[h] = m_new;
-    }
-#pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int h = e / 2;
-        s[n][e] = m[h] == -INFINITY ? 0.0f : exp2f(s[n][e] - m[h]);
-        rowsum[h] += s[n][e];
-      }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + rowsum[h];
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      o[n][0] *= alpha[0], o[n][1] *= alpha[0];
-      o[n][2] *= alpha[1], o[n][3] *= alpha[1];
-    }
+    tile_softmax<kKeys, HD>(s, m, l, o);
 
-    // O += P V: the score accumulators are already laid out as the A operand.
+    // O += P V.
     __pipeline_wait_prior(0);
     __syncwarp();
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                             pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int dp = 0; dp < HD / 16; ++dp) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, v_s + (kk * 16 + ((lane / 8) % 2) * 8 + lane % 8) * LD + dp * 16 + (lane / 16) * 8);
-        mma<T>(o[2 * dp], a, b[0], b[1]);
-        mma<T>(o[2 * dp + 1], a, b[2], b[3]);
-      }
-    }
+    tile_values<T, HD, kKeys>(o, s, v_s, lane);
   }
 
   // The row sums are spread over the 4 threads of a row; then the warps' results are merged.
