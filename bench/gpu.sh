@@ -146,6 +146,23 @@ echo "int4 GPU tests: $(grep -c '^\[       OK' "$OUT/int4_tests.log") OK, $(grep
 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops --gtest_filter='*Quant*BF16*' \
   > "$OUT/int4_memcheck.log" 2>&1
 echo "int4 memcheck: exit $?"
+# `apus export --quant_bits 4` checkpoints in transformers (needs third_party/tokenizers/qwen3
+# carried): a small random Qwen2 exported with GPTQ and with AWQ, each checked by
+# tools/quant/check_export_in_transformers.py against Apus's greedy tokens (float32, CPU).
+if [ -f third_party/tokenizers/qwen3/tokenizer.json ]; then
+  X=$(mktemp -d)
+  python3 tools/quant/random_qwen2.py "$X/model" --hidden 128 --inter 256 --layers 2 > /dev/null
+  for m in gptq awq; do
+    echo "==== export check: $m"
+    timeout 200 $B/apus export --model "$X/model" --quant_bits 4 --quant_method $m --group_size 32 \
+      --output_dir "$X/$m" > "$X/$m.log" 2>&1 || tail -5 "$X/$m.log"
+    timeout 60 $B/apus generate --model "$X/$m" --device cpu --dtype float32 --prompt-ids 9707,11,1879,0,3555 \
+      --max-tokens 12 --temperature 0 --ignore-eos --logprobs 5 --json > "$X/$m.json"
+    timeout 300 python3 tools/quant/check_export_in_transformers.py "$X/$m" "$X/$m.json" 9707,11,1879,0,3555
+    echo "exit $?"
+  done >> "$OUT/int4_tests.log" 2>&1
+  echo "export checks in transformers: $(grep -c '^OK' "$OUT/int4_tests.log") of 2 OK"
+fi
 # Qwen2.5-7B shape, dummy weights: bf16, then GPTQ 4-bit group 128 (--quantization gptq), single
 # stream (latency) and decode-dominated batches of 32 (throughput).
 LAT="$B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b --input-len 512 --output-len 128"
