@@ -27,10 +27,8 @@ namespace apus {
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) fail("CUDA error in {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
-}
-#define APUS_CUDA_CHECK(call) check((call), #call)
+using cuda::check_cuda;
+#define APUS_CUDA_CHECK(call) check_cuda((call), #call)
 
 void check_blas(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS error in {}: {}", what, cuda::cublas().status_string(s));
@@ -468,8 +466,8 @@ class CudaBackend final : public Backend {
     const cudaError_t e = cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, s);
     const cudaError_t w = cudaStreamSynchronize(s);
     cudaStreamDestroy(s);
-    check(e, "cudaMemcpyAsync (copy_from_host)");
-    check(w, "cudaStreamSynchronize (copy_from_host)");
+    check_cuda(e, "cudaMemcpyAsync (copy_from_host)");
+    check_cuda(w, "cudaStreamSynchronize (copy_from_host)");
   }
 
   void lora(const Tensor& x, const Tensor& slots, const std::vector<LoraPart>& parts, Tensor& out) override {
@@ -598,7 +596,7 @@ class CudaBackend final : public Backend {
     for (;;) {
       const cudaError_t e = cudaStreamQuery(stream_);
       if (e == cudaSuccess) return;
-      if (e != cudaErrorNotReady) check(e, "cudaStreamQuery");
+      if (e != cudaErrorNotReady) check_cuda(e, "cudaStreamQuery");
       wait_check_(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       std::this_thread::yield();
     }
@@ -622,7 +620,7 @@ class CudaBackend final : public Backend {
     cudaGraphExec_t e = nullptr;
     const cudaError_t err = cudaGraphInstantiate(&e, g, 0);
     cudaGraphDestroy(g);
-    check(err, "cudaGraphInstantiate");
+    check_cuda(err, "cudaGraphInstantiate");
     graphs_[next_graph_] = e;
     return next_graph_++;
   }
@@ -728,7 +726,7 @@ class CudaBackend final : public Backend {
     return p;
   }
 
-  void launched(cudaError_t e, const char* kernel) const { check(e, kernel); }
+  void launched(cudaError_t e, const char* kernel) const { check_cuda(e, kernel); }
 
   cuda::DeviceError* error_word() const { return static_cast<cuda::DeviceError*>(errors_.data); }
 
@@ -788,6 +786,11 @@ CudaBackend& cuda_backend(Backend& b) {
 }  // namespace
 
 namespace cuda {
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA error in {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
 
 void* stream_of(Backend& b) { return cuda_backend(b).stream(); }
 int device_of(Backend& b) { return cuda_backend(b).device_index(); }

@@ -11,6 +11,9 @@
 
 namespace apus::cuda {
 
+// Fails (apus::Error) naming `what` when a CUDA runtime call did not succeed.
+void check_cuda(cudaError_t e, const char* what);
+
 // Kernels that validate indices record the first bad one here; the backend reports it as an
 // apus::Error at its next synchronizing call (a kernel cannot throw).
 struct DeviceError {

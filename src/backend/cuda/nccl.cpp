@@ -79,9 +79,7 @@ void check_nccl(ncclResult_t r, const char* what) {
   if (r != 0) fail("NCCL error in {}: {}", what, nccl().error_string(r));
 }
 
-void check_cuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) fail("CUDA error in {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
-}
+using cuda::check_cuda;
 
 int nccl_type(DType t) {
   switch (t) {
@@ -139,8 +137,9 @@ class NcclCollectives final : public Collectives {
                x.describe());
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce", x.rows());
-    trace("all_reduce", x, p2p_ && p2p_->fits(x));
-    if (p2p_ && p2p_->fits(x)) {
+    const bool p2p = p2p_ && p2p_->fits(x);
+    trace("all_reduce", x, p2p);
+    if (p2p) {
       check_cuda(p2p_->run(x, stream_), "p2p_all_reduce");
       return;
     }

@@ -12,10 +12,7 @@ namespace apus::cuda {
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) fail("CUDA error in {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
-}
-#define APUS_CUDA_CHECK(call) check((call), #call)
+#define APUS_CUDA_CHECK(call) check_cuda((call), #call)
 
 }  // namespace
 

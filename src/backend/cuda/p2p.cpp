@@ -15,9 +15,6 @@ namespace {
 
 constexpr size_t kBufferBytes = size_t(16) << 20;  // each of a rank's two buffers
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) fail("CUDA error in {} (peer-to-peer all-reduce): {}", what, cudaGetErrorString(e));
-}
 
 // The driver's virtual memory calls, found through the runtime (apus does not link libcuda).
 struct Vmm {
@@ -37,7 +34,7 @@ const Vmm& vmm() {
     auto bind = [](const char* name, auto* fn) {
       void* p = nullptr;
       cudaDriverEntryPointQueryResult found{};
-      check(cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &found), name);
+      check_cuda(cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &found), name);
       APUS_CHECK(found == cudaDriverEntryPointSuccess && p, "the CUDA driver has no {}", name);
       *fn = reinterpret_cast<std::remove_pointer_t<decltype(fn)>>(p);
     };
@@ -54,7 +51,7 @@ const Vmm& vmm() {
   return v;
 }
 
-void check(CUresult r, const char* what) {
+void check_driver(CUresult r, const char* what) {
   if (r != CUDA_SUCCESS) fail("CUDA driver error {} in {} (peer-to-peer all-reduce)", int(r), what);
 }
 
@@ -89,10 +86,10 @@ std::unique_ptr<P2pAllReduce> P2pAllReduce::create(int rank, int world, int devi
   prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
   prop.location.id = device;
   size_t grain = 0;
-  check(driver.granularity(&grain, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED), "cuMemGetAllocationGranularity");
+  check_driver(driver.granularity(&grain, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED), "cuMemGetAllocationGranularity");
   r->mapped_bytes_ = (2 * kBufferBytes + signal_bytes + grain - 1) / grain * grain;
   CUmemGenericAllocationHandle handle{};
-  check(driver.create(&handle, r->mapped_bytes_, &prop, 0), "cuMemCreate");
+  check_driver(driver.create(&handle, r->mapped_bytes_, &prop, 0), "cuMemCreate");
   CUdeviceptr base = 0;
   CUresult status = driver.reserve(&base, r->mapped_bytes_, grain, 0, 0);
   if (status == CUDA_SUCCESS) {
@@ -100,23 +97,23 @@ std::unique_ptr<P2pAllReduce> P2pAllReduce::create(int rank, int world, int devi
     if (status != CUDA_SUCCESS) driver.unreserve(base, r->mapped_bytes_);
   }
   driver.release(handle);  // the mapping keeps the memory
-  check(status, "cuMemAddressReserve/cuMemMap");
+  check_driver(status, "cuMemAddressReserve/cuMemMap");
   std::vector<CUmemAccessDesc> access(static_cast<size_t>(world));
   for (int p = 0; p < world; ++p) {
     access[size_t(p)].location = {CU_MEM_LOCATION_TYPE_DEVICE, devices[size_t(p)]};
     access[size_t(p)].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
   }
   r->data_ = reinterpret_cast<void*>(base);  // owned (unmapped by the destructor) from here
-  check(driver.set_access(base, r->mapped_bytes_, access.data(), access.size()), "cuMemSetAccess");
+  check_driver(driver.set_access(base, r->mapped_bytes_, access.data(), access.size()), "cuMemSetAccess");
   r->signal_ = reinterpret_cast<uint32_t*>(static_cast<char*>(r->data_) + 2 * kBufferBytes);
-  check(cudaMemset(r->signal_, 0, signal_bytes), "cudaMemset");
+  check_cuda(cudaMemset(r->signal_, 0, signal_bytes), "cudaMemset");
   int* host = nullptr;
-  check(cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof(int), cudaHostAllocMapped), "cudaHostAlloc");
+  check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof(int), cudaHostAllocMapped), "cudaHostAlloc");
   *host = 0;
   r->abort_host_ = host;
   int* dev_abort = nullptr;
-  check(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev_abort), host, 0), "cudaHostGetDevicePointer");
-  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // the zeroed slots, before any peer writes them
+  check_cuda(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev_abort), host, 0), "cudaHostGetDevicePointer");
+  check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // the zeroed slots, before any peer writes them
   // Every rank's buffer and signal addresses (one address space: the ranks are threads of this process).
   auto words = [](const void* p) {
     uint64_t v = 0;
