@@ -28,6 +28,12 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int num_threads
 #endif
 }
 
+void Backend::rope_store_kv(Tensor& qk, const Tensor& cos, const Tensor& sin, int head_dim, const Tensor& v,
+                            const Tensor& slot_mapping, KvLayer& cache) {
+  rope(qk, cos, sin, head_dim);
+  store_kv(qk.cols_view(qk.cols() - v.cols(), v.cols()), v, slot_mapping, cache);
+}
+
 void Collectives::all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
                                           Backend& backend) {
   all_reduce(x);

@@ -166,6 +166,10 @@ class Backend {
   // Rotate-half RoPE in place on x [T, heads * head_dim]: within each head, dim i < rot/2 pairs with
   // i + rot/2, where rot = 2 * cos.cols(); cos/sin F32 [T, rot/2].
   virtual void rope(Tensor& x, const Tensor& cos, const Tensor& sin, int head_dim) = 0;
+  // rope() on qk [T, (heads + kv_heads) * head_dim] (q's heads, then k's: side by side in qkv),
+  // then store_kv() of its k part and v: one op where the backend fuses them (CUDA), else the two.
+  virtual void rope_store_kv(Tensor& qk, const Tensor& cos, const Tensor& sin, int head_dim, const Tensor& v,
+                             const Tensor& slot_mapping, KvLayer& cache);
   // k, v [T, kv_heads * head_dim] written to cache slots.
   virtual void store_kv(const Tensor& k, const Tensor& v, const Tensor& slot_mapping,
                         KvLayer& cache) = 0;

@@ -257,13 +257,13 @@ bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
     backend_.rms_norm(q, L.q_norm, c.rms_norm_eps, q);
     backend_.rms_norm(k, L.k_norm, c.rms_norm_eps, k);
   }
-  if (sv.q_cos.empty()) {
-    backend_.rope(qk, sv.cos, sv.sin, c.head_dim);  // q's heads and k's, side by side in qkv: one launch
+  if (sv.q_cos.empty()) {  // q's heads and k's, side by side in qkv, and the store: one launch
+    backend_.rope_store_kv(qk, sv.cos, sv.sin, c.head_dim, v, ab.slot_mapping, cache.layers[size_t(i)]);
   } else {  // logn attention scales q through its own tables
     backend_.rope(q, sv.q_cos, sv.q_sin, c.head_dim);
     backend_.rope(k, sv.cos, sv.sin, c.head_dim);
+    backend_.store_kv(k, v, ab.slot_mapping, cache.layers[size_t(i)]);
   }
-  backend_.store_kv(k, v, ab.slot_mapping, cache.layers[size_t(i)]);
   backend_.attention(q, cache.layers[size_t(i)], ab, attn);
   if (tap && !(*tap)(LinearSlot::kO, attn)) return false;
   if (lo) backend_.linear_lora(attn, L.o, sv.lora_slots, lo->o, tmp);

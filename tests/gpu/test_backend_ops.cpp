@@ -394,6 +394,44 @@ TEST_P(BackendOps, RopeFullAndPartial) {
   }
 }
 
+TEST_P(BackendOps, RopeStoreKvIsRopeThenStoreKv) {
+  // The fused op against the CPU backend's rope + store_kv (Backend's default): q's and k's heads
+  // rotated in place in a fused qkv buffer, k (rotated) and v stored, a padding slot skipped;
+  // full and partial rotary.
+  for (int hd : {64, 128}) {
+    for (int half : {hd / 2, hd / 4}) {
+      const int64_t T = 13, qh = 6, kvh = 2;
+      const int64_t qk_cols = (qh + kvh) * hd, kv = kvh * hd;
+      Tensor w = random({T, qk_cols + kv + 24}, -2.0f, 2.0f);  // [pad 8 | q k | v | pad 16]
+      Tensor cos = host_tensor(DType::F32, {T, half}), sin = host_tensor(DType::F32, {T, half});
+      for (int64_t t = 0; t < T; ++t)
+        for (int i = 0; i < half; ++i) {
+          const float a = float(t * 5 + 1) * std::pow(10000.0f, -float(i) / float(half));
+          cos.row<float>(t)[i] = std::cos(a);
+          sin.row<float>(t)[i] = std::sin(a);
+        }
+      std::vector<int32_t> slots(static_cast<size_t>(T));
+      for (int64_t t = 0; t < T; ++t) slots[size_t(t)] = int32_t(t * 3 + 1);
+      slots[4] = -1;
+      const std::vector<int64_t> shape{4, 16, kvh, hd};
+      KvLayer cc{host_tensor(DType::F32, shape), host_tensor(DType::F32, shape)};
+      std::fill(cc.k.ptr<float>(), cc.k.ptr<float>() + cc.k.numel(), 0.0f);
+      std::fill(cc.v.ptr<float>(), cc.v.ptr<float>() + cc.v.numel(), 0.0f);
+      KvLayer gc{to_gpu(cc.k), to_gpu(cc.v)};
+      Tensor gw = to_gpu(w);
+      Tensor qk = w.cols_view(8, qk_cols), v = w.cols_view(8 + qk_cols, kv);
+      Tensor gqk = gw.cols_view(8, qk_cols), gv = gw.cols_view(8 + qk_cols, kv);
+      cpu_->rope_store_kv(qk, cos, sin, hd, v, make_view(slots.data(), DType::I32, {T}), cc);
+      gpu_->rope_store_kv(gqk, to_gpu_f32(cos), to_gpu_f32(sin), hd, gv, to_gpu_i32(slots), gc);
+      const std::string name = fmt::format("rope_store_kv hd={} half={}", hd, half);
+      expect_close(w, gw, name + " qkv");
+      const std::vector<int64_t> flat{64, kv};
+      expect_close(make_view(cc.k.data, DType::F32, flat), make_view(gc.k.data, dt_, flat, Device::CUDA), name + " k");
+      expect_close(make_view(cc.v.data, DType::F32, flat), make_view(gc.v.data, dt_, flat, Device::CUDA), name + " v");
+    }
+  }
+}
+
 TEST_P(BackendOps, EmbeddingGatherSiluMulAdd) {
   const int64_t V = 1000, H = 320, T = 37;
   Tensor table = random({V, H});

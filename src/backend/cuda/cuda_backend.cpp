@@ -409,6 +409,27 @@ class CudaBackend final : public Backend {
              "store_kv");
   }
 
+  void rope_store_kv(Tensor& qk, const Tensor& cos, const Tensor& sin, int head_dim, const Tensor& v,
+                     const Tensor& slot_mapping, KvLayer& cache) override {
+    activation(qk, "rope_store_kv");
+    activation(v, "rope_store_kv");
+    activation(cache.k, "rope_store_kv");
+    on_device(cos, "rope_store_kv");
+    const int half = int(cos.cols());
+    const int64_t row = cache.k.shape[2] * cache.k.shape[3];
+    APUS_CHECK(head_dim % 2 == 0 && 2 * half <= head_dim && qk.cols() % head_dim == 0 && v.cols() == row &&
+                   qk.cols() > row && cache.k.shape[3] == head_dim,
+               "rope_store_kv: {} and {} with head_dim {}, {} frequencies, a cache of {} per slot", qk.describe(),
+               v.describe(), head_dim, half, row);
+    num_slots_ = cache.k.shape[0] * cache.k.shape[1];
+    const int kv_heads = int(row / head_dim), q_heads = int(qk.cols() / head_dim) - kv_heads;
+    cuda::TimedOp t(*profile_, "rope_store_kv", qk.rows());
+    launched(cuda::rope_store_kv(act_, qk.data, qk.row_stride, q_heads, kv_heads, head_dim, cos.ptr<float>(),
+                                 sin.ptr<float>(), half, v.data, v.row_stride, slot_mapping.ptr<int32_t>(), qk.rows(),
+                                 cache.k.data, cache.v.data, num_slots_, error_word(), stream_),
+             "rope_store_kv");
+  }
+
   void attention(const Tensor& q, const KvLayer& cache, const AttentionBatch& b, Tensor& out) override {
     activation(q, "attention");
     activation(out, "attention");

@@ -42,6 +42,12 @@ cudaError_t rope(DType dt, void* x, int64_t x_stride, int64_t rows, int heads, i
 cudaError_t store_kv(DType dt, const void* k, int64_t k_stride, const void* v, int64_t v_stride, const int32_t* slots,
                      int64_t rows, int64_t row_elems, void* k_cache, void* v_cache, int64_t num_slots, DeviceError* err,
                      cudaStream_t stream);
+// rope() on qk's q_heads + kv_heads heads, then store_kv() of its last kv_heads heads (rotated) and
+// v's into the caches' slots, in one kernel; the cache rows are kv_heads * head_dim elements.
+cudaError_t rope_store_kv(DType dt, void* qk, int64_t qk_stride, int q_heads, int kv_heads, int head_dim,
+                          const float* cos, const float* sin, int half, const void* v, int64_t v_stride,
+                          const int32_t* slots, int64_t rows, void* k_cache, void* v_cache, int64_t num_slots,
+                          DeviceError* err, cudaStream_t stream);
 cudaError_t silu_mul(DType dt, const void* gate_up, int64_t gu_stride, void* out, int64_t out_stride, int64_t rows,
                      int64_t cols, cudaStream_t stream);
 cudaError_t add(DType dt, void* x, int64_t x_stride, const void* y, int64_t y_stride, int64_t rows, int64_t cols,
