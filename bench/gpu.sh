@@ -16,9 +16,10 @@
 # processes as two "nodes", and a rank that fails or is killed; one call each: together they run
 # longer than a device call may), int4
 # (the quantized-model suites on the GPU, the int4 kernels alone per layer shape, then int4 GPTQ
-# against bf16 decode at batch 1 and 32), decode (decode attention on tensor cores, opt-in with
-# APUS_CUDA_FLASH_DECODE: the op tests, memcheck, the golden, engine and graph suites with it, then
-# decode and throughput with and without it, and the attention op's device time at batch 256).
+# against bf16 decode at batch 1 and 32), decode (decode attention on tensor cores, the default;
+# APUS_CUDA_FLASH_DECODE=0 turns it off: the op tests, memcheck, the golden, engine and graph suites
+# with it off (the CUDA-core kernel), then decode and throughput with it off and on, and the
+# attention op's device time at batch 256).
 set -uo pipefail
 PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
 part() { [[ $PARTS == *",$1,"* ]]; }
@@ -180,18 +181,18 @@ if part decode; then
 DL="$OUT/decode_tests.log"; DB="$OUT/decode_bench.log"
 {
   for t in "test_backend_ops --gtest_filter=*Attention*" test_decode_graphs test_golden_gpu test_engine_gpu; do
-    echo "==== APUS_CUDA_FLASH_DECODE=1 $t"
-    (cd $B && APUS_CUDA_FLASH_DECODE=1 timeout 200 ./tests/$t); echo "exit $?"
+    echo "==== APUS_CUDA_FLASH_DECODE=0 $t"
+    (cd $B && APUS_CUDA_FLASH_DECODE=0 timeout 200 ./tests/$t); echo "exit $?"
   done
   echo "==== memcheck"
-  APUS_CUDA_FLASH_DECODE=1 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops \
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops \
     --gtest_filter='*GqaDecode*:*Overstated*:*LongDecodes*'; echo "exit $?"
 } > "$DL" 2>&1
 echo "flash decode tests: $(grep -c '^exit 0' "$DL") of 5 passed"
 LAT="$B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b"
 TPT="$B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b"
 for fd in 0 1; do
-  E=""; [ $fd = 1 ] && E="APUS_CUDA_FLASH_DECODE=1"
+  E="APUS_CUDA_FLASH_DECODE=$fd"
   { echo "==== flash decode $fd: decode 1k / 4k context, throughput 1000 x 512/256, attention at batch 256"
     env $E timeout 150 $LAT --input-len 1024 --output-len 128 --num-iters 2
     env $E timeout 150 $LAT --input-len 4096 --output-len 128

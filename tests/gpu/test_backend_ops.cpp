@@ -700,7 +700,7 @@ TEST_P(BackendAttention, ManyDecodesAndSlidingWindow) {
 }
 
 TEST_P(BackendAttention, GqaDecodeSteps) {
-  // Steps of decodes only, 2..16 query heads per kv head (with APUS_CUDA_FLASH_DECODE set, 16-bit
+  // Steps of decodes only, 2..16 query heads per kv head (unless APUS_CUDA_FLASH_DECODE=0, 16-bit
   // head_dim 64/128 ones run on tensor cores, flash_decode.cu): one sequence split over blocks, a
   // batch too large to split, windows, group sizes that leave most of the 16-row tile empty.
   std::vector<std::pair<int, int>> many;

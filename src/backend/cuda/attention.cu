@@ -8,7 +8,7 @@
 // the warps' partial results are merged in shared memory at the end. Shared memory does not grow
 // with the context (one tile per warp), so any context length runs. Sequences with kFlashMinQ or
 // more new tokens go to the tensor-core kernel (flash_prefill.cu) where it applies, and decode steps
-// of GQA models to flash_decode.cu where that applies (for now opt-in: APUS_CUDA_FLASH_DECODE).
+// of GQA models to flash_decode.cu where that applies (APUS_CUDA_FLASH_DECODE=0 keeps them here).
 //
 // When a step has too few (sequence, kv head, row-tile) blocks to fill the GPU -- decode of a few
 // sequences -- each sequence's keys are also split across `num_splits` blocks, which write

@@ -15,6 +15,7 @@
 #include <cuda_pipeline.h>
 
 #include <cstdlib>
+#include <cstring>
 
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/flash_tile.cuh"
@@ -197,7 +198,10 @@ cudaError_t launch_decode(const AttentionParams& p, cudaStream_t stream) {
 bool flash_decode_applies(const AttentionParams& p) {
   const size_t es = p.dt == DType::F32 ? 4 : 2;
   const int group = p.heads / p.kv_heads;
-  static const bool on = std::getenv("APUS_CUDA_FLASH_DECODE") != nullptr;  // opt-in until measured on a GPU
+  static const bool on = [] {  // APUS_CUDA_FLASH_DECODE=0: the CUDA-core kernel instead (for comparison)
+    const char* e = std::getenv("APUS_CUDA_FLASH_DECODE");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
   return on && p.dt != DType::F32 && (p.head_dim == 64 || p.head_dim == 128) && p.max_q_len == 1 && group >= 2 &&
          group <= kRows && (p.q_stride * es) % 16 == 0;
 }

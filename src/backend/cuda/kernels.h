@@ -153,8 +153,8 @@ bool flash_prefill_applies(const AttentionParams& p);
 cudaError_t flash_prefill(const AttentionParams& p, cudaStream_t stream);
 // Decode steps (max_q_len 1) of 16-bit models with head_dim 64 or 128 and 2..16 query heads per kv
 // head run on tensor cores (flash_decode.cu), splits included: flash_decode writes the output, or
-// with num_splits > 1 the partial results that paged_attention then merges. For now only with
-// APUS_CUDA_FLASH_DECODE set (not yet run on a GPU).
+// with num_splits > 1 the partial results that paged_attention then merges. On by default
+// (APUS_CUDA_FLASH_DECODE=0 sends them to the CUDA-core kernel of attention.cu).
 bool flash_decode_applies(const AttentionParams& p);
 cudaError_t flash_decode(const AttentionParams& p, cudaStream_t stream);
 
