@@ -228,7 +228,7 @@ bounded() {
   wait $pid
 }
 if part tp; then
-export APUS_TP_P2P=${APUS_TP_P2P:-1}  # the peer-to-peer all-reduce (opt-in) under test; off below for comparison
+export APUS_TP_P2P=${APUS_TP_P2P:-1}  # the peer-to-peer all-reduce (the default) under test; off below for comparison
 TL="$OUT/tp_tests.log"
 tp_tests() {
   (cd $B && APUS_TP_TIMEOUT=60 bounded 150 ./tests/test_tensor_parallel_gpu \

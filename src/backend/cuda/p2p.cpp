@@ -58,9 +58,9 @@ void check_driver(CUresult r, const char* what) {
 }  // namespace
 
 std::unique_ptr<P2pAllReduce> P2pAllReduce::create(int rank, int world, int device, const Gather& gather) {
-  // Opt-in until it has run on GPUs (src/parallel/README.md, All-reduce: status).
+  // On unless APUS_TP_P2P=0 (src/parallel/README.md, All-reduce: status).
   const char* env = std::getenv("APUS_TP_P2P");
-  const bool want = env && std::string(env) == "1" && (world == 2 || world == 4 || world == 8);
+  const bool want = !(env && std::string(env) == "0") && (world == 2 || world == 4 || world == 8);
   // Every rank must decide alike: first every rank's device (-1: not wanted), then every verdict.
   const std::vector<int32_t> devices = gather({want ? device : -1});
   bool ok = true;

@@ -19,7 +19,7 @@ class P2pAllReduce {
   // Every rank's words side by side, in rank order (a collective every rank calls at once).
   using Gather = std::function<std::vector<int32_t>(const std::vector<int32_t>&)>;
   // Collective: every rank calls it at once. Null (on every rank alike) when the group cannot use
-  // it: world not 2, 4 or 8, a pair of devices without peer access, or APUS_TP_P2P not 1.
+  // it: world not 2, 4 or 8, a pair of devices without peer access, or APUS_TP_P2P=0.
   static std::unique_ptr<P2pAllReduce> create(int rank, int world, int device, const Gather& gather);
   // Call only once no peer can still be reading this rank's buffers: after a collective that
   // follows the last use has completed on this rank.
