@@ -65,12 +65,12 @@ Mat make(int64_t n, int64_t k, int bits, int group) {
   return m;
 }
 
-// The batch kernel with other numbers of chunks in flight (MT 16-row tiles).
-template <int MT, int U>
+// The batch kernel with other numbers of chunks in flight (MT 16-row tiles, NT 8-column tiles).
+template <int MT, int U, int NT = 2>
 cudaError_t launch_qmm_u(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                          int64_t y_stride, cudaStream_t stream) {
   using B = __nv_bfloat16;
-  qmm_kernel<B, B, 4, MT, U><<<ceil_div(w.n, 16), kQWarps * 32, 0, stream>>>(
+  qmm_kernel<B, B, 4, MT, U, NT><<<ceil_div(w.n, 8 * NT), kQWarps * 32, 0, stream>>>(
       w, static_cast<const B*>(x), x_stride, int(m), bias, static_cast<B*>(y), y_stride);
   return cudaGetLastError();
 }
@@ -120,9 +120,10 @@ int main() {
   }
   const int64_t kMaxK = 18944;
   __nv_bfloat16* x;
-  __nv_bfloat16* y;
+  __nv_bfloat16 *y, *y_ref;
   CK(cudaMalloc(&x, size_t(64 * kMaxK * 2)));
   CK(cudaMalloc(&y, size_t(64 * 37888 * 2)));
+  CK(cudaMalloc(&y_ref, size_t(64 * 37888 * 2)));
   CK(cudaMemset(y, 0, size_t(64 * 37888 * 2)));
   fill_x<<<1024, 256>>>(x, 64 * kMaxK);
   struct Shape {
@@ -157,25 +158,57 @@ int main() {
         cudaError_t (*f)(const QuantArgs&, const void*, int64_t, int64_t, const float*, void*, int64_t, cudaStream_t);
       };
       using B = __nv_bfloat16;
-      // The decode kernel's variants: warps splitting K, chunks in flight, warps per SM.
+      // The decode kernel's variants: warps splitting K, chunks in flight, warps per SM, and what a
+      // round prefetches (P0: codes; P1: codes and activations; P2: also the next round's, during
+      // this round's math); the batch kernel's: row tiles, chunks in flight, 8-column tiles.
       const V vs[] = {
-          {"m1 K8 U2 O24", 1, launch_qmv<B, B, 4, true, 8, 2, 24>},  {"m1 K4 U2 O32", 1, launch_qmv<B, B, 4, true, 4, 2, 32>},
-          {"m1 K8 U4 O16", 1, launch_qmv<B, B, 4, true, 8, 4, 16>},  {"m1 K4 U4 O16", 1, launch_qmv<B, B, 4, true, 4, 4, 16>},
-          {"m1 K2 U4 O16", 1, launch_qmv<B, B, 4, true, 2, 4, 16>},  {"m1 K16 U2 O32", 1, launch_qmv<B, B, 4, true, 16, 2, 32>},
-          {"m1 K8 U2 O32", 1, launch_qmv<B, B, 4, true, 8, 2, 32>},  {"m1 K4 U2 O24", 1, launch_qmv<B, B, 4, true, 4, 2, 24>},
-          {"m32 qmm U1", 32, launch_qmm_u<2, 1>},  {"m32 qmm U4", 32, launch_qmm_u<2, 4>},
-          {"m8 K8 U2 O24", 8, launch_qmv<B, B, 4, true, 8, 2, 24>},  {"m8 K4 U2 O32", 8, launch_qmv<B, B, 4, true, 4, 2, 32>},
+          {"m1 K8 U2 O24 P0", 1, launch_qmv<B, B, 4, true, 8, 2, 24, 0>},
+          {"m1 K8 U2 O24 P1", 1, launch_qmv<B, B, 4, true, 8, 2, 24, 1>},
+          {"m1 K8 U2 O24 P2", 1, launch_qmv<B, B, 4, true, 8, 2, 24, 2>},
+          {"m1 K4 U2 O32 P0", 1, launch_qmv<B, B, 4, true, 4, 2, 32, 0>},
+          {"m1 K4 U2 O32 P1", 1, launch_qmv<B, B, 4, true, 4, 2, 32, 1>},
+          {"m1 K4 U2 O32 P2", 1, launch_qmv<B, B, 4, true, 4, 2, 32, 2>},
+          {"m1 K4 U2 O24 P2", 1, launch_qmv<B, B, 4, true, 4, 2, 24, 2>},
+          {"m1 K8 U2 O16 P2", 1, launch_qmv<B, B, 4, true, 8, 2, 16, 2>},
+          {"m1 K4 U4 O16 P1", 1, launch_qmv<B, B, 4, true, 4, 4, 16, 1>},
+          {"m1 K8 U4 O16 P1", 1, launch_qmv<B, B, 4, true, 8, 4, 16, 1>},
+          {"m1 K4 U4 O16 P2", 1, launch_qmv<B, B, 4, true, 4, 4, 16, 2>},
+          {"m1 K16 U2 O32 P1", 1, launch_qmv<B, B, 4, true, 16, 2, 32, 1>},
+          {"m8 K8 U2 O24 P0", 8, launch_qmv<B, B, 4, true, 8, 2, 24, 0>},
+          {"m8 K8 U2 O24 P1", 8, launch_qmv<B, B, 4, true, 8, 2, 24, 1>},
+          {"m8 K8 U2 O24 P2", 8, launch_qmv<B, B, 4, true, 8, 2, 24, 2>},
+          {"m8 K4 U2 O32 P1", 8, launch_qmv<B, B, 4, true, 4, 2, 32, 1>},
+          {"m8 K4 U2 O32 P2", 8, launch_qmv<B, B, 4, true, 4, 2, 32, 2>},
+          {"m16 qmm MT1 U2 NT2", 16, launch_qmm_u<1, 2, 2>},
+          {"m16 qmm MT1 U2 NT4", 16, launch_qmm_u<1, 2, 4>},
+          {"m16 qmm MT1 U1 NT4", 16, launch_qmm_u<1, 1, 4>},
+          {"m32 qmm MT2 U1 NT2", 32, launch_qmm_u<2, 1, 2>},
+          {"m32 qmm MT2 U2 NT2", 32, launch_qmm_u<2, 2, 2>},
+          {"m32 qmm MT2 U4 NT2", 32, launch_qmm_u<2, 4, 2>},
+          {"m32 qmm MT2 U1 NT4", 32, launch_qmm_u<2, 1, 4>},
+          {"m32 qmm MT2 U2 NT4", 32, launch_qmm_u<2, 2, 4>},
+          {"m64 qmm MT4 U1 NT2", 64, launch_qmm_u<4, 1, 2>},
       };
+      std::vector<uint16_t> got(size_t(64 * 37888)), want(got.size());
       for (const V& v : vs) {
-        std::printf("%-18s", v.name);
+        std::printf("%-20s", v.name);
+        bool same = true;
         for (size_t i = 0; i < mats.size(); ++i) {
           const Shape& s = shapes[i];
+          // The same results as the default kernel for these rows, bit for bit (the same sums in the same order).
+          const QuantArgs& w0 = mats[i].copies[0];
+          CK(quant_matmul(DType::BF16, DType::BF16, w0, x, s.k, v.m, nullptr, y_ref, s.n, nullptr));
+          CK(v.f(w0, x, s.k, v.m, nullptr, y, s.n, nullptr));
+          const size_t count = size_t(v.m * s.n);
+          CK(cudaMemcpy(got.data(), y, count * 2, cudaMemcpyDeviceToHost));
+          CK(cudaMemcpy(want.data(), y_ref, count * 2, cudaMemcpyDeviceToHost));
+          for (size_t e = 0; e < count; ++e) same = same && got[e] == want[e];
           const float t = time_us(mats[i], 100, [&](const QuantArgs& w) {
             return v.f(w, x, s.k, int(v.m), nullptr, y, s.n, nullptr);
           });
           std::printf(" | %6.1f (%4.0f)", t, mats[i].bytes / (t * 1e-6) / 1e9);
         }
-        std::printf("\n");
+        std::printf("%s\n", same ? "" : "  differs from the default kernel (expected only where it splits K otherwise)");
       }
     }
     for (Mat& mt : mats)

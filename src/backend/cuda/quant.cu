@@ -13,7 +13,7 @@
 //   (q - zero) * scale rounded once to the activation dtype. Each chunk is summed into a fresh
 //   accumulator (short dependent mma chains) and added in chunk order.
 // - qmm_kernel, 9..kQuantMmaMaxRows rows (batched decode): the activations are the A operand (16-row
-//   tiles), the dequantized weights B (two n-tiles of 8 columns), reused by every row tile.
+//   tiles), the dequantized weights B (two or four n-tiles of 8 columns), reused by every row tile.
 // Both assign the mma's k positions so that each lane's codes and activations are contiguous: lane
 //   (g, t) of the PTX fragment layout holds the k positions 2t, 2t+1, 2t+8, 2t+9 of both A and B,
 //   which we map to 4j..4j+3 of the lane's own 32 (16) k values for the j-th mma. 4-bit
@@ -84,15 +84,16 @@ __device__ __forceinline__ void b_frag(const uint4& wv, float s, float z, int j,
 }
 
 // Batches of 9..kQuantMmaMaxRows rows: the activations are the A operand (MT tiles of 16 rows), the
-// weights B. A block of kQWarps warps owns 16 output columns (two mma n-tiles sharing every
-// activation load); the warps split K. Per round a lane first issues all its loads (U chunks of
+// weights B. A block of kQWarps warps owns 8 NT output columns (NT mma n-tiles sharing every
+// activation load); the warps split K. With NT > 2 the B fragments are dequantized per row tile
+// (registers) instead of once per chunk. Per round a lane first issues all its loads (U chunks of
 // codes for both n-tiles, their scales and zeros), then computes, so that a round costs one memory
 // latency; each dequantized B fragment serves every row tile.
-template <typename T, typename OutT, int BITS, int MT, int U>
+template <typename T, typename OutT, int BITS, int MT, int U, int NT = 2>
 __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride,
                                                            int m, const float* __restrict__ bias, OutT* __restrict__ y,
                                                            int64_t y_stride) {
-  constexpr int NT = 2;
+  constexpr bool kKeepB = NT <= 2;  // dequantize once per chunk (else once per row tile: registers)
   constexpr int KL = 128 / BITS;  // k values per lane per chunk
   constexpr int J = KL / 4;       // mmas per chunk and n-tile
   constexpr int KC = 4 * KL;      // k values per warp per chunk
@@ -137,11 +138,12 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
       if (c0 + u * kQWarps >= chunks) break;  // the same for the whole warp
       const int64_t kb = int64_t(c0 + u * kQWarps) * KC + t4 * KL;
       const bool ok = kb < w.k;
-      uint32_t b[NT][J][2];
+      uint32_t b[kKeepB ? NT : 1][J][2];
+      if constexpr (kKeepB)
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int j = 0; j < J; ++j) b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b[nt][j][0], b[nt][j][1]);
+          for (int j = 0; j < J; ++j) b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b[nt][j][0], b[nt][j][1]);
 #pragma unroll
       for (int t = 0; t < MT; ++t) {
         const int r0 = t * 16 + g, r1 = r0 + 8;
@@ -157,7 +159,15 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
         for (int j = 0; j < J; ++j) {
           const uint32_t a[4] = {xa[2 * j], xb[2 * j], xa[2 * j + 1], xb[2 * j + 1]};
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) mma<T>(acc[t][nt], a, b[nt][j][0], b[nt][j][1]);
+          for (int nt = 0; nt < NT; ++nt) {
+            if constexpr (kKeepB) {
+              mma<T>(acc[t][nt], a, b[nt][j][0], b[nt][j][1]);
+            } else {
+              uint32_t b0, b1;
+              b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b0, b1);
+              mma<T>(acc[t][nt], a, b0, b1);
+            }
+          }
         }
       }
     }
@@ -217,7 +227,7 @@ constexpr int kQvGroup = 2;  // consecutive chunks a warp of qmv_kernel takes (o
 // integers (q - z) and applies the scale to the chunk's sums in float32, else the fragments are
 // (q - z) * scale. Chunks are added in chunk order and the warps' sums in warp order, whatever the
 // row count: a row's result does not depend on the rows beside it.
-template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
+template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC, int PF>
 __global__ void __launch_bounds__(KS * 32, OCC / KS)
     qmv_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, const float* __restrict__ bias,
                OutT* __restrict__ y, int64_t y_stride) {
@@ -225,6 +235,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   constexpr int J = KL / 4;                // mmas per chunk
   constexpr int KC = 4 * KL;               // k values per warp per chunk
   constexpr int XV = KL * sizeof(T) / 16;  // 16-byte loads of x per chunk
+  constexpr int XU = PF >= 1 ? U : 1;      // rounds that load x with the codes hold it per chunk
   const int lane = threadIdx.x % 32, ks = threadIdx.x / 32;
   const int g = lane / 4, t4 = lane % 4;
   const int64_t n0 = int64_t(blockIdx.x) * 16;
@@ -244,10 +255,19 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   const int chunks = int((w.k + KC - 1) / KC);
   // The warp's i-th chunk.
   auto chunk = [ks](int i) { return (i / kQvGroup) * (KS * kQvGroup) + ks * kQvGroup + i % kQvGroup; };
-  for (int i0 = 0; chunk(i0) < chunks; i0 += U) {
+  // A round's loads: U chunks of codes, scales and zeros, and (PF >= 1) their activations.
+  struct Round {
     uint4 wv[U][2];
     uint16_t sb[U][2];
     uint8_t zb[U][2];
+    uint4 xv[XU][XV];
+  };
+  auto x_of = [&](int64_t kb, bool ok, uint4* xv) {
+#pragma unroll
+    for (int v = 0; v < XV; ++v)
+      xv[v] = ok && xr != nullptr ? __ldg(reinterpret_cast<const uint4*>(xr + kb) + v) : make_uint4(0, 0, 0, 0);
+  };
+  auto load = [&](int i0, Round& r) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t kc = int64_t(chunk(i0 + u)) * KC, kb = kc + t4 * KL;
@@ -257,33 +277,38 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
       const int gi = in ? int(ok ? kb : kc) / w.group_size : 0;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        wv[u][h] = ok ? __ldcs(reinterpret_cast<const uint4*>(wr[h] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
-        sb[u][h] = in ? __ldg(sr[h] + gi) : uint16_t(0);
-        zb[u][h] = in ? __ldg(zr[h] + gi) : uint8_t(0);
+        r.wv[u][h] = ok ? __ldcs(reinterpret_cast<const uint4*>(wr[h] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
+        r.sb[u][h] = in ? __ldg(sr[h] + gi) : uint16_t(0);
+        r.zb[u][h] = in ? __ldg(zr[h] + gi) : uint8_t(0);
       }
+      if constexpr (PF >= 1) x_of(kb, ok, r.xv[u]);
     }
+  };
+  auto compute = [&](int i0, const Round& r) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (chunk(i0 + u) >= chunks) break;  // the same for the whole warp
       const int64_t kb = int64_t(chunk(i0 + u)) * KC + t4 * KL;
-      const bool ok = kb < w.k;
-      uint4 xv[XV];
+      uint4 xl[XV];
+      if constexpr (PF >= 1) {
 #pragma unroll
-      for (int v = 0; v < XV; ++v)
-        xv[v] = ok && xr != nullptr ? __ldg(reinterpret_cast<const uint4*>(xr + kb) + v) : make_uint4(0, 0, 0, 0);
-      const uint32_t* xw = reinterpret_cast<const uint32_t*>(xv);
+        for (int v = 0; v < XV; ++v) xl[v] = r.xv[u][v];
+      } else {
+        x_of(kb, kb < w.k, xl);
+      }
+      const uint32_t* xw = reinterpret_cast<const uint32_t*>(xl);
       float s[2], z[2];
       typename Half2<T>::T2 bz[2], sc[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        s[h] = __half2float(__ushort_as_half(sb[u][h]));
-        z[h] = float(zb[u][h]);
+        s[h] = __half2float(__ushort_as_half(r.sb[u][h]));
+        z[h] = float(r.zb[u][h]);
         bz[h] = Half2<T>::splat(Half2<T>::kBase + z[h]);
         sc[h] = Half2<T>::splat(s[h]);
       }
       float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      const uint32_t* w0 = reinterpret_cast<const uint32_t*>(&wv[u][0]);
-      const uint32_t* w1 = reinterpret_cast<const uint32_t*>(&wv[u][1]);
+      const uint32_t* w0 = reinterpret_cast<const uint32_t*>(&r.wv[u][0]);
+      const uint32_t* w1 = reinterpret_cast<const uint32_t*>(&r.wv[u][1]);
 #pragma unroll
       for (int j = 0; j < J; ++j) {
         // The lane's k values 4j..4j+3 stand for the mma's k 2t, 2t+1 (a0, a1, b0) and 2t+8, 2t+9
@@ -299,6 +324,22 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
       // C fragment: elements 0, 1 are column g, 2, 3 column g + 8.
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[e] = FACTOR ? fmaf(s[e / 2], part[e], acc[e]) : acc[e] + part[e];
+    }
+  };
+  if constexpr (PF >= 2) {  // the next round's loads in flight while this one computes
+    Round cur;
+    load(0, cur);
+    for (int i0 = 0; chunk(i0) < chunks; i0 += U) {
+      Round next;
+      load(i0 + U, next);  // past the end: no loads
+      compute(i0, cur);
+      cur = next;
+    }
+  } else {
+    for (int i0 = 0; chunk(i0) < chunks; i0 += U) {
+      Round r;
+      load(i0, r);
+      compute(i0, r);
     }
   }
 
@@ -322,23 +363,31 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
 
 // KS: warps splitting K (fewer where there are many column tiles), U: chunks in flight per round,
 // OCC: warps per multiprocessor the registers must allow (measured: bench/quant_kernel_bench.cu).
-template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
+template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC, int PF = 0>
 cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                        int64_t y_stride, cudaStream_t stream) {
-  qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC><<<ceil_div(w.n, 16), KS * 32, 0, stream>>>(
+  qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC, PF><<<ceil_div(w.n, 16), KS * 32, 0, stream>>>(
       w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride);
   return cudaGetLastError();
 }
 
 constexpr int64_t kQvManyTiles = 1024;  // column tiles from which 4 warps split K instead of 8
+constexpr int64_t kQvLongK = 8192;      // k from which few column tiles keep the next round's loads in flight
 
+// Measured on an H100 (bench/quant_kernel_bench.cu, bench/RESULTS.md): wide matrices (gate_up) with
+// 4 warps per block; the long narrow down projection with the next round's loads issued before this
+// round's math (PF 2: 28.2 -> 23.6 us; it spills at 24 warps per SM, so 16), the rest as they were
+// (prefetching more hurt them). The choice depends on the shape only: a row's sums keep their order.
 template <typename T, typename OutT, int BITS, bool FACTOR>
 cudaError_t launch_qmv_shape(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias,
                              void* y, int64_t y_stride, cudaStream_t stream) {
   if (ceil_div(w.n, 16) >= kQvManyTiles)
     return launch_qmv<T, OutT, BITS, FACTOR, 4, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream);
+  if (w.k >= kQvLongK) return launch_qmv<T, OutT, BITS, FACTOR, 8, 2, 16, 2>(w, x, x_stride, m, bias, y, y_stride, stream);
   return launch_qmv<T, OutT, BITS, FACTOR, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream);
 }
+
+constexpr int64_t kQmmWideBlocks = 144;  // 32-column blocks from which 17-32 rows take them (qkv, gate_up)
 
 template <typename T, typename OutT, int BITS>
 cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
@@ -349,13 +398,18 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
       return launch_qmv_shape<T, OutT, BITS, true>(w, x, x_stride, m, bias, y, y_stride, stream);
     return launch_qmv_shape<T, OutT, BITS, false>(w, x, x_stride, m, bias, y, y_stride, stream);
   }
-  const dim3 grid(ceil_div(w.n, 16)), block(kQWarps * 32);
+  // 32 columns a block (NT 4: each activation load serves twice the weights) where that leaves
+  // enough blocks; else 16 with more chunks in flight (measured: bench/quant_kernel_bench.cu).
+  const dim3 block(kQWarps * 32), grid16(ceil_div(w.n, 16)), grid32(ceil_div(w.n, 32));
+  const bool wide = ceil_div(w.n, 32) >= kQmmWideBlocks;
   const T* xt = static_cast<const T*>(x);
   OutT* yt = static_cast<OutT*>(y);
   const int mi = int(m);
-  if (m <= 16) qmm_kernel<T, OutT, BITS, 1, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else if (m <= 32) qmm_kernel<T, OutT, BITS, 2, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else qmm_kernel<T, OutT, BITS, 4, 1><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  if (m <= 16) qmm_kernel<T, OutT, BITS, 1, 1, 4><<<grid32, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  else if (m <= 32 && wide)
+    qmm_kernel<T, OutT, BITS, 2, 1, 4><<<grid32, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  else if (m <= 32) qmm_kernel<T, OutT, BITS, 2, 4><<<grid16, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  else qmm_kernel<T, OutT, BITS, 4, 1><<<grid16, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
   return cudaGetLastError();
 }
 
