@@ -160,7 +160,8 @@ int main() {
       using B = __nv_bfloat16;
       // The decode kernel's variants: warps splitting K, chunks in flight, warps per SM, and what a
       // round prefetches (P0: codes; P1: codes and activations; P2: also the next round's, during
-      // this round's math); the batch kernel's: row tiles, chunks in flight, 8-column tiles.
+      // this round's math; P3: P0 with an L2 prefetch hint); the batch kernel's: row tiles, chunks
+      // in flight, 8-column tiles.
       const V vs[] = {
           {"m1 K8 U2 O24 P0", 1, launch_qmv<B, B, 4, true, 8, 2, 24, 0>},
           {"m1 K8 U2 O24 P1", 1, launch_qmv<B, B, 4, true, 8, 2, 24, 1>},
@@ -174,6 +175,10 @@ int main() {
           {"m1 K8 U4 O16 P1", 1, launch_qmv<B, B, 4, true, 8, 4, 16, 1>},
           {"m1 K4 U4 O16 P2", 1, launch_qmv<B, B, 4, true, 4, 4, 16, 2>},
           {"m1 K16 U2 O32 P1", 1, launch_qmv<B, B, 4, true, 16, 2, 32, 1>},
+          {"m1 K8 U2 O24 P3", 1, launch_qmv<B, B, 4, true, 8, 2, 24, 3>},
+          {"m1 K4 U2 O32 P3", 1, launch_qmv<B, B, 4, true, 4, 2, 32, 3>},
+          {"m1 K8 U2 O16 P3", 1, launch_qmv<B, B, 4, true, 8, 2, 16, 3>},
+          {"m1 K8 U4 O16 P3", 1, launch_qmv<B, B, 4, true, 8, 4, 16, 3>},
           {"m8 K8 U2 O24 P0", 8, launch_qmv<B, B, 4, true, 8, 2, 24, 0>},
           {"m8 K8 U2 O24 P1", 8, launch_qmv<B, B, 4, true, 8, 2, 24, 1>},
           {"m8 K8 U2 O24 P2", 8, launch_qmv<B, B, 4, true, 8, 2, 24, 2>},

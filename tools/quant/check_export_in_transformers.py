@@ -38,7 +38,7 @@ def main():
     if awq:
         c = transformers.AwqConfig.from_dict(dict(qc))
         print(f"transformers {transformers.__version__}: AwqConfig bits={c.bits} group_size={c.group_size} "
-              f"zero_point={c.zero_point} version={c.version}")
+              f"zero_point={c.zero_point} version={getattr(c, 'version', qc.get('version'))}")  # no .version in 5.x
     else:
         c = transformers.GPTQConfig.from_dict(dict(qc))
         print(f"transformers {transformers.__version__}: GPTQConfig bits={c.bits} group_size={c.group_size} "

@@ -215,6 +215,21 @@ __device__ __forceinline__ uint32_t wpair(uint32_t word, int sh, typename Half2<
   }
 }
 
+// 16 bytes of codes, streamed (evict-first); HINT: with an L2 prefetch of the 256-byte block around
+// them (the next warps' chunks of the same column).
+template <bool HINT>
+__device__ __forceinline__ uint4 load_codes(const uint8_t* p) {
+  if constexpr (HINT) {
+    uint4 v;
+    asm volatile("ld.global.cs.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+  } else {
+    return __ldcs(reinterpret_cast<const uint4*>(p));
+  }
+}
+
 constexpr int kQvGroup = 2;  // consecutive chunks a warp of qmv_kernel takes (one 128-byte line per column)
 
 // Decode, 1..8 rows: y^T = W x^T on mma.sync m16n8k16 with the weights as the A operand (16 output
@@ -235,7 +250,9 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   constexpr int J = KL / 4;                // mmas per chunk
   constexpr int KC = 4 * KL;               // k values per warp per chunk
   constexpr int XV = KL * sizeof(T) / 16;  // 16-byte loads of x per chunk
-  constexpr int XU = PF >= 1 ? U : 1;      // rounds that load x with the codes hold it per chunk
+  // PF: what a round loads ahead: 0 the codes (scales, zeros), 1 also the activations, 2 also the
+  // next round's codes during this round's math, 3 as 0 with an L2 prefetch hint on the codes.
+  constexpr int XU = PF == 1 || PF == 2 ? U : 1;  // rounds that load x with the codes hold it per chunk
   const int lane = threadIdx.x % 32, ks = threadIdx.x / 32;
   const int g = lane / 4, t4 = lane % 4;
   const int64_t n0 = int64_t(blockIdx.x) * 16;
@@ -277,11 +294,11 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
       const int gi = in ? int(ok ? kb : kc) / w.group_size : 0;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        r.wv[u][h] = ok ? __ldcs(reinterpret_cast<const uint4*>(wr[h] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
+        r.wv[u][h] = ok ? load_codes<PF == 3>(wr[h] + kb * BITS / 8) : make_uint4(0, 0, 0, 0);
         r.sb[u][h] = in ? __ldg(sr[h] + gi) : uint16_t(0);
         r.zb[u][h] = in ? __ldg(zr[h] + gi) : uint8_t(0);
       }
-      if constexpr (PF >= 1) x_of(kb, ok, r.xv[u]);
+      if constexpr (PF == 1 || PF == 2) x_of(kb, ok, r.xv[u]);
     }
   };
   auto compute = [&](int i0, const Round& r) {
@@ -290,7 +307,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
       if (chunk(i0 + u) >= chunks) break;  // the same for the whole warp
       const int64_t kb = int64_t(chunk(i0 + u)) * KC + t4 * KL;
       uint4 xl[XV];
-      if constexpr (PF >= 1) {
+      if constexpr (PF == 1 || PF == 2) {
 #pragma unroll
         for (int v = 0; v < XV; ++v) xl[v] = r.xv[u][v];
       } else {
@@ -326,7 +343,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
       for (int e = 0; e < 4; ++e) acc[e] = FACTOR ? fmaf(s[e / 2], part[e], acc[e]) : acc[e] + part[e];
     }
   };
-  if constexpr (PF >= 2) {  // the next round's loads in flight while this one computes
+  if constexpr (PF == 2) {  // the next round's loads in flight while this one computes
     Round cur;
     load(0, cur);
     for (int i0 = 0; chunk(i0) < chunks; i0 += U) {
