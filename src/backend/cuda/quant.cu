@@ -393,16 +393,16 @@ constexpr int64_t kQvLongK = 8192;      // k from which few column tiles keep th
 
 // Measured on an H100 (bench/quant_kernel_bench.cu, bench/RESULTS.md): wide matrices (gate_up) with
 // 4 warps per block; the long narrow down projection with the next round's loads issued before this
-// round's math (PF 2: 28.2 -> 23.6 us; it spills at 24 warps per SM, so 16); the others with an L2
-// prefetch hint on the codes (PF 3: 2-4 % faster; prefetching activations or rounds hurt them). The
-// choice depends on the shape only: a row's sums keep their order.
+// round's math (PF 2: 28.2 -> 23.6 us; it spills at 24 warps per SM, so 16); the others as they were
+// (prefetching activations or rounds hurt them; an L2 prefetch hint on the codes, PF 3, was within
+// noise). The choice depends on the shape only: a row's sums keep their order.
 template <typename T, typename OutT, int BITS, bool FACTOR>
 cudaError_t launch_qmv_shape(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias,
                              void* y, int64_t y_stride, cudaStream_t stream) {
   if (ceil_div(w.n, 16) >= kQvManyTiles)
-    return launch_qmv<T, OutT, BITS, FACTOR, 4, 2, 32, 3>(w, x, x_stride, m, bias, y, y_stride, stream);
+    return launch_qmv<T, OutT, BITS, FACTOR, 4, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream);
   if (w.k >= kQvLongK) return launch_qmv<T, OutT, BITS, FACTOR, 8, 2, 16, 2>(w, x, x_stride, m, bias, y, y_stride, stream);
-  return launch_qmv<T, OutT, BITS, FACTOR, 8, 2, 24, 3>(w, x, x_stride, m, bias, y, y_stride, stream);
+  return launch_qmv<T, OutT, BITS, FACTOR, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream);
 }
 
 constexpr int64_t kQmmWideBlocks = 144;  // 32-column blocks from which 17-32 rows take them (qkv, gate_up)
