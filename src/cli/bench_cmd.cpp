@@ -164,6 +164,7 @@ std::vector<Request> make_requests(const WorkloadOptions& w, int64_t vocab) {
 struct ThroughputResult {
   double seconds;
   size_t input_tokens, output_tokens;
+  EngineStats stats;
 };
 
 ThroughputResult time_engine(DecoderModel& m, EngineConfig cfg, const std::vector<Request>& reqs) {
@@ -171,7 +172,8 @@ ThroughputResult time_engine(DecoderModel& m, EngineConfig cfg, const std::vecto
   std::cout << engine.describe_cache() << "\n";
   auto t0 = std::chrono::steady_clock::now();
   auto out = run_to_completion(engine, reqs);
-  ThroughputResult r{std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 0, 0};
+  ThroughputResult r{std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 0, 0,
+                     engine.stats()};
   for (size_t i = 0; i < reqs.size(); ++i) {
     r.input_tokens += reqs[i].prompt.size();
     for (const auto& o : out[i]) r.output_tokens += o.new_tokens.size();
@@ -182,6 +184,13 @@ ThroughputResult time_engine(DecoderModel& m, EngineConfig cfg, const std::vecto
 void print_throughput(const char* label, const ThroughputResult& r, size_t n) {
   std::cout << fmt::format("{:<12} {:.2f} requests/s, {:.1f} input tokens/s, {:.2f} output tokens/s ({} requests in {:.2f} s)\n",
                            label, n / r.seconds, r.input_tokens / r.seconds, r.output_tokens / r.seconds, n, r.seconds);
+  // Where the host's time went (EngineStats): on a GPU, schedule and outputs leave it idle.
+  const EngineStats& s = r.stats;
+  const double per = s.steps ? 1e6 / double(s.steps) : 0.0;
+  std::cout << fmt::format("{:<12} {} steps, per step: schedule {:.0f} us, forward call {:.0f} us, drawing tokens {:.0f} us, "
+                           "outputs {:.0f} us (schedule + outputs {:.1f}% of the time)\n",
+                           "host", s.steps, s.schedule_s * per, s.forward_s * per, s.draw_s * per, s.outputs_s * per,
+                           100.0 * (s.schedule_s + s.outputs_s) / r.seconds);
 }
 
 void run_throughput(const ThroughputArgs& a) {

@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "core/error.h"
 
@@ -153,7 +154,20 @@ void Engine::fetch_logits(const Tensor& logits, std::vector<char>& on_host, cons
   }
 }
 
+namespace {
+
+// Seconds since `t`, which moves on to now.
+double lap(std::chrono::steady_clock::time_point& t) {
+  const auto now = std::chrono::steady_clock::now();
+  const double s = std::chrono::duration<double>(now - t).count();
+  t = now;
+  return s;
+}
+
+}  // namespace
+
 std::vector<SeqOutput> Engine::step() {
+  auto clock = std::chrono::steady_clock::now();
   std::vector<ScheduledSeq> sched = scheduler_.schedule();
   if (sched.empty()) return {};
   const int bs = config_.block_size;
@@ -196,6 +210,7 @@ std::vector<SeqOutput> Engine::step() {
     b.prompt_len.push_back(s->prompt_len);
     std::copy(s->block_table.begin(), s->block_table.end(), b.block_table.begin() + long(i) * b.max_blocks);
   }
+  stats_.schedule_s += lap(clock);
   Tensor logits;
   try {
     logits = model_.forward(b, cache_);
@@ -205,9 +220,11 @@ std::vector<SeqOutput> Engine::step() {
   }
   stats_.steps++;
   stats_.computed_tokens += b.tokens.size();
+  stats_.forward_s += lap(clock);
 
   const int64_t V = model_.config().vocab_size;
   fetch_logits(logits, on_host, draws);
+  stats_.draw_s += lap(clock);
   std::vector<SeqOutput> outputs;
   std::vector<float> row, lp;
   size_t logit_row = 0;
@@ -274,6 +291,7 @@ std::vector<SeqOutput> Engine::step() {
       ++it;
     }
   }
+  stats_.outputs_s += lap(clock);
   return outputs;
 }
 

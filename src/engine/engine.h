@@ -57,6 +57,11 @@ struct SeqOutput {
 struct EngineStats {
   uint64_t steps = 0, prompt_tokens = 0, generated_tokens = 0, computed_tokens = 0;
   uint64_t preemptions = 0, prefix_queried_blocks = 0, prefix_hit_blocks = 0;
+  // Host seconds spent in each phase of step(): scheduling and building the batch; the forward
+  // call (uploads, the step broadcast, launches: on a GPU it returns once the step is queued);
+  // drawing the tokens (waits for the device); turning them into outputs. A GPU idles through
+  // schedule_s and outputs_s (scheduling is not overlapped with the device yet).
+  double schedule_s = 0, forward_s = 0, draw_s = 0, outputs_s = 0;
 };
 
 class Engine {
