@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   const int chunks = int((w.k + KC - 1) / KC);
   // The warp's i-th chunk.
   auto chunk = [ks](int i) { return (i / kQvGroup) * (KS * kQvGroup) + ks * kQvGroup + i % kQvGroup; };
-  // A round's loads: U chunks of codes, scales and zeros, and (PF >= 1) their activations.
+  // A round's loads: U chunks of codes, scales and zeros, and (PF 1, 2) their activations.
   struct Round {
     uint4 wv[U][2];
     uint16_t sb[U][2];
