@@ -6,6 +6,10 @@
 #
 # The GPU machine has CUDA, CMake, ninja and a compiler but no Debian packages and no network:
 # run scripts/pack-gpu-deps.sh here first and carry .gpu-deps (device tool: carry [".gpu-deps"]).
+# The device tool brings back at most 8 files from $OUT: where a part writes more (int4, serve),
+# pack them in the call: `APUS_GPU_PARTS=int4 bash bench/gpu.sh > /tmp/o.txt 2>&1; cp /tmp/o.txt $OUT;
+# cd $OUT && tar czf /tmp/l.tgz . && rm -f ./* && mv /tmp/l.tgz .`. The build is for sm_90a only
+# (APUS_CUDA_ARCH to change it; CI builds sm_80 and sm_90a): about a minute on 16 cores.
 # APUS_GPU_MEMCHECK=1 also runs the op tests under compute-sanitizer (slower).
 # APUS_GPU_PARTS picks what runs after the build: test, bench, serve (default: all three), lora
 # (the LoRA suites on the GPU and decode throughput with 0, 1 and 4 adapters at batch 32; with
