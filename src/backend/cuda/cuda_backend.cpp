@@ -282,7 +282,10 @@ class CudaBackend final : public Backend {
     }
     const bool aligned = (reinterpret_cast<uintptr_t>(xin) & 15u) == 0 && size_t(x_stride) * esize % 16 == 0;
     if (act_ != DType::F32 && m <= cuda::kQuantMmaMaxRows && aligned) {
-      launched(cuda::quant_matmul(act_, y_dtype, a, xin, x_stride, m, bias, y, y_stride, stream_), "quant_matmul");
+      // The dequantization scratch (unused at these sizes) holds the K splits' partial sums.
+      launched(cuda::quant_matmul(act_, y_dtype, a, xin, x_stride, m, bias, y, y_stride, quant_scratch_.data,
+                                  quant_scratch_.nbytes(), stream_),
+               "quant_matmul");
       return;
     }
     grow_quant_scratch(n * k);  // sized at load; grows only if the activation dtype changed since

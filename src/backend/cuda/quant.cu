@@ -25,6 +25,12 @@
 //   batches to powers of two).
 // - dequantize_kernel: the whole matrix in the activation dtype (prefill, F32 models), then cuBLAS.
 // - gather_cols_kernel: x[:, perm] for act-order (desc_act) checkpoints, once per layer.
+#include <cuda_pipeline.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 
@@ -197,6 +203,203 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
         const int64_t col = n0 + nt * 8 + 2 * t4 + (e % 2);
         if (r < m && col < w.n) y[int64_t(r) * y_stride + col] = from_f<OutT>(v + (bias ? bias[col] : 0.0f));
       }
+}
+
+// Batches of 9..kQuantMmaMaxRows rows with the activations staged in shared memory (opt-in for
+// now: APUS_CUDA_QMM_SMEM=1; not yet run on a GPU). qmm_kernel's blocks each read the whole of x
+// for 16-32 columns, so x moves 4-8 times the code bytes through L2 at 32 rows; here the 8 warps
+// of a block own 16 columns each (128 in all) and share one copy of each x chunk (MT * 16 rows x KC
+// k values), brought in with cp.async one chunk ahead. A lane's A fragments come from its rows'
+// 16-byte pieces q = t4 * KL / 8 + i, stored at q ^ swizzle(row, q) so that the 8 lanes of each
+// quarter warp hit 8 different bank groups. Narrow matrices split K across blocks (gridDim.y
+// splits of consecutive chunks, chosen from the shape alone): each split writes float32 partial
+// sums to `part` and qmm_reduce_kernel adds them in split order, so a row's result depends neither
+// on the rows beside it nor on their number. Weights are dequantized as in qmm_kernel (scale per
+// fragment, rounded to T).
+constexpr int kQsWarps = 8;
+constexpr int kQsCols = kQsWarps * 16;  // columns of a block
+
+template <int Q>
+__device__ __forceinline__ int qs_swizzle(int row, int q) {  // Q pieces of 16 bytes a row
+  return q ^ (row & 1) ^ (Q == 16 ? ((q >> 3) & 1) << 1 : 0);
+}
+
+template <typename T, typename OutT, int BITS, int MT>
+__global__ void __launch_bounds__(kQsWarps * 32, 2)
+    qmm_smem_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, int chunks_per_split,
+                    float* __restrict__ part, const float* __restrict__ bias, OutT* __restrict__ y, int64_t y_stride) {
+  constexpr int NT = 2;
+  constexpr int KL = 128 / BITS;  // k values per lane per chunk
+  constexpr int J = KL / 4;       // mmas per chunk and n-tile
+  constexpr int KC = 4 * KL;      // k values per chunk
+  constexpr int Q = KC * 2 / 16;  // 16-byte pieces of a row of the x chunk
+  constexpr int LP = KL * 2 / 16; // pieces a lane reads per row
+  constexpr int ROWS = MT * 16;
+  __shared__ __align__(16) uint4 xs[2][ROWS * Q];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int64_t n0 = int64_t(blockIdx.x) * kQsCols + warp * 16;
+  const int chunks = int((w.k + KC - 1) / KC);
+  const int c0 = int(blockIdx.y) * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
+  const uint8_t* wr[NT];
+  const uint16_t* sr[NT];
+  const uint8_t* zr[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int64_t row = n0 + nt * 8 + g < w.n ? n0 + nt * 8 + g : w.n - 1;  // past the end: not stored
+    wr[nt] = w.qweight + row * w.qw_stride;
+    sr[nt] = w.scales + row * w.groups;
+    zr[nt] = w.zeros + row * w.groups;
+  }
+  // Chunk c of x into buffer b: every thread copies pieces; rows past m and k past the end are zeros.
+  auto stage = [&](int c, int b) {
+    for (int p = threadIdx.x; p < ROWS * Q; p += kQsWarps * 32) {
+      const int r = p / Q, q = p % Q;
+      const int64_t k = int64_t(c) * KC + q * 8;
+      const bool in = r < m && k < w.k;
+      __pipeline_memcpy_async(&xs[b][r * Q + qs_swizzle<Q>(r, q)], in ? x + r * x_stride + k : x, 16, in ? 0 : 16);
+    }
+    __pipeline_commit();
+  };
+  struct Codes {
+    uint4 wv[NT];
+    float s[NT], z[NT];
+  };
+  auto codes = [&](int c, Codes& o) {
+    const int64_t kb = int64_t(c) * KC + t4 * KL;
+    const bool ok = c < c1 && kb < w.k;  // k is a multiple of 32: a lane's chunk is all in or all out
+    const int gi = ok ? int(kb) / w.group_size : 0;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      o.wv[nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(wr[nt] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
+      o.s[nt] = ok ? __half2float(__ushort_as_half(__ldg(sr[nt] + gi))) : 0.0f;  // zero scale: adds nothing
+      o.z[nt] = ok ? float(__ldg(zr[nt] + gi)) : 0.0f;
+    }
+  };
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int t = 0; t < MT; ++t)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) acc[t][nt][0] = acc[t][nt][1] = acc[t][nt][2] = acc[t][nt][3] = 0.0f;
+
+  Codes next;
+  if (c0 < c1) {
+    stage(c0, 0);
+    codes(c0, next);
+  }
+  for (int c = c0; c < c1; ++c) {
+    const int b = (c - c0) & 1;
+    const Codes cur = next;
+    if (c + 1 < c1) {
+      stage(c + 1, b ^ 1);
+      codes(c + 1, next);
+      __pipeline_wait_prior(1);
+    } else {
+      __pipeline_wait_prior(0);
+    }
+    __syncthreads();  // chunk c's x is in buffer b for every warp
+    uint32_t bf[NT][J][2];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < J; ++j) b_frag<T, BITS>(cur.wv[nt], cur.s[nt], cur.z[nt], j, bf[nt][j][0], bf[nt][j][1]);
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+      const int r0 = t * 16 + g, r1 = r0 + 8;
+#pragma unroll
+      for (int i = 0; i < LP; ++i) {  // piece i holds the lane's values 8i..8i+7: mmas 2i and 2i + 1
+        const int q = t4 * LP + i;
+        const uint4 pa = xs[b][r0 * Q + qs_swizzle<Q>(r0, q)], pb = xs[b][r1 * Q + qs_swizzle<Q>(r1, q)];
+        const uint32_t* xa = reinterpret_cast<const uint32_t*>(&pa);
+        const uint32_t* xb = reinterpret_cast<const uint32_t*>(&pb);
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+          const uint32_t a[4] = {xa[2 * jj], xb[2 * jj], xa[2 * jj + 1], xb[2 * jj + 1]};
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mma<T>(acc[t][nt], a, bf[nt][2 * i + jj][0], bf[nt][2 * i + jj][1]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with buffer b before chunk c + 2 is staged into it
+  }
+#pragma unroll
+  for (int t = 0; t < MT; ++t)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        // C fragment: element e of lane (g, t4) is row g (+8 for e >= 2), column 2 t4 + e % 2.
+        const int r = t * 16 + g + (e >= 2 ? 8 : 0);
+        const int64_t col = n0 + nt * 8 + 2 * t4 + (e % 2);
+        if (r >= m || col >= w.n) continue;
+        if (part != nullptr) part[(int64_t(blockIdx.y) * m + r) * w.n + col] = acc[t][nt][e];
+        else y[int64_t(r) * y_stride + col] = from_f<OutT>(acc[t][nt][e] + (bias ? bias[col] : 0.0f));
+      }
+}
+
+// y = the splits' partial sums added in split order (+ bias).
+template <typename OutT>
+__global__ void qmm_reduce_kernel(const float* __restrict__ part, int splits, int m, int64_t n,
+                                  const float* __restrict__ bias, OutT* __restrict__ y, int64_t y_stride) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(m) * n) return;
+  const int64_t r = i / n, col = i % n;
+  float v = 0.0f;
+  for (int s = 0; s < splits; ++s) v += part[(int64_t(s) * m + r) * n + col];
+  y[r * y_stride + col] = from_f<OutT>(v + (bias ? bias[col] : 0.0f));
+}
+
+// K splits for a shape: enough blocks for two per multiprocessor, at most 8, at least 2 chunks each.
+inline int qmm_splits(const QuantArgs& w, int sms) {
+  const int64_t blocks = ceil_div(w.n, int64_t(kQsCols));
+  const int chunks = int(ceil_div(w.k, int64_t(4 * 128 / w.bits)));
+  int splits = int(std::min<int64_t>(8, ceil_div(int64_t(2 * sms), blocks)));
+  splits = std::max(1, std::min(splits, chunks / 2));
+  const int per = (chunks + splits - 1) / splits;
+  return (chunks + per - 1) / per;  // no empty split
+}
+
+// Multiprocessors of the current device (asked once per device).
+int multiprocessors() {
+  static int count[64] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return 132;
+  if (count[device] == 0 && cudaDeviceGetAttribute(&count[device], cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    count[device] = 132;
+  return count[device];
+}
+
+// The shared-memory batch kernel, or cudaErrorNotSupported where `workspace` cannot hold the splits.
+template <typename T, typename OutT, int BITS>
+cudaError_t launch_qmm_smem(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
+                            int64_t y_stride, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  const int splits = qmm_splits(w, multiprocessors());
+  const int chunks = int(ceil_div(w.k, int64_t(4 * 128 / BITS)));
+  const int per = (chunks + splits - 1) / splits;
+  float* part = nullptr;
+  if (splits > 1) {
+    if (workspace == nullptr || workspace_bytes < size_t(splits) * size_t(m * w.n) * sizeof(float))
+      return cudaErrorNotSupported;
+    part = static_cast<float*>(workspace);
+  }
+  const dim3 grid(unsigned(ceil_div(w.n, int64_t(kQsCols))), unsigned(splits)), block(kQsWarps * 32);
+  const T* xt = static_cast<const T*>(x);
+  OutT* yt = static_cast<OutT*>(y);
+  const int mi = int(m);
+  if (m <= 16) qmm_smem_kernel<T, OutT, BITS, 1><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, per, part, bias, yt, y_stride);
+  else if (m <= 32) qmm_smem_kernel<T, OutT, BITS, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, per, part, bias, yt, y_stride);
+  else qmm_smem_kernel<T, OutT, BITS, 4><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, per, part, bias, yt, y_stride);
+  if (part != nullptr)
+    qmm_reduce_kernel<OutT><<<unsigned(ceil_div(m * w.n, int64_t(256))), 256, 0, stream>>>(part, splits, mi, w.n, bias, yt, y_stride);
+  return cudaGetLastError();
+}
+
+bool qmm_smem_on() {
+  static const bool on = [] {
+    const char* e = std::getenv("APUS_CUDA_QMM_SMEM");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  return on;
 }
 
 // A fragment pair of weights as T: the 4-bit codes at nibble pairs (p, p + 4) of `word` for the
@@ -409,7 +612,12 @@ constexpr int64_t kQmmWideBlocks = 144;  // 32-column blocks from which 17-32 ro
 
 template <typename T, typename OutT, int BITS>
 cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                       int64_t y_stride, cudaStream_t stream) {
+                       int64_t y_stride, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (m > kQuantGemvMaxRows && qmm_smem_on()) {
+    const cudaError_t e = launch_qmm_smem<T, OutT, BITS>(w, x, x_stride, m, bias, y, y_stride, workspace, workspace_bytes,
+                                                         stream);
+    if (e != cudaErrorNotSupported) return e;
+  }
   if (m <= kQuantGemvMaxRows) {
     // FACTOR when every warp chunk (128 k values at 4 bits, 64 at 8) lies inside one group.
     if (w.groups == 1 || w.group_size % (4 * 128 / BITS) == 0)
@@ -433,9 +641,9 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
 
 template <typename T, typename OutT>
 cudaError_t launch_qmm_bits(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                            int64_t y_stride, cudaStream_t stream) {
-  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, stream);
-  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, stream);
+                            int64_t y_stride, void* ws, size_t ws_bytes, cudaStream_t stream) {
+  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, ws, ws_bytes, stream);
+  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, ws, ws_bytes, stream);
 }
 
 // One thread per 32-bit word of codes (8 4-bit or 4 8-bit weights), in the layer's column order,
@@ -477,16 +685,19 @@ __global__ void gather_cols_kernel(const T* __restrict__ x, int64_t x_stride, co
 }  // namespace
 
 cudaError_t quant_matmul(DType dt, DType out_dt, const QuantArgs& w, const void* x, int64_t x_stride, int64_t m,
-                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream) {
+                         const float* bias, void* y, int64_t y_stride, void* workspace, size_t workspace_bytes,
+                         cudaStream_t stream) {
   if (m <= 0 || w.n <= 0) return cudaSuccess;
   if (m > kQuantMmaMaxRows || (w.bits != 4 && w.bits != 8) || w.k % 32 != 0) return cudaErrorInvalidValue;
+  void* ws = workspace;
+  const size_t wb = workspace_bytes;
   if (dt == DType::BF16) {
-    if (out_dt == DType::F32) return launch_qmm_bits<__nv_bfloat16, float>(w, x, x_stride, m, bias, y, y_stride, stream);
+    if (out_dt == DType::F32) return launch_qmm_bits<__nv_bfloat16, float>(w, x, x_stride, m, bias, y, y_stride, ws, wb, stream);
     if (out_dt == DType::BF16)
-      return launch_qmm_bits<__nv_bfloat16, __nv_bfloat16>(w, x, x_stride, m, bias, y, y_stride, stream);
+      return launch_qmm_bits<__nv_bfloat16, __nv_bfloat16>(w, x, x_stride, m, bias, y, y_stride, ws, wb, stream);
   } else if (dt == DType::F16) {
-    if (out_dt == DType::F32) return launch_qmm_bits<__half, float>(w, x, x_stride, m, bias, y, y_stride, stream);
-    if (out_dt == DType::F16) return launch_qmm_bits<__half, __half>(w, x, x_stride, m, bias, y, y_stride, stream);
+    if (out_dt == DType::F32) return launch_qmm_bits<__half, float>(w, x, x_stride, m, bias, y, y_stride, ws, wb, stream);
+    if (out_dt == DType::F16) return launch_qmm_bits<__half, __half>(w, x, x_stride, m, bias, y, y_stride, ws, wb, stream);
   }
   return cudaErrorInvalidValue;
 }
