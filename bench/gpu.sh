@@ -105,6 +105,10 @@ APUS_CUDA_GRAPHS=0 APUS_CUDA_GEMV=0 timeout 150 $LAT --input-len 1024 --output-l
 # sized by --gpu-memory-utilization (the default 0.9).
 timeout 200 $B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b \
   --num-prompts 1000 --input-len 512 --output-len 256 > "$OUT/bench_throughput.log" 2>&1
+# The same with vLLM V1's offline batch limits for 80 GB cards (1,024 sequences, 16,384 tokens a step).
+timeout 200 $B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b \
+  --num-prompts 1000 --input-len 512 --output-len 256 --max-num-seqs 1024 --max-num-batched-tokens 16384 \
+  >> "$OUT/bench_throughput.log" 2>&1
 # Where a step's time goes: device time per op (decode at ~1k context), with our GEMV and with cuBLAS.
 APUS_CUDA_PROFILE=1 timeout 150 $LAT --input-len 1024 --output-len 64 > "$OUT/bench_profile.log" 2>&1
 APUS_CUDA_PROFILE=1 APUS_CUDA_GEMV=0 timeout 150 $LAT --input-len 1024 --output-len 64 > "$OUT/bench_profile_cublas.log" 2>&1
@@ -287,6 +291,9 @@ for tp in 1 2 4; do
     run env APUS_TP_P2P=0 timeout -k 5 90 $B/apus bench latency $Q7 --tensor-parallel-size $tp --input-len 1024 --output-len 128
     [ "$tp" = 2 ] && run env APUS_TP_P2P=0 timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size $tp \
       --num-prompts 1000 --input-len 512 --output-len 256
+    # Peer-to-peer for decode-sized sums only (NCCL for prefill chunks' 14.7 MB).
+    [ "$tp" = 2 ] && run env APUS_TP_P2P_MAX_BYTES=2097152 timeout -k 5 120 $B/apus bench throughput $Q7 \
+      --tensor-parallel-size $tp --num-prompts 1000 --input-len 512 --output-len 256
   fi
 done
 fi
