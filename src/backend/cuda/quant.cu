@@ -89,6 +89,24 @@ __device__ __forceinline__ void b_frag(const uint4& wv, float s, float z, int j,
   }
 }
 
+// Where the codes, scales and zeros of a lane's N output columns n0 + 8i + g begin (a column past
+// the end reads the last one's and is not stored).
+template <int N>
+struct ColumnRows {
+  const uint8_t* w[N];
+  const uint16_t* s[N];
+  const uint8_t* z[N];
+  __device__ __forceinline__ ColumnRows(const QuantArgs& a, int64_t n0, int g) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const int64_t row = n0 + i * 8 + g < a.n ? n0 + i * 8 + g : a.n - 1;
+      w[i] = a.qweight + row * a.qw_stride;
+      s[i] = a.scales + row * a.groups;
+      z[i] = a.zeros + row * a.groups;
+    }
+  }
+};
+
 // Batches of 9..kQuantMmaMaxRows rows: the activations are the A operand (MT tiles of 16 rows), the
 // weights B. A block of kQWarps warps owns 8 NT output columns (NT mma n-tiles sharing every
 // activation load); the warps split K. With NT > 2 the B fragments are dequantized per row tile
@@ -107,16 +125,7 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t4 = lane % 4;
   const int64_t n0 = int64_t(blockIdx.x) * 8 * NT;
-  const uint8_t* wr[NT];
-  const uint16_t* sr[NT];
-  const uint8_t* zr[NT];
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    const int64_t row = n0 + nt * 8 + g < w.n ? n0 + nt * 8 + g : w.n - 1;  // past the end: not stored
-    wr[nt] = w.qweight + row * w.qw_stride;
-    sr[nt] = w.scales + row * w.groups;
-    zr[nt] = w.zeros + row * w.groups;
-  }
+  const ColumnRows<NT> cr(w, n0, g);
   float acc[MT][NT][4];
 #pragma unroll
   for (int t = 0; t < MT; ++t)
@@ -134,9 +143,9 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
       const int gi = ok ? int(kb) / w.group_size : 0;  // 32-bit: k < 2^31
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        wv[u][nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(wr[nt] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
-        s[u][nt] = ok ? __half2float(__ushort_as_half(__ldg(sr[nt] + gi))) : 0.0f;  // zero scale: adds nothing
-        z[u][nt] = ok ? float(__ldg(zr[nt] + gi)) : 0.0f;
+        wv[u][nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(cr.w[nt] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
+        s[u][nt] = ok ? __half2float(__ushort_as_half(__ldg(cr.s[nt] + gi))) : 0.0f;  // zero scale: adds nothing
+        z[u][nt] = ok ? float(__ldg(cr.z[nt] + gi)) : 0.0f;
       }
     }
 #pragma unroll
@@ -241,16 +250,7 @@ __global__ void __launch_bounds__(kQsWarps * 32, 2)
   const int64_t n0 = int64_t(blockIdx.x) * kQsCols + warp * 16;
   const int chunks = int((w.k + KC - 1) / KC);
   const int c0 = int(blockIdx.y) * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
-  const uint8_t* wr[NT];
-  const uint16_t* sr[NT];
-  const uint8_t* zr[NT];
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    const int64_t row = n0 + nt * 8 + g < w.n ? n0 + nt * 8 + g : w.n - 1;  // past the end: not stored
-    wr[nt] = w.qweight + row * w.qw_stride;
-    sr[nt] = w.scales + row * w.groups;
-    zr[nt] = w.zeros + row * w.groups;
-  }
+  const ColumnRows<NT> cr(w, n0, g);
   // Chunk c of x into buffer b: every thread copies pieces; rows past m and k past the end are zeros.
   auto stage = [&](int c, int b) {
     for (int p = threadIdx.x; p < ROWS * Q; p += kQsWarps * 32) {
@@ -271,9 +271,9 @@ __global__ void __launch_bounds__(kQsWarps * 32, 2)
     const int gi = ok ? int(kb) / w.group_size : 0;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-      o.wv[nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(wr[nt] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
-      o.s[nt] = ok ? __half2float(__ushort_as_half(__ldg(sr[nt] + gi))) : 0.0f;  // zero scale: adds nothing
-      o.z[nt] = ok ? float(__ldg(zr[nt] + gi)) : 0.0f;
+      o.wv[nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(cr.w[nt] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
+      o.s[nt] = ok ? __half2float(__ushort_as_half(__ldg(cr.s[nt] + gi))) : 0.0f;  // zero scale: adds nothing
+      o.z[nt] = ok ? float(__ldg(cr.z[nt] + gi)) : 0.0f;
     }
   };
   float acc[MT][NT][4];
@@ -459,16 +459,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   const int lane = threadIdx.x % 32, ks = threadIdx.x / 32;
   const int g = lane / 4, t4 = lane % 4;
   const int64_t n0 = int64_t(blockIdx.x) * 16;
-  const uint8_t* wr[2];
-  const uint16_t* sr[2];
-  const uint8_t* zr[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t row = n0 + h * 8 + g < w.n ? n0 + h * 8 + g : w.n - 1;  // past the end: not stored
-    wr[h] = w.qweight + row * w.qw_stride;
-    sr[h] = w.scales + row * w.groups;
-    zr[h] = w.zeros + row * w.groups;
-  }
+  const ColumnRows<2> cr(w, n0, g);
   const T* xr = g < m ? x + int64_t(g) * x_stride : nullptr;
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 
@@ -497,9 +488,9 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
       const int gi = in ? int(ok ? kb : kc) / w.group_size : 0;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        r.wv[u][h] = ok ? load_codes<PF == 3>(wr[h] + kb * BITS / 8) : make_uint4(0, 0, 0, 0);
-        r.sb[u][h] = in ? __ldg(sr[h] + gi) : uint16_t(0);
-        r.zb[u][h] = in ? __ldg(zr[h] + gi) : uint8_t(0);
+        r.wv[u][h] = ok ? load_codes<PF == 3>(cr.w[h] + kb * BITS / 8) : make_uint4(0, 0, 0, 0);
+        r.sb[u][h] = in ? __ldg(cr.s[h] + gi) : uint16_t(0);
+        r.zb[u][h] = in ? __ldg(cr.z[h] + gi) : uint8_t(0);
       }
       if constexpr (PF == 1 || PF == 2) x_of(kb, ok, r.xv[u]);
     }
