@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <random>
 
 #include "core/error.h"
@@ -83,6 +84,25 @@ TEST_F(EngineTest, BatchOf32EqualsEachAlone) {
     EXPECT_EQ(batched[i][0].finish_reason, "length");
   }
   EXPECT_EQ(e.blocks().num_free(), 512);
+}
+
+// EngineStats' host time per step phase: every phase of every step is counted, and together they
+// are no more than the run's wall time.
+TEST_F(EngineTest, StepPhaseTimesAddUpWithinTheRun) {
+  std::mt19937 rng(7);
+  std::vector<Request> reqs;
+  for (int i = 0; i < 8; ++i) reqs.push_back(greedy(random_prompt(rng, 20 + i), 6));
+  Engine e(*model_, config());
+  const auto t0 = std::chrono::steady_clock::now();
+  run_to_completion(e, reqs);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const EngineStats s = e.stats();
+  EXPECT_EQ(s.steps, 6u);  // one step with every prompt, then one per further token
+  EXPECT_GT(s.schedule_s, 0.0);
+  EXPECT_GT(s.forward_s, 0.0);
+  EXPECT_GE(s.draw_s, 0.0);
+  EXPECT_GT(s.outputs_s, 0.0);
+  EXPECT_LE(s.schedule_s + s.forward_s + s.draw_s + s.outputs_s, wall);
 }
 
 TEST_F(EngineTest, SharedPrefixIsComputedOnce) {
