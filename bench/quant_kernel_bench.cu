@@ -79,12 +79,11 @@ cudaError_t launch_qmm_u(const QuantArgs& w, const void* x, int64_t x_stride, in
 }
 
 // The shared-memory batch kernel (APUS_CUDA_QMM_SMEM), its K splits' partial sums in g_workspace.
-void* g_workspace = nullptr;
-constexpr size_t kWorkspaceBytes = size_t(64) << 20;
+QuantScratch g_scratch;  // set in main: 64 MiB and the device's multiprocessors
 cudaError_t launch_smem(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                         int64_t y_stride, cudaStream_t stream) {
   using B = __nv_bfloat16;
-  return launch_qmm_smem<B, B, 4>(w, x, x_stride, m, bias, y, y_stride, g_workspace, kWorkspaceBytes, stream);
+  return launch_qmm_smem<B, B, 4>(w, x, x_stride, m, bias, y, y_stride, g_scratch, stream);
 }
 
 template <typename F>
@@ -136,7 +135,9 @@ int main() {
   CK(cudaMalloc(&x, size_t(64 * kMaxK * 2)));
   CK(cudaMalloc(&y, size_t(64 * 37888 * 2)));
   CK(cudaMalloc(&y_ref, size_t(64 * 37888 * 2)));
-  CK(cudaMalloc(&g_workspace, kWorkspaceBytes));
+  g_scratch.bytes = size_t(64) << 20;
+  g_scratch.multiprocessors = prop.multiProcessorCount;
+  CK(cudaMalloc(&g_scratch.data, g_scratch.bytes));
   CK(cudaMemset(y, 0, size_t(64 * 37888 * 2)));
   fill_x<<<1024, 256>>>(x, 64 * kMaxK);
   struct Shape {
@@ -157,7 +158,7 @@ int main() {
       for (size_t i = 0; i < mats.size(); ++i) {
         const Shape& s = shapes[i];
         const float tn = time_us(mats[i], 100, [&](const QuantArgs& w) {
-          return quant_matmul(DType::BF16, DType::BF16, w, x, s.k, m, nullptr, y, s.n, nullptr, 0, nullptr);
+          return quant_matmul(DType::BF16, DType::BF16, w, x, s.k, m, nullptr, y, s.n, QuantScratch{}, nullptr);
         });
         std::printf(" | %6.1f (%4.0f)", tn, mats[i].bytes / (tn * 1e-6) / 1e9);
       }
@@ -226,7 +227,7 @@ int main() {
           const Shape& s = shapes[i];
           // The same results as the default kernel for these rows, bit for bit (the same sums in the same order).
           const QuantArgs& w0 = mats[i].copies[0];
-          CK(quant_matmul(DType::BF16, DType::BF16, w0, x, s.k, v.m, nullptr, y_ref, s.n, nullptr, 0, nullptr));
+          CK(quant_matmul(DType::BF16, DType::BF16, w0, x, s.k, v.m, nullptr, y_ref, s.n, QuantScratch{}, nullptr));
           CK(v.f(w0, x, s.k, v.m, nullptr, y, s.n, nullptr));
           const size_t count = size_t(v.m * s.n);
           CK(cudaMemcpy(got.data(), y, count * 2, cudaMemcpyDeviceToHost));

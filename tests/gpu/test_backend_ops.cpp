@@ -373,18 +373,24 @@ TEST_P(BackendOps, RmsNormPlainPerHeadInPlaceAndFusedAdd) {
   }
 }
 
+// cos / sin tables [T, half] for positions t * step + offset (base 10000).
+std::pair<Tensor, Tensor> rope_tables(int64_t T, int half, int step, int offset) {
+  Tensor cos = host_tensor(DType::F32, {T, half}), sin = host_tensor(DType::F32, {T, half});
+  for (int64_t t = 0; t < T; ++t)
+    for (int i = 0; i < half; ++i) {
+      const float a = float(t * step + offset) * std::pow(10000.0f, -float(i) / float(half));
+      cos.row<float>(t)[i] = std::cos(a);
+      sin.row<float>(t)[i] = std::sin(a);
+    }
+  return {cos, sin};
+}
+
 TEST_P(BackendOps, RopeFullAndPartial) {
   for (int hd : {32, 64, 128}) {
     for (int half : {hd / 2, hd / 4}) {
       const int64_t T = 13, heads = 6;
       Tensor xw = random({T, heads * hd + 40}, -2.0f, 2.0f);
-      Tensor cos = host_tensor(DType::F32, {T, half}), sin = host_tensor(DType::F32, {T, half});
-      for (int64_t t = 0; t < T; ++t)
-        for (int i = 0; i < half; ++i) {
-          const float a = float(t * 7 + 3) * std::pow(10000.0f, -float(i) / float(half));
-          cos.row<float>(t)[i] = std::cos(a);
-          sin.row<float>(t)[i] = std::sin(a);
-        }
+      const auto [cos, sin] = rope_tables(T, half, 7, 3);
       Tensor gxw = to_gpu(xw);
       Tensor x = xw.cols_view(8, heads * hd), gx = gxw.cols_view(8, heads * hd);
       cpu_->rope(x, cos, sin, hd);
@@ -403,13 +409,7 @@ TEST_P(BackendOps, RopeStoreKvIsRopeThenStoreKv) {
       const int64_t T = 13, qh = 6, kvh = 2;
       const int64_t qk_cols = (qh + kvh) * hd, kv = kvh * hd;
       Tensor w = random({T, qk_cols + kv + 24}, -2.0f, 2.0f);  // [pad 8 | q k | v | pad 16]
-      Tensor cos = host_tensor(DType::F32, {T, half}), sin = host_tensor(DType::F32, {T, half});
-      for (int64_t t = 0; t < T; ++t)
-        for (int i = 0; i < half; ++i) {
-          const float a = float(t * 5 + 1) * std::pow(10000.0f, -float(i) / float(half));
-          cos.row<float>(t)[i] = std::cos(a);
-          sin.row<float>(t)[i] = std::sin(a);
-        }
+      const auto [cos, sin] = rope_tables(T, half, 5, 1);
       std::vector<int32_t> slots(static_cast<size_t>(T));
       for (int64_t t = 0; t < T; ++t) slots[size_t(t)] = int32_t(t * 3 + 1);
       slots[4] = -1;

@@ -359,28 +359,18 @@ inline int qmm_splits(const QuantArgs& w, int sms) {
   return (chunks + per - 1) / per;  // no empty split
 }
 
-// Multiprocessors of the current device (asked once per device).
-int multiprocessors() {
-  static int count[64] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return 132;
-  if (count[device] == 0 && cudaDeviceGetAttribute(&count[device], cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    count[device] = 132;
-  return count[device];
-}
-
-// The shared-memory batch kernel, or cudaErrorNotSupported where `workspace` cannot hold the splits.
+// The shared-memory batch kernel, or cudaErrorNotSupported where the scratch cannot hold the splits.
 template <typename T, typename OutT, int BITS>
 cudaError_t launch_qmm_smem(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                            int64_t y_stride, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-  const int splits = qmm_splits(w, multiprocessors());
+                            int64_t y_stride, const QuantScratch& scratch, cudaStream_t stream) {
+  const int splits = qmm_splits(w, scratch.multiprocessors);
   const int chunks = int(ceil_div(w.k, int64_t(4 * 128 / BITS)));
   const int per = (chunks + splits - 1) / splits;
   float* part = nullptr;
   if (splits > 1) {
-    if (workspace == nullptr || workspace_bytes < size_t(splits) * size_t(m * w.n) * sizeof(float))
+    if (scratch.data == nullptr || scratch.bytes < size_t(splits) * size_t(m * w.n) * sizeof(float))
       return cudaErrorNotSupported;
-    part = static_cast<float*>(workspace);
+    part = static_cast<float*>(scratch.data);
   }
   const dim3 grid(unsigned(ceil_div(w.n, int64_t(kQsCols))), unsigned(splits)), block(kQsWarps * 32);
   const T* xt = static_cast<const T*>(x);
@@ -603,10 +593,9 @@ constexpr int64_t kQmmWideBlocks = 144;  // 32-column blocks from which 17-32 ro
 
 template <typename T, typename OutT, int BITS>
 cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                       int64_t y_stride, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+                       int64_t y_stride, const QuantScratch& scratch, cudaStream_t stream) {
   if (m > kQuantGemvMaxRows && qmm_smem_on()) {
-    const cudaError_t e = launch_qmm_smem<T, OutT, BITS>(w, x, x_stride, m, bias, y, y_stride, workspace, workspace_bytes,
-                                                         stream);
+    const cudaError_t e = launch_qmm_smem<T, OutT, BITS>(w, x, x_stride, m, bias, y, y_stride, scratch, stream);
     if (e != cudaErrorNotSupported) return e;
   }
   if (m <= kQuantGemvMaxRows) {
@@ -632,9 +621,9 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
 
 template <typename T, typename OutT>
 cudaError_t launch_qmm_bits(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                            int64_t y_stride, void* ws, size_t ws_bytes, cudaStream_t stream) {
-  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, ws, ws_bytes, stream);
-  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, ws, ws_bytes, stream);
+                            int64_t y_stride, const QuantScratch& sc, cudaStream_t stream) {
+  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
+  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
 }
 
 // One thread per 32-bit word of codes (8 4-bit or 4 8-bit weights), in the layer's column order,
@@ -676,19 +665,16 @@ __global__ void gather_cols_kernel(const T* __restrict__ x, int64_t x_stride, co
 }  // namespace
 
 cudaError_t quant_matmul(DType dt, DType out_dt, const QuantArgs& w, const void* x, int64_t x_stride, int64_t m,
-                         const float* bias, void* y, int64_t y_stride, void* workspace, size_t workspace_bytes,
-                         cudaStream_t stream) {
+                         const float* bias, void* y, int64_t y_stride, const QuantScratch& sc, cudaStream_t stream) {
   if (m <= 0 || w.n <= 0) return cudaSuccess;
   if (m > kQuantMmaMaxRows || (w.bits != 4 && w.bits != 8) || w.k % 32 != 0) return cudaErrorInvalidValue;
-  void* ws = workspace;
-  const size_t wb = workspace_bytes;
   if (dt == DType::BF16) {
-    if (out_dt == DType::F32) return launch_qmm_bits<__nv_bfloat16, float>(w, x, x_stride, m, bias, y, y_stride, ws, wb, stream);
+    if (out_dt == DType::F32) return launch_qmm_bits<__nv_bfloat16, float>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
     if (out_dt == DType::BF16)
-      return launch_qmm_bits<__nv_bfloat16, __nv_bfloat16>(w, x, x_stride, m, bias, y, y_stride, ws, wb, stream);
+      return launch_qmm_bits<__nv_bfloat16, __nv_bfloat16>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
   } else if (dt == DType::F16) {
-    if (out_dt == DType::F32) return launch_qmm_bits<__half, float>(w, x, x_stride, m, bias, y, y_stride, ws, wb, stream);
-    if (out_dt == DType::F16) return launch_qmm_bits<__half, __half>(w, x, x_stride, m, bias, y, y_stride, ws, wb, stream);
+    if (out_dt == DType::F32) return launch_qmm_bits<__half, float>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
+    if (out_dt == DType::F16) return launch_qmm_bits<__half, __half>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
   }
   return cudaErrorInvalidValue;
 }
