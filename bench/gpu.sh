@@ -150,16 +150,11 @@ echo "int4 kernel bench: exit $?"
 : > "$OUT/int4_tests.log"
 for t in "test_backend_ops --gtest_filter=*Quant*" test_quant_model_gpu "test_golden_gpu --gtest_filter=*GoldenQuant*"; do
   (cd $B && timeout 120 ./tests/$t) >> "$OUT/int4_tests.log" 2>&1
-  # The batch kernel with x in shared memory (opt-in, APUS_CUDA_QMM_SMEM=1) through the same tests.
-  (cd $B && APUS_CUDA_QMM_SMEM=1 timeout 120 ./tests/$t) >> "$OUT/int4_tests.log" 2>&1
 done
 echo "int4 GPU tests: $(grep -c '^\[       OK' "$OUT/int4_tests.log") OK, $(grep -c '^\[  FAILED  \]' "$OUT/int4_tests.log") failed lines"
 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops --gtest_filter='*Quant*BF16*' \
   > "$OUT/int4_memcheck.log" 2>&1
 echo "int4 memcheck: exit $?"
-APUS_CUDA_QMM_SMEM=1 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops \
-  --gtest_filter='*Quant*BF16*' >> "$OUT/int4_memcheck.log" 2>&1
-echo "int4 memcheck, APUS_CUDA_QMM_SMEM=1: exit $?"
 # `apus export --quant_bits 4` checkpoints in transformers (needs third_party/tokenizers/qwen3
 # carried): a small random Qwen2 exported with GPTQ and with AWQ, each checked by
 # tools/quant/check_export_in_transformers.py against Apus's greedy tokens (float32, CPU).
@@ -186,7 +181,6 @@ for q in bf16 gptq; do
   timeout 150 $LAT $Q --num-iters 2 > "$OUT/int4_latency_$q.log" 2>&1
   timeout 150 $TPT $Q > "$OUT/int4_batch32_$q.log" 2>&1
 done
-APUS_CUDA_QMM_SMEM=1 timeout 150 $TPT --quantization gptq > "$OUT/int4_batch32_gptq_smem.log" 2>&1
 # Device time per op of the int4 decode (what is left between the kernels and the byte floor).
 APUS_CUDA_PROFILE=1 timeout 100 $B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b --input-len 512 --output-len 32 --quantization gptq > "$OUT/int4_profile.log" 2>&1
 fi
@@ -374,7 +368,7 @@ fi
 if part int4; then
   grep -E "FAILED|Failure|largest" "$OUT/int4_tests.log" | head -20; grep -E "ERROR SUMMARY" "$OUT/int4_memcheck.log"
   cat "$OUT/int4_kernels.log"
-  for f in latency_bf16 latency_gptq batch32_bf16 batch32_gptq batch32_gptq_smem; do
+  for f in latency_bf16 latency_gptq batch32_bf16 batch32_gptq; do
     echo "---- $f"; grep -E "^prefill  |^decode  |^load  |batched|rror" "$OUT/int4_$f.log"
   done
   echo "---- int4 decode, device time per op"; grep -A24 "APUS_CUDA_PROFILE" "$OUT/int4_profile.log"

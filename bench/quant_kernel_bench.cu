@@ -73,17 +73,9 @@ template <int MT, int U, int NT = 2>
 cudaError_t launch_qmm_u(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                          int64_t y_stride, cudaStream_t stream) {
   using B = __nv_bfloat16;
-  qmm_kernel<B, B, 4, MT, U, NT><<<ceil_div(w.n, 8 * NT), kQWarps * 32, 0, stream>>>(
+  qmm_kernel<B, B, 4, MT, U, NT><<<ceil_div(w.n, 8 * NT) * ceil_div(m, int64_t(MT * 16)), kQWarps * 32, 0, stream>>>(
       w, static_cast<const B*>(x), x_stride, int(m), bias, static_cast<B*>(y), y_stride);
   return cudaGetLastError();
-}
-
-// The shared-memory batch kernel (APUS_CUDA_QMM_SMEM), its K splits' partial sums in g_workspace.
-QuantScratch g_scratch;  // set in main: 64 MiB and the device's multiprocessors
-cudaError_t launch_smem(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                        int64_t y_stride, cudaStream_t stream) {
-  using B = __nv_bfloat16;
-  return launch_qmm_smem<B, B, 4>(w, x, x_stride, m, bias, y, y_stride, g_scratch, stream);
 }
 
 template <typename F>
@@ -103,7 +95,9 @@ float time_us(const Mat& mat, int iters, F&& call) {
 
 }  // namespace apus::cuda::qbench
 
+// QBENCH_ONLY=TEXT: only the variants whose name holds TEXT (to profile one with ncu).
 int main() {
+  const char* only = std::getenv("QBENCH_ONLY");
   using namespace apus;
   using namespace apus::cuda;
   using namespace apus::cuda::qbench;
@@ -135,9 +129,6 @@ int main() {
   CK(cudaMalloc(&x, size_t(64 * kMaxK * 2)));
   CK(cudaMalloc(&y, size_t(64 * 37888 * 2)));
   CK(cudaMalloc(&y_ref, size_t(64 * 37888 * 2)));
-  g_scratch.bytes = size_t(64) << 20;
-  g_scratch.multiprocessors = prop.multiProcessorCount;
-  CK(cudaMalloc(&g_scratch.data, g_scratch.bytes));
   CK(cudaMemset(y, 0, size_t(64 * 37888 * 2)));
   fill_x<<<1024, 256>>>(x, 64 * kMaxK);
   struct Shape {
@@ -146,6 +137,7 @@ int main() {
   };
   const Shape shapes[] = {{"gate_up", 37888, 3584}, {"down", 3584, 18944}, {"qkv", 4608, 3584}, {"o", 3584, 3584}};
   for (const int bits : {4, 8}) {
+    if (bits == 8 && only != nullptr) continue;
     std::printf("\n%d bits, group 128, bf16 activations: us/call (GB/s of weights)\n", bits);
     std::printf("%-8s", "rows");
     for (const Shape& s : shapes) std::printf(" | %-13s", s.name);
@@ -153,64 +145,39 @@ int main() {
     std::vector<Mat> mats;
     for (const Shape& s : shapes) mats.push_back(make(s.n, s.k, bits, 128));
     for (const int64_t m : {1, 2, 4, 8, 16, 32, 64}) {
-      if (bits == 8 && m != 1 && m != 32) continue;
+      if ((bits == 8 && m != 1 && m != 32) || only != nullptr) continue;
       std::printf("%-8lld", static_cast<long long>(m));
       for (size_t i = 0; i < mats.size(); ++i) {
         const Shape& s = shapes[i];
         const float tn = time_us(mats[i], 100, [&](const QuantArgs& w) {
-          return quant_matmul(DType::BF16, DType::BF16, w, x, s.k, m, nullptr, y, s.n, QuantScratch{}, nullptr);
+          return quant_matmul(DType::BF16, DType::BF16, w, x, s.k, m, nullptr, y, s.n, nullptr);
         });
         std::printf(" | %6.1f (%4.0f)", tn, mats[i].bytes / (tn * 1e-6) / 1e9);
       }
       std::printf("\n");
     }
     if (bits == 4) {
-      // Variants of the new kernel (warps per block, chunks in flight, warps per SM) for 1 and 32 rows.
+      // Variants of the kernels, timed and checked against the default for their rows.
       struct V {
         const char* name;
         int64_t m;
         cudaError_t (*f)(const QuantArgs&, const void*, int64_t, int64_t, const float*, void*, int64_t, cudaStream_t);
       };
       using B = __nv_bfloat16;
-      // The decode kernel's variants: warps splitting K, chunks in flight, warps per SM, and what a
-      // round prefetches (P0: codes; P1: codes and activations; P2: also the next round's, during
-      // this round's math; P3: P0 with an L2 prefetch hint); the batch kernel's: row tiles, chunks
-      // in flight, 8-column tiles.
+      // The decode kernel's variants: warps splitting K, chunks in flight, warps per SM; the batch
+      // kernel's: row tiles, chunks in flight, 8-column tiles.
       const V vs[] = {
-          {"m1 K8 U2 O24 P0", 1, launch_qmv<B, B, 4, true, 8, 2, 24, 0>},
-          {"m1 K8 U2 O24 P1", 1, launch_qmv<B, B, 4, true, 8, 2, 24, 1>},
-          {"m1 K8 U2 O24 P2", 1, launch_qmv<B, B, 4, true, 8, 2, 24, 2>},
-          {"m1 K4 U2 O32 P0", 1, launch_qmv<B, B, 4, true, 4, 2, 32, 0>},
-          {"m1 K4 U2 O32 P1", 1, launch_qmv<B, B, 4, true, 4, 2, 32, 1>},
-          {"m1 K4 U2 O32 P2", 1, launch_qmv<B, B, 4, true, 4, 2, 32, 2>},
-          {"m1 K4 U2 O24 P2", 1, launch_qmv<B, B, 4, true, 4, 2, 24, 2>},
-          {"m1 K8 U2 O16 P2", 1, launch_qmv<B, B, 4, true, 8, 2, 16, 2>},
-          {"m1 K4 U4 O16 P1", 1, launch_qmv<B, B, 4, true, 4, 4, 16, 1>},
-          {"m1 K8 U4 O16 P1", 1, launch_qmv<B, B, 4, true, 8, 4, 16, 1>},
-          {"m1 K4 U4 O16 P2", 1, launch_qmv<B, B, 4, true, 4, 4, 16, 2>},
-          {"m1 K16 U2 O32 P1", 1, launch_qmv<B, B, 4, true, 16, 2, 32, 1>},
-          {"m1 K8 U2 O24 P3", 1, launch_qmv<B, B, 4, true, 8, 2, 24, 3>},
-          {"m1 K4 U2 O32 P3", 1, launch_qmv<B, B, 4, true, 4, 2, 32, 3>},
-          {"m1 K8 U2 O16 P3", 1, launch_qmv<B, B, 4, true, 8, 2, 16, 3>},
-          {"m1 K8 U4 O16 P3", 1, launch_qmv<B, B, 4, true, 8, 4, 16, 3>},
-          {"m8 K8 U2 O24 P0", 8, launch_qmv<B, B, 4, true, 8, 2, 24, 0>},
-          {"m8 K8 U2 O24 P1", 8, launch_qmv<B, B, 4, true, 8, 2, 24, 1>},
-          {"m8 K8 U2 O24 P2", 8, launch_qmv<B, B, 4, true, 8, 2, 24, 2>},
-          {"m8 K4 U2 O32 P1", 8, launch_qmv<B, B, 4, true, 4, 2, 32, 1>},
-          {"m8 K4 U2 O32 P2", 8, launch_qmv<B, B, 4, true, 4, 2, 32, 2>},
+          {"m1 K4 U2 O32", 1, launch_qmv<B, B, 4, true, 4, 2, 32>},
+          {"m1 K8 U2 O16", 1, launch_qmv<B, B, 4, true, 8, 2, 16>},
+          {"m1 K8 U4 O16", 1, launch_qmv<B, B, 4, true, 8, 4, 16>},
+          {"m1 K16 U2 O32", 1, launch_qmv<B, B, 4, true, 16, 2, 32>},
+          {"m8 K4 U2 O32", 8, launch_qmv<B, B, 4, true, 4, 2, 32>},
           {"m16 qmm MT1 U2 NT2", 16, launch_qmm_u<1, 2, 2>},
           {"m16 qmm MT1 U2 NT4", 16, launch_qmm_u<1, 2, 4>},
-          {"m16 qmm MT1 U1 NT4", 16, launch_qmm_u<1, 1, 4>},
-          {"m32 qmm MT2 U1 NT2", 32, launch_qmm_u<2, 1, 2>},
-          {"m32 qmm MT2 U2 NT2", 32, launch_qmm_u<2, 2, 2>},
-          {"m32 qmm MT2 U4 NT2", 32, launch_qmm_u<2, 4, 2>},
-          {"m32 qmm MT2 U1 NT4", 32, launch_qmm_u<2, 1, 4>},
           {"m32 qmm MT2 U2 NT4", 32, launch_qmm_u<2, 2, 4>},
+          {"m32 qmm MT2 U4 NT2", 32, launch_qmm_u<2, 4, 2>},
           {"m64 qmm MT4 U1 NT2", 64, launch_qmm_u<4, 1, 2>},
-          {"m16 smem", 16, launch_smem},
-          {"m32 smem", 32, launch_smem},
-          {"m64 smem", 64, launch_smem},
-          {"m9 smem", 9, launch_smem},
+          {"m64 qmm MT2 U2 NT4", 64, launch_qmm_u<2, 2, 4>},
       };
       std::vector<uint16_t> got(size_t(64 * 37888)), want(got.size());
       auto bf = [](uint16_t h) {
@@ -220,14 +187,15 @@ int main() {
         return f;
       };
       for (const V& v : vs) {
-        std::printf("%-20s", v.name);
+        if (only != nullptr && std::strstr(v.name, only) == nullptr) continue;
+        std::printf("%-22s", v.name);
         bool same = true;
         double worst = 0.0, scale = 0.0;
         for (size_t i = 0; i < mats.size(); ++i) {
           const Shape& s = shapes[i];
           // The same results as the default kernel for these rows, bit for bit (the same sums in the same order).
           const QuantArgs& w0 = mats[i].copies[0];
-          CK(quant_matmul(DType::BF16, DType::BF16, w0, x, s.k, v.m, nullptr, y_ref, s.n, QuantScratch{}, nullptr));
+          CK(quant_matmul(DType::BF16, DType::BF16, w0, x, s.k, v.m, nullptr, y_ref, s.n, nullptr));
           CK(v.f(w0, x, s.k, v.m, nullptr, y, s.n, nullptr));
           const size_t count = size_t(v.m * s.n);
           CK(cudaMemcpy(got.data(), y, count * 2, cudaMemcpyDeviceToHost));

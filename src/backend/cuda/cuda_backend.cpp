@@ -282,9 +282,7 @@ class CudaBackend final : public Backend {
     }
     const bool aligned = (reinterpret_cast<uintptr_t>(xin) & 15u) == 0 && size_t(x_stride) * esize % 16 == 0;
     if (act_ != DType::F32 && m <= cuda::kQuantMmaMaxRows && aligned) {
-      // The dequantization scratch (unused at these sizes) holds the K splits' partial sums.
-      const cuda::QuantScratch scratch{quant_scratch_.data, quant_scratch_.nbytes(), props_.multiProcessorCount};
-      launched(cuda::quant_matmul(act_, y_dtype, a, xin, x_stride, m, bias, y, y_stride, scratch, stream_),
+      launched(cuda::quant_matmul(act_, y_dtype, a, xin, x_stride, m, bias, y, y_stride, stream_),
                "quant_matmul");
       return;
     }

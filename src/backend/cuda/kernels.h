@@ -78,19 +78,10 @@ struct QuantArgs {
 // kQuantGemvMaxRows rows take the decode kernel (weights as the mma's A operand), more the batch
 // kernel (activations as A); a row's result depends on neither the rows beside it nor, within each
 // of the two ranges, their number.
-// With APUS_CUDA_QMM_SMEM=1 (opt-in, not yet run on a GPU) 9-64 rows take a kernel that stages x
-// in shared memory and splits K across blocks for narrow matrices (as many as the device's
-// multiprocessors call for), its partial sums in the scratch (splits x m x n floats; where it is
-// too small, the batch kernel as before).
-struct QuantScratch {
-  void* data = nullptr;
-  size_t bytes = 0;
-  int multiprocessors = 0;
-};
 constexpr int kQuantMmaMaxRows = 64;
 constexpr int kQuantGemvMaxRows = 8;
 cudaError_t quant_matmul(DType dt, DType out_dt, const QuantArgs& w, const void* x, int64_t x_stride, int64_t m,
-                         const float* bias, void* y, int64_t y_stride, const QuantScratch& scratch, cudaStream_t stream);
+                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream);
 // The whole weight as `dt` [n, k] (row stride out_stride), for a cuBLAS product (prefill, F32 models).
 cudaError_t quant_dequantize(DType dt, const QuantArgs& w, void* out, int64_t out_stride, cudaStream_t stream);
 // out[r, c] = x[r, perm[c]] (act-order layers' activations in the weight's column order).

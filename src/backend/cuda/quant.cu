@@ -13,11 +13,15 @@
 //   (q - zero) * scale rounded once to the activation dtype. Each chunk is summed into a fresh
 //   accumulator (short dependent mma chains) and added in chunk order.
 // - qmm_kernel, 9..kQuantMmaMaxRows rows (batched decode): the activations are the A operand (16-row
-//   tiles), the dequantized weights B (two or four n-tiles of 8 columns), reused by every row tile.
+//   tiles), the dequantized weights B (four n-tiles of 8 columns), reused by every row tile; past
+//   32 rows, slices of 32 rows in neighbouring blocks.
+// The loops keep k offsets in 32 bits and find a k value's group with a shift: on an H100 the
+// decode kernel had ~2.5x the instructions of its dequantization and mma, and was issue-bound at
+// 0.57 of the copy rate (ncu: SM throughput 65 %, DRAM 52 %); without that overhead it runs at 0.77.
 // Both assign the mma's k positions so that each lane's codes and activations are contiguous: lane
 //   (g, t) of the PTX fragment layout holds the k positions 2t, 2t+1, 2t+8, 2t+9 of both A and B,
 //   which we map to 4j..4j+3 of the lane's own 32 (16) k values for the j-th mma. 4-bit
-//   dequantization is two bit operations and one or two 16-bit pair operations per two weights: the
+//   dequantization is a shift, one LOP3 and one or two 16-bit pair operations per two weights: the
 //   nibble is placed in the mantissa of 1024 (fp16) or 128 (bf16) and (base + zero) subtracted,
 //   which leaves q - zero exact; the load-time repack puts the nibbles of k, k+1 sixteen bits apart
 //   in each 32-bit word (positions p and p+4 hold k = 2p, 2p+1). A row's result depends neither on
@@ -25,12 +29,6 @@
 //   batches to powers of two).
 // - dequantize_kernel: the whole matrix in the activation dtype (prefill, F32 models), then cuBLAS.
 // - gather_cols_kernel: x[:, perm] for act-order (desc_act) checkpoints, once per layer.
-#include <cuda_pipeline.h>
-
-#include <algorithm>
-#include <cstdlib>
-#include <cstring>
-
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 
@@ -64,26 +62,48 @@ __device__ __forceinline__ uint32_t bits_of(T2 v) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// The nibbles at bit positions sh and sh + 16 of `word` in the mantissas of a pair of `magic`:
+// (w & mask) | magic as one LOP3 (the compiler emits an AND and an OR: a third of the decode
+// kernel's dequantization instructions).
+template <uint32_t MAGIC>
+__device__ __forceinline__ uint32_t nibble_pair(uint32_t word, int sh) {
+  uint32_t v;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(v) : "r"(word >> sh), "n"(0x000F000Fu), "n"(MAGIC));
+  return v;
+}
+
 // Weights of the nibbles at bit positions sh and sh + 16 of `word`: ((base + q) - (base + zero)) * scale.
 template <typename T>
 __device__ __forceinline__ uint32_t dequant4(uint32_t word, int sh, typename Half2<T>::T2 base_zero,
                                              typename Half2<T>::T2 scale) {
-  uint32_t v = ((word >> sh) & 0x000F000Fu) | Half2<T>::kMagic;
+  uint32_t v = nibble_pair<Half2<T>::kMagic>(word, sh);
   const typename Half2<T>::T2 q = *reinterpret_cast<typename Half2<T>::T2*>(&v);
   return bits_of(__hmul2(__hsub2(q, base_zero), scale));
+}
+
+// A column's scale and zero for a chunk, in the forms the dequantization uses (made once a chunk:
+// the conversions are not merged across calls by the compiler).
+template <typename T>
+struct ScaleZero {
+  typename Half2<T>::T2 base_zero, scale;  // 4 bits
+  float s, z;                              // 8 bits
+};
+template <typename T>
+__device__ __forceinline__ ScaleZero<T> scale_zero(float s, float z) {
+  return {Half2<T>::splat(Half2<T>::kBase + z), Half2<T>::splat(s), s, z};
 }
 
 // The B fragment pair (b0, b1) of the lane's mma j from its 16 bytes of codes: 4 bits, word j / 2
 // at nibble pairs (p, p + 4) for p = 2 (j % 2) and p + 1; 8 bits, bytes 0-1 and 2-3 of word j.
 template <typename T, int BITS>
-__device__ __forceinline__ void b_frag(const uint4& wv, float s, float z, int j, uint32_t& b0, uint32_t& b1) {
+__device__ __forceinline__ void b_frag(const uint4& wv, const ScaleZero<T>& sz, int j, uint32_t& b0, uint32_t& b1) {
   const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
   if constexpr (BITS == 4) {
-    const auto bz = Half2<T>::splat(Half2<T>::kBase + z), sc = Half2<T>::splat(s);
-    b0 = dequant4<T>(w[j / 2], (j % 2) * 8, bz, sc);
-    b1 = dequant4<T>(w[j / 2], (j % 2) * 8 + 4, bz, sc);
+    b0 = dequant4<T>(w[j / 2], (j % 2) * 8, sz.base_zero, sz.scale);
+    b1 = dequant4<T>(w[j / 2], (j % 2) * 8 + 4, sz.base_zero, sz.scale);
   } else {
     const uint32_t x = w[j];
+    const float s = sz.s, z = sz.z;
     b0 = bits_of(Half2<T>::pair((float(x & 0xffu) - z) * s, (float((x >> 8) & 0xffu) - z) * s));
     b1 = bits_of(Half2<T>::pair((float((x >> 16) & 0xffu) - z) * s, (float(x >> 24) - z) * s));
   }
@@ -107,24 +127,41 @@ struct ColumnRows {
   }
 };
 
+// The quantization group of k value kk (0 <= kk < k < 2^31): a shift where the group size is a
+// power of two (every layout we load; one group: 31), else a division (tens of instructions, per
+// chunk and lane: measured in the decode kernel's instruction count).
+struct GroupOf {
+  int shift, size;  // shift < 0: divide
+  __device__ __forceinline__ int operator()(int kk) const { return shift >= 0 ? kk >> shift : kk / size; }
+};
+__device__ __forceinline__ GroupOf group_of_args(const QuantArgs& a) {
+  if (a.groups == 1) return {31, a.group_size};
+  if ((a.group_size & (a.group_size - 1)) != 0) return {-1, a.group_size};
+  return {__ffs(a.group_size) - 1, a.group_size};
+}
+
 // Batches of 9..kQuantMmaMaxRows rows: the activations are the A operand (MT tiles of 16 rows), the
 // weights B. A block of kQWarps warps owns 8 NT output columns (NT mma n-tiles sharing every
-// activation load); the warps split K. With NT > 2 the B fragments are dequantized per row tile
-// (registers) instead of once per chunk. Per round a lane first issues all its loads (U chunks of
+// activation load); the warps split K. Per round a lane first issues all its loads (U chunks of
 // codes for both n-tiles, their scales and zeros), then computes, so that a round costs one memory
-// latency; each dequantized B fragment serves every row tile.
+// latency; the B fragments of each 16-byte piece of the lane's k values are dequantized once and
+// serve every row tile.
 template <typename T, typename OutT, int BITS, int MT, int U, int NT = 2>
 __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride,
                                                            int m, const float* __restrict__ bias, OutT* __restrict__ y,
                                                            int64_t y_stride) {
-  constexpr bool kKeepB = NT <= 2;  // dequantize once per chunk (else once per row tile: registers)
   constexpr int KL = 128 / BITS;  // k values per lane per chunk
-  constexpr int J = KL / 4;       // mmas per chunk and n-tile
   constexpr int KC = 4 * KL;      // k values per warp per chunk
   constexpr int XV = KL / 8;      // 16-byte activation loads per row per chunk
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t4 = lane % 4;
-  const int64_t n0 = int64_t(blockIdx.x) * 8 * NT;
+  // More than MT * 16 rows: slices of MT * 16 rows, in neighbouring blocks (the same columns: the
+  // second slice finds the codes in L2).
+  const int slices = (m + MT * 16 - 1) / (MT * 16), slice = int(blockIdx.x) % slices;
+  x += int64_t(slice) * MT * 16 * x_stride;
+  y += int64_t(slice) * MT * 16 * y_stride;
+  m = min(m - slice * MT * 16, MT * 16);
+  const int64_t n0 = int64_t(blockIdx.x / slices) * 8 * NT;
   const ColumnRows<NT> cr(w, n0, g);
   float acc[MT][NT][4];
 #pragma unroll
@@ -132,18 +169,20 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) acc[t][nt][0] = acc[t][nt][1] = acc[t][nt][2] = acc[t][nt][3] = 0.0f;
 
-  const int chunks = int((w.k + KC - 1) / KC);
+  const int k = int(w.k);  // 32-bit k offsets (k < 2^31)
+  const GroupOf group_of = group_of_args(w);
+  const int chunks = (k + KC - 1) / KC;
   for (int c0 = warp; c0 < chunks; c0 += kQWarps * U) {
     uint4 wv[U][NT];
     float s[U][NT], z[U][NT];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t kb = int64_t(c0 + u * kQWarps) * KC + t4 * KL;
-      const bool ok = kb < w.k;  // k is a multiple of 32: a lane's chunk is all in or all out
-      const int gi = ok ? int(kb) / w.group_size : 0;  // 32-bit: k < 2^31
+      const int kb = (c0 + u * kQWarps) * KC + t4 * KL;
+      const bool ok = kb < k;  // k is a multiple of 32: a lane's chunk is all in or all out
+      const int gi = ok ? group_of(kb) : 0;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        wv[u][nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(cr.w[nt] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
+        wv[u][nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(cr.w[nt] + unsigned(kb) * BITS / 8)) : make_uint4(0, 0, 0, 0);
         s[u][nt] = ok ? __half2float(__ushort_as_half(__ldg(cr.s[nt] + gi))) : 0.0f;  // zero scale: adds nothing
         z[u][nt] = ok ? float(__ldg(cr.z[nt] + gi)) : 0.0f;
       }
@@ -151,37 +190,30 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (c0 + u * kQWarps >= chunks) break;  // the same for the whole warp
-      const int64_t kb = int64_t(c0 + u * kQWarps) * KC + t4 * KL;
-      const bool ok = kb < w.k;
-      uint32_t b[kKeepB ? NT : 1][J][2];
-      if constexpr (kKeepB)
+      const int kb = (c0 + u * kQWarps) * KC + t4 * KL;
+      const bool ok = kb < k;
+      ScaleZero<T> sz[NT];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) sz[nt] = scale_zero<T>(s[u][nt], z[u][nt]);
+#pragma unroll
+      for (int i = 0; i < XV; ++i) {  // 16 bytes of each row: the lane's k values 8i..8i+7, mmas 2i and 2i + 1
+        uint32_t b[NT][2][2];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-          for (int j = 0; j < J; ++j) b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b[nt][j][0], b[nt][j][1]);
+          for (int jj = 0; jj < 2; ++jj) b_frag<T, BITS>(wv[u][nt], sz[nt], 2 * i + jj, b[nt][jj][0], b[nt][jj][1]);
 #pragma unroll
-      for (int t = 0; t < MT; ++t) {
-        const int r0 = t * 16 + g, r1 = r0 + 8;
-        uint4 va[XV], vb[XV];
+        for (int t = 0; t < MT; ++t) {
+          const int r0 = t * 16 + g, r1 = r0 + 8;
+          const uint4 va = ok && r0 < m ? __ldg(reinterpret_cast<const uint4*>(x + r0 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
+          const uint4 vb = ok && r1 < m ? __ldg(reinterpret_cast<const uint4*>(x + r1 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
+          const uint32_t* xa = reinterpret_cast<const uint32_t*>(&va);
+          const uint32_t* xb = reinterpret_cast<const uint32_t*>(&vb);
 #pragma unroll
-        for (int i = 0; i < XV; ++i) {
-          va[i] = ok && r0 < m ? __ldg(reinterpret_cast<const uint4*>(x + r0 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
-          vb[i] = ok && r1 < m ? __ldg(reinterpret_cast<const uint4*>(x + r1 * x_stride + kb) + i) : make_uint4(0, 0, 0, 0);
-        }
-        const uint32_t* xa = reinterpret_cast<const uint32_t*>(va);
-        const uint32_t* xb = reinterpret_cast<const uint32_t*>(vb);
+          for (int jj = 0; jj < 2; ++jj) {
+            const uint32_t a[4] = {xa[2 * jj], xb[2 * jj], xa[2 * jj + 1], xb[2 * jj + 1]};
 #pragma unroll
-        for (int j = 0; j < J; ++j) {
-          const uint32_t a[4] = {xa[2 * j], xb[2 * j], xa[2 * j + 1], xb[2 * j + 1]};
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            if constexpr (kKeepB) {
-              mma<T>(acc[t][nt], a, b[nt][j][0], b[nt][j][1]);
-            } else {
-              uint32_t b0, b1;
-              b_frag<T, BITS>(wv[u][nt], s[u][nt], z[u][nt], j, b0, b1);
-              mma<T>(acc[t][nt], a, b0, b1);
-            }
+            for (int nt = 0; nt < NT; ++nt) mma<T>(acc[t][nt], a, b[nt][jj][0], b[nt][jj][1]);
           }
         }
       }
@@ -214,184 +246,6 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
       }
 }
 
-// Batches of 9..kQuantMmaMaxRows rows with the activations staged in shared memory (opt-in for
-// now: APUS_CUDA_QMM_SMEM=1; not yet run on a GPU). qmm_kernel's blocks each read the whole of x
-// for 16-32 columns, so x moves 4-8 times the code bytes through L2 at 32 rows; here the 8 warps
-// of a block own 16 columns each (128 in all) and share one copy of each x chunk (MT * 16 rows x KC
-// k values), brought in with cp.async one chunk ahead. A lane's A fragments come from its rows'
-// 16-byte pieces q = t4 * KL / 8 + i, stored at q ^ swizzle(row, q) so that the 8 lanes of each
-// quarter warp hit 8 different bank groups. Narrow matrices split K across blocks (gridDim.y
-// splits of consecutive chunks, chosen from the shape alone): each split writes float32 partial
-// sums to `part` and qmm_reduce_kernel adds them in split order, so a row's result depends neither
-// on the rows beside it nor on their number. Weights are dequantized as in qmm_kernel (scale per
-// fragment, rounded to T).
-constexpr int kQsWarps = 8;
-constexpr int kQsCols = kQsWarps * 16;  // columns of a block
-
-template <int Q>
-__device__ __forceinline__ int qs_swizzle(int row, int q) {  // Q pieces of 16 bytes a row
-  return q ^ (row & 1) ^ (Q == 16 ? ((q >> 3) & 1) << 1 : 0);
-}
-
-template <typename T, typename OutT, int BITS, int MT>
-__global__ void __launch_bounds__(kQsWarps * 32, 2)
-    qmm_smem_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, int chunks_per_split,
-                    float* __restrict__ part, const float* __restrict__ bias, OutT* __restrict__ y, int64_t y_stride) {
-  constexpr int NT = 2;
-  constexpr int KL = 128 / BITS;  // k values per lane per chunk
-  constexpr int J = KL / 4;       // mmas per chunk and n-tile
-  constexpr int KC = 4 * KL;      // k values per chunk
-  constexpr int Q = KC * 2 / 16;  // 16-byte pieces of a row of the x chunk
-  constexpr int LP = KL * 2 / 16; // pieces a lane reads per row
-  constexpr int ROWS = MT * 16;
-  __shared__ __align__(16) uint4 xs[2][ROWS * Q];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int g = lane / 4, t4 = lane % 4;
-  const int64_t n0 = int64_t(blockIdx.x) * kQsCols + warp * 16;
-  const int chunks = int((w.k + KC - 1) / KC);
-  const int c0 = int(blockIdx.y) * chunks_per_split, c1 = min(chunks, c0 + chunks_per_split);
-  const ColumnRows<NT> cr(w, n0, g);
-  // Chunk c of x into buffer b: every thread copies pieces; rows past m and k past the end are zeros.
-  auto stage = [&](int c, int b) {
-    for (int p = threadIdx.x; p < ROWS * Q; p += kQsWarps * 32) {
-      const int r = p / Q, q = p % Q;
-      const int64_t k = int64_t(c) * KC + q * 8;
-      const bool in = r < m && k < w.k;
-      __pipeline_memcpy_async(&xs[b][r * Q + qs_swizzle<Q>(r, q)], in ? x + r * x_stride + k : x, 16, in ? 0 : 16);
-    }
-    __pipeline_commit();
-  };
-  struct Codes {
-    uint4 wv[NT];
-    float s[NT], z[NT];
-  };
-  auto codes = [&](int c, Codes& o) {
-    const int64_t kb = int64_t(c) * KC + t4 * KL;
-    const bool ok = c < c1 && kb < w.k;  // k is a multiple of 32: a lane's chunk is all in or all out
-    const int gi = ok ? int(kb) / w.group_size : 0;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      o.wv[nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(cr.w[nt] + kb * BITS / 8)) : make_uint4(0, 0, 0, 0);
-      o.s[nt] = ok ? __half2float(__ushort_as_half(__ldg(cr.s[nt] + gi))) : 0.0f;  // zero scale: adds nothing
-      o.z[nt] = ok ? float(__ldg(cr.z[nt] + gi)) : 0.0f;
-    }
-  };
-  float acc[MT][NT][4];
-#pragma unroll
-  for (int t = 0; t < MT; ++t)
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) acc[t][nt][0] = acc[t][nt][1] = acc[t][nt][2] = acc[t][nt][3] = 0.0f;
-
-  Codes next;
-  if (c0 < c1) {
-    stage(c0, 0);
-    codes(c0, next);
-  }
-  for (int c = c0; c < c1; ++c) {
-    const int b = (c - c0) & 1;
-    const Codes cur = next;
-    if (c + 1 < c1) {
-      stage(c + 1, b ^ 1);
-      codes(c + 1, next);
-      __pipeline_wait_prior(1);
-    } else {
-      __pipeline_wait_prior(0);
-    }
-    __syncthreads();  // chunk c's x is in buffer b for every warp
-    uint32_t bf[NT][J][2];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int j = 0; j < J; ++j) b_frag<T, BITS>(cur.wv[nt], cur.s[nt], cur.z[nt], j, bf[nt][j][0], bf[nt][j][1]);
-#pragma unroll
-    for (int t = 0; t < MT; ++t) {
-      const int r0 = t * 16 + g, r1 = r0 + 8;
-#pragma unroll
-      for (int i = 0; i < LP; ++i) {  // piece i holds the lane's values 8i..8i+7: mmas 2i and 2i + 1
-        const int q = t4 * LP + i;
-        const uint4 pa = xs[b][r0 * Q + qs_swizzle<Q>(r0, q)], pb = xs[b][r1 * Q + qs_swizzle<Q>(r1, q)];
-        const uint32_t* xa = reinterpret_cast<const uint32_t*>(&pa);
-        const uint32_t* xb = reinterpret_cast<const uint32_t*>(&pb);
-#pragma unroll
-        for (int jj = 0; jj < 2; ++jj) {
-          const uint32_t a[4] = {xa[2 * jj], xb[2 * jj], xa[2 * jj + 1], xb[2 * jj + 1]};
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) mma<T>(acc[t][nt], a, bf[nt][2 * i + jj][0], bf[nt][2 * i + jj][1]);
-        }
-      }
-    }
-    __syncthreads();  // every warp is done with buffer b before chunk c + 2 is staged into it
-  }
-#pragma unroll
-  for (int t = 0; t < MT; ++t)
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        // C fragment: element e of lane (g, t4) is row g (+8 for e >= 2), column 2 t4 + e % 2.
-        const int r = t * 16 + g + (e >= 2 ? 8 : 0);
-        const int64_t col = n0 + nt * 8 + 2 * t4 + (e % 2);
-        if (r >= m || col >= w.n) continue;
-        if (part != nullptr) part[(int64_t(blockIdx.y) * m + r) * w.n + col] = acc[t][nt][e];
-        else y[int64_t(r) * y_stride + col] = from_f<OutT>(acc[t][nt][e] + (bias ? bias[col] : 0.0f));
-      }
-}
-
-// y = the splits' partial sums added in split order (+ bias).
-template <typename OutT>
-__global__ void qmm_reduce_kernel(const float* __restrict__ part, int splits, int m, int64_t n,
-                                  const float* __restrict__ bias, OutT* __restrict__ y, int64_t y_stride) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= int64_t(m) * n) return;
-  const int64_t r = i / n, col = i % n;
-  float v = 0.0f;
-  for (int s = 0; s < splits; ++s) v += part[(int64_t(s) * m + r) * n + col];
-  y[r * y_stride + col] = from_f<OutT>(v + (bias ? bias[col] : 0.0f));
-}
-
-// K splits for a shape: enough blocks for two per multiprocessor, at most 8, at least 2 chunks each.
-inline int qmm_splits(const QuantArgs& w, int sms) {
-  const int64_t blocks = ceil_div(w.n, int64_t(kQsCols));
-  const int chunks = int(ceil_div(w.k, int64_t(4 * 128 / w.bits)));
-  int splits = int(std::min<int64_t>(8, ceil_div(int64_t(2 * sms), blocks)));
-  splits = std::max(1, std::min(splits, chunks / 2));
-  const int per = (chunks + splits - 1) / splits;
-  return (chunks + per - 1) / per;  // no empty split
-}
-
-// The shared-memory batch kernel, or cudaErrorNotSupported where the scratch cannot hold the splits.
-template <typename T, typename OutT, int BITS>
-cudaError_t launch_qmm_smem(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                            int64_t y_stride, const QuantScratch& scratch, cudaStream_t stream) {
-  const int splits = qmm_splits(w, scratch.multiprocessors);
-  const int chunks = int(ceil_div(w.k, int64_t(4 * 128 / BITS)));
-  const int per = (chunks + splits - 1) / splits;
-  float* part = nullptr;
-  if (splits > 1) {
-    if (scratch.data == nullptr || scratch.bytes < size_t(splits) * size_t(m * w.n) * sizeof(float))
-      return cudaErrorNotSupported;
-    part = static_cast<float*>(scratch.data);
-  }
-  const dim3 grid(unsigned(ceil_div(w.n, int64_t(kQsCols))), unsigned(splits)), block(kQsWarps * 32);
-  const T* xt = static_cast<const T*>(x);
-  OutT* yt = static_cast<OutT*>(y);
-  const int mi = int(m);
-  if (m <= 16) qmm_smem_kernel<T, OutT, BITS, 1><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, per, part, bias, yt, y_stride);
-  else if (m <= 32) qmm_smem_kernel<T, OutT, BITS, 2><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, per, part, bias, yt, y_stride);
-  else qmm_smem_kernel<T, OutT, BITS, 4><<<grid, block, 0, stream>>>(w, xt, x_stride, mi, per, part, bias, yt, y_stride);
-  if (part != nullptr)
-    qmm_reduce_kernel<OutT><<<unsigned(ceil_div(m * w.n, int64_t(256))), 256, 0, stream>>>(part, splits, mi, w.n, bias, yt, y_stride);
-  return cudaGetLastError();
-}
-
-bool qmm_smem_on() {
-  static const bool on = [] {
-    const char* e = std::getenv("APUS_CUDA_QMM_SMEM");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
-  return on;
-}
-
 // A fragment pair of weights as T: the 4-bit codes at nibble pairs (p, p + 4) of `word` for the
 // shift sh = 4p, or the 8-bit codes in bytes (b, b + 1) for sh = 8b; (q - zero), times the scale
 // unless the caller applies the scale to the product (FACTOR).
@@ -399,7 +253,7 @@ template <typename T, int BITS, bool FACTOR>
 __device__ __forceinline__ uint32_t wpair(uint32_t word, int sh, typename Half2<T>::T2 base_zero,
                                           typename Half2<T>::T2 scale, float z, float s) {
   if constexpr (BITS == 4) {
-    uint32_t v = ((word >> sh) & 0x000F000Fu) | Half2<T>::kMagic;
+    uint32_t v = nibble_pair<Half2<T>::kMagic>(word, sh);
     const typename Half2<T>::T2 d = __hsub2(*reinterpret_cast<typename Half2<T>::T2*>(&v), base_zero);  // exact
     return FACTOR ? bits_of(d) : bits_of(__hmul2(d, scale));
   } else {
@@ -408,19 +262,15 @@ __device__ __forceinline__ uint32_t wpair(uint32_t word, int sh, typename Half2<
   }
 }
 
-// 16 bytes of codes, streamed (evict-first); HINT: with an L2 prefetch of the 256-byte block around
-// them (the next warps' chunks of the same column).
-template <bool HINT>
+// 16 bytes of codes, streamed (evict-first), with an L2 prefetch of the 256-byte block around them
+// (the next warps' chunks of the same column): 5-10 % faster than without the hint on an H100 once
+// the decode kernel's integer overhead was gone (bench/RESULTS.md, session 8).
 __device__ __forceinline__ uint4 load_codes(const uint8_t* p) {
-  if constexpr (HINT) {
-    uint4 v;
-    asm volatile("ld.global.cs.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-  } else {
-    return __ldcs(reinterpret_cast<const uint4*>(p));
-  }
+  uint4 v;
+  asm volatile("ld.global.cs.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
 }
 
 constexpr int kQvGroup = 2;  // consecutive chunks a warp of qmv_kernel takes (one 128-byte line per column)
@@ -435,7 +285,7 @@ constexpr int kQvGroup = 2;  // consecutive chunks a warp of qmv_kernel takes (o
 // integers (q - z) and applies the scale to the chunk's sums in float32, else the fragments are
 // (q - z) * scale. Chunks are added in chunk order and the warps' sums in warp order, whatever the
 // row count: a row's result does not depend on the rows beside it.
-template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC, int PF>
+template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
 __global__ void __launch_bounds__(KS * 32, OCC / KS)
     qmv_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, const float* __restrict__ bias,
                OutT* __restrict__ y, int64_t y_stride) {
@@ -443,9 +293,6 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   constexpr int J = KL / 4;                // mmas per chunk
   constexpr int KC = 4 * KL;               // k values per warp per chunk
   constexpr int XV = KL * sizeof(T) / 16;  // 16-byte loads of x per chunk
-  // PF: what a round loads ahead: 0 the codes (scales, zeros), 1 also the activations, 2 also the
-  // next round's codes during this round's math, 3 as 0 with an L2 prefetch hint on the codes.
-  constexpr int XU = PF == 1 || PF == 2 ? U : 1;  // rounds that load x with the codes hold it per chunk
   const int lane = threadIdx.x % 32, ks = threadIdx.x / 32;
   const int g = lane / 4, t4 = lane % 4;
   const int64_t n0 = int64_t(blockIdx.x) * 16;
@@ -456,14 +303,16 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   const int chunks = int((w.k + KC - 1) / KC);
   // The warp's i-th chunk.
   auto chunk = [ks](int i) { return (i / kQvGroup) * (KS * kQvGroup) + ks * kQvGroup + i % kQvGroup; };
-  // A round's loads: U chunks of codes, scales and zeros, and (PF 1, 2) their activations.
+  // A round's loads: U chunks of codes, scales and zeros.
   struct Round {
     uint4 wv[U][2];
     uint16_t sb[U][2];
     uint8_t zb[U][2];
-    uint4 xv[XU][XV];
   };
-  auto x_of = [&](int64_t kb, bool ok, uint4* xv) {
+  // k offsets are 32-bit (k < 2^31): 64-bit index arithmetic was a large part of the loop's instructions.
+  const int k = int(w.k);
+  const GroupOf group_of = group_of_args(w);
+  auto x_of = [&](int kb, bool ok, uint4* xv) {
 #pragma unroll
     for (int v = 0; v < XV; ++v)
       xv[v] = ok && xr != nullptr ? __ldg(reinterpret_cast<const uint4*>(xr + kb) + v) : make_uint4(0, 0, 0, 0);
@@ -471,32 +320,26 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   auto load = [&](int i0, Round& r) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t kc = int64_t(chunk(i0 + u)) * KC, kb = kc + t4 * KL;
-      const bool in = kc < w.k, ok = kb < w.k;  // k is a multiple of 32: a lane's values are all in or all out
+      const int kc = chunk(i0 + u) * KC, kb = kc + t4 * KL;
+      const bool in = kc < k, ok = kb < k;  // k is a multiple of 32: a lane's values are all in or all out
       // A lane past the end of a partial chunk holds zero codes and activations but its chunk's scale:
-      // its part of the C fragment sums the other lanes' products (32-bit: k < 2^31).
-      const int gi = in ? int(ok ? kb : kc) / w.group_size : 0;
+      // its part of the C fragment sums the other lanes' products.
+      const int gi = in ? group_of(ok ? kb : kc) : 0;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        r.wv[u][h] = ok ? load_codes<PF == 3>(cr.w[h] + kb * BITS / 8) : make_uint4(0, 0, 0, 0);
+        r.wv[u][h] = ok ? load_codes(cr.w[h] + unsigned(kb) * BITS / 8) : make_uint4(0, 0, 0, 0);
         r.sb[u][h] = in ? __ldg(cr.s[h] + gi) : uint16_t(0);
         r.zb[u][h] = in ? __ldg(cr.z[h] + gi) : uint8_t(0);
       }
-      if constexpr (PF == 1 || PF == 2) x_of(kb, ok, r.xv[u]);
     }
   };
   auto compute = [&](int i0, const Round& r) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (chunk(i0 + u) >= chunks) break;  // the same for the whole warp
-      const int64_t kb = int64_t(chunk(i0 + u)) * KC + t4 * KL;
+      const int kb = chunk(i0 + u) * KC + t4 * KL;
       uint4 xl[XV];
-      if constexpr (PF == 1 || PF == 2) {
-#pragma unroll
-        for (int v = 0; v < XV; ++v) xl[v] = r.xv[u][v];
-      } else {
-        x_of(kb, kb < w.k, xl);
-      }
+      x_of(kb, kb < k, xl);
       const uint32_t* xw = reinterpret_cast<const uint32_t*>(xl);
       float s[2], z[2];
       typename Half2<T>::T2 bz[2], sc[2];
@@ -527,21 +370,10 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
       for (int e = 0; e < 4; ++e) acc[e] = FACTOR ? fmaf(s[e / 2], part[e], acc[e]) : acc[e] + part[e];
     }
   };
-  if constexpr (PF == 2) {  // the next round's loads in flight while this one computes
-    Round cur;
-    load(0, cur);
-    for (int i0 = 0; chunk(i0) < chunks; i0 += U) {
-      Round next;
-      load(i0 + U, next);  // past the end: no loads
-      compute(i0, cur);
-      cur = next;
-    }
-  } else {
-    for (int i0 = 0; chunk(i0) < chunks; i0 += U) {
-      Round r;
-      load(i0, r);
-      compute(i0, r);
-    }
+  for (int i0 = 0; chunk(i0) < chunks; i0 += U) {
+    Round r;
+    load(i0, r);
+    compute(i0, r);
   }
 
   __shared__ float red[KS - 1][4][32];
@@ -562,68 +394,46 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   }
 }
 
-// KS: warps splitting K (fewer where there are many column tiles), U: chunks in flight per round,
-// OCC: warps per multiprocessor the registers must allow (measured: bench/quant_kernel_bench.cu).
-template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC, int PF = 0>
+// KS: warps splitting K, U: chunks in flight per round, OCC: warps per multiprocessor the registers
+// must allow.
+template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
 cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                        int64_t y_stride, cudaStream_t stream) {
-  qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC, PF><<<ceil_div(w.n, 16), KS * 32, 0, stream>>>(
+  qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC><<<ceil_div(w.n, 16), KS * 32, 0, stream>>>(
       w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride);
   return cudaGetLastError();
 }
 
-constexpr int64_t kQvManyTiles = 1024;  // column tiles from which 4 warps split K instead of 8
-constexpr int64_t kQvLongK = 8192;      // k from which few column tiles keep the next round's loads in flight
-
-// Measured on an H100 (bench/quant_kernel_bench.cu, bench/RESULTS.md): wide matrices (gate_up) with
-// 4 warps per block; the long narrow down projection with the next round's loads issued before this
-// round's math (PF 2: 28.2 -> 23.6 us; it spills at 24 warps per SM, so 16); the others as they were
-// (prefetching activations or rounds hurt them; an L2 prefetch hint on the codes, PF 3, was within
-// noise). The choice depends on the shape only: a row's sums keep their order.
-template <typename T, typename OutT, int BITS, bool FACTOR>
-cudaError_t launch_qmv_shape(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias,
-                             void* y, int64_t y_stride, cudaStream_t stream) {
-  if (ceil_div(w.n, 16) >= kQvManyTiles)
-    return launch_qmv<T, OutT, BITS, FACTOR, 4, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream);
-  if (w.k >= kQvLongK) return launch_qmv<T, OutT, BITS, FACTOR, 8, 2, 16, 2>(w, x, x_stride, m, bias, y, y_stride, stream);
-  return launch_qmv<T, OutT, BITS, FACTOR, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream);
-}
-
-constexpr int64_t kQmmWideBlocks = 144;  // 32-column blocks from which 17-32 rows take them (qkv, gate_up)
-
 template <typename T, typename OutT, int BITS>
 cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                       int64_t y_stride, const QuantScratch& scratch, cudaStream_t stream) {
-  if (m > kQuantGemvMaxRows && qmm_smem_on()) {
-    const cudaError_t e = launch_qmm_smem<T, OutT, BITS>(w, x, x_stride, m, bias, y, y_stride, scratch, stream);
-    if (e != cudaErrorNotSupported) return e;
-  }
+                       int64_t y_stride, cudaStream_t stream) {
   if (m <= kQuantGemvMaxRows) {
     // FACTOR when every warp chunk (128 k values at 4 bits, 64 at 8) lies inside one group.
     if (w.groups == 1 || w.group_size % (4 * 128 / BITS) == 0)
-      return launch_qmv_shape<T, OutT, BITS, true>(w, x, x_stride, m, bias, y, y_stride, stream);
-    return launch_qmv_shape<T, OutT, BITS, false>(w, x, x_stride, m, bias, y, y_stride, stream);
+      return launch_qmv<T, OutT, BITS, true, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream);
+    return launch_qmv<T, OutT, BITS, false, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream);
   }
-  // 32 columns a block (NT 4: each activation load serves twice the weights) where that leaves
-  // enough blocks; else 16 with more chunks in flight (measured: bench/quant_kernel_bench.cu).
-  const dim3 block(kQWarps * 32), grid16(ceil_div(w.n, 16)), grid32(ceil_div(w.n, 32));
-  const bool wide = ceil_div(w.n, 32) >= kQmmWideBlocks;
+  // 32 columns a block (NT 4: each activation load serves twice the weights), one chunk in flight;
+  // 9-16 rows one row tile, more two, in slices of 32 rows (neighbouring blocks).
+  // Measured on an H100: bench/quant_kernel_bench.cu, bench/RESULTS.md. Every choice sums a row in
+  // the same order.
+  const dim3 block(kQWarps * 32);
   const T* xt = static_cast<const T*>(x);
   OutT* yt = static_cast<OutT*>(y);
   const int mi = int(m);
-  if (m <= 16) qmm_kernel<T, OutT, BITS, 1, 1, 4><<<grid32, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else if (m <= 32 && wide)
-    qmm_kernel<T, OutT, BITS, 2, 1, 4><<<grid32, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else if (m <= 32) qmm_kernel<T, OutT, BITS, 2, 4><<<grid16, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
-  else qmm_kernel<T, OutT, BITS, 4, 1><<<grid16, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  const unsigned cols = unsigned(ceil_div(w.n, 32));
+  if (m <= 16) qmm_kernel<T, OutT, BITS, 1, 1, 4><<<cols, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  else
+    qmm_kernel<T, OutT, BITS, 2, 1, 4><<<cols * unsigned(ceil_div(m, int64_t(32))), block, 0, stream>>>(
+        w, xt, x_stride, mi, bias, yt, y_stride);
   return cudaGetLastError();
 }
 
 template <typename T, typename OutT>
 cudaError_t launch_qmm_bits(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                            int64_t y_stride, const QuantScratch& sc, cudaStream_t stream) {
-  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
-  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
+                            int64_t y_stride, cudaStream_t stream) {
+  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, stream);
+  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, stream);
 }
 
 // One thread per 32-bit word of codes (8 4-bit or 4 8-bit weights), in the layer's column order,
@@ -665,16 +475,16 @@ __global__ void gather_cols_kernel(const T* __restrict__ x, int64_t x_stride, co
 }  // namespace
 
 cudaError_t quant_matmul(DType dt, DType out_dt, const QuantArgs& w, const void* x, int64_t x_stride, int64_t m,
-                         const float* bias, void* y, int64_t y_stride, const QuantScratch& sc, cudaStream_t stream) {
+                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream) {
   if (m <= 0 || w.n <= 0) return cudaSuccess;
   if (m > kQuantMmaMaxRows || (w.bits != 4 && w.bits != 8) || w.k % 32 != 0) return cudaErrorInvalidValue;
   if (dt == DType::BF16) {
-    if (out_dt == DType::F32) return launch_qmm_bits<__nv_bfloat16, float>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
+    if (out_dt == DType::F32) return launch_qmm_bits<__nv_bfloat16, float>(w, x, x_stride, m, bias, y, y_stride, stream);
     if (out_dt == DType::BF16)
-      return launch_qmm_bits<__nv_bfloat16, __nv_bfloat16>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
+      return launch_qmm_bits<__nv_bfloat16, __nv_bfloat16>(w, x, x_stride, m, bias, y, y_stride, stream);
   } else if (dt == DType::F16) {
-    if (out_dt == DType::F32) return launch_qmm_bits<__half, float>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
-    if (out_dt == DType::F16) return launch_qmm_bits<__half, __half>(w, x, x_stride, m, bias, y, y_stride, sc, stream);
+    if (out_dt == DType::F32) return launch_qmm_bits<__half, float>(w, x, x_stride, m, bias, y, y_stride, stream);
+    if (out_dt == DType::F16) return launch_qmm_bits<__half, __half>(w, x, x_stride, m, bias, y, y_stride, stream);
   }
   return cudaErrorInvalidValue;
 }
