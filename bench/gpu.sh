@@ -340,6 +340,15 @@ JSON
   timeout 200 $SB --num-prompts 256 --max-concurrency 32 > "$OUT/serve_c32.log" 2>&1
   timeout 200 $SB --num-prompts 512 --max-concurrency 256 > "$OUT/serve_c256.log" 2>&1
   kill -TERM $SP; wait $SP
+  # APUS_SERVE_BUDGETS="1024 512": 32 streams again with those --max-num-batched-tokens (default 2048).
+  for nb in ${APUS_SERVE_BUDGETS:-}; do
+    $B/apus deploy --model "$M" --load-format dummy --device cuda --port 8000 --served-model-name qwen7b-dummy \
+      --max-num-batched-tokens $nb > "$OUT/serve_server_$nb.log" 2>&1 &
+    SP=$!
+    for _ in $(seq 600); do healthy && break; sleep 0.1; done
+    timeout 200 $SB --num-prompts 256 --max-concurrency 32 > "$OUT/serve_c32_mnbt$nb.log" 2>&1
+    kill -TERM $SP; wait $SP
+  done
 fi
 
 echo "==== summary"
@@ -363,6 +372,7 @@ if part lora; then
 fi
 if [ -f "$OUT/serve_ready.txt" ]; then
   cat "$OUT/serve_ready.txt"; echo "---- 32 streams"; cat "$OUT/serve_c32.log"; echo "---- 256 streams"; cat "$OUT/serve_c256.log"
+  for nb in ${APUS_SERVE_BUDGETS:-}; do echo "---- 32 streams, --max-num-batched-tokens $nb"; cat "$OUT/serve_c32_mnbt$nb.log"; done
   grep -E "error|Error" "$OUT/serve_server.log" | head -5
 fi
 if part int4; then

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "model/load.h"
 #include "model/safetensors.h"
+#include "model/weights.h"
 #include "parallel/model_group.h"
 #include "quant/gptq_format.h"
 #include "sequence_runner.h"
@@ -289,6 +290,11 @@ TEST(QuantModelLoad, DummyQuantizedWeights) {
     }
     EXPECT_GT(spread, 0.1) << method;
   }
+  // As in real GPTQ / AWQ checkpoints, the output layer stays 16-bit (benchmarks compare like with like).
+  const auto src = make_dummy_source(DType::BF16, 0, 1, make_config(QuantMethod::kGptq, 4, 128, false, false, true));
+  EXPECT_TRUE(src->has("model.layers.0.mlp.down_proj.qweight"));
+  EXPECT_FALSE(src->has("lm_head.qweight"));
+  EXPECT_FALSE(src->has("transformer.output_layer.qweight"));
   LoadOptions bad;
   bad.model_dir = dir.str();
   bad.dummy_quantization = "gptq";

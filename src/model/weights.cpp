@@ -81,7 +81,10 @@ class DummySource : public WeightSource {
   std::string where(const std::string&) const override { return "dummy weights"; }
   std::vector<std::string> names() const override { return {}; }
   bool has(const std::string& name) const override {
-    if (name.ends_with(".qweight")) return quant_.has_value();
+    // The output layer stays 16-bit, as AutoGPTQ and AutoAWQ leave it (and quant_config refuses
+    // GPTQ's lm_head: true).
+    if (name.ends_with(".qweight"))
+      return quant_.has_value() && !name.ends_with("lm_head.qweight") && !name.ends_with("output_layer.qweight");
     if (name.ends_with(".g_idx")) return quant_ && quant_->method == QuantMethod::kGptq;
     return true;
   }
