@@ -340,13 +340,14 @@ JSON
   timeout 200 $SB --num-prompts 256 --max-concurrency 32 > "$OUT/serve_c32.log" 2>&1
   timeout 200 $SB --num-prompts 512 --max-concurrency 256 > "$OUT/serve_c256.log" 2>&1
   kill -TERM $SP; wait $SP
-  # APUS_SERVE_BUDGETS="1024 512": 32 streams again with those --max-num-batched-tokens (default 2048).
+  # APUS_SERVE_BUDGETS="2048 512": 32 and 256 streams again with those --max-num-batched-tokens.
   for nb in ${APUS_SERVE_BUDGETS:-}; do
     $B/apus deploy --model "$M" --load-format dummy --device cuda --port 8000 --served-model-name qwen7b-dummy \
       --max-num-batched-tokens $nb > "$OUT/serve_server_$nb.log" 2>&1 &
     SP=$!
     for _ in $(seq 600); do healthy && break; sleep 0.1; done
     timeout 200 $SB --num-prompts 256 --max-concurrency 32 > "$OUT/serve_c32_mnbt$nb.log" 2>&1
+    timeout 200 $SB --num-prompts 512 --max-concurrency 256 > "$OUT/serve_c256_mnbt$nb.log" 2>&1
     kill -TERM $SP; wait $SP
   done
 fi
@@ -372,7 +373,9 @@ if part lora; then
 fi
 if [ -f "$OUT/serve_ready.txt" ]; then
   cat "$OUT/serve_ready.txt"; echo "---- 32 streams"; cat "$OUT/serve_c32.log"; echo "---- 256 streams"; cat "$OUT/serve_c256.log"
-  for nb in ${APUS_SERVE_BUDGETS:-}; do echo "---- 32 streams, --max-num-batched-tokens $nb"; cat "$OUT/serve_c32_mnbt$nb.log"; done
+  for nb in ${APUS_SERVE_BUDGETS:-}; do
+    for c in 32 256; do echo "---- $c streams, --max-num-batched-tokens $nb"; grep -E "Output token|TTFT|TPOT" "$OUT/serve_c${c}_mnbt$nb.log"; done
+  done
   grep -E "error|Error" "$OUT/serve_server.log" | head -5
 fi
 if part int4; then
