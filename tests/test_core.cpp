@@ -8,6 +8,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "engine/scheduler.h"
 #include "kv/block_manager.h"
 #include "sample/sampler.h"
 
@@ -82,6 +83,54 @@ TEST(BlockManager, RefCountsPrefixCacheAndLru) {
   EXPECT_EQ(m.match_prefix(toks, 0, 10, d, hashes), 0);
   std::vector<int32_t> twice{e.empty() ? 0 : 0};
   EXPECT_THROW(m.release(twice), Error);
+}
+
+// While sequences decode, a step takes tokens_per_decode prompt tokens per decoding sequence (at
+// least a quarter of the budget, the total within it); with none decoding, the whole budget.
+TEST(Scheduler, StepBudgetFollowsTheDecodes) {
+  BlockManager blocks(4096, 16);
+  SchedulerConfig cfg;  // 2048 tokens, 16 per decode
+  Scheduler sched(cfg, blocks);
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  uint64_t next = 0;
+  auto add = [&](int prompt) {
+    auto s = std::make_unique<Sequence>();
+    s->id = s->arrival = next++;
+    s->tokens.assign(size_t(prompt), int32_t(7 + next));
+    s->prompt_len = prompt;
+    sched.add(s.get());
+    seqs.push_back(std::move(s));
+  };
+  // What the engine does after a step: the tokens are computed, finished prompts sample a token.
+  auto step = [&] {
+    std::vector<ScheduledSeq> out = sched.schedule();
+    for (const ScheduledSeq& sc : out) {
+      sc.seq->num_computed += sc.num_tokens;
+      if (sc.seq->num_computed == sc.seq->length()) sc.seq->tokens.push_back(1);
+    }
+    return out;
+  };
+  auto tokens = [](const std::vector<ScheduledSeq>& out) {
+    int n = 0;
+    for (const ScheduledSeq& sc : out) n += sc.num_tokens;
+    return n;
+  };
+  for (int i = 0; i < 4; ++i) add(512);
+  EXPECT_EQ(sched.step_budget(), 2048);  // nothing decodes: the whole budget
+  EXPECT_EQ(tokens(step()), 2048);       // the four prompts in one step
+  for (int i = 0; i < 4; ++i) add(512);
+  EXPECT_EQ(sched.step_budget(), 4 + 512);  // 4 decodes: a quarter of the budget for prompts
+  std::vector<ScheduledSeq> out = step();
+  ASSERT_EQ(out.size(), 5u);
+  EXPECT_EQ(out[4].num_tokens, 512);  // one whole prompt beside the four decodes
+  for (int i = 0; i < 195; ++i) add(8);
+  while (sched.num_waiting() > 0) step();
+  EXPECT_EQ(sched.step_budget(), 2048);  // 200 decodes: the whole budget
+  SchedulerConfig off = cfg;
+  off.tokens_per_decode = 0;
+  BlockManager blocks2(64, 16);
+  Scheduler fixed(off, blocks2);
+  EXPECT_EQ(fixed.step_budget(), 2048);
 }
 
 TEST(Sampler, GreedyLogprobsAndSeeds) {

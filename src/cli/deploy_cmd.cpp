@@ -31,8 +31,6 @@ using server::HttpResponse;
 
 namespace {
 
-constexpr int kServeStepTokens = 1024;  // --max-num-batched-tokens of the server (offline: 2048)
-
 struct DeployArgs {
   ModelOptions model;
   LoraOptions lora;
@@ -176,10 +174,7 @@ void run_deploy(DeployArgs& a) {
     ec.gpu_memory_utilization = a.model.gpu_memory_utilization;
     ec.max_model_len = a.max_model_len;
     ec.scheduler.max_num_seqs = a.max_num_seqs;
-    // The server's step budget is half the offline default: a burst of prompts then reaches its first
-    // tokens sooner, at the same throughput (H100, 7B, 32 streams of 512-token prompts: TTFT p50 103
-    // -> 66 ms, 3,185 -> 3,155 output tokens/s; bench/RESULTS.md, session 8).
-    ec.scheduler.max_num_batched_tokens = a.max_num_batched_tokens > 0 ? a.max_num_batched_tokens : kServeStepTokens;
+    if (a.max_num_batched_tokens > 0) ec.scheduler.max_num_batched_tokens = a.max_num_batched_tokens;
     engine = std::make_unique<AsyncEngine>(*model, ec, tok.get());
     server::ServerConfig sc;
     sc.model_names = a.served_model_names;
@@ -236,7 +231,7 @@ void add_server_options(CLI::App* app, DeployArgs* a) {
   app->add_option(opt("max-model-len"), a->max_model_len, "longest prompt + reply in tokens (default: the model's)");
   app->add_option(opt("max-num-seqs"), a->max_num_seqs, "sequences per batch");
   app->add_option(opt("max-num-batched-tokens"), a->max_num_batched_tokens,
-                  fmt::format("tokens per step (chunked prefill; default {})", kServeStepTokens));
+                  "tokens per step at most (chunked prefill; default 2048)");
   app->add_option(opt("kv-cache-gib"), a->kv_cache_gib, "KV cache memory budget");
   app->add_option(opt("max-queued-requests"), a->max_queued_requests, "refuse (503) beyond this many waiting requests; 0: no limit");
   app->add_option(opt("ssl-certfile"), a->http.ssl_certfile, "PEM certificate chain (HTTPS)");

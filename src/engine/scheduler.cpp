@@ -55,9 +55,19 @@ void Scheduler::commit_full_blocks(Sequence& s, int computed_after_step) {
   }
 }
 
+int Scheduler::step_budget() const {
+  const int full = config_.max_num_batched_tokens;
+  if (config_.tokens_per_decode <= 0) return full;
+  int64_t decoding = 0;  // running sequences with one token left to compute: they decode
+  for (const Sequence* s : running_) decoding += s->length() - s->num_computed == 1;
+  if (decoding == 0) return full;
+  const int64_t prompt = std::clamp<int64_t>(decoding * config_.tokens_per_decode, std::max(1, full / 4), full);
+  return int(std::min<int64_t>(full, decoding + prompt));
+}
+
 std::vector<ScheduledSeq> Scheduler::schedule() {
   std::vector<ScheduledSeq> out;
-  int budget = config_.max_num_batched_tokens;
+  int budget = step_budget();
 
   // Running sequences, best first; victims for preemption come from the back.
   for (size_t i = 0; i < running_.size() && budget > 0;) {

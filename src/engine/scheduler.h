@@ -18,6 +18,11 @@ namespace apus {
 struct SchedulerConfig {
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
+  // While sequences decode, a step's prompt tokens are at most this many per decoding sequence (but
+  // at least a quarter of max_num_batched_tokens; the total stays within it): a prompt chunk then
+  // stalls a few decodes for a short step, and many decodes share the cost of a full one. 0: always
+  // the full budget. Measured in bench/RESULTS.md (session 8).
+  int tokens_per_decode = 16;
   bool enable_prefix_caching = true;
 };
 
@@ -34,6 +39,7 @@ class Scheduler {
   // Removes a sequence wherever it is and releases its blocks (cancellation, or finished).
   void remove(Sequence* seq);
   std::vector<ScheduledSeq> schedule();
+  int step_budget() const;  // the next step's token budget (tokens_per_decode)
   bool empty() const { return waiting_.empty() && running_.empty(); }
   size_t num_waiting() const { return waiting_.size(); }
   size_t num_running() const { return running_.size(); }
