@@ -58,6 +58,11 @@ void Scheduler::commit_full_blocks(Sequence& s, int computed_after_step) {
 int Scheduler::step_budget() const {
   const int full = config_.max_num_batched_tokens;
   if (config_.tokens_per_decode <= 0) return full;
+  // More prompt tokens waiting than one full step holds: a backlog, where throughput is what
+  // shortens the wait (a burst of arrivals).
+  int64_t waiting = 0;
+  for (const Sequence* s : waiting_)
+    if ((waiting += s->length() - s->num_computed) > full) return full;
   int64_t decoding = 0;  // running sequences with one token left to compute: they decode
   for (const Sequence* s : running_) decoding += s->length() - s->num_computed == 1;
   if (decoding == 0) return full;
