@@ -86,8 +86,8 @@ TEST(BlockManager, RefCountsPrefixCacheAndLru) {
 }
 
 // While sequences decode, a step takes tokens_per_decode prompt tokens per decoding sequence (at
-// least a quarter of the budget, the total within it); with none decoding, or more than a full
-// step of prompt tokens waiting, the whole budget.
+// least a quarter of the budget, the total within it); with none decoding, or more than four full
+// steps of prompt tokens waiting, the whole budget.
 TEST(Scheduler, StepBudgetFollowsTheDecodes) {
   BlockManager blocks(4096, 16);
   SchedulerConfig cfg;  // 2048 tokens, 16 per decode
@@ -124,8 +124,10 @@ TEST(Scheduler, StepBudgetFollowsTheDecodes) {
   std::vector<ScheduledSeq> out = step();
   ASSERT_EQ(out.size(), 5u);
   EXPECT_EQ(out[4].num_tokens, 512);  // one whole prompt beside the four decodes
-  for (int i = 0; i < 5; ++i) add(512);
-  EXPECT_EQ(sched.step_budget(), 2048);  // more than a full step waits: a backlog drains at full steps
+  for (int i = 0; i < 13; ++i) add(512);
+  EXPECT_EQ(sched.step_budget(), 5 + 512);  // 5 decode; 16 prompts wait, 8,192 tokens: four full steps
+  add(512);
+  EXPECT_EQ(sched.step_budget(), 2048);  // more than four full steps wait: a backlog drains at full steps
   while (sched.num_waiting() > 0) step();
   for (int i = 0; i < 186; ++i) add(8);
   while (sched.num_waiting() > 0) step();

@@ -55,14 +55,19 @@ void Scheduler::commit_full_blocks(Sequence& s, int computed_after_step) {
   }
 }
 
+namespace {
+constexpr int kBacklogSteps = 4;
+}  // namespace
+
 int Scheduler::step_budget() const {
   const int full = config_.max_num_batched_tokens;
   if (config_.tokens_per_decode <= 0) return full;
-  // More prompt tokens waiting than one full step holds: a backlog, where throughput is what
-  // shortens the wait (a burst of arrivals).
+  // More prompt tokens waiting than four full steps hold: a backlog, where throughput is what
+  // shortens the wait (a burst of arrivals). (One step's worth was too few: 32 streams of 512-token
+  // prompts often have that much waiting, and went back to full steps.)
   int64_t waiting = 0;
   for (const Sequence* s : waiting_)
-    if ((waiting += s->length() - s->num_computed) > full) return full;
+    if ((waiting += s->length() - s->num_computed) > int64_t(kBacklogSteps) * full) return full;
   int64_t decoding = 0;  // running sequences with one token left to compute: they decode
   for (const Sequence* s : running_) decoding += s->length() - s->num_computed == 1;
   if (decoding == 0) return full;

@@ -18,7 +18,7 @@ namespace apus {
 struct SchedulerConfig {
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
-  // While sequences decode and no more than one full step of prompt tokens waits, a step's prompt
+  // While sequences decode and no more than four full steps of prompt tokens wait, a step's prompt
   // tokens are at most this many per decoding sequence (but at least a quarter of
   // max_num_batched_tokens; the total stays within it): a prompt chunk then stalls a few decodes
   // for a short step, many decodes share the cost of a full one, and a backlog drains at full
