@@ -240,8 +240,9 @@ TEST_P(BackendOps, GemvSmallBatchesOddShapes) {
   }
 }
 
-// GPTQ / AWQ layers against the CPU's qgemm: 4 and 8 bits, groups of 32, 64, 128 and the whole row
-// (scales per fragment, or per chunk of products when a warp's chunk lies in one group), act-order
+// GPTQ / AWQ layers against the CPU's qgemm: 4 and 8 bits, groups of 32, 64, 96 (not a power of two:
+// the kernels divide for the group index), 128 and the whole row (scales per fragment, or per chunk
+// of products when a warp's chunk lies in one group), act-order
 // (a column permutation), two fused parts with a bias and an odd total of output columns, decode
 // batches on tensor cores (1-8 and 9-64 rows, k not a multiple of a warp's chunk), prefill through the
 // dequantized matrix (65+ rows, and every batch for F32), F32 output; rows independent of the batch
@@ -254,7 +255,7 @@ TEST_P(BackendOps, QuantLinear) {
   };
   for (const Case c : {Case{4, 96, 32, false}, Case{4, 256, 128, true}, Case{4, 3584, 128, false},
                        Case{4, 448, 64, false}, Case{8, 96, 32, true}, Case{8, 512, 512, false},
-                       Case{8, 192, 64, false}, Case{4, 160, 160, false}}) {
+                       Case{8, 192, 64, false}, Case{4, 160, 160, false}, Case{4, 384, 96, false}}) {
     const int64_t k = c.k, n1 = 40, n2 = 23;
     std::vector<QuantWeight> parts;
     std::vector<int32_t> g_idx(static_cast<size_t>(k));
