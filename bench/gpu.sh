@@ -102,12 +102,13 @@ APUS_CUDA_GRAPHS=0 timeout 150 $LAT --input-len 1024 --output-len 128 > "$OUT/be
 APUS_CUDA_GRAPHS=0 APUS_CUDA_GEMV=0 timeout 150 $LAT --input-len 1024 --output-len 128 \
   > "$OUT/bench_decode_cublas.log" 2>&1
 # Offline throughput at the issue's shape (1,000 requests, 512 in / 256 out), with the KV cache
-# sized by --gpu-memory-utilization (the default 0.9).
+# sized by --gpu-memory-utilization (the default 0.9) and the default batch limits (on an 80 GB
+# card vLLM V1's: 1,024 sequences, 16,384 tokens a step).
 timeout 200 $B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b \
   --num-prompts 1000 --input-len 512 --output-len 256 > "$OUT/bench_throughput.log" 2>&1
-# The same with vLLM V1's offline batch limits for 80 GB cards (1,024 sequences, 16,384 tokens a step).
+# The same with the smaller limits (256 sequences, 2,048 tokens: the default before session 8).
 timeout 200 $B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b \
-  --num-prompts 1000 --input-len 512 --output-len 256 --max-num-seqs 1024 --max-num-batched-tokens 16384 \
+  --num-prompts 1000 --input-len 512 --output-len 256 --max-num-seqs 256 --max-num-batched-tokens 2048 \
   >> "$OUT/bench_throughput.log" 2>&1
 # Where a step's time goes: device time per op (decode at ~1k context), with our GEMV and with cuBLAS.
 APUS_CUDA_PROFILE=1 timeout 150 $LAT --input-len 1024 --output-len 64 > "$OUT/bench_profile.log" 2>&1

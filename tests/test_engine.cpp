@@ -324,3 +324,30 @@ TEST_F(EngineTest, LoopThreadServesConcurrentCallers) {
 
 }  // namespace
 }  // namespace apus
+
+namespace apus {
+namespace {
+
+// Offline batch limits: given ones are kept; on this test device (the CPU, or a GPU under 70 GiB
+// in CI-sized runs) the scheduler's defaults, on a large GPU vLLM V1's 1,024 / 16,384.
+TEST(OfflineBatchLimits, FillOnlyWhatIsUnset) {
+  auto backend = test::make_test_backend(2);
+  size_t free_bytes = 0, total = 0;
+  const bool large = backend->memory_info(&free_bytes, &total) && total >= size_t(70) << 30 &&
+                     backend->name().find("A100") == std::string::npos;
+  SchedulerConfig s;
+  s.max_num_seqs = 0;
+  s.max_num_batched_tokens = 0;
+  apply_offline_batch_limits(s, *backend);
+  EXPECT_EQ(s.max_num_seqs, large ? 1024 : SchedulerConfig{}.max_num_seqs);
+  EXPECT_EQ(s.max_num_batched_tokens, large ? 16384 : SchedulerConfig{}.max_num_batched_tokens);
+  SchedulerConfig given;
+  given.max_num_seqs = 7;
+  given.max_num_batched_tokens = 99;
+  apply_offline_batch_limits(given, *backend);
+  EXPECT_EQ(given.max_num_seqs, 7);
+  EXPECT_EQ(given.max_num_batched_tokens, 99);
+}
+
+}  // namespace
+}  // namespace apus

@@ -58,7 +58,7 @@ struct EngineOptions {
   std::string device = "auto";     // cpu | cuda | auto (cuda when a GPU is present)
   size_t kv_cache_bytes = size_t(1) << 30;  // on the CPU
   double gpu_memory_utilization = 0.9;      // on a GPU: the share of its memory to use (KV cache: the rest)
-  int max_num_seqs = 256;
+  int max_num_seqs = 0;            // 0: 1,024 on GPUs of >= 70 GiB (not A100), else 256 (as vLLM)
   int max_model_len = 0;           // 0: the model's
   int tensor_parallel_size = 1;    // GPUs (or CPU thread groups) to split the model over
   bool verbose = true;             // report the KV cache size on stderr at load

@@ -97,6 +97,8 @@ std::unique_ptr<LlmEngine> LlmEngine::load(const std::string& model_dir, const E
   ec.gpu_memory_utilization = o.gpu_memory_utilization;
   ec.max_model_len = o.max_model_len;
   ec.scheduler.max_num_seqs = o.max_num_seqs;
+  ec.scheduler.max_num_batched_tokens = 0;
+  apply_offline_batch_limits(ec.scheduler, impl->model->backend());
   impl->engine = std::make_unique<Engine>(*impl->model, ec, impl->tokenizer.get());
   if (o.verbose) std::cerr << impl->engine->describe_cache() << "\n";
   std::unique_ptr<LlmEngine> e(new LlmEngine(std::move(impl)));

@@ -133,8 +133,8 @@ void run_latency(const LatencyArgs& a) {
 struct ThroughputArgs {
   ModelOptions model;
   WorkloadOptions work;
-  int max_num_seqs = 256;
-  int max_num_batched_tokens = 2048;
+  int max_num_seqs = 0;            // 0: apply_offline_batch_limits
+  int max_num_batched_tokens = 0;
   double kv_cache_gib = 1.0;
   bool compare_sequential = false;
   int num_loras = 0;
@@ -209,6 +209,7 @@ void run_throughput(const ThroughputArgs& a) {
   EngineConfig cfg;
   cfg.scheduler.max_num_seqs = a.max_num_seqs;
   cfg.scheduler.max_num_batched_tokens = a.max_num_batched_tokens;
+  apply_offline_batch_limits(cfg.scheduler, *backend);
   cfg.kv_cache_bytes = size_t(a.kv_cache_gib * double(1ull << 30));
   cfg.gpu_memory_utilization = a.model.gpu_memory_utilization;
   std::cout << fmt::format("model        {} on {}\n",
@@ -216,7 +217,8 @@ void run_throughput(const ThroughputArgs& a) {
                            backend->name());
   print_parallel(*group, "parallel     ");
   std::cout << fmt::format("workload     {} requests, {} ({} in / {} out nominal), max_num_seqs {}, max_num_batched_tokens {}\n",
-                           reqs.size(), a.work.dataset, a.work.input_len, a.work.output_len, a.max_num_seqs, a.max_num_batched_tokens);
+                           reqs.size(), a.work.dataset, a.work.input_len, a.work.output_len, cfg.scheduler.max_num_seqs,
+                           cfg.scheduler.max_num_batched_tokens);
   const ThroughputResult batched = time_engine(*m, cfg, reqs);
   print_throughput("batched", batched, reqs.size());
   if (a.compare_sequential) {
@@ -285,8 +287,9 @@ void add_bench(CLI::App& root) {
   auto targs = std::make_shared<ThroughputArgs>();
   targs->model.add_to(*thr);
   targs->work.add_to(*thr);
-  thr->add_option(opt("max-num-seqs"), targs->max_num_seqs);
-  thr->add_option(opt("max-num-batched-tokens"), targs->max_num_batched_tokens);
+  thr->add_option(opt("max-num-seqs"), targs->max_num_seqs, "default: 1024 on GPUs of >= 70 GiB (not A100), else 256");
+  thr->add_option(opt("max-num-batched-tokens"), targs->max_num_batched_tokens,
+                  "default: 16384 on GPUs of >= 70 GiB (not A100), else 2048");
   thr->add_option(opt("kv-cache-gib"), targs->kv_cache_gib, "KV cache memory budget (CPU; a GPU's follows --gpu-memory-utilization)");
   thr->add_option(opt("num-loras"), targs->num_loras, "serve the requests through this many random LoRA adapters (unmerged)");
   thr->add_option(opt("lora-rank"), targs->lora_rank, "rank of the --num-loras adapters (all linear layers)");

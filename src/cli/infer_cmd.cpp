@@ -80,7 +80,7 @@ struct InferArgs {
   GenerationOptions gen;
   std::string val_dataset;
   int max_model_len = 0;
-  int max_num_seqs = 256;
+  int max_num_seqs = 0;  // 0: apply_offline_batch_limits
 };
 
 // Blocks SIGINT in this thread while the engine starts its worker threads, which inherit the
@@ -170,7 +170,7 @@ void add_infer(CLI::App& root) {
   app->add_option(opt("val-dataset"), a->val_dataset,
                   "a jsonl file of {\"query\", \"response\" (the label), \"history\", \"system\"}: run it all, batched");
   app->add_option(opt("max-model-len"), a->max_model_len, "longest prompt plus answer (default: the model's)");
-  app->add_option(opt("max-num-seqs"), a->max_num_seqs, "sequences batched per step");
+  app->add_option(opt("max-num-seqs"), a->max_num_seqs, "sequences batched per step (default: 1024 on GPUs of >= 70 GiB, not A100; else 256)");
   app->callback([a] { run_infer(*a); });
 }
 

@@ -33,6 +33,15 @@ int resolve_num_blocks(DecoderModel& m, const EngineConfig& c, DType kv_dtype) {
 
 }  // namespace
 
+void apply_offline_batch_limits(SchedulerConfig& s, Backend& backend) {
+  const SchedulerConfig defaults;
+  size_t free_bytes = 0, total = 0;
+  const bool large = backend.memory_info(&free_bytes, &total) && total >= size_t(70) << 30 &&
+                     backend.name().find("A100") == std::string::npos;
+  if (s.max_num_seqs <= 0) s.max_num_seqs = large ? 1024 : defaults.max_num_seqs;
+  if (s.max_num_batched_tokens <= 0) s.max_num_batched_tokens = large ? 16384 : defaults.max_num_batched_tokens;
+}
+
 Engine::Engine(DecoderModel& model, EngineConfig config, const Tokenizer* tokenizer)
     : model_(model),
       config_(config),
