@@ -131,7 +131,7 @@ TEST(Scheduler, StepBudgetFollowsTheDecodes) {
   while (sched.num_waiting() > 0) step();
   for (int i = 0; i < 186; ++i) add(8);
   while (sched.num_waiting() > 0) step();
-  EXPECT_EQ(sched.step_budget(), 2048);  // 200 decodes: the whole budget
+  EXPECT_EQ(sched.step_budget(), 2048);  // 208 decodes: the whole budget
   SchedulerConfig off = cfg;
   off.tokens_per_decode = 0;
   BlockManager blocks2(64, 16);

@@ -112,7 +112,7 @@ class Engine {
   std::vector<int32_t> drawn_;  // per logit row: the token drawn on the device, or -1
 };
 
-// Batch limits for offline runs (the library API, `apus bench throughput`), as vLLM V1 picks them:
+// Batch limits for offline runs (the library API, `apus infer`, `apus bench throughput`), as vLLM V1 picks them:
 // on a GPU of at least 70 GiB other than an A100, 1,024 sequences and 16,384 tokens a step (H100,
 // 7B, 1,000 x 512/256: 9,239 -> 11,024 output tokens/s); elsewhere the scheduler's defaults. Only
 // the limits given as 0 are filled in.
