@@ -330,27 +330,25 @@ if part serve && [ -f third_party/tokenizers/qwen3/tokenizer.json ]; then
  "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": false,
  "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu", "torch_dtype": "bfloat16"}
 JSON
-  t0=$(date +%s.%N)
-  $B/apus deploy --model "$M" --load-format dummy --device cuda --port 8000 --served-model-name qwen7b-dummy \
-    --log-interval 5 > "$OUT/serve_server.log" 2>&1 &
-  SP=$!
   healthy() { exec 3<>/dev/tcp/127.0.0.1/8000 && printf 'GET /health HTTP/1.0\r\n\r\n' >&3 && head -1 <&3 | grep -q ' 200'; } 2>/dev/null
-  for _ in $(seq 600); do healthy && break; sleep 0.1; done
-  echo "server ready (dummy 7B, until GET /health = 200): $(awk "BEGIN {print $(date +%s.%N) - $t0}") s" > "$OUT/serve_ready.txt"
   SB="$B/apus bench serve --url http://127.0.0.1:8000 --vocab-size 151000 --input-len 512 --output-len 128"
-  timeout 200 $SB --num-prompts 256 --max-concurrency 32 > "$OUT/serve_c32.log" 2>&1
-  timeout 200 $SB --num-prompts 512 --max-concurrency 256 > "$OUT/serve_c256.log" 2>&1
-  kill -TERM $SP; wait $SP
-  # APUS_SERVE_BUDGETS="2048 512": 32 and 256 streams again with those --max-num-batched-tokens.
-  for nb in ${APUS_SERVE_BUDGETS:-}; do
+  # serve_runs SUFFIX [deploy options]: a server, 32 then 256 streams (serve_c32SUFFIX.log, ...).
+  serve_runs() {
+    local suffix=$1 t0; shift
+    t0=$(date +%s.%N)
     $B/apus deploy --model "$M" --load-format dummy --device cuda --port 8000 --served-model-name qwen7b-dummy \
-      --max-num-batched-tokens $nb > "$OUT/serve_server_$nb.log" 2>&1 &
-    SP=$!
+      "$@" > "$OUT/serve_server$suffix.log" 2>&1 &
+    local sp=$!
     for _ in $(seq 600); do healthy && break; sleep 0.1; done
-    timeout 200 $SB --num-prompts 256 --max-concurrency 32 > "$OUT/serve_c32_mnbt$nb.log" 2>&1
-    timeout 200 $SB --num-prompts 512 --max-concurrency 256 > "$OUT/serve_c256_mnbt$nb.log" 2>&1
-    kill -TERM $SP; wait $SP
-  done
+    [ -z "$suffix" ] && echo "server ready (dummy 7B, until GET /health = 200): $(awk "BEGIN {print $(date +%s.%N) - $t0}") s" \
+      > "$OUT/serve_ready.txt"
+    timeout 200 $SB --num-prompts 256 --max-concurrency 32 > "$OUT/serve_c32$suffix.log" 2>&1
+    timeout 200 $SB --num-prompts 512 --max-concurrency 256 > "$OUT/serve_c256$suffix.log" 2>&1
+    kill -TERM $sp; wait $sp
+  }
+  serve_runs "" --log-interval 5
+  # APUS_SERVE_BUDGETS="2048 512": 32 and 256 streams again with those --max-num-batched-tokens.
+  for nb in ${APUS_SERVE_BUDGETS:-}; do serve_runs "_mnbt$nb" --max-num-batched-tokens "$nb"; done
 fi
 
 echo "==== summary"

@@ -322,12 +322,6 @@ TEST_F(EngineTest, LoopThreadServesConcurrentCallers) {
   (void)orphan;
 }
 
-}  // namespace
-}  // namespace apus
-
-namespace apus {
-namespace {
-
 // Offline batch limits: given ones are kept; on the CPU the scheduler's defaults, on a GPU of
 // >= 70 GiB (not A100) vLLM V1's 1,024 / 16,384.
 TEST(OfflineBatchLimits, FillOnlyWhatIsUnset) {

@@ -231,7 +231,8 @@ void add_server_options(CLI::App* app, DeployArgs* a) {
   app->add_option(opt("max-model-len"), a->max_model_len, "longest prompt + reply in tokens (default: the model's)");
   app->add_option(opt("max-num-seqs"), a->max_num_seqs, "sequences per batch");
   app->add_option(opt("max-num-batched-tokens"), a->max_num_batched_tokens,
-                  "tokens per step at most (chunked prefill; default 2048)");
+                  fmt::format("tokens per step at most (chunked prefill; default {})",
+                              SchedulerConfig{}.max_num_batched_tokens));
   app->add_option(opt("kv-cache-gib"), a->kv_cache_gib, "KV cache memory budget");
   app->add_option(opt("max-queued-requests"), a->max_queued_requests, "refuse (503) beyond this many waiting requests; 0: no limit");
   app->add_option(opt("ssl-certfile"), a->http.ssl_certfile, "PEM certificate chain (HTTPS)");
