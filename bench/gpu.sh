@@ -23,7 +23,9 @@
 # against bf16 decode at batch 1 and 32), decode (decode attention on tensor cores, the default;
 # APUS_CUDA_FLASH_DECODE=0 turns it off: the op tests, memcheck, the golden, engine and graph suites
 # with it off (the CUDA-core kernel), then decode and throughput with it off and on, and the
-# attention op's device time at batch 256).
+# attention op's device time at batch 256), ab (the decode figures with and without one environment
+# switch, APUS_GPU_AB, default APUS_CUDA_PDL=0, in one run on one card: bf16 decode at ~1k context,
+# then bf16 against int4 GPTQ single-stream at 512 context and at batch 32).
 set -uo pipefail
 PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
 part() { [[ $PARTS == *",$1,"* ]]; }
@@ -211,6 +213,21 @@ for fd in 0 1; do
 done
 fi
 
+if part ab; then
+AB=${APUS_GPU_AB:-APUS_CUDA_PDL=0}
+LAT="$B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b"
+TPT="$B/apus bench throughput --device cuda --load-format dummy --config-preset qwen2.5-7b --num-prompts 64 --max-num-seqs 32 --input-len 128 --output-len 256"
+for e in "" "$AB"; do
+  { echo "==== ${e:-default}: bf16 decode at 1k context; bf16, int4 at 512 context; bf16, int4 at batch 32"
+    env $e timeout 150 $LAT --input-len 1024 --output-len 128 --num-iters 2
+    for q in "" "--quantization gptq"; do
+      env $e timeout 150 $LAT --input-len 512 --output-len 128 --num-iters 2 $q
+      env $e timeout 150 $TPT $q
+    done
+  } >> "$OUT/ab.log" 2>&1
+done
+fi
+
 NG=$(nvidia-smi -L | wc -l)
 TB="$OUT/tp_bench.log"
 run() { echo "==== $*" >> "$TB"; "$@" >> "$TB" 2>&1; echo "exit $?" >> "$TB"; }
@@ -352,6 +369,7 @@ JSON
 fi
 
 echo "==== summary"
+part ab && grep -E "^====|^decode  |batched|rror" "$OUT/ab.log"
 if part decode; then
   grep -E "^====|^exit|FAILED|PASSED" "$OUT/decode_tests.log" | head -40
   grep -E "^====|decode  |prefill  |batched|attention" "$OUT/decode_bench.log"

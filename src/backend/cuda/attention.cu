@@ -86,6 +86,7 @@ __device__ __forceinline__ void load_tile(T* tile, const T* cache, const int* sl
 
 template <typename T, int DPL, int R>
 __global__ void __launch_bounds__(kWarps * 32) paged_attention_kernel(AttentionParams p) {
+  pdl_begin();
   extern __shared__ float4 smem_raw[];
   char* smem = reinterpret_cast<char*>(smem_raw);
   const int hd = p.head_dim;
@@ -280,6 +281,7 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_kernel(AttentionP
 // Merges the splits of each (token, head): out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 template <typename T>
 __global__ void combine_splits_kernel(AttentionParams p) {
+  pdl_begin();
   const int64_t tok = blockIdx.x;
   const int head = blockIdx.y, hd = p.head_dim, S = p.num_splits;
   const float* part = p.partial + (tok * p.heads + head) * S * (hd + 2);
@@ -303,7 +305,7 @@ cudaError_t combine_splits(const AttentionParams& p, cudaStream_t stream) {
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess || p.num_splits == 1) return e;
   const unsigned threads = p.head_dim >= 128 ? 128 : (p.head_dim + 31) / 32 * 32;
-  combine_splits_kernel<T><<<dim3(unsigned(p.tokens), unsigned(p.heads)), threads, 0, stream>>>(p);
+  launch_kernel(combine_splits_kernel<T>, dim3(unsigned(p.tokens), unsigned(p.heads)), threads, 0, stream, p);
   return cudaGetLastError();
 }
 
@@ -313,7 +315,7 @@ cudaError_t launch_rows(const AttentionParams& p, cudaStream_t stream) {
   if (const cudaError_t e = allow_shared_memory<paged_attention_kernel<T, DPL, R>>(smem); e != cudaSuccess) return e;
   const int group = p.heads / p.kv_heads;
   const dim3 grid(ceil_div(int64_t(p.max_q_len) * group, R), unsigned(p.num_seqs), unsigned(p.kv_heads * p.num_splits));
-  paged_attention_kernel<T, DPL, R><<<grid, kWarps * 32, smem, stream>>>(p);
+  launch_kernel(paged_attention_kernel<T, DPL, R>, grid, kWarps * 32, smem, stream, p);
   return combine_splits<T>(p, stream);
 }
 

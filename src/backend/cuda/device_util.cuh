@@ -7,6 +7,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
 
 #include "core/dtype.h"
 
@@ -155,6 +158,61 @@ cudaError_t allow_shared_memory(size_t smem) {
   while (cur < smem && !raised[dev].compare_exchange_weak(cur, smem)) {
   }
   return cudaSuccess;
+}
+
+// Programmatic dependent launch (PDL, sm_90+): every kernel here is launched by launch_kernel(),
+// which lets it start while the kernel before it in the stream is still running (inside CUDA graphs
+// too). pdl_begin() waits until that kernel has completed and its writes are visible, then lets the
+// next kernel start in turn. Each kernel calls it before it touches anything another kernel writes
+// or reads, and before any of its threads returns, so that completion stays ordered along the
+// stream; only loads of weights (which no kernel writes during a step) may come before it. Without
+// PDL (older GPUs, APUS_CUDA_PDL=0, or a launch without the attribute) both instructions are no-ops.
+__device__ __forceinline__ void pdl_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Brings the 128-byte line at p into L2 (no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// Whether launches on the current device use PDL: compute capability 9.0 or more, unless
+// APUS_CUDA_PDL=0. Cached per device (tensor-parallel ranks drive several from one process).
+inline bool pdl_enabled() {
+  static const bool allowed = [] {
+    const char* e = std::getenv("APUS_CUDA_PDL");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  if (!allowed) return false;
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> known[kMaxDevices] = {};  // 0: not asked yet, 1: yes, 2: no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev >= kMaxDevices) return false;
+  int k = known[dev].load(std::memory_order_relaxed);
+  if (k == 0) {
+    int major = 0;
+    k = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 ? 1 : 2;
+    known[dev].store(k, std::memory_order_relaxed);
+  }
+  return k == 1;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with PDL where pdl_enabled().
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                          Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 }  // namespace apus::cuda

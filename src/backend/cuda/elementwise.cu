@@ -28,6 +28,7 @@ __device__ void record_error(DeviceError* err, int code, int value) {
 template <typename T>
 __global__ void embedding_kernel(const int32_t* ids, int64_t n, const T* table, int64_t first, int64_t rows,
                                  int64_t vocab, int64_t hidden, T* out, int64_t out_stride, DeviceError* err) {
+  pdl_begin();
   GRID_STRIDE(i, n * hidden) {
     const int64_t t = i / hidden, c = i % hidden;
     const int32_t id = ids[t];
@@ -45,6 +46,7 @@ __global__ void embedding_kernel(const int32_t* ids, int64_t n, const T* table, 
 template <typename T>
 __global__ void gather_rows_kernel(const T* x, int64_t x_stride, const int32_t* rows, int64_t n, int64_t cols, T* out,
                                    int64_t out_stride) {
+  pdl_begin();
   GRID_STRIDE(i, n * cols) {
     const int64_t r = i / cols, c = i % cols;
     out[r * out_stride + c] = x[int64_t(rows[r]) * x_stride + c];
@@ -56,6 +58,7 @@ __global__ void gather_rows_kernel(const T* x, int64_t x_stride, const int32_t* 
 template <typename T>
 __global__ void rms_norm_kernel(const T* x, int64_t x_stride, const float* w, int64_t group, float eps, T* out,
                                 int64_t out_stride) {
+  pdl_begin();
   const T* xr = x + int64_t(blockIdx.x) * x_stride + int64_t(blockIdx.y) * group;
   T* orow = out + int64_t(blockIdx.x) * out_stride + int64_t(blockIdx.y) * group;
   float ss = 0.0f;
@@ -77,6 +80,7 @@ template <typename T>
 __global__ void add_rms_norm_kernel(T* __restrict__ residual, int64_t res_stride, const T* __restrict__ x,
                                     int64_t x_stride, const float* __restrict__ w, int64_t cols, float eps,
                                     T* __restrict__ out, int64_t out_stride) {
+  pdl_begin();
   T* res = residual + int64_t(blockIdx.x) * res_stride;
   const T* xr = x + int64_t(blockIdx.x) * x_stride;
   T* orow = out + int64_t(blockIdx.x) * out_stride;
@@ -101,6 +105,7 @@ template <typename T, int C, bool kAdd>
 __global__ void rms_norm_vec_kernel(T* residual, int64_t res_stride, const T* __restrict__ x,
                                     int64_t x_stride, const float* __restrict__ w, int cols, float eps,
                                     T* out, int64_t out_stride) {  // out may be residual (in-place norm)
+  pdl_begin();
   constexpr int E = 16 / int(sizeof(T));
   const int nchunks = cols / E;
   T* res = residual + int64_t(blockIdx.x) * res_stride;
@@ -159,10 +164,10 @@ bool launch_norm_vec(T* residual, int64_t res_stride, const T* x, int64_t x_stri
   const unsigned threads = unsigned((nchunks + C - 1) / C + 31) / 32 * 32;
   const int ic = int(cols);
   switch (C) {
-    case 1: rms_norm_vec_kernel<T, 1, kAdd><<<unsigned(rows), threads, 0, stream>>>(residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
-    case 2: rms_norm_vec_kernel<T, 2, kAdd><<<unsigned(rows), threads, 0, stream>>>(residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
-    case 3: rms_norm_vec_kernel<T, 3, kAdd><<<unsigned(rows), threads, 0, stream>>>(residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
-    default: rms_norm_vec_kernel<T, 4, kAdd><<<unsigned(rows), threads, 0, stream>>>(residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
+    case 1: launch_kernel(rms_norm_vec_kernel<T, 1, kAdd>, unsigned(rows), threads, 0, stream, residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
+    case 2: launch_kernel(rms_norm_vec_kernel<T, 2, kAdd>, unsigned(rows), threads, 0, stream, residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
+    case 3: launch_kernel(rms_norm_vec_kernel<T, 3, kAdd>, unsigned(rows), threads, 0, stream, residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
+    default: launch_kernel(rms_norm_vec_kernel<T, 4, kAdd>, unsigned(rows), threads, 0, stream, residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
   }
   return true;
 }
@@ -172,6 +177,7 @@ unsigned norm_threads(int64_t n) { return n >= 2048 ? 512 : n >= 512 ? 256 : n >
 template <typename T>
 __global__ void rope_kernel(T* x, int64_t x_stride, int64_t rows, int heads, int head_dim, const float* cos,
                             const float* sin, int half) {
+  pdl_begin();
   GRID_STRIDE(i, rows * heads * half) {
     const int64_t t = i / (int64_t(heads) * half);
     const int h = int(i / half % heads), j = int(i % half);
@@ -187,6 +193,7 @@ template <typename T>
 __global__ void store_kv_kernel(const T* k, int64_t k_stride, const T* v, int64_t v_stride, const int32_t* slots,
                                 int64_t rows, int64_t row_elems, T* k_cache, T* v_cache, int64_t num_slots,
                                 DeviceError* err) {
+  pdl_begin();
   GRID_STRIDE(i, rows * row_elems) {
     const int64_t t = i / row_elems, c = i % row_elems;
     const int32_t slot = slots[t];
@@ -209,6 +216,7 @@ __global__ void rope_store_kv_kernel(T* qk, int64_t qk_stride, int q_heads, int 
                                      const float* cos, const float* sin, int half, const T* v, int64_t v_stride,
                                      const int32_t* slots, int64_t rows, T* k_cache, T* v_cache, int64_t num_slots,
                                      DeviceError* err) {
+  pdl_begin();
   const int heads = q_heads + 2 * kv_heads, pairs = head_dim / 2;
   const int64_t kv_row = int64_t(kv_heads) * head_dim;
   GRID_STRIDE(i, rows * heads * pairs) {
@@ -250,6 +258,7 @@ __global__ void rope_store_kv_kernel(T* qk, int64_t qk_stride, int q_heads, int 
 template <typename T>
 __global__ void silu_mul_kernel(const T* gate_up, int64_t gu_stride, T* out, int64_t out_stride, int64_t rows,
                                 int64_t cols) {
+  pdl_begin();
   GRID_STRIDE(i, rows * cols) {
     const int64_t r = i / cols, c = i % cols;
     const float g = to_f(gate_up[r * gu_stride + c]), u = to_f(gate_up[r * gu_stride + cols + c]);
@@ -259,6 +268,7 @@ __global__ void silu_mul_kernel(const T* gate_up, int64_t gu_stride, T* out, int
 
 template <typename T>
 __global__ void add_kernel(T* x, int64_t x_stride, const T* y, int64_t y_stride, int64_t rows, int64_t cols) {
+  pdl_begin();
   GRID_STRIDE(i, rows * cols) {
     const int64_t r = i / cols, c = i % cols;
     x[r * x_stride + c] = from_f<T>(to_f(x[r * x_stride + c]) + to_f(y[r * y_stride + c]));
@@ -267,6 +277,7 @@ __global__ void add_kernel(T* x, int64_t x_stride, const T* y, int64_t y_stride,
 
 template <typename T>
 __global__ void add_bias_kernel(T* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols) {
+  pdl_begin();
   GRID_STRIDE(i, rows * cols) {
     const int64_t r = i / cols, c = i % cols;
     y[r * y_stride + c] = from_f<T>(to_f(y[r * y_stride + c]) + bias[c]);
@@ -275,6 +286,7 @@ __global__ void add_bias_kernel(T* y, int64_t y_stride, const float* bias, int64
 
 template <typename T>
 __global__ void fill_random_kernel(T* x, int64_t n, uint64_t seed) {
+  pdl_begin();
   GRID_STRIDE(i, n) {
     uint64_t z = seed + uint64_t(i) * 0x9e3779b97f4a7c15ull;  // splitmix64
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -290,8 +302,7 @@ cudaError_t embedding(DType dt, const int32_t* ids, int64_t n, const void* table
                       int64_t vocab, int64_t hidden, void* out, int64_t out_stride, DeviceError* err,
                       cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      embedding_kernel<T><<<grid_for(n * hidden), kThreads, 0, stream>>>(
-                          ids, n, static_cast<const T*>(table), first, rows, vocab, hidden, static_cast<T*>(out),
+                      launch_kernel(embedding_kernel<T>, grid_for(n * hidden), kThreads, 0, stream, ids, n, static_cast<const T*>(table), first, rows, vocab, hidden, static_cast<T*>(out),
                           out_stride, err));
   return cudaGetLastError();
 }
@@ -299,8 +310,7 @@ cudaError_t embedding(DType dt, const int32_t* ids, int64_t n, const void* table
 cudaError_t gather_rows(DType dt, const void* x, int64_t x_stride, const int32_t* rows, int64_t n, int64_t cols,
                         void* out, int64_t out_stride, cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      gather_rows_kernel<T><<<grid_for(n * cols), kThreads, 0, stream>>>(
-                          static_cast<const T*>(x), x_stride, rows, n, cols, static_cast<T*>(out), out_stride));
+                      launch_kernel(gather_rows_kernel<T>, grid_for(n * cols), kThreads, 0, stream, static_cast<const T*>(x), x_stride, rows, n, cols, static_cast<T*>(out), out_stride));
   return cudaGetLastError();
 }
 
@@ -316,8 +326,7 @@ cudaError_t rms_norm(DType dt, const void* x, int64_t x_stride, const float* w, 
     });
   }
   APUS_DISPATCH_FLOAT(dt, T,
-                      rms_norm_kernel<T><<<grid, norm_threads(group), 0, stream>>>(
-                          static_cast<const T*>(x), x_stride, w, group, eps, static_cast<T*>(out), out_stride));
+                      launch_kernel(rms_norm_kernel<T>, grid, norm_threads(group), 0, stream, static_cast<const T*>(x), x_stride, w, group, eps, static_cast<T*>(out), out_stride));
   return cudaGetLastError();
 }
 
@@ -331,8 +340,7 @@ cudaError_t add_rms_norm(DType dt, void* residual, int64_t res_stride, const voi
       return cudaGetLastError();
   });
   APUS_DISPATCH_FLOAT(dt, T,
-                      add_rms_norm_kernel<T><<<unsigned(rows), norm_threads(cols), 0, stream>>>(
-                          static_cast<T*>(residual), res_stride, static_cast<const T*>(x), x_stride, w, cols, eps,
+                      launch_kernel(add_rms_norm_kernel<T>, unsigned(rows), norm_threads(cols), 0, stream, static_cast<T*>(residual), res_stride, static_cast<const T*>(x), x_stride, w, cols, eps,
                           static_cast<T*>(out), out_stride));
   return cudaGetLastError();
 }
@@ -340,8 +348,7 @@ cudaError_t add_rms_norm(DType dt, void* residual, int64_t res_stride, const voi
 cudaError_t rope(DType dt, void* x, int64_t x_stride, int64_t rows, int heads, int head_dim, const float* cos,
                  const float* sin, int half, cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      rope_kernel<T><<<grid_for(rows * heads * half), kThreads, 0, stream>>>(
-                          static_cast<T*>(x), x_stride, rows, heads, head_dim, cos, sin, half));
+                      launch_kernel(rope_kernel<T>, grid_for(rows * heads * half), kThreads, 0, stream, static_cast<T*>(x), x_stride, rows, heads, head_dim, cos, sin, half));
   return cudaGetLastError();
 }
 
@@ -349,8 +356,7 @@ cudaError_t store_kv(DType dt, const void* k, int64_t k_stride, const void* v, i
                      int64_t rows, int64_t row_elems, void* k_cache, void* v_cache, int64_t num_slots, DeviceError* err,
                      cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      store_kv_kernel<T><<<grid_for(rows * row_elems), kThreads, 0, stream>>>(
-                          static_cast<const T*>(k), k_stride, static_cast<const T*>(v), v_stride, slots, rows,
+                      launch_kernel(store_kv_kernel<T>, grid_for(rows * row_elems), kThreads, 0, stream, static_cast<const T*>(k), k_stride, static_cast<const T*>(v), v_stride, slots, rows,
                           row_elems, static_cast<T*>(k_cache), static_cast<T*>(v_cache), num_slots, err));
   return cudaGetLastError();
 }
@@ -362,8 +368,7 @@ cudaError_t rope_store_kv(DType dt, void* qk, int64_t qk_stride, int q_heads, in
   if (rows == 0) return cudaSuccess;
   const int64_t n = rows * (q_heads + 2 * kv_heads) * (head_dim / 2);
   APUS_DISPATCH_FLOAT(dt, T,
-                      rope_store_kv_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(
-                          static_cast<T*>(qk), qk_stride, q_heads, kv_heads, head_dim, cos, sin, half,
+                      launch_kernel(rope_store_kv_kernel<T>, grid_for(n), kThreads, 0, stream, static_cast<T*>(qk), qk_stride, q_heads, kv_heads, head_dim, cos, sin, half,
                           static_cast<const T*>(v), v_stride, slots, rows, static_cast<T*>(k_cache),
                           static_cast<T*>(v_cache), num_slots, err));
   return cudaGetLastError();
@@ -372,24 +377,21 @@ cudaError_t rope_store_kv(DType dt, void* qk, int64_t qk_stride, int q_heads, in
 cudaError_t silu_mul(DType dt, const void* gate_up, int64_t gu_stride, void* out, int64_t out_stride, int64_t rows,
                      int64_t cols, cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      silu_mul_kernel<T><<<grid_for(rows * cols), kThreads, 0, stream>>>(
-                          static_cast<const T*>(gate_up), gu_stride, static_cast<T*>(out), out_stride, rows, cols));
+                      launch_kernel(silu_mul_kernel<T>, grid_for(rows * cols), kThreads, 0, stream, static_cast<const T*>(gate_up), gu_stride, static_cast<T*>(out), out_stride, rows, cols));
   return cudaGetLastError();
 }
 
 cudaError_t add(DType dt, void* x, int64_t x_stride, const void* y, int64_t y_stride, int64_t rows, int64_t cols,
                 cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      add_kernel<T><<<grid_for(rows * cols), kThreads, 0, stream>>>(
-                          static_cast<T*>(x), x_stride, static_cast<const T*>(y), y_stride, rows, cols));
+                      launch_kernel(add_kernel<T>, grid_for(rows * cols), kThreads, 0, stream, static_cast<T*>(x), x_stride, static_cast<const T*>(y), y_stride, rows, cols));
   return cudaGetLastError();
 }
 
 cudaError_t add_bias(DType dt, void* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols,
                      cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      add_bias_kernel<T><<<grid_for(rows * cols), kThreads, 0, stream>>>(
-                          static_cast<T*>(y), y_stride, bias, rows, cols));
+                      launch_kernel(add_bias_kernel<T>, grid_for(rows * cols), kThreads, 0, stream, static_cast<T*>(y), y_stride, bias, rows, cols));
   return cudaGetLastError();
 }
 
@@ -409,7 +411,7 @@ cudaError_t spin(int64_t ns, cudaStream_t stream) {
 
 cudaError_t fill_random(DType dt, void* x, int64_t n, uint64_t seed, cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      fill_random_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<T*>(x), n, seed));
+                      launch_kernel(fill_random_kernel<T>, grid_for(n), kThreads, 0, stream, static_cast<T*>(x), n, seed));
   return cudaGetLastError();
 }
 

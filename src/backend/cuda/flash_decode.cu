@@ -43,6 +43,7 @@ constexpr size_t decode_smem() {
 
 template <typename T, int HD>
 __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionParams p) {
+  pdl_begin();
   constexpr int LD = padded_row<HD>();
   constexpr int kChunks = HD * int(sizeof(T)) / 16, kEpc = 16 / int(sizeof(T));  // 16-byte chunks of a row
   extern __shared__ float4 smem_raw[];
@@ -189,7 +190,7 @@ cudaError_t launch_decode(const AttentionParams& p, cudaStream_t stream) {
   constexpr size_t smem = decode_smem<T, HD>();
   if (const cudaError_t e = allow_shared_memory<flash_decode_kernel<T, HD>>(smem); e != cudaSuccess) return e;
   const dim3 grid(unsigned(p.num_seqs), unsigned(p.kv_heads * p.num_splits));
-  flash_decode_kernel<T, HD><<<grid, kWarps * 32, smem, stream>>>(p);
+  launch_kernel(flash_decode_kernel<T, HD>, grid, kWarps * 32, smem, stream, p);
   return cudaGetLastError();
 }
 

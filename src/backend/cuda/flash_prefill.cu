@@ -44,6 +44,7 @@ __device__ __forceinline__ void load_rows(T* dst, int rows, Src src) {
 
 template <typename T, int HD>
 __global__ void __launch_bounds__(128) flash_prefill_kernel(AttentionParams p, int min_q) {
+  pdl_begin();
   constexpr int LD = padded_row<HD>();
   extern __shared__ float4 smem_raw[];
   T* q_s = reinterpret_cast<T*>(smem_raw);
@@ -149,7 +150,7 @@ cudaError_t launch_flash(const AttentionParams& p, cudaStream_t stream) {
   constexpr size_t smem = flash_smem<T, HD>();
   if (const cudaError_t e = allow_shared_memory<flash_prefill_kernel<T, HD>>(smem); e != cudaSuccess) return e;
   const dim3 grid(ceil_div(p.max_q_len, kRows), unsigned(p.num_seqs), unsigned(p.heads));
-  flash_prefill_kernel<T, HD><<<grid, 128, smem, stream>>>(p, kFlashMinQ);
+  launch_kernel(flash_prefill_kernel<T, HD>, grid, 128, smem, stream, p, kFlashMinQ);
   return cudaGetLastError();
 }
 

@@ -63,8 +63,12 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
   constexpr int kStep = 32 * E;
   const int lane = threadIdx.x % 32;
   const int col = blockIdx.x * kWarps + threadIdx.x / 32;
+  // The weight row's first lines go to L2 before waiting for the kernel before this one (weights
+  // are not written during a step): with PDL their latency overlaps that kernel's tail.
+  const T* wr = w + int64_t(min(col, n - 1)) * w_stride;
+  if (lane * 128 < min(k, kUnroll * kStep) * int(sizeof(T))) prefetch_l2(reinterpret_cast<const char*>(wr) + lane * 128);
+  pdl_begin();
   if (col >= n) return;
-  const T* wr = w + int64_t(col) * w_stride;
   const T* xr[M];
 #pragma unroll
   for (int i = 0; i < M; ++i) xr[i] = x + int64_t(i < m ? i : m - 1) * x_stride;
@@ -102,6 +106,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_scalar_kernel(const T* __res
                                                                   const float* __restrict__ bias,
                                                                   OutT* __restrict__ y, int64_t y_stride, int n,
                                                                   int k) {
+  pdl_begin();
   constexpr int M = kGemvMaxRows;
   const int lane = threadIdx.x % 32;
   const int col = blockIdx.x * kWarps + threadIdx.x / 32;
@@ -137,16 +142,16 @@ cudaError_t launch(const void* w, int64_t w_stride, const void* x, int64_t x_str
   const bool vec = k % E == 0 && w_stride % E == 0 && x_stride % E == 0 && aligned16(w) && aligned16(x);
   const int mi = int(m), ni = int(n), ki = int(k);
   if (!vec) {
-    gemv_scalar_kernel<T, OutT><<<grid, kWarps * 32, 0, stream>>>(wt, w_stride, xt, x_stride, mi, bias, yt, y_stride,
+    launch_kernel(gemv_scalar_kernel<T, OutT>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt, y_stride,
                                                                    ni, ki);
   } else if (m <= 1) {
-    gemv_kernel<T, OutT, 1><<<grid, kWarps * 32, 0, stream>>>(wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
+    launch_kernel(gemv_kernel<T, OutT, 1>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
   } else if (m <= 2) {
-    gemv_kernel<T, OutT, 2><<<grid, kWarps * 32, 0, stream>>>(wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
+    launch_kernel(gemv_kernel<T, OutT, 2>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
   } else if (m <= 4) {
-    gemv_kernel<T, OutT, 4><<<grid, kWarps * 32, 0, stream>>>(wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
+    launch_kernel(gemv_kernel<T, OutT, 4>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
   } else {
-    gemv_kernel<T, OutT, 8><<<grid, kWarps * 32, 0, stream>>>(wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
+    launch_kernel(gemv_kernel<T, OutT, 8>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
   }
   return cudaGetLastError();
 }

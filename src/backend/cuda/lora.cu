@@ -136,6 +136,7 @@ template <typename T, int R, bool Vec>
 __global__ void __launch_bounds__(kThreads)
     lora_shrink_kernel(const T* x, int64_t x_stride, int64_t tokens, const int32_t* slots, LoraArgs p, bool atomic,
                        float* v) {
+  pdl_begin();
   constexpr int E = 4 / int(sizeof(T)), TB = kShrinkTokens, S = kSteps<R>, L = kLeft<R>;
   const int part = blockIdx.y;
   const int64_t t0 = int64_t(blockIdx.z) * TB;
@@ -198,6 +199,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int R, bool Vec>
 __global__ void __launch_bounds__(kThreads) lora_expand_kernel(int64_t tokens, const int32_t* slots, LoraArgs p,
                                                                const float* v, T* out, int64_t out_stride) {
+  pdl_begin();
   constexpr int N = 16 / int(sizeof(T)), TB = kExpandTokens;
   static_assert(R % N == 0, "whole 16-byte vectors per row of B");
   const int part = blockIdx.y;
@@ -282,9 +284,9 @@ cudaError_t launch_shrink(const T* x, int64_t x_stride, int64_t tokens, const in
   }
   const dim3 grid(unsigned(slices), unsigned(p.count), unsigned((tokens + kShrinkTokens - 1) / kShrinkTokens));
   if (words_ok(x, x_stride, p, E))
-    lora_shrink_kernel<T, R, true><<<grid, kThreads, 0, stream>>>(x, x_stride, tokens, slots, p, slices > 1, scratch);
+    launch_kernel(lora_shrink_kernel<T, R, true>, grid, kThreads, 0, stream, x, x_stride, tokens, slots, p, slices > 1, scratch);
   else
-    lora_shrink_kernel<T, R, false><<<grid, kThreads, 0, stream>>>(x, x_stride, tokens, slots, p, slices > 1, scratch);
+    launch_kernel(lora_shrink_kernel<T, R, false>, grid, kThreads, 0, stream, x, x_stride, tokens, slots, p, slices > 1, scratch);
   return cudaGetLastError();
 }
 
@@ -299,8 +301,8 @@ cudaError_t launch_expand(int64_t tokens, const int32_t* slots, const LoraArgs& 
   }
   const dim3 grid(unsigned((max_n + kThreads - 1) / kThreads), unsigned(p.count),
                   unsigned((tokens + kExpandTokens - 1) / kExpandTokens));
-  if (vec_b) lora_expand_kernel<T, R, true><<<grid, kThreads, 0, stream>>>(tokens, slots, p, scratch, out, out_stride);
-  else lora_expand_kernel<T, R, false><<<grid, kThreads, 0, stream>>>(tokens, slots, p, scratch, out, out_stride);
+  if (vec_b) launch_kernel(lora_expand_kernel<T, R, true>, grid, kThreads, 0, stream, tokens, slots, p, scratch, out, out_stride);
+  else launch_kernel(lora_expand_kernel<T, R, false>, grid, kThreads, 0, stream, tokens, slots, p, scratch, out, out_stride);
   return cudaGetLastError();
 }
 

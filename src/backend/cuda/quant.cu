@@ -150,6 +150,7 @@ template <typename T, typename OutT, int BITS, int MT, int U, int NT = 2>
 __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride,
                                                            int m, const float* __restrict__ bias, OutT* __restrict__ y,
                                                            int64_t y_stride) {
+  pdl_begin();
   constexpr int KL = 128 / BITS;  // k values per lane per chunk
   constexpr int KC = 4 * KL;      // k values per warp per chunk
   constexpr int XV = KL / 8;      // 16-byte activation loads per row per chunk
@@ -370,9 +371,13 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
       for (int e = 0; e < 4; ++e) acc[e] = FACTOR ? fmaf(s[e / 2], part[e], acc[e]) : acc[e] + part[e];
     }
   };
+  // The first round's codes are loaded before waiting for the kernel before this one (weights are
+  // not written during a step): with PDL their latency overlaps that kernel's tail.
+  Round r;
+  load(0, r);
+  pdl_begin();
   for (int i0 = 0; chunk(i0) < chunks; i0 += U) {
-    Round r;
-    load(i0, r);
+    if (i0 > 0) load(i0, r);
     compute(i0, r);
   }
 
@@ -399,8 +404,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
 template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
 cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                        int64_t y_stride, cudaStream_t stream) {
-  qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC><<<ceil_div(w.n, 16), KS * 32, 0, stream>>>(
-      w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride);
+  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC>, ceil_div(w.n, 16), KS * 32, 0, stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride);
   return cudaGetLastError();
 }
 
@@ -422,10 +426,9 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
   OutT* yt = static_cast<OutT*>(y);
   const int mi = int(m);
   const unsigned cols = unsigned(ceil_div(w.n, 32));
-  if (m <= 16) qmm_kernel<T, OutT, BITS, 1, 1, 4><<<cols, block, 0, stream>>>(w, xt, x_stride, mi, bias, yt, y_stride);
+  if (m <= 16) launch_kernel(qmm_kernel<T, OutT, BITS, 1, 1, 4>, cols, block, 0, stream, w, xt, x_stride, mi, bias, yt, y_stride);
   else
-    qmm_kernel<T, OutT, BITS, 2, 1, 4><<<cols * unsigned(ceil_div(m, int64_t(32))), block, 0, stream>>>(
-        w, xt, x_stride, mi, bias, yt, y_stride);
+    launch_kernel(qmm_kernel<T, OutT, BITS, 2, 1, 4>, cols * unsigned(ceil_div(m, int64_t(32))), block, 0, stream, w, xt, x_stride, mi, bias, yt, y_stride);
   return cudaGetLastError();
 }
 
@@ -440,6 +443,7 @@ cudaError_t launch_qmm_bits(const QuantArgs& w, const void* x, int64_t x_stride,
 // written with one or two 16-byte stores (rows of k elements are 16-byte aligned: k % 32 == 0).
 template <typename T, int BITS>
 __global__ void dequantize_kernel(QuantArgs w, T* __restrict__ out, int64_t out_stride) {
+  pdl_begin();
   constexpr int kPer = 32 / BITS;
   const int64_t words_per_row = w.k / kPer;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -467,6 +471,7 @@ __global__ void dequantize_kernel(QuantArgs w, T* __restrict__ out, int64_t out_
 template <typename T>
 __global__ void gather_cols_kernel(const T* __restrict__ x, int64_t x_stride, const int32_t* __restrict__ perm,
                                    int64_t k, T* __restrict__ out, int64_t out_stride) {
+  pdl_begin();
   const int64_t r = blockIdx.y;
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < k; c += int64_t(gridDim.x) * blockDim.x)
     out[r * out_stride + c] = x[r * x_stride + perm[c]];
@@ -493,9 +498,9 @@ cudaError_t quant_dequantize(DType dt, const QuantArgs& w, void* out, int64_t ou
   const int64_t words = w.n * w.k * w.bits / 32;
   if (words == 0) return cudaSuccess;
   if (w.bits == 4) {
-    APUS_DISPATCH_FLOAT(dt, T, dequantize_kernel<T, 4><<<ceil_div(words, 256), 256, 0, stream>>>(w, static_cast<T*>(out), out_stride));
+    APUS_DISPATCH_FLOAT(dt, T, launch_kernel(dequantize_kernel<T, 4>, ceil_div(words, 256), 256, 0, stream, w, static_cast<T*>(out), out_stride));
   } else {
-    APUS_DISPATCH_FLOAT(dt, T, dequantize_kernel<T, 8><<<ceil_div(words, 256), 256, 0, stream>>>(w, static_cast<T*>(out), out_stride));
+    APUS_DISPATCH_FLOAT(dt, T, launch_kernel(dequantize_kernel<T, 8>, ceil_div(words, 256), 256, 0, stream, w, static_cast<T*>(out), out_stride));
   }
   return cudaGetLastError();
 }
@@ -505,7 +510,7 @@ cudaError_t gather_cols(DType dt, const void* x, int64_t x_stride, const int32_t
   if (rows == 0 || k == 0) return cudaSuccess;
   const dim3 grid(ceil_div(k, 256), unsigned(rows));
   APUS_DISPATCH_FLOAT(dt, T,
-                      gather_cols_kernel<T><<<grid, 256, 0, stream>>>(static_cast<const T*>(x), x_stride, perm, k,
+                      launch_kernel(gather_cols_kernel<T>, grid, 256, 0, stream, static_cast<const T*>(x), x_stride, perm, k,
                                                                       static_cast<T*>(out), out_stride));
   return cudaGetLastError();
 }

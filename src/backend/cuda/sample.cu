@@ -200,6 +200,7 @@ __device__ float keep_above(const float* x, float* w, int64_t n, uint32_t key, i
 
 __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, int64_t stride, int64_t vocab,
                                                            const SampleArgs* args, float* scratch, int32_t* out) {
+  pdl_begin();
   __shared__ Shared sh;
   const SampleArgs a = args[blockIdx.x];
   const float* x = logits + int64_t(a.row) * stride;
@@ -300,7 +301,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, i
 cudaError_t sample(const float* logits, int64_t stride, int64_t vocab, const SampleArgs* args, int rows,
                    float* scratch, int32_t* out, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  sample_kernel<<<rows, kThreads, 0, stream>>>(logits, stride, vocab, args, scratch, out);
+  launch_kernel(sample_kernel, rows, kThreads, 0, stream, logits, stride, vocab, args, scratch, out);
   return cudaGetLastError();
 }
 
