@@ -25,7 +25,9 @@
 # with it off (the CUDA-core kernel), then decode and throughput with it off and on, and the
 # attention op's device time at batch 256), ab (the decode figures with and without one environment
 # switch, APUS_GPU_AB, default APUS_CUDA_PDL=0, in one run on one card: bf16 decode at ~1k context,
-# then bf16 against int4 GPTQ single-stream at 512 context and at batch 32).
+# then bf16 against int4 GPTQ single-stream at 512 context and at batch 32), nsys (bf16 and int4
+# decode under Nsight Systems, kernels inside graphs traced one by one; per step and per kernel
+# by bench/decode_trace_summary.py into nsys_summary.txt).
 set -uo pipefail
 PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
 part() { [[ $PARTS == *",$1,"* ]]; }
@@ -228,6 +230,21 @@ for e in "" "$AB"; do
 done
 fi
 
+if part nsys; then
+NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys \
+  /usr/local/cuda/nsight-systems*/bin/nsys 2>/dev/null | head -1)
+: > "$OUT/nsys_summary.txt"
+for q in bf16 gptq; do
+  Q=""; [ $q = gptq ] && Q="--quantization gptq"
+  timeout 200 "$NSYS" profile --trace=cuda --cuda-graph-trace=node --force-overwrite true -o /tmp/apus_$q \
+    $B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b --input-len 512 \
+    --output-len 128 --num-iters 1 $Q > "$OUT/nsys_$q.log" 2>&1
+  timeout 200 "$NSYS" stats --report cuda_gpu_trace --format csv --force-export true -o /tmp/apus_$q \
+    /tmp/apus_$q.nsys-rep >> "$OUT/nsys_$q.log" 2>&1
+  python3 bench/decode_trace_summary.py /tmp/apus_${q}_cuda_gpu_trace.csv >> "$OUT/nsys_summary.txt" 2>&1
+done
+fi
+
 NG=$(nvidia-smi -L | wc -l)
 TB="$OUT/tp_bench.log"
 run() { echo "==== $*" >> "$TB"; "$@" >> "$TB" 2>&1; echo "exit $?" >> "$TB"; }
@@ -370,6 +387,7 @@ fi
 
 echo "==== summary"
 part ab && grep -E "^====|^decode  |batched|rror" "$OUT/ab.log"
+part nsys && cat "$OUT/nsys_summary.txt"
 if part decode; then
   grep -E "^====|^exit|FAILED|PASSED" "$OUT/decode_tests.log" | head -40
   grep -E "^====|decode  |prefill  |batched|attention" "$OUT/decode_bench.log"

@@ -168,10 +168,11 @@ int main() {
       // kernel's: row tiles, chunks in flight, 8-column tiles.
       const V vs[] = {
           {"m1 K4 U2 O32", 1, launch_qmv<B, B, 4, true, 4, 2, 32>},
-          {"m1 K8 U2 O16", 1, launch_qmv<B, B, 4, true, 8, 2, 16>},
+          {"m1 K8 U2 O24", 1, launch_qmv<B, B, 4, true, 8, 2, 24>},
           {"m1 K8 U4 O16", 1, launch_qmv<B, B, 4, true, 8, 4, 16>},
           {"m1 K16 U2 O32", 1, launch_qmv<B, B, 4, true, 16, 2, 32>},
-          {"m8 K4 U2 O32", 8, launch_qmv<B, B, 4, true, 4, 2, 32>},
+          {"m8 K8 U2 O24", 8, launch_qmv<B, B, 4, true, 8, 2, 24>},
+          {"m8 K16 U2 O32", 8, launch_qmv<B, B, 4, true, 16, 2, 32>},
           {"m16 qmm MT1 U2 NT2", 16, launch_qmm_u<1, 2, 2>},
           {"m16 qmm MT1 U2 NT4", 16, launch_qmm_u<1, 2, 4>},
           {"m32 qmm MT2 U2 NT4", 32, launch_qmm_u<2, 2, 4>},

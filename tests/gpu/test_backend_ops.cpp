@@ -244,19 +244,21 @@ TEST_P(BackendOps, GemvSmallBatchesOddShapes) {
 // the kernels divide for the group index), 128 and the whole row (scales per fragment, or per chunk
 // of products when a warp's chunk lies in one group), act-order
 // (a column permutation), two fused parts with a bias and an odd total of output columns, decode
-// batches on tensor cores (1-8 and 9-64 rows, k not a multiple of a warp's chunk), prefill through the
-// dequantized matrix (65+ rows, and every batch for F32), F32 output; rows independent of the batch
-// around them (within 1-8 rows and within 9-64).
+// batches on tensor cores (1-8 rows in blocks of 16 or 8 warps, by width; 9-64 rows; k not a multiple
+// of a warp's chunk), prefill through the dequantized matrix (65+ rows, and every batch for F32), F32
+// output; rows independent of the batch around them (within 1-8 rows and within 9-64).
 TEST_P(BackendOps, QuantLinear) {
   struct Case {
     int bits;
     int64_t k, group;
     bool act_order;
+    int64_t n1 = 40;  // the first part's columns (8,448: more 16-column blocks than two a multiprocessor)
   };
   for (const Case c : {Case{4, 96, 32, false}, Case{4, 256, 128, true}, Case{4, 3584, 128, false},
                        Case{4, 448, 64, false}, Case{8, 96, 32, true}, Case{8, 512, 512, false},
-                       Case{8, 192, 64, false}, Case{4, 160, 160, false}, Case{4, 384, 96, false}}) {
-    const int64_t k = c.k, n1 = 40, n2 = 23;
+                       Case{8, 192, 64, false}, Case{4, 160, 160, false}, Case{4, 384, 96, false},
+                       Case{4, 256, 128, false, 8448}}) {
+    const int64_t k = c.k, n1 = c.n1, n2 = 23;
     std::vector<QuantWeight> parts;
     std::vector<int32_t> g_idx(static_cast<size_t>(k));
     for (int64_t i = 0; i < k; ++i) g_idx[size_t(i)] = int32_t(i / c.group);

@@ -177,25 +177,32 @@ __device__ __forceinline__ void pdl_begin() {
 // Brings the 128-byte line at p into L2 (no register, no wait).
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
+// Attribute A of the current device (0 if it cannot be read), asked once per device: tensor-parallel
+// ranks drive several devices from one process.
+template <cudaDeviceAttr A>
+int device_attribute() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> known[kMaxDevices] = {};  // the value + 1; 0: not asked yet
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  if (dev < kMaxDevices) {
+    const int k = known[dev].load(std::memory_order_relaxed);
+    if (k != 0) return k - 1;
+  }
+  int v = 0;
+  if (cudaDeviceGetAttribute(&v, A, dev) != cudaSuccess) v = 0;
+  if (dev < kMaxDevices) known[dev].store(v + 1, std::memory_order_relaxed);
+  return v;
+}
+
 // Whether launches on the current device use PDL: compute capability 9.0 or more, unless
-// APUS_CUDA_PDL=0. Cached per device (tensor-parallel ranks drive several from one process).
+// APUS_CUDA_PDL=0.
 inline bool pdl_enabled() {
   static const bool allowed = [] {
     const char* e = std::getenv("APUS_CUDA_PDL");
     return e == nullptr || std::strcmp(e, "0") != 0;
   }();
-  if (!allowed) return false;
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> known[kMaxDevices] = {};  // 0: not asked yet, 1: yes, 2: no
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev >= kMaxDevices) return false;
-  int k = known[dev].load(std::memory_order_relaxed);
-  if (k == 0) {
-    int major = 0;
-    k = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 ? 1 : 2;
-    known[dev].store(k, std::memory_order_relaxed);
-  }
-  return k == 1;
+  return allowed && device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 9;
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with PDL where pdl_enabled().
