@@ -71,11 +71,11 @@ Mat make(int64_t n, int64_t k, int bits, int group) {
 // The batch kernel with other numbers of chunks in flight (MT 16-row tiles, NT 8-column tiles).
 template <int MT, int U, int NT = 2>
 cudaError_t launch_qmm_u(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                         int64_t y_stride, cudaStream_t stream) {
+                         int64_t y_stride, cudaStream_t stream, bool) {
   using B = __nv_bfloat16;
-  qmm_kernel<B, B, 4, MT, U, NT><<<ceil_div(w.n, 8 * NT) * ceil_div(m, int64_t(MT * 16)), kQWarps * 32, 0, stream>>>(
-      w, static_cast<const B*>(x), x_stride, int(m), bias, static_cast<B*>(y), y_stride);
-  return cudaGetLastError();
+  return launch_kernel(qmm_kernel<B, B, 4, MT, U, NT>, ceil_div(w.n, 8 * NT) * ceil_div(m, int64_t(MT * 16)),
+                       kQWarps * 32, 0, stream, w, static_cast<const B*>(x), x_stride, int(m), bias, static_cast<B*>(y),
+                       y_stride);
 }
 
 template <typename F>
@@ -156,12 +156,23 @@ int main() {
       }
       std::printf("\n");
     }
+    if (only == nullptr) {  // gate_up with silu_mul fused into the decode kernel (half the outputs)
+      std::printf("gate_up + silu_mul in one kernel:");
+      for (const int64_t m : {1, 8}) {
+        const float tn = time_us(mats[0], 100, [&](const QuantArgs& w) {
+          return quant_matmul(DType::BF16, DType::BF16, w, x, shapes[0].k, m, nullptr, y, shapes[0].n / 2, nullptr, true);
+        });
+        std::printf(" %lld rows %.1f us (%4.0f GB/s)", static_cast<long long>(m), tn, mats[0].bytes / (tn * 1e-6) / 1e9);
+      }
+      std::printf("\n");
+    }
     if (bits == 4) {
       // Variants of the kernels, timed and checked against the default for their rows.
       struct V {
         const char* name;
         int64_t m;
-        cudaError_t (*f)(const QuantArgs&, const void*, int64_t, int64_t, const float*, void*, int64_t, cudaStream_t);
+        cudaError_t (*f)(const QuantArgs&, const void*, int64_t, int64_t, const float*, void*, int64_t, cudaStream_t,
+                         bool);
       };
       using B = __nv_bfloat16;
       // The decode kernel's variants: warps splitting K, chunks in flight, warps per SM; the batch
@@ -197,7 +208,7 @@ int main() {
           // The same results as the default kernel for these rows, bit for bit (the same sums in the same order).
           const QuantArgs& w0 = mats[i].copies[0];
           CK(quant_matmul(DType::BF16, DType::BF16, w0, x, s.k, v.m, nullptr, y_ref, s.n, nullptr));
-          CK(v.f(w0, x, s.k, v.m, nullptr, y, s.n, nullptr));
+          CK(v.f(w0, x, s.k, v.m, nullptr, y, s.n, nullptr, false));
           const size_t count = size_t(v.m * s.n);
           CK(cudaMemcpy(got.data(), y, count * 2, cudaMemcpyDeviceToHost));
           CK(cudaMemcpy(want.data(), y_ref, count * 2, cudaMemcpyDeviceToHost));
@@ -207,7 +218,7 @@ int main() {
             scale = std::max(scale, double(std::fabs(bf(want[e]))));
           }
           const float t = time_us(mats[i], 100, [&](const QuantArgs& w) {
-            return v.f(w, x, s.k, int(v.m), nullptr, y, s.n, nullptr);
+            return v.f(w, x, s.k, int(v.m), nullptr, y, s.n, nullptr, false);
           });
           std::printf(" | %6.1f (%4.0f)", t, mats[i].bytes / (t * 1e-6) / 1e9);
         }

@@ -62,6 +62,9 @@ struct AttentionBatch {
   float scale = 1.0f;      // softmax scale, usually 1/sqrt(head_dim)
   int max_q_len = 0;       // max over sequences of q_start[s+1] - q_start[s] (sizes GPU grids)
   int max_ctx_len = 0;     // max over sequences of ctx_len[s]
+  // Sequences [multi_first, multi_end) hold every sequence with more than one new token (prefill
+  // chunks; empty: none), so that prefill kernels need no blocks for the decodes around them.
+  int multi_first = 0, multi_end = 0;
   Tensor q_start;          // I32 [num_seqs + 1]
   Tensor ctx_len;          // I32 [num_seqs]
   Tensor block_table;      // I32 [num_seqs, max_blocks_per_seq]
@@ -179,6 +182,12 @@ class Backend {
                          Tensor& out) = 0;
   // gate_up [T, 2I] (gate first) -> out [T, I] = silu(gate) * up.
   virtual void silu_mul(const Tensor& gate_up, Tensor& out) = 0;
+  // linear(x, w, gate_up) then silu_mul(gate_up, out), w's columns being gate's then up's: one op
+  // where the backend fuses them (CUDA, decode-sized batches: gate_up is then not written).
+  virtual void linear_silu_mul(const Tensor& x, const Linear& w, Tensor& gate_up, Tensor& out) {
+    linear(x, w, gate_up);
+    silu_mul(gate_up, out);
+  }
   // x += y
   virtual void add(Tensor& x, const Tensor& y) = 0;
   // Makes the device finish queued work (a no-op on CPU).

@@ -169,10 +169,11 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
   const bool logn = c.logn_length > 0;
   const size_t q_cos_at = logn ? pack.reserve(size_t(pad_tokens * half)) : 0;
   const size_t q_sin_at = logn ? pack.reserve(size_t(pad_tokens * half)) : 0;
-  int max_q_len = 0, max_ctx = 0;
+  int max_q_len = 0, max_ctx = 0, multi_first = S, multi_end = 0;
   for (int s = 0; s < S; ++s) {
     const int q_len = in.q_start[size_t(s) + 1] - in.q_start[size_t(s)];
     max_q_len = std::max(max_q_len, q_len);
+    if (q_len > 1) multi_first = std::min(multi_first, s), multi_end = s + 1;
     max_ctx = std::max(max_ctx, in.ctx_len[size_t(s)]);
     const int rope_len =
         rope_.fixed_at_prompt() && !in.prompt_len.empty() ? in.prompt_len[size_t(s)] : in.ctx_len[size_t(s)];
@@ -221,6 +222,8 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
   ab.sliding_window = c.sliding_window;
   ab.scale = 1.0f / std::sqrt(float(c.head_dim));
   ab.max_q_len = max_q_len;
+  ab.multi_first = multi_end > 0 ? multi_first : 0;
+  ab.multi_end = multi_end;
   ab.max_ctx_len = std::max(max_ctx, max_ctx_len);  // a graph sizes attention for its widest table
   ab.q_start = meta_view(meta, q_start_at, DType::I32, {Sp + 1});
   ab.ctx_len = meta_view(meta, ctx_at, DType::I32, {Sp});
@@ -270,9 +273,12 @@ bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
   else backend_.linear(attn, L.o, tmp);
   add_rms_norm(x, tmp, L.mlp_norm, h);  // row-parallel: the sum of the ranks' heads
   if (tap && !(*tap)(LinearSlot::kGateUp, h)) return false;
-  if (lo) backend_.linear_lora(h, L.gate_up, sv.lora_slots, lo->gate_up, gate_up);
-  else backend_.linear(h, L.gate_up, gate_up);
-  backend_.silu_mul(gate_up, act);
+  if (lo) {
+    backend_.linear_lora(h, L.gate_up, sv.lora_slots, lo->gate_up, gate_up);
+    backend_.silu_mul(gate_up, act);
+  } else {
+    backend_.linear_silu_mul(h, L.gate_up, gate_up, act);
+  }
   if (tap && !(*tap)(LinearSlot::kDown, act)) return false;
   if (lo) backend_.linear_lora(act, L.down, sv.lora_slots, lo->down, tmp);
   else backend_.linear(act, L.down, tmp);

@@ -65,6 +65,20 @@ class BackendOps : public ::testing::TestWithParam<DType> {
     return gpu_->upload(h);
   }
   Tensor to_gpu_f32(const Tensor& f32) { return to_gpu(f32, DType::F32, false); }
+  // A GPTQ-style weight [n, k] of random codes, zeros and scales (g_idx: each input column's group).
+  QuantWeight random_quant(int bits, int64_t n, int64_t k, int64_t group, const std::vector<int32_t>& g_idx) {
+    QuantMatrix m;
+    m.out = n, m.in = k, m.bits = bits, m.group_size = group, m.g_idx = g_idx;
+    std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
+    std::uniform_real_distribution<float> scale(0.2f, 1.0f);
+    m.q.resize(size_t(n * k));
+    for (auto& v : m.q) v = uint8_t(code(rng_));
+    m.zeros.resize(size_t(n * m.groups()));
+    for (auto& v : m.zeros) v = uint8_t(code(rng_));
+    m.scales.resize(m.zeros.size());
+    for (auto& v : m.scales) v = scale(rng_) / float(1 << bits) / std::sqrt(float(k));
+    return make_quant_weight(m, "w");
+  }
   Tensor to_gpu_i32(const std::vector<int32_t>& v) {
     return gpu_->upload(make_view(const_cast<int32_t*>(v.data()), DType::I32, {int64_t(v.size())}));
   }
@@ -263,19 +277,7 @@ TEST_P(BackendOps, QuantLinear) {
     std::vector<int32_t> g_idx(static_cast<size_t>(k));
     for (int64_t i = 0; i < k; ++i) g_idx[size_t(i)] = int32_t(i / c.group);
     if (c.act_order) std::shuffle(g_idx.begin(), g_idx.end(), rng_);
-    for (int64_t n : {n1, n2}) {
-      QuantMatrix m;
-      m.out = n, m.in = k, m.bits = c.bits, m.group_size = c.group, m.g_idx = g_idx;
-      std::uniform_int_distribution<int> code(0, (1 << c.bits) - 1);
-      std::uniform_real_distribution<float> scale(0.2f, 1.0f);
-      m.q.resize(size_t(n * k));
-      for (auto& v : m.q) v = uint8_t(code(rng_));
-      m.zeros.resize(size_t(n * m.groups()));
-      for (auto& v : m.zeros) v = uint8_t(code(rng_));
-      m.scales.resize(m.zeros.size());
-      for (auto& v : m.scales) v = scale(rng_) / float(1 << c.bits) / std::sqrt(float(k));
-      parts.push_back(make_quant_weight(m, "w"));
-    }
+    for (int64_t n : {n1, n2}) parts.push_back(random_quant(c.bits, n, k, c.group, g_idx));
     Tensor b1 = random({n1});
     Linear cl{{LinearPart{{}, b1, parts[0]}, LinearPart{{}, {}, parts[1]}}, k, n1 + n2};
     Linear gl = gpu_->prepare_linear(
@@ -306,6 +308,51 @@ TEST_P(BackendOps, QuantLinear) {
               ASSERT_EQ(part_h.row<float>(r)[col], all_h.row<float>(r)[col]) << what << " sub " << sub;
         }
       }
+    }
+  }
+}
+
+// linear_silu_mul: for 1-8 rows one kernel (the GEMV, or the int4 / int8 decode kernel, which pair
+// each gate column with its up column) that must give the bits of linear + silu_mul; more rows, the
+// two ops. Bias on both halves, an intermediate size that is not a multiple of a block's columns,
+// act-order codes (gathered activations), and the CPU's result within tolerance.
+TEST_P(BackendOps, LinearSiluMulIsLinearThenSiluMul) {
+  const int64_t k = 256, inter = 203;
+  Tensor w = random({2 * inter, k}, -0.2f, 0.2f), b = random({2 * inter});
+  std::vector<int32_t> g_idx(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) g_idx[size_t(i)] = int32_t(i / 64);
+  std::shuffle(g_idx.begin(), g_idx.end(), rng_);
+  struct Layer {
+    std::string name;
+    Linear cpu, gpu;
+  };
+  std::vector<Layer> layers;
+  layers.push_back({"dense", Linear{{LinearPart{w, b}}, k, 2 * inter},
+                    gpu_->prepare_linear(Linear{{LinearPart{to_gpu(w), to_gpu_f32(b)}}, k, 2 * inter})});
+  for (const int bits : {4, 8}) {
+    const QuantWeight gate = random_quant(bits, inter, k, 64, g_idx), up = random_quant(bits, inter, k, 64, g_idx);
+    layers.push_back({fmt::format("int{} act-order", bits),
+                      Linear{{LinearPart{{}, {}, gate}, LinearPart{{}, {}, up}}, k, 2 * inter},
+                      gpu_->prepare_linear(Linear{{LinearPart{{}, {}, gate}, LinearPart{{}, {}, up}}, k, 2 * inter})});
+  }
+  for (const Layer& l : layers) {
+    for (int64_t m : {1, 2, 5, 8, 9}) {
+      const std::string what = fmt::format("{} m={}", l.name, m);
+      Tensor x = random({m, k});
+      Tensor gu = host_tensor(DType::F32, {m, 2 * inter}), act = host_tensor(DType::F32, {m, inter});
+      cpu_->linear(x, l.cpu, gu);
+      cpu_->silu_mul(gu, act);
+      Tensor gx = to_gpu(x);
+      Tensor two_gu = poisoned({m, 2 * inter}), two = poisoned({m, inter});
+      gpu_->linear(gx, l.gpu, two_gu);
+      gpu_->silu_mul(two_gu, two);
+      Tensor one_gu = poisoned({m, 2 * inter}), one = poisoned({m, inter});
+      gpu_->linear_silu_mul(gx, l.gpu, one_gu, one);
+      expect_close(act, one, what);
+      const Tensor a = to_host(two), c = to_host(one);
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t col = 0; col < inter; ++col)
+          ASSERT_EQ(a.row<float>(r)[col], c.row<float>(r)[col]) << what << " row " << r << " col " << col;
     }
   }
 }
@@ -640,6 +687,11 @@ class BackendAttention : public BackendOps {
     cb.scale = 1.0f / std::sqrt(float(ac.head_dim));
     cb.max_q_len = max_q;
     cb.max_ctx_len = std::max(max_ctx, ac.max_ctx_len);
+    for (int s = 0; s < S; ++s)  // the range of sequences with more than one new token, as the decoder sets it
+      if (q_start[size_t(s) + 1] - q_start[size_t(s)] > 1) {
+        if (cb.multi_end == 0) cb.multi_first = s;
+        cb.multi_end = s + 1;
+      }
     AttentionBatch gb = cb;
     cb.q_start = make_view(q_start.data(), DType::I32, {S + 1});
     cb.ctx_len = make_view(ctx_len.data(), DType::I32, {S});

@@ -314,7 +314,11 @@ cudaError_t launch_rows(const AttentionParams& p, cudaStream_t stream) {
   const size_t smem = smem_layout<T>(p.head_dim, R).total;
   if (const cudaError_t e = allow_shared_memory<paged_attention_kernel<T, DPL, R>>(smem); e != cudaSuccess) return e;
   const int group = p.heads / p.kv_heads;
-  const dim3 grid(ceil_div(int64_t(p.max_q_len) * group, R), unsigned(p.num_seqs), unsigned(p.kv_heads * p.num_splits));
+  // Beside the prefill kernel this one serves only sequences of fewer than flash_min_q new tokens:
+  // blocks for more rows would all return at once (at a 16,384-token step with 1,000 decodes, ~0.4
+  // million of them a layer).
+  const int64_t q_len = p.flash_min_q > 0 ? std::min(p.max_q_len, p.flash_min_q - 1) : p.max_q_len;
+  const dim3 grid(ceil_div(q_len * group, R), unsigned(p.num_seqs), unsigned(p.kv_heads * p.num_splits));
   launch_kernel(paged_attention_kernel<T, DPL, R>, grid, kWarps * 32, smem, stream, p);
   return combine_splits<T>(p, stream);
 }

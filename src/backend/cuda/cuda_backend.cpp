@@ -257,31 +257,43 @@ class CudaBackend final : public Backend {
     quant_scratch_ = raw_alloc(act_, {elements});
   }
 
+  static cuda::QuantArgs quant_args(const QuantWeight& q) {
+    APUS_CHECK(q.qweight.device == Device::CUDA, "linear: quantized weight not prepared for the GPU (prepare_linear)");
+    return {q.qweight.ptr<uint8_t>(), q.qweight.row_stride, q.scales.ptr<uint16_t>(), q.zeros.ptr<uint8_t>(),
+            int(q.groups()), int(q.group_size), q.bits, q.out(), q.in()};
+  }
+
+  // Whether a quantized part runs on the tensor-core kernels for m rows of x (16-bit activations,
+  // 16-byte rows: act-order layers read their gathered copy, which has them).
+  bool quant_kernels_take(const Tensor& x, const QuantWeight& q, int64_t m) const {
+    const bool aligned = (reinterpret_cast<uintptr_t>(x.data) & 15u) == 0 && x.row_stride * dtype_size(act_) % 16 == 0;
+    return act_ != DType::F32 && m <= cuda::kQuantMmaMaxRows && (aligned || !q.perm.empty());
+  }
+
+  // The activations a quantized part reads: x, or for act-order layers x's columns gathered into the
+  // weight's order (a scratch buffer).
+  std::pair<const void*, int64_t> quant_input(const Tensor& x, const QuantWeight& q) {
+    if (q.perm.empty()) return {x.data, x.row_stride};
+    const int64_t m = x.rows(), k = q.in();
+    if (gather_scratch_.nbytes() < size_t(m * k) * dtype_size(act_)) {
+      if (!graphs_.empty()) retired_.push_back(gather_scratch_);  // a recorded graph may use it
+      gather_scratch_ = raw_alloc(act_, {std::max<int64_t>(m * k, 64 * k)});
+    }
+    launched(cuda::gather_cols(act_, x.data, x.row_stride, q.perm.ptr<int32_t>(), m, k, gather_scratch_.data, k,
+                               stream_),
+             "gather_cols");
+    return {gather_scratch_.data, k};
+  }
+
   // y = x W^T (+ bias) for a quantized part: tensor cores on the packed codes for decode-sized
   // batches of 16-bit activations, else the dequantized matrix through cuBLAS.
   void quant_linear(const Tensor& x, const LinearPart& p, void* y, int64_t y_stride, DType y_dtype) {
     const QuantWeight& q = p.quant;
-    APUS_CHECK(q.qweight.device == Device::CUDA, "linear: quantized weight not prepared for the GPU (prepare_linear)");
+    const cuda::QuantArgs a = quant_args(q);
     const int64_t m = x.rows(), k = q.in(), n = q.out();
-    const cuda::QuantArgs a{q.qweight.ptr<uint8_t>(), q.qweight.row_stride, q.scales.ptr<uint16_t>(),
-                            q.zeros.ptr<uint8_t>(), int(q.groups()), int(q.group_size), q.bits, n, k};
     const float* bias = p.bias.empty() ? nullptr : p.bias.ptr<float>();
-    const size_t esize = dtype_size(act_);
-    const void* xin = x.data;
-    int64_t x_stride = x.row_stride;
-    if (!q.perm.empty()) {  // act-order: the activations in the weight's column order
-      if (gather_scratch_.nbytes() < size_t(m * k) * esize) {
-        if (!graphs_.empty()) retired_.push_back(gather_scratch_);  // a recorded graph may use it
-        gather_scratch_ = raw_alloc(act_, {std::max<int64_t>(m * k, 64 * k)});
-      }
-      launched(cuda::gather_cols(act_, x.data, x.row_stride, q.perm.ptr<int32_t>(), m, k, gather_scratch_.data, k,
-                                 stream_),
-               "gather_cols");
-      xin = gather_scratch_.data;
-      x_stride = k;
-    }
-    const bool aligned = (reinterpret_cast<uintptr_t>(xin) & 15u) == 0 && size_t(x_stride) * esize % 16 == 0;
-    if (act_ != DType::F32 && m <= cuda::kQuantMmaMaxRows && aligned) {
+    const auto [xin, x_stride] = quant_input(x, q);
+    if (quant_kernels_take(x, q, m)) {
       launched(cuda::quant_matmul(act_, y_dtype, a, xin, x_stride, m, bias, y, y_stride, stream_),
                "quant_matmul");
       return;
@@ -385,6 +397,37 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // For decode-sized batches one kernel (our GEMV, or the int4 decode kernel) computes each gate
+  // column beside its up column, rounds both as linear() writes them and stores silu(gate) * up as
+  // silu_mul() does: the two ops' bits without writing gate_up. Else the two ops.
+  void linear_silu_mul(const Tensor& x, const Linear& w, Tensor& gate_up, Tensor& out) override {
+    activation(x, "linear_silu_mul");
+    activation(out, "linear_silu_mul");
+    APUS_CHECK(x.cols() == w.in_features && w.out_features == 2 * out.cols() && x.rows() == out.rows(),
+               "linear_silu_mul: input {} / output {} do not fit weight [{}, {}]", x.describe(), out.describe(),
+               w.out_features, w.in_features);
+    const int64_t m = x.rows();
+    const LinearPart* p = w.parts.size() == 1 ? &w.parts[0] : nullptr;
+    const float* bias = p != nullptr && !p->bias.empty() ? p->bias.ptr<float>() : nullptr;
+    if (p != nullptr && !p->quant.empty() && m <= cuda::kQuantGemvMaxRows && quant_kernels_take(x, p->quant, m)) {
+      cuda::TimedOp t(*profile_, "linear_silu_mul", m, fmt::format(" n={} k={}", w.out_features, w.in_features));
+      const auto [xin, x_stride] = quant_input(x, p->quant);
+      launched(cuda::quant_matmul(act_, act_, quant_args(p->quant), xin, x_stride, m, bias, out.data, out.row_stride,
+                                  stream_, true),
+               "quant_matmul (silu)");
+      return;
+    }
+    if (p != nullptr && p->quant.empty() && gemv_ && m <= cuda::kGemvMaxRows &&
+        cuda::gemv_vectorized(act_, p->weight.data, p->weight.row_stride, x.data, x.row_stride, x.cols())) {
+      cuda::TimedOp t(*profile_, "linear_silu_mul", m, fmt::format(" n={} k={}", w.out_features, w.in_features));
+      launched(cuda::gemv(act_, act_, p->weight.data, p->weight.row_stride, x.data, x.row_stride, m, bias, out.data,
+                          out.row_stride, w.out_features, x.cols(), stream_, true),
+               "gemv (silu)");
+      return;
+    }
+    Backend::linear_silu_mul(x, w, gate_up, out);
+  }
+
   void rope(Tensor& x, const Tensor& cos, const Tensor& sin, int head_dim) override {
     activation(x, "rope");
     on_device(cos, "rope");
@@ -457,6 +500,8 @@ class CudaBackend final : public Backend {
     p.scale = b.scale;
     p.max_q_len = b.max_q_len;
     p.max_ctx_len = b.max_ctx_len;
+    p.multi_first = b.multi_first;
+    p.multi_end = b.multi_end;
     APUS_CHECK(p.max_q_len > 0 && p.max_ctx_len >= p.max_q_len,
                "attention: AttentionBatch.max_q_len / max_ctx_len are not set ({} / {})", p.max_q_len, p.max_ctx_len);
     APUS_CHECK(p.head_dim <= 256 && p.head_dim * int(dtype_size(act_)) % 16 == 0,

@@ -61,6 +61,10 @@ __device__ __forceinline__ T from_f(float x) { return Num<T>::from_float(x); }
       return cudaErrorInvalidValue;                    \
   }
 
+// silu(g) * u, as silu_mul computes it from g and u already rounded to the activation dtype (the
+// fused decode kernels use the same expression, so that their results are the two ops' bits).
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(128) flash_prefill_kernel(AttentionParams p, i
   T* v_s = k_s + kKeys * LD;
   int* slot_s = reinterpret_cast<int*>(v_s + kKeys * LD);
 
-  const int seq = blockIdx.y, head = blockIdx.z;
+  const int seq = p.multi_first + int(blockIdx.y), head = blockIdx.z;
   const int q0 = p.q_start[seq], q_len = p.q_start[seq + 1] - q0;
   const int row0 = blockIdx.x * kRows;
   if (q_len < min_q || row0 >= q_len) return;
@@ -149,7 +149,9 @@ template <typename T, int HD>
 cudaError_t launch_flash(const AttentionParams& p, cudaStream_t stream) {
   constexpr size_t smem = flash_smem<T, HD>();
   if (const cudaError_t e = allow_shared_memory<flash_prefill_kernel<T, HD>>(smem); e != cudaSuccess) return e;
-  const dim3 grid(ceil_div(p.max_q_len, kRows), unsigned(p.num_seqs), unsigned(p.heads));
+  // Only the sequences that may have kFlashMinQ new tokens or more: a step's decodes get no blocks.
+  const int seqs = p.multi_end > 0 ? p.multi_end - p.multi_first : p.num_seqs;
+  const dim3 grid(ceil_div(p.max_q_len, kRows), unsigned(seqs), unsigned(p.heads));
   launch_kernel(flash_prefill_kernel<T, HD>, grid, 128, smem, stream, p, kFlashMinQ);
   return cudaGetLastError();
 }

@@ -54,21 +54,28 @@ __device__ __forceinline__ uint4 load_w(const T* p) { return __ldcs(reinterpret_
 
 // Vectorized: k, the strides and the base pointers are multiples of 16 bytes. Rows i >= m of a
 // template size M re-read row m - 1 (an L1 hit) and are not written.
+// silu_half > 0: w is gate_up (gate's silu_half rows, then up's); warps 0-3 take gate columns j..j+3
+// and warps 4-7 the same up columns, each summed exactly as without it, and warps 0-3 write
+// silu(gate) * up from both results rounded to OutT (= T), as linear + silu_mul would.
 template <typename T, typename OutT, int M>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__ w, int64_t w_stride,
                                                            const T* __restrict__ x, int64_t x_stride, int m,
                                                            const float* __restrict__ bias, OutT* __restrict__ y,
-                                                           int64_t y_stride, int n, int k) {
+                                                           int64_t y_stride, int n, int k, int silu_half) {
   constexpr int E = 16 / int(sizeof(T));
   constexpr int kStep = 32 * E;
-  const int lane = threadIdx.x % 32;
-  const int col = blockIdx.x * kWarps + threadIdx.x / 32;
+  constexpr int kHalf = kWarps / 2;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int j = blockIdx.x * kHalf + warp % kHalf;  // silu: the output column
+  const bool in = silu_half > 0 ? j < silu_half : blockIdx.x * kWarps + warp < n;
+  const int col = silu_half > 0 ? min(j, silu_half - 1) + (warp >= kHalf ? silu_half : 0)
+                                : min(int(blockIdx.x) * kWarps + warp, n - 1);
   // The weight row's first lines go to L2 before waiting for the kernel before this one (weights
   // are not written during a step): with PDL their latency overlaps that kernel's tail.
-  const T* wr = w + int64_t(min(col, n - 1)) * w_stride;
+  const T* wr = w + int64_t(col) * w_stride;
   if (lane * 128 < min(k, kUnroll * kStep) * int(sizeof(T))) prefetch_l2(reinterpret_cast<const char*>(wr) + lane * 128);
   pdl_begin();
-  if (col >= n) return;
+  if (silu_half == 0 && !in) return;
   const T* xr[M];
 #pragma unroll
   for (int i = 0; i < M; ++i) xr[i] = x + int64_t(i < m ? i : m - 1) * x_stride;
@@ -92,11 +99,27 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
     for (int i = 0; i < M; ++i) acc[i] = dot16(wv, load_x(xr[i] + kk), acc[i], x);
   }
   const float b = bias != nullptr ? bias[col] : 0.0f;
+  if (silu_half == 0) {
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      const float s = warp_sum(acc[i]);
+      if (lane == 0 && i < m) y[int64_t(i) * y_stride + col] = from_f<OutT>(s + b);
+    }
+    return;
+  }
+  __shared__ float up[kHalf][M];
 #pragma unroll
   for (int i = 0; i < M; ++i) {
-    const float s = warp_sum(acc[i]);
-    if (lane == 0 && i < m) y[int64_t(i) * y_stride + col] = from_f<OutT>(s + b);
+    acc[i] = warp_sum(acc[i]) + b;
+    if (lane == 0 && warp >= kHalf) up[warp - kHalf][i] = acc[i];
   }
+  __syncthreads();
+  if (lane != 0 || warp >= kHalf || !in) return;
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+    if (i < m)
+      y[int64_t(i) * y_stride + j] =
+          from_f<OutT>(silu_times(to_f(from_f<OutT>(acc[i])), to_f(from_f<OutT>(up[warp][i]))));
 }
 
 // Any shape and alignment (odd k, unaligned views): one element per lane at a time.
@@ -131,27 +154,36 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_scalar_kernel(const T* __res
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+bool vectorized(size_t esize, const void* w, int64_t w_stride, const void* x, int64_t x_stride, int64_t k) {
+  const int64_t e = int64_t(16 / esize);
+  return k % e == 0 && w_stride % e == 0 && x_stride % e == 0 && aligned16(w) && aligned16(x);
+}
+
 template <typename T, typename OutT>
 cudaError_t launch(const void* w, int64_t w_stride, const void* x, int64_t x_stride, int64_t m, const float* bias,
-                   void* y, int64_t y_stride, int64_t n, int64_t k, cudaStream_t stream) {
-  constexpr int E = 16 / int(sizeof(T));
-  const dim3 grid(ceil_div(n, kWarps));
+                   void* y, int64_t y_stride, int64_t n, int64_t k, bool silu, cudaStream_t stream) {
   const T* wt = static_cast<const T*>(w);
   const T* xt = static_cast<const T*>(x);
   OutT* yt = static_cast<OutT*>(y);
-  const bool vec = k % E == 0 && w_stride % E == 0 && x_stride % E == 0 && aligned16(w) && aligned16(x);
-  const int mi = int(m), ni = int(n), ki = int(k);
+  const bool vec = vectorized(sizeof(T), w, w_stride, x, x_stride, k);
+  const int mi = int(m), ni = int(n), ki = int(k), half = silu ? int(n / 2) : 0;
+  if (silu && (!vec || n % 2 != 0)) return cudaErrorInvalidValue;
+  const dim3 grid(silu ? ceil_div(half, kWarps / 2) : ceil_div(n, kWarps));
   if (!vec) {
-    launch_kernel(gemv_scalar_kernel<T, OutT>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt, y_stride,
-                                                                   ni, ki);
+    launch_kernel(gemv_scalar_kernel<T, OutT>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt,
+                  y_stride, ni, ki);
   } else if (m <= 1) {
-    launch_kernel(gemv_kernel<T, OutT, 1>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
+    launch_kernel(gemv_kernel<T, OutT, 1>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt,
+                  y_stride, ni, ki, half);
   } else if (m <= 2) {
-    launch_kernel(gemv_kernel<T, OutT, 2>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
+    launch_kernel(gemv_kernel<T, OutT, 2>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt,
+                  y_stride, ni, ki, half);
   } else if (m <= 4) {
-    launch_kernel(gemv_kernel<T, OutT, 4>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
+    launch_kernel(gemv_kernel<T, OutT, 4>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt,
+                  y_stride, ni, ki, half);
   } else {
-    launch_kernel(gemv_kernel<T, OutT, 8>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki);
+    launch_kernel(gemv_kernel<T, OutT, 8>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt,
+                  y_stride, ni, ki, half);
   }
   return cudaGetLastError();
 }
@@ -159,15 +191,19 @@ cudaError_t launch(const void* w, int64_t w_stride, const void* x, int64_t x_str
 }  // namespace
 
 cudaError_t gemv(DType dt, DType out_dt, const void* w, int64_t w_stride, const void* x, int64_t x_stride, int64_t m,
-                 const float* bias, void* y, int64_t y_stride, int64_t n, int64_t k, cudaStream_t stream) {
+                 const float* bias, void* y, int64_t y_stride, int64_t n, int64_t k, cudaStream_t stream, bool silu) {
   if (m <= 0 || n <= 0) return cudaSuccess;
   if (m > kGemvMaxRows) return cudaErrorInvalidValue;
-  if (out_dt == DType::F32) {
-    APUS_DISPATCH_FLOAT(dt, T, return (launch<T, float>(w, w_stride, x, x_stride, m, bias, y, y_stride, n, k, stream)));
+  if (out_dt == DType::F32 && !silu) {
+    APUS_DISPATCH_FLOAT(dt, T, return (launch<T, float>(w, w_stride, x, x_stride, m, bias, y, y_stride, n, k, false, stream)));
   }
   if (out_dt != dt) return cudaErrorInvalidValue;
-  APUS_DISPATCH_FLOAT(dt, T, return (launch<T, T>(w, w_stride, x, x_stride, m, bias, y, y_stride, n, k, stream)));
+  APUS_DISPATCH_FLOAT(dt, T, return (launch<T, T>(w, w_stride, x, x_stride, m, bias, y, y_stride, n, k, silu, stream)));
   return cudaErrorInvalidValue;
+}
+
+bool gemv_vectorized(DType dt, const void* w, int64_t w_stride, const void* x, int64_t x_stride, int64_t k) {
+  return vectorized(dt == DType::F32 ? 4 : 2, w, w_stride, x, x_stride, k);
 }
 
 }  // namespace apus::cuda

@@ -57,9 +57,14 @@ cudaError_t add_bias(DType dt, void* y, int64_t y_stride, const float* bias, int
                      cudaStream_t stream);
 // Decode-sized linear layer: y[m, n] = x[m, k] w[n, k]^T (+ bias[n] F32, or null) for m <= kGemvMaxRows,
 // float32 accumulation; w and x in `dt`, y in `out_dt` (dt or F32). Strides in elements.
+// silu: w is a gate_up matrix (gate's n / 2 rows, then up's) and y[m, n / 2] = silu(gate) * up in
+// `dt`, bit for bit silu_mul of the unfused product; only where gemv_vectorized().
 constexpr int kGemvMaxRows = 8;
 cudaError_t gemv(DType dt, DType out_dt, const void* w, int64_t w_stride, const void* x, int64_t x_stride, int64_t m,
-                 const float* bias, void* y, int64_t y_stride, int64_t n, int64_t k, cudaStream_t stream);
+                 const float* bias, void* y, int64_t y_stride, int64_t n, int64_t k, cudaStream_t stream,
+                 bool silu = false);
+// Whether gemv() takes its vectorized kernel for these operands (16-byte rows and alignment).
+bool gemv_vectorized(DType dt, const void* w, int64_t w_stride, const void* x, int64_t x_stride, int64_t k);
 // Quantized linear layers (quant.cu). A GPTQ / AWQ weight as the backend keeps it on the device:
 // qweight U8 [n, k * bits / 8] (row stride qw_stride bytes), columns in the order of the layer's
 // perm, each 32-bit word holding 8 (4 bits) or 4 (8 bits) consecutive columns; for 4 bits the
@@ -80,8 +85,9 @@ struct QuantArgs {
 // of the two ranges, their number.
 constexpr int kQuantMmaMaxRows = 64;
 constexpr int kQuantGemvMaxRows = 8;
+// silu (m <= kQuantGemvMaxRows, y in dt): w is a gate_up layer, y[m, n / 2] = silu(gate) * up as gemv's.
 cudaError_t quant_matmul(DType dt, DType out_dt, const QuantArgs& w, const void* x, int64_t x_stride, int64_t m,
-                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream);
+                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream, bool silu = false);
 // The whole weight as `dt` [n, k] (row stride out_stride), for a cuBLAS product (prefill, F32 models).
 cudaError_t quant_dequantize(DType dt, const QuantArgs& w, void* out, int64_t out_stride, cudaStream_t stream);
 // out[r, c] = x[r, perm[c]] (act-order layers' activations in the weight's column order).
@@ -143,6 +149,9 @@ struct AttentionParams {
   int num_splits;   // > 1: each sequence's keys are split over this many blocks (flash-decoding)
   float* partial;   // num_splits > 1: scratch of attention_scratch_floats() floats
   int flash_min_q;  // > 0: the CUDA-core kernel leaves sequences with this many new tokens or more
+  // Sequences [multi_first, multi_end) hold all with more than one new token (the prefill kernel's
+  // grid covers only them); multi_end 0: take every sequence.
+  int multi_first, multi_end;
                     // to the tensor-core one (set by paged_attention)
 };
 

@@ -110,16 +110,18 @@ __device__ __forceinline__ void b_frag(const uint4& wv, const ScaleZero<T>& sz, 
 }
 
 // Where the codes, scales and zeros of a lane's N output columns n0 + 8i + g begin (a column past
-// the end reads the last one's and is not stored).
+// the end reads the last one's and is not stored); with half > 0 (a gate_up layer, N = 2), gate's
+// column n0 + g and up's half + n0 + g.
 template <int N>
 struct ColumnRows {
   const uint8_t* w[N];
   const uint16_t* s[N];
   const uint8_t* z[N];
-  __device__ __forceinline__ ColumnRows(const QuantArgs& a, int64_t n0, int g) {
+  __device__ __forceinline__ ColumnRows(const QuantArgs& a, int64_t n0, int g, int64_t half = 0) {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
-      const int64_t row = n0 + i * 8 + g < a.n ? n0 + i * 8 + g : a.n - 1;
+      const int64_t row = half > 0 ? (n0 + g < half ? n0 + g : half - 1) + i * half
+                                   : (n0 + i * 8 + g < a.n ? n0 + i * 8 + g : a.n - 1);
       w[i] = a.qweight + row * a.qw_stride;
       s[i] = a.scales + row * a.groups;
       z[i] = a.zeros + row * a.groups;
@@ -285,19 +287,22 @@ constexpr int kQvGroup = 2;  // consecutive chunks a warp of qmv_kernel takes (o
 // chunk into a fresh accumulator: FACTOR (every chunk inside one group) multiplies the exact
 // integers (q - z) and applies the scale to the chunk's sums in float32, else the fragments are
 // (q - z) * scale. Chunks are added in chunk order and the warps' sums in warp order, whatever the
-// row count: a row's result does not depend on the rows beside it.
+// row count: a row's result does not depend on the rows beside it. silu_half > 0 (a gate_up layer:
+// gate's silu_half columns, then up's): the block's 16 columns are gate's 8 from 8 blockIdx.x and
+// up's same 8, summed as without it, and y[:, silu_half] gets silu(gate) * up from both rounded to
+// OutT (= T), as linear + silu_mul would.
 template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
 __global__ void __launch_bounds__(KS * 32, OCC / KS)
     qmv_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, const float* __restrict__ bias,
-               OutT* __restrict__ y, int64_t y_stride) {
+               OutT* __restrict__ y, int64_t y_stride, int silu_half) {
   constexpr int KL = 128 / BITS;           // k values per lane per chunk
   constexpr int J = KL / 4;                // mmas per chunk
   constexpr int KC = 4 * KL;               // k values per warp per chunk
   constexpr int XV = KL * sizeof(T) / 16;  // 16-byte loads of x per chunk
   const int lane = threadIdx.x % 32, ks = threadIdx.x / 32;
   const int g = lane / 4, t4 = lane % 4;
-  const int64_t n0 = int64_t(blockIdx.x) * 16;
-  const ColumnRows<2> cr(w, n0, g);
+  const int64_t n0 = int64_t(blockIdx.x) * (silu_half > 0 ? 8 : 16);
+  const ColumnRows<2> cr(w, n0, g, silu_half);
   const T* xr = g < m ? x + int64_t(g) * x_stride : nullptr;
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 
@@ -387,15 +392,30 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
     for (int e = 0; e < 4; ++e) red[ks - 1][e][lane] = acc[e];
   __syncthreads();
   if (ks > 0) return;
+  float v[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
-    float v = acc[e];
+    v[e] = acc[e];
 #pragma unroll
-    for (int q = 0; q < KS - 1; ++q) v += red[q][e][lane];
-    // C fragment: element e of lane (g, t4) is output column g (+8 for e >= 2), row 2 t4 + e % 2.
+    for (int q = 0; q < KS - 1; ++q) v[e] += red[q][e][lane];
+  }
+  // C fragment: element e of lane (g, t4) is output column g (+8 for e >= 2), row 2 t4 + e % 2.
+  if (silu_half > 0) {  // elements e and e + 2: gate's and up's column n0 + g
+    const int64_t col = n0 + g;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int r = 2 * t4 + e;
+      if (r >= m || col >= silu_half) continue;
+      const float gate = v[e] + (bias ? bias[col] : 0.0f), up = v[e + 2] + (bias ? bias[silu_half + col] : 0.0f);
+      y[int64_t(r) * y_stride + col] = from_f<OutT>(silu_times(to_f(from_f<OutT>(gate)), to_f(from_f<OutT>(up))));
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
     const int r = 2 * t4 + (e % 2);
     const int64_t col = n0 + g + (e >= 2 ? 8 : 0);
-    if (r < m && col < w.n) y[int64_t(r) * y_stride + col] = from_f<OutT>(v + (bias ? bias[col] : 0.0f));
+    if (r < m && col < w.n) y[int64_t(r) * y_stride + col] = from_f<OutT>(v[e] + (bias ? bias[col] : 0.0f));
   }
 }
 
@@ -403,27 +423,29 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
 // must allow.
 template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
 cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                       int64_t y_stride, cudaStream_t stream) {
-  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC>, ceil_div(w.n, 16), KS * 32, 0, stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride);
+                       int64_t y_stride, cudaStream_t stream, bool silu = false) {
+  const int half = silu ? int(w.n / 2) : 0;
+  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC>, silu ? ceil_div(half, 8) : ceil_div(w.n, 16), KS * 32,
+                0, stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride, half);
   return cudaGetLastError();
 }
 
 template <typename T, typename OutT, int BITS>
 cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                       int64_t y_stride, cudaStream_t stream) {
+                       int64_t y_stride, cudaStream_t stream, bool silu) {
+  if (silu && (m > kQuantGemvMaxRows || w.n % 2 != 0)) return cudaErrorInvalidValue;
   if (m <= kQuantGemvMaxRows) {
     // FACTOR when every warp chunk (128 k values at 4 bits, 64 at 8) lies inside one group. Where
-    // the blocks (16 columns each) fit in one wave at two an SM, blocks of 16 warps: twice the codes
-    // in flight per column (H100, kernel bench: down 22.1 -> 15.5 us, o 5.7 -> 4.7; qkv's 288 blocks
-    // and gate_up's 2,368 run faster with 8). The choice depends on the shape only, not on m.
+    // the blocks (16 columns each, also with silu) fit in one wave at two an SM, blocks of 16 warps:
+    // twice the codes in flight per column (H100, kernel bench: down 22.1 -> 15.5 us, o 5.7 -> 4.7;
+    // qkv's 288 blocks and gate_up's 2,368 run faster with 8). Not without FACTOR: at 64 registers
+    // a thread its per-fragment scaling spills. The choice depends on the shape only, not on m.
     const bool factor = w.groups == 1 || w.group_size % (4 * 128 / BITS) == 0;
     const bool one_wave = ceil_div(w.n, 16) <= 2u * unsigned(device_attribute<cudaDevAttrMultiProcessorCount>());
-    if (one_wave) {
-      if (factor) return launch_qmv<T, OutT, BITS, true, 16, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream);
-      return launch_qmv<T, OutT, BITS, false, 16, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream);
-    }
-    if (factor) return launch_qmv<T, OutT, BITS, true, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream);
-    return launch_qmv<T, OutT, BITS, false, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream);
+    if (factor && one_wave)
+      return launch_qmv<T, OutT, BITS, true, 16, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+    if (factor) return launch_qmv<T, OutT, BITS, true, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+    return launch_qmv<T, OutT, BITS, false, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
   }
   // 32 columns a block (NT 4: each activation load serves twice the weights), one chunk in flight;
   // 9-16 rows one row tile, more two, in slices of 32 rows (neighbouring blocks).
@@ -442,9 +464,9 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
 
 template <typename T, typename OutT>
 cudaError_t launch_qmm_bits(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                            int64_t y_stride, cudaStream_t stream) {
-  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, stream);
-  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, stream);
+                            int64_t y_stride, cudaStream_t stream, bool silu) {
+  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
 }
 
 // One thread per 32-bit word of codes (8 4-bit or 4 8-bit weights), in the layer's column order,
@@ -488,16 +510,18 @@ __global__ void gather_cols_kernel(const T* __restrict__ x, int64_t x_stride, co
 }  // namespace
 
 cudaError_t quant_matmul(DType dt, DType out_dt, const QuantArgs& w, const void* x, int64_t x_stride, int64_t m,
-                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream) {
+                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream, bool silu) {
   if (m <= 0 || w.n <= 0) return cudaSuccess;
   if (m > kQuantMmaMaxRows || (w.bits != 4 && w.bits != 8) || w.k % 32 != 0) return cudaErrorInvalidValue;
+  if (silu && out_dt != dt) return cudaErrorInvalidValue;
   if (dt == DType::BF16) {
-    if (out_dt == DType::F32) return launch_qmm_bits<__nv_bfloat16, float>(w, x, x_stride, m, bias, y, y_stride, stream);
+    if (out_dt == DType::F32)
+      return launch_qmm_bits<__nv_bfloat16, float>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
     if (out_dt == DType::BF16)
-      return launch_qmm_bits<__nv_bfloat16, __nv_bfloat16>(w, x, x_stride, m, bias, y, y_stride, stream);
+      return launch_qmm_bits<__nv_bfloat16, __nv_bfloat16>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
   } else if (dt == DType::F16) {
-    if (out_dt == DType::F32) return launch_qmm_bits<__half, float>(w, x, x_stride, m, bias, y, y_stride, stream);
-    if (out_dt == DType::F16) return launch_qmm_bits<__half, __half>(w, x, x_stride, m, bias, y, y_stride, stream);
+    if (out_dt == DType::F32) return launch_qmm_bits<__half, float>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+    if (out_dt == DType::F16) return launch_qmm_bits<__half, __half>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
   }
   return cudaErrorInvalidValue;
 }
