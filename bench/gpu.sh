@@ -16,7 +16,8 @@
 # APUS_GPU_LORA_QUICK=1 without the transformers check of the merged export and the runs with
 # APUS_LORA_OVERLAP=0), tp
 # (tensor parallelism on every GPU of the machine: its tests, greedy parity and the Qwen2.5-7B shape's
-# figures at TP 1, 2 and 4, peer-to-peer sums on and off), tpnodes (Llama-3-70B at TP 4, two
+# figures at TP 1, 2 and 4, peer-to-peer sums on and off), tpquick (its tests and offline throughput
+# at TP 1 and 2 only), tpnodes (Llama-3-70B at TP 4, two
 # processes as two "nodes", and a rank that fails or is killed; one call each: together they run
 # longer than a device call may), int4
 # (the quantized-model suites on the GPU, the int4 kernels alone per layer shape, then int4 GPTQ
@@ -25,9 +26,7 @@
 # with it off (the CUDA-core kernel), then decode and throughput with it off and on, and the
 # attention op's device time at batch 256), ab (the decode figures with and without one environment
 # switch, APUS_GPU_AB, default APUS_CUDA_PDL=0, in one run on one card: bf16 decode at ~1k context,
-# then bf16 against int4 GPTQ single-stream at 512 context and at batch 32), nsys (bf16 and int4
-# decode under Nsight Systems, kernels inside graphs traced one by one; per step and per kernel
-# by bench/decode_trace_summary.py into nsys_summary.txt).
+# then bf16 against int4 GPTQ single-stream at 512 context and at batch 32).
 set -uo pipefail
 PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
 part() { [[ $PARTS == *",$1,"* ]]; }
@@ -63,7 +62,7 @@ TARGETS="apus"
 part test && TARGETS="$TARGETS test_backend_ops test_decode_graphs test_golden_gpu test_engine_gpu"
 part lora && TARGETS="$TARGETS test_backend_ops test_lora_gpu"
 part int4 && TARGETS="$TARGETS test_backend_ops test_golden_gpu test_quant_model_gpu"
-part tp && TARGETS="$TARGETS test_tensor_parallel_gpu test_golden_gpu"
+(part tp || part tpquick) && TARGETS="$TARGETS test_tensor_parallel_gpu test_golden_gpu"
 part decode && TARGETS="$TARGETS test_backend_ops test_decode_graphs test_golden_gpu test_engine_gpu"
 # The int4 decode kernels alone (bench/quant_kernel_bench.cu, not a CMake target), built beside.
 if part int4; then
@@ -230,21 +229,6 @@ for e in "" "$AB"; do
 done
 fi
 
-if part nsys; then
-NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys \
-  /usr/local/cuda/nsight-systems*/bin/nsys 2>/dev/null | head -1)
-: > "$OUT/nsys_summary.txt"
-for q in bf16 gptq; do
-  Q=""; [ $q = gptq ] && Q="--quantization gptq"
-  timeout 200 "$NSYS" profile --trace=cuda --cuda-graph-trace=node --force-overwrite true -o /tmp/apus_$q \
-    $B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b --input-len 512 \
-    --output-len 128 --num-iters 1 $Q > "$OUT/nsys_$q.log" 2>&1
-  timeout 200 "$NSYS" stats --report cuda_gpu_trace --format csv --force-export true -o /tmp/apus_$q \
-    /tmp/apus_$q.nsys-rep >> "$OUT/nsys_$q.log" 2>&1
-  python3 bench/decode_trace_summary.py /tmp/apus_${q}_cuda_gpu_trace.csv >> "$OUT/nsys_summary.txt" 2>&1
-done
-fi
-
 NG=$(nvidia-smi -L | wc -l)
 TB="$OUT/tp_bench.log"
 run() { echo "==== $*" >> "$TB"; "$@" >> "$TB" 2>&1; echo "exit $?" >> "$TB"; }
@@ -270,13 +254,20 @@ bounded() {
   fi
   wait $pid
 }
-if part tp; then
-export APUS_TP_P2P=${APUS_TP_P2P:-1}  # the peer-to-peer all-reduce (the default) under test; off below for comparison
 TL="$OUT/tp_tests.log"
 tp_tests() {
   (cd $B && APUS_TP_TIMEOUT=60 bounded 150 ./tests/test_tensor_parallel_gpu \
     && APUS_TP_TIMEOUT=60 bounded 150 ./tests/test_golden_gpu --gtest_filter='*tp*')
 }
+if part tpquick; then  # the tests, then offline throughput at TP 1 and 2 (a few minutes of two GPUs)
+  tp_tests > "$TL" 2>&1
+  echo "tensor-parallel GPU tests ($NG GPUs): exit $?"
+  for tp in 1 2; do
+    run timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size $tp --num-prompts 1000 --input-len 512 --output-len 256
+  done
+fi
+if part tp; then
+export APUS_TP_P2P=${APUS_TP_P2P:-1}  # the peer-to-peer all-reduce (the default) under test; off below for comparison
 tp_tests > "$TL" 2>&1
 st=$?
 echo "tensor-parallel GPU tests ($NG GPUs): exit $st"
@@ -387,12 +378,11 @@ fi
 
 echo "==== summary"
 part ab && grep -E "^====|^decode  |batched|rror" "$OUT/ab.log"
-part nsys && cat "$OUT/nsys_summary.txt"
 if part decode; then
   grep -E "^====|^exit|FAILED|PASSED" "$OUT/decode_tests.log" | head -40
   grep -E "^====|decode  |prefill  |batched|attention" "$OUT/decode_bench.log"
 fi
-if part tp || part tpnodes; then
+if part tp || part tpnodes || part tpquick; then
   [ -f "$OUT/tp_tests.log" ] && grep -E "PASSED|FAILED|largest errors" "$OUT/tp_tests.log" | head -60
   grep -E "^====|^exit|greedy tokens|tensor parallel|parallel   |backend|^load|prefill  |decode  |batched|KV cache|rror|node 0 ended" "$OUT/tp_bench.log"
 fi
