@@ -288,9 +288,9 @@ constexpr int kQvGroup = 2;  // consecutive chunks a warp of qmv_kernel takes (o
 // integers (q - z) and applies the scale to the chunk's sums in float32, else the fragments are
 // (q - z) * scale. Chunks are added in chunk order and the warps' sums in warp order, whatever the
 // row count: a row's result does not depend on the rows beside it. silu_half > 0 (a gate_up layer:
-// gate's silu_half columns, then up's): the block's 16 columns are gate's 8 from 8 blockIdx.x and
-// up's same 8, summed as without it, and y[:, silu_half] gets silu(gate) * up from both rounded to
-// OutT (= T), as linear + silu_mul would.
+// gate's silu_half columns, then up's): the block's 16 columns are gate's columns 8 blockIdx.x ..
+// + 7 and the same 8 of up, each summed as without it, and y [m, silu_half] gets silu(gate) * up
+// from both rounded to OutT (= T), as linear + silu_mul would.
 template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
 __global__ void __launch_bounds__(KS * 32, OCC / KS)
     qmv_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, const float* __restrict__ bias,
@@ -423,7 +423,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
 // must allow.
 template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
 cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                       int64_t y_stride, cudaStream_t stream, bool silu = false) {
+                       int64_t y_stride, cudaStream_t stream, bool silu) {
   const int half = silu ? int(w.n / 2) : 0;
   launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC>, silu ? ceil_div(half, 8) : ceil_div(w.n, 16), KS * 32,
                 0, stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride, half);
