@@ -144,6 +144,8 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
 
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 // Lets `Kernel` use `smem` bytes of dynamic shared memory (> 48 KiB needs opting in) on the current
 // device. The attribute is per device, so it is raised once per device (tensor-parallel ranks run
 // on several from one process).

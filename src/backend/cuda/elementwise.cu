@@ -149,8 +149,6 @@ __global__ void rms_norm_vec_kernel(T* residual, int64_t res_stride, const T* __
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 // Launches the vectorized norm when the shapes allow it; false otherwise (the caller falls back).
 template <typename T, bool kAdd>
 bool launch_norm_vec(T* residual, int64_t res_stride, const T* x, int64_t x_stride, const float* w, int64_t cols,
@@ -165,12 +163,12 @@ bool launch_norm_vec(T* residual, int64_t res_stride, const T* x, int64_t x_stri
   if (C > 4) return false;
   const unsigned threads = unsigned((nchunks + C - 1) / C + 31) / 32 * 32;
   const int ic = int(cols);
-  switch (C) {
-    case 1: launch_kernel(rms_norm_vec_kernel<T, 1, kAdd>, unsigned(rows), threads, 0, stream, residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
-    case 2: launch_kernel(rms_norm_vec_kernel<T, 2, kAdd>, unsigned(rows), threads, 0, stream, residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
-    case 3: launch_kernel(rms_norm_vec_kernel<T, 3, kAdd>, unsigned(rows), threads, 0, stream, residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
-    default: launch_kernel(rms_norm_vec_kernel<T, 4, kAdd>, unsigned(rows), threads, 0, stream, residual, res_stride, x, x_stride, w, ic, eps, out, out_stride); break;
-  }
+  auto* kernel = C == 1   ? rms_norm_vec_kernel<T, 1, kAdd>
+                 : C == 2 ? rms_norm_vec_kernel<T, 2, kAdd>
+                 : C == 3 ? rms_norm_vec_kernel<T, 3, kAdd>
+                          : rms_norm_vec_kernel<T, 4, kAdd>;
+  launch_kernel(kernel, unsigned(rows), threads, 0, stream, residual, res_stride, x, x_stride, w, ic, eps, out,
+                out_stride);
   return true;
 }
 
@@ -328,15 +326,18 @@ cudaError_t embedding(DType dt, const int32_t* ids, int64_t n, const void* table
                       int64_t vocab, int64_t hidden, void* out, int64_t out_stride, DeviceError* err,
                       cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(embedding_kernel<T>, grid_for(n * hidden), kThreads, 0, stream, ids, n, static_cast<const T*>(table), first, rows, vocab, hidden, static_cast<T*>(out),
-                          out_stride, err));
+                      launch_kernel(embedding_kernel<T>, grid_for(n * hidden), kThreads, 0, stream, ids, n,
+                                    static_cast<const T*>(table), first, rows, vocab, hidden, static_cast<T*>(out),
+                                    out_stride, err));
   return cudaGetLastError();
 }
 
 cudaError_t gather_rows(DType dt, const void* x, int64_t x_stride, const int32_t* rows, int64_t n, int64_t cols,
                         void* out, int64_t out_stride, cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(gather_rows_kernel<T>, grid_for(n * cols), kThreads, 0, stream, static_cast<const T*>(x), x_stride, rows, n, cols, static_cast<T*>(out), out_stride));
+                      launch_kernel(gather_rows_kernel<T>, grid_for(n * cols), kThreads, 0, stream,
+                                    static_cast<const T*>(x), x_stride, rows, n, cols, static_cast<T*>(out),
+                                    out_stride));
   return cudaGetLastError();
 }
 
@@ -352,7 +353,8 @@ cudaError_t rms_norm(DType dt, const void* x, int64_t x_stride, const float* w, 
     });
   }
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(rms_norm_kernel<T>, grid, norm_threads(group), 0, stream, static_cast<const T*>(x), x_stride, w, group, eps, static_cast<T*>(out), out_stride));
+                      launch_kernel(rms_norm_kernel<T>, grid, norm_threads(group), 0, stream, static_cast<const T*>(x),
+                                    x_stride, w, group, eps, static_cast<T*>(out), out_stride));
   return cudaGetLastError();
 }
 
@@ -366,15 +368,17 @@ cudaError_t add_rms_norm(DType dt, void* residual, int64_t res_stride, const voi
       return cudaGetLastError();
   });
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(add_rms_norm_kernel<T>, unsigned(rows), norm_threads(cols), 0, stream, static_cast<T*>(residual), res_stride, static_cast<const T*>(x), x_stride, w, cols, eps,
-                          static_cast<T*>(out), out_stride));
+                      launch_kernel(add_rms_norm_kernel<T>, unsigned(rows), norm_threads(cols), 0, stream,
+                                    static_cast<T*>(residual), res_stride, static_cast<const T*>(x), x_stride, w, cols,
+                                    eps, static_cast<T*>(out), out_stride));
   return cudaGetLastError();
 }
 
 cudaError_t rope(DType dt, void* x, int64_t x_stride, int64_t rows, int heads, int head_dim, const float* cos,
                  const float* sin, int half, cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(rope_kernel<T>, grid_for(rows * heads * half), kThreads, 0, stream, static_cast<T*>(x), x_stride, rows, heads, head_dim, cos, sin, half));
+                      launch_kernel(rope_kernel<T>, grid_for(rows * heads * half), kThreads, 0, stream,
+                                    static_cast<T*>(x), x_stride, rows, heads, head_dim, cos, sin, half));
   return cudaGetLastError();
 }
 
@@ -382,8 +386,9 @@ cudaError_t store_kv(DType dt, const void* k, int64_t k_stride, const void* v, i
                      int64_t rows, int64_t row_elems, void* k_cache, void* v_cache, int64_t num_slots, DeviceError* err,
                      cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(store_kv_kernel<T>, grid_for(rows * row_elems), kThreads, 0, stream, static_cast<const T*>(k), k_stride, static_cast<const T*>(v), v_stride, slots, rows,
-                          row_elems, static_cast<T*>(k_cache), static_cast<T*>(v_cache), num_slots, err));
+                      launch_kernel(store_kv_kernel<T>, grid_for(rows * row_elems), kThreads, 0, stream,
+                                    static_cast<const T*>(k), k_stride, static_cast<const T*>(v), v_stride, slots, rows,
+                                    row_elems, static_cast<T*>(k_cache), static_cast<T*>(v_cache), num_slots, err));
   return cudaGetLastError();
 }
 
@@ -410,27 +415,30 @@ cudaError_t silu_mul(DType dt, const void* gate_up, int64_t gu_stride, void* out
       cols < (int64_t(1) << 30)) {
     const dim3 grid(ceil_div(cols / e, kThreads), unsigned(std::min<int64_t>(rows, 65535)));
     APUS_DISPATCH_FLOAT(dt, T,
-                        launch_kernel(silu_mul_vec_kernel<T>, grid, kThreads, 0, stream,
-                                      static_cast<const T*>(gate_up), gu_stride, static_cast<T*>(out), out_stride,
-                                      rows, int(cols)));
+                        launch_kernel(silu_mul_vec_kernel<T>, grid, kThreads, 0, stream, static_cast<const T*>(gate_up),
+                                      gu_stride, static_cast<T*>(out), out_stride, rows, int(cols)));
     return cudaGetLastError();
   }
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(silu_mul_kernel<T>, grid_for(rows * cols), kThreads, 0, stream, static_cast<const T*>(gate_up), gu_stride, static_cast<T*>(out), out_stride, rows, cols));
+                      launch_kernel(silu_mul_kernel<T>, grid_for(rows * cols), kThreads, 0, stream,
+                                    static_cast<const T*>(gate_up), gu_stride, static_cast<T*>(out), out_stride, rows,
+                                    cols));
   return cudaGetLastError();
 }
 
 cudaError_t add(DType dt, void* x, int64_t x_stride, const void* y, int64_t y_stride, int64_t rows, int64_t cols,
                 cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(add_kernel<T>, grid_for(rows * cols), kThreads, 0, stream, static_cast<T*>(x), x_stride, static_cast<const T*>(y), y_stride, rows, cols));
+                      launch_kernel(add_kernel<T>, grid_for(rows * cols), kThreads, 0, stream, static_cast<T*>(x),
+                                    x_stride, static_cast<const T*>(y), y_stride, rows, cols));
   return cudaGetLastError();
 }
 
 cudaError_t add_bias(DType dt, void* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols,
                      cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(add_bias_kernel<T>, grid_for(rows * cols), kThreads, 0, stream, static_cast<T*>(y), y_stride, bias, rows, cols));
+                      launch_kernel(add_bias_kernel<T>, grid_for(rows * cols), kThreads, 0, stream, static_cast<T*>(y),
+                                    y_stride, bias, rows, cols));
   return cudaGetLastError();
 }
 
@@ -450,7 +458,8 @@ cudaError_t spin(int64_t ns, cudaStream_t stream) {
 
 cudaError_t fill_random(DType dt, void* x, int64_t n, uint64_t seed, cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(fill_random_kernel<T>, grid_for(n), kThreads, 0, stream, static_cast<T*>(x), n, seed));
+                      launch_kernel(fill_random_kernel<T>, grid_for(n), kThreads, 0, stream, static_cast<T*>(x), n,
+                                    seed));
   return cudaGetLastError();
 }
 

@@ -152,8 +152,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_scalar_kernel(const T* __res
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 bool vectorized(size_t esize, const void* w, int64_t w_stride, const void* x, int64_t x_stride, int64_t k) {
   const int64_t e = int64_t(16 / esize);
   return k % e == 0 && w_stride % e == 0 && x_stride % e == 0 && aligned16(w) && aligned16(x);
@@ -172,18 +170,13 @@ cudaError_t launch(const void* w, int64_t w_stride, const void* x, int64_t x_str
   if (!vec) {
     launch_kernel(gemv_scalar_kernel<T, OutT>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt,
                   y_stride, ni, ki);
-  } else if (m <= 1) {
-    launch_kernel(gemv_kernel<T, OutT, 1>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt,
-                  y_stride, ni, ki, half);
-  } else if (m <= 2) {
-    launch_kernel(gemv_kernel<T, OutT, 2>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt,
-                  y_stride, ni, ki, half);
-  } else if (m <= 4) {
-    launch_kernel(gemv_kernel<T, OutT, 4>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt,
-                  y_stride, ni, ki, half);
   } else {
-    launch_kernel(gemv_kernel<T, OutT, 8>, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt,
-                  y_stride, ni, ki, half);
+    auto* kernel = m <= 1   ? gemv_kernel<T, OutT, 1>
+                   : m <= 2 ? gemv_kernel<T, OutT, 2>
+                   : m <= 4 ? gemv_kernel<T, OutT, 4>
+                            : gemv_kernel<T, OutT, 8>;
+    launch_kernel(kernel, grid, kWarps * 32, 0, stream, wt, w_stride, xt, x_stride, mi, bias, yt, y_stride, ni, ki,
+                  half);
   }
   return cudaGetLastError();
 }
@@ -195,7 +188,8 @@ cudaError_t gemv(DType dt, DType out_dt, const void* w, int64_t w_stride, const 
   if (m <= 0 || n <= 0) return cudaSuccess;
   if (m > kGemvMaxRows) return cudaErrorInvalidValue;
   if (out_dt == DType::F32 && !silu) {
-    APUS_DISPATCH_FLOAT(dt, T, return (launch<T, float>(w, w_stride, x, x_stride, m, bias, y, y_stride, n, k, false, stream)));
+    APUS_DISPATCH_FLOAT(dt, T,
+                        return (launch<T, float>(w, w_stride, x, x_stride, m, bias, y, y_stride, n, k, false, stream)));
   }
   if (out_dt != dt) return cudaErrorInvalidValue;
   APUS_DISPATCH_FLOAT(dt, T, return (launch<T, T>(w, w_stride, x, x_stride, m, bias, y, y_stride, n, k, silu, stream)));

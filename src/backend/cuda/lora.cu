@@ -284,9 +284,11 @@ cudaError_t launch_shrink(const T* x, int64_t x_stride, int64_t tokens, const in
   }
   const dim3 grid(unsigned(slices), unsigned(p.count), unsigned((tokens + kShrinkTokens - 1) / kShrinkTokens));
   if (words_ok(x, x_stride, p, E))
-    launch_kernel(lora_shrink_kernel<T, R, true>, grid, kThreads, 0, stream, x, x_stride, tokens, slots, p, slices > 1, scratch);
+    launch_kernel(lora_shrink_kernel<T, R, true>, grid, kThreads, 0, stream, x, x_stride, tokens, slots, p,
+                  slices > 1, scratch);
   else
-    launch_kernel(lora_shrink_kernel<T, R, false>, grid, kThreads, 0, stream, x, x_stride, tokens, slots, p, slices > 1, scratch);
+    launch_kernel(lora_shrink_kernel<T, R, false>, grid, kThreads, 0, stream, x, x_stride, tokens, slots, p,
+                  slices > 1, scratch);
   return cudaGetLastError();
 }
 
@@ -301,8 +303,10 @@ cudaError_t launch_expand(int64_t tokens, const int32_t* slots, const LoraArgs& 
   }
   const dim3 grid(unsigned((max_n + kThreads - 1) / kThreads), unsigned(p.count),
                   unsigned((tokens + kExpandTokens - 1) / kExpandTokens));
-  if (vec_b) launch_kernel(lora_expand_kernel<T, R, true>, grid, kThreads, 0, stream, tokens, slots, p, scratch, out, out_stride);
-  else launch_kernel(lora_expand_kernel<T, R, false>, grid, kThreads, 0, stream, tokens, slots, p, scratch, out, out_stride);
+  if (vec_b) launch_kernel(lora_expand_kernel<T, R, true>, grid, kThreads, 0, stream, tokens, slots, p, scratch, out,
+                           out_stride);
+  else launch_kernel(lora_expand_kernel<T, R, false>, grid, kThreads, 0, stream, tokens, slots, p, scratch, out,
+                     out_stride);
   return cudaGetLastError();
 }
 

@@ -425,8 +425,8 @@ template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int O
 cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                        int64_t y_stride, cudaStream_t stream, bool silu) {
   const int half = silu ? int(w.n / 2) : 0;
-  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC>, silu ? ceil_div(half, 8) : ceil_div(w.n, 16), KS * 32,
-                0, stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride, half);
+  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC>, silu ? ceil_div(half, 8) : ceil_div(w.n, 16), KS * 32, 0,
+                stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride, half);
   return cudaGetLastError();
 }
 
@@ -456,9 +456,11 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
   OutT* yt = static_cast<OutT*>(y);
   const int mi = int(m);
   const unsigned cols = unsigned(ceil_div(w.n, 32));
-  if (m <= 16) launch_kernel(qmm_kernel<T, OutT, BITS, 1, 1, 4>, cols, block, 0, stream, w, xt, x_stride, mi, bias, yt, y_stride);
+  if (m <= 16) launch_kernel(qmm_kernel<T, OutT, BITS, 1, 1, 4>, cols, block, 0, stream, w, xt, x_stride, mi, bias, yt,
+                             y_stride);
   else
-    launch_kernel(qmm_kernel<T, OutT, BITS, 2, 1, 4>, cols * unsigned(ceil_div(m, int64_t(32))), block, 0, stream, w, xt, x_stride, mi, bias, yt, y_stride);
+    launch_kernel(qmm_kernel<T, OutT, BITS, 2, 1, 4>, cols * unsigned(ceil_div(m, int64_t(32))), block, 0, stream, w, xt,
+                  x_stride, mi, bias, yt, y_stride);
   return cudaGetLastError();
 }
 
@@ -530,9 +532,11 @@ cudaError_t quant_dequantize(DType dt, const QuantArgs& w, void* out, int64_t ou
   const int64_t words = w.n * w.k * w.bits / 32;
   if (words == 0) return cudaSuccess;
   if (w.bits == 4) {
-    APUS_DISPATCH_FLOAT(dt, T, launch_kernel(dequantize_kernel<T, 4>, ceil_div(words, 256), 256, 0, stream, w, static_cast<T*>(out), out_stride));
+    APUS_DISPATCH_FLOAT(dt, T, launch_kernel(dequantize_kernel<T, 4>, ceil_div(words, 256), 256, 0, stream, w,
+                                             static_cast<T*>(out), out_stride));
   } else {
-    APUS_DISPATCH_FLOAT(dt, T, launch_kernel(dequantize_kernel<T, 8>, ceil_div(words, 256), 256, 0, stream, w, static_cast<T*>(out), out_stride));
+    APUS_DISPATCH_FLOAT(dt, T, launch_kernel(dequantize_kernel<T, 8>, ceil_div(words, 256), 256, 0, stream, w,
+                                             static_cast<T*>(out), out_stride));
   }
   return cudaGetLastError();
 }
@@ -542,8 +546,8 @@ cudaError_t gather_cols(DType dt, const void* x, int64_t x_stride, const int32_t
   if (rows == 0 || k == 0) return cudaSuccess;
   const dim3 grid(ceil_div(k, 256), unsigned(rows));
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(gather_cols_kernel<T>, grid, 256, 0, stream, static_cast<const T*>(x), x_stride, perm, k,
-                                                                      static_cast<T*>(out), out_stride));
+                      launch_kernel(gather_cols_kernel<T>, grid, 256, 0, stream, static_cast<const T*>(x), x_stride,
+                                    perm, k, static_cast<T*>(out), out_stride));
   return cudaGetLastError();
 }
 
