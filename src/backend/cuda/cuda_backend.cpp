@@ -346,6 +346,7 @@ class CudaBackend final : public Backend {
     activation(x, "add_rms_norm");
     activation(out, "add_rms_norm");
     APUS_CHECK(w.numel() == residual.cols(), "add_rms_norm: weight [{}] for {} columns", w.numel(), residual.cols());
+    if (profile_->skips("add_rms_norm")) return;
     cuda::TimedOp t(*profile_, "add_rms_norm", residual.rows());
     launched(cuda::add_rms_norm(act_, residual.data, residual.row_stride, x.data, x.row_stride, w.ptr<float>(),
                                 residual.cols(), eps, out.data, out.row_stride, residual.rows(), stream_),
@@ -360,8 +361,9 @@ class CudaBackend final : public Backend {
                w.out_features, w.in_features);
     APUS_CHECK(out.dtype == act_ || out.dtype == DType::F32, "linear: output {} must be {} or F32", out.describe(),
                dtype_name(act_));
-    if (x.rows() == 0) return;
-    cuda::TimedOp t(*profile_, "linear", x.rows(), fmt::format(" n={} k={}", w.out_features, w.in_features));
+    const std::string shape = fmt::format(" n={} k={}", w.out_features, w.in_features);
+    if (x.rows() == 0 || profile_->skips("linear", shape)) return;
+    cuda::TimedOp t(*profile_, "linear", x.rows(), shape);
     const float alpha = 1.0f, beta = 0.0f;
     const size_t out_esize = dtype_size(out.dtype);
     int64_t col = 0;
@@ -407,6 +409,7 @@ class CudaBackend final : public Backend {
                "linear_silu_mul: input {} / output {} do not fit weight [{}, {}]", x.describe(), out.describe(),
                w.out_features, w.in_features);
     const int64_t m = x.rows();
+    if (profile_->skips("linear_silu_mul")) return;
     const LinearPart* p = w.parts.size() == 1 ? &w.parts[0] : nullptr;
     const float* bias = p != nullptr && !p->bias.empty() ? p->bias.ptr<float>() : nullptr;
     if (p != nullptr && !p->quant.empty() && m <= cuda::kQuantGemvMaxRows && quant_kernels_take(x, p->quant, m)) {
@@ -467,6 +470,7 @@ class CudaBackend final : public Backend {
                v.describe(), head_dim, half, row);
     num_slots_ = cache.k.shape[0] * cache.k.shape[1];
     const int kv_heads = int(row / head_dim), q_heads = int(qk.cols() / head_dim) - kv_heads;
+    if (profile_->skips("rope_store_kv")) return;
     cuda::TimedOp t(*profile_, "rope_store_kv", qk.rows());
     launched(cuda::rope_store_kv(act_, qk.data, qk.row_stride, q_heads, kv_heads, head_dim, cos.ptr<float>(),
                                  sin.ptr<float>(), half, v.data, v.row_stride, slot_mapping.ptr<int32_t>(), qk.rows(),
@@ -520,6 +524,7 @@ class CudaBackend final : public Backend {
       }
       p.partial = attention_scratch_.ptr<float>();
     }
+    if (profile_->skips("attention")) return;
     cuda::TimedOp t(*profile_, "attention", p.tokens, fmt::format(" max_q={} splits={}", p.max_q_len, p.num_splits));
     launched(cuda::paged_attention(p, stream_), "paged_attention");
   }

@@ -171,7 +171,9 @@ cudaError_t allow_shared_memory(size_t smem) {
 // too). pdl_begin() waits until that kernel has completed and its writes are visible, then lets the
 // next kernel start in turn. Each kernel calls it before it touches anything another kernel writes
 // or reads, and before any of its threads returns, so that completion stays ordered along the
-// stream; only loads of weights (which no kernel writes during a step) may come before it. Without
+// stream; only loads of what the kernel before it cannot be writing may come before it: weights
+// (no kernel writes them during a step), and in flash_decode the step's tables and the keys and
+// values of earlier positions (written before that kernel started). Without
 // PDL (older GPUs, APUS_CUDA_PDL=0, or a launch without the attribute) both instructions are no-ops.
 __device__ __forceinline__ void pdl_begin() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

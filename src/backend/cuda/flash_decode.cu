@@ -43,7 +43,6 @@ constexpr size_t decode_smem() {
 
 template <typename T, int HD>
 __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionParams p) {
-  pdl_begin();
   constexpr int LD = padded_row<HD>();
   constexpr int kChunks = HD * int(sizeof(T)) / 16, kEpc = 16 / int(sizeof(T));  // 16-byte chunks of a row
   extern __shared__ float4 smem_raw[];
@@ -55,11 +54,17 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
   T* v_s = k_s + kKeys * LD;
   int* slot_s = reinterpret_cast<int*>(v_s + kKeys * LD);
 
+  // Until pdl_begin() only what was written before the kernel before this one started: the step's
+  // tables (uploaded before its first kernel) and the keys and values of earlier steps. The query
+  // and the new position's key and value come from the kernel before (RoPE and the K/V store).
   const int group = p.heads / p.kv_heads;
   const int seq = blockIdx.x;
   const int kvh = int(blockIdx.y) / p.num_splits, split = int(blockIdx.y) % p.num_splits;
   const int64_t tok = p.q_start[seq];
-  if (p.q_start[seq + 1] - tok < 1) return;
+  if (p.q_start[seq + 1] - tok < 1) {
+    pdl_begin();  // completion stays ordered along the stream
+    return;
+  }
   const int ctx = p.ctx_len[seq], pos = ctx - 1;
   int klo = p.sliding_window > 0 ? max(0, pos - p.sliding_window + 1) : 0, khi = ctx;
   if (p.num_splits > 1) {
@@ -67,8 +72,41 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
     klo = max(klo, split * chunk);
     khi = min(khi, (split + 1) * chunk);
   }
+  const int32_t* table = p.block_table + int64_t(seq) * p.max_blocks_per_seq;
+  const int64_t kv_row = int64_t(p.kv_heads) * HD, head_off = int64_t(kvh) * HD;
+  const T* k_cache = static_cast<const T*>(p.k_cache);
+  const T* v_cache = static_cast<const T*>(p.v_cache);
+  const int ntiles = khi > klo ? (khi - klo + kKeys - 1) / kKeys : 0;
+  // The warp's copy of a tile's keys and values into shared memory (two commit groups: keys, then
+  // values); keys past the split's end are zeros. Row `skip` (the new position, -1 for none) is left
+  // for later.
+  auto issue = [&](int kbase, int skip) {
+    __syncwarp();  // every lane is done reading the previous tile
+    {
+      const int kp = kbase + lane;
+      slot_s[lane] = kp < khi ? table[kp / p.block_size] * p.block_size + kp % p.block_size : -1;
+    }
+    __syncwarp();
+    for (int half = 0; half < 2; ++half) {
+      const T* cache = half == 0 ? k_cache : v_cache;
+      T* dst = half == 0 ? k_s : v_s;
+      for (int i = lane; i < kKeys * kChunks; i += 32) {
+        const int j = i / kChunks, c = i % kChunks, slot = slot_s[j];
+        T* d = dst + j * LD + c * kEpc;
+        if (kbase + j == skip) continue;
+        if (slot >= 0) __pipeline_memcpy_async(d, cache + int64_t(slot) * kv_row + head_off + c * kEpc, 16);
+        else *reinterpret_cast<float4*>(d) = make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+      __pipeline_commit();
+    }
+  };
+  // The warp's first tile before the wait (most of a short split's keys): its copy overlaps the
+  // kernels before this one.
+  if (warp < ntiles) issue(klo + warp * kKeys, pos);
+  pdl_begin();
 
-  // The group's queries (rows past it are zeros), as the mma's A fragments.
+  // The group's queries (rows past it are zeros), as the mma's A fragments; the new position's key
+  // and value where the first tile holds it.
   const T* q = static_cast<const T*>(p.q);
   for (int i = threadIdx.x; i < kRows * kChunks; i += kWarps * 32) {
     const int r = i / kChunks, c = i % kChunks;
@@ -76,8 +114,15 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
     if (r < group) __pipeline_memcpy_async(d, q + tok * p.q_stride + int64_t(kvh * group + r) * HD + c * kEpc, 16);
     else *reinterpret_cast<float4*>(d) = make_float4(0.f, 0.f, 0.f, 0.f);
   }
+  if (const int j = pos - (klo + warp * kKeys); warp < ntiles && j >= 0 && j < kKeys) {
+    for (int i = lane; i < 2 * kChunks; i += 32) {
+      const int c = i % kChunks;
+      const T* src = (i < kChunks ? k_cache : v_cache) + int64_t(slot_s[j]) * kv_row + head_off + c * kEpc;
+      __pipeline_memcpy_async((i < kChunks ? k_s : v_s) + j * LD + c * kEpc, src, 16);
+    }
+  }
   __pipeline_commit();
-  __pipeline_wait_prior(0);
+  __pipeline_wait_prior(0);  // the queries, and the whole first tile
   __syncthreads();
   uint32_t qf[HD / 16][4];
 #pragma unroll
@@ -90,30 +135,9 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
   for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-  const int32_t* table = p.block_table + int64_t(seq) * p.max_blocks_per_seq;
-  const int64_t kv_row = int64_t(p.kv_heads) * HD, head_off = int64_t(kvh) * HD;
-  const T* k_cache = static_cast<const T*>(p.k_cache);
-  const T* v_cache = static_cast<const T*>(p.v_cache);
-  const int ntiles = khi > klo ? (khi - klo + kKeys - 1) / kKeys : 0;
   for (int tile = warp; tile < ntiles; tile += kWarps) {
     const int kbase = klo + tile * kKeys;
-    __syncwarp();  // every lane is done reading the previous tile
-    {
-      const int kp = kbase + lane;
-      slot_s[lane] = kp < khi ? table[kp / p.block_size] * p.block_size + kp % p.block_size : -1;
-    }
-    __syncwarp();
-    for (int half = 0; half < 2; ++half) {  // keys, then values: two commit groups
-      const T* cache = half == 0 ? k_cache : v_cache;
-      T* dst = half == 0 ? k_s : v_s;
-      for (int i = lane; i < kKeys * kChunks; i += 32) {
-        const int j = i / kChunks, c = i % kChunks, slot = slot_s[j];
-        T* d = dst + j * LD + c * kEpc;
-        if (slot >= 0) __pipeline_memcpy_async(d, cache + int64_t(slot) * kv_row + head_off + c * kEpc, 16);
-        else *reinterpret_cast<float4*>(d) = make_float4(0.f, 0.f, 0.f, 0.f);
-      }
-      __pipeline_commit();
-    }
+    if (tile != warp) issue(kbase, -1);
     __pipeline_wait_prior(1);  // the keys are in; the values may not be
     __syncwarp();
 

@@ -149,10 +149,10 @@ struct AttentionParams {
   int num_splits;   // > 1: each sequence's keys are split over this many blocks (flash-decoding)
   float* partial;   // num_splits > 1: scratch of attention_scratch_floats() floats
   int flash_min_q;  // > 0: the CUDA-core kernel leaves sequences with this many new tokens or more
+                    // to the tensor-core one (set by paged_attention)
   // Sequences [multi_first, multi_end) hold all with more than one new token (the prefill kernel's
   // grid covers only them); multi_end 0: take every sequence.
   int multi_first, multi_end;
-                    // to the tensor-core one (set by paged_attention)
 };
 
 // Sequences with at least this many new tokens run on tensor cores (flash_prefill.cu) wherever
@@ -167,7 +167,8 @@ cudaError_t flash_prefill(const AttentionParams& p, cudaStream_t stream);
 bool flash_decode_applies(const AttentionParams& p);
 cudaError_t flash_decode(const AttentionParams& p, cudaStream_t stream);
 
-// The split count for a step: more blocks than the GPU has multiprocessors need none.
+// The split count for a step (at most kMaxSplits): more blocks than the GPU has multiprocessors need none.
+constexpr int kMaxSplits = 32;
 int attention_splits(const AttentionParams& p, int multiprocessors);
 size_t attention_scratch_floats(const AttentionParams& p);
 // Shared memory one block needs (the launcher raises the kernel's limit when above 48 KiB).

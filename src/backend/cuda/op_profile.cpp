@@ -16,7 +16,22 @@ namespace {
 
 }  // namespace
 
-OpProfile::OpProfile(cudaStream_t stream) : stream_(stream), on_(std::getenv("APUS_CUDA_PROFILE") != nullptr) {}
+OpProfile::OpProfile(cudaStream_t stream) : stream_(stream), on_(std::getenv("APUS_CUDA_PROFILE") != nullptr) {
+  if (const char* s = std::getenv("APUS_CUDA_SKIP")) {
+    std::string list = s;
+    for (size_t at = 0; at <= list.size();) {
+      const size_t end = std::min(list.find(',', at), list.size());
+      if (end > at) skip_.push_back(list.substr(at, end - at));
+      at = end + 1;
+    }
+  }
+}
+
+bool OpProfile::skips(const char* op, const std::string& detail) const {
+  if (skip_.empty()) return false;
+  const std::string key = op + detail;
+  return std::any_of(skip_.begin(), skip_.end(), [&](const std::string& k) { return key.rfind(k, 0) == 0; });
+}
 
 OpProfile::~OpProfile() {
   if (!on_) return;

@@ -19,6 +19,10 @@ class OpProfile {
   ~OpProfile();  // prints the table
 
   bool on() const { return on_; }
+  // APUS_CUDA_SKIP=KEY[,KEY...]: ops whose profile key ("linear n=4608 k=3584", "add_rms_norm")
+  // starts with a KEY are not run at all. The results are wrong; what is left is the op's marginal
+  // cost inside a real step (graphs, PDL overlap), which timing it alone does not show.
+  bool skips(const char* op, const std::string& detail = {}) const;
   void start(std::string key);
   void stop();
   // Adds up finished ops (called where the host waits for the device anyway).
@@ -35,6 +39,7 @@ class OpProfile {
   };
   cudaStream_t stream_;
   bool on_;
+  std::vector<std::string> skip_;
   bool ahead_ = false;
   std::vector<Pending> pending_;
   std::map<std::string, Total> totals_;
