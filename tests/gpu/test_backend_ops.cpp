@@ -743,6 +743,7 @@ TEST_P(BackendAttention, OverstatedMaxContextSplitsMore) {
   run({{{100, 1}, {7, 1}, {300, 1}}, 28, 4, 128, 0, 8192});
   run({{{1100, 1}}, 28, 4, 128, 0, 2048});
   run({{{50, 1}, {3, 1}}, 8, 2, 64, 16, 4096});
+  run({{{100, 1}, {7, 1}}, 28, 4, 128, 0, 1024});  // 8 splits, most of the second sequence's empty
 }
 
 TEST_P(BackendAttention, ManyDecodesAndSlidingWindow) {
@@ -762,6 +763,7 @@ TEST_P(BackendAttention, GqaDecodeSteps) {
   for (int i = 0; i < 300; ++i) many.push_back({1 + int(rng_() % 1500), 1});
   run({many, 28, 4, 128, 0});
   run({{{1024, 1}}, 28, 4, 128, 0});
+  run({{{512, 1}}, 28, 4, 128, 0});  // the decode benchmark's shape: 4 splits
   run({{{5000, 1}, {31, 1}, {32, 1}, {33, 1}}, 64, 8, 128, 0});
   run({{{700, 1}, {1, 1}, {64, 1}}, 32, 2, 64, 0});  // 16 per kv head (ChatGLM3's MQA)
   run({{{2500, 1}, {90, 1}}, 4, 2, 64, 300});
