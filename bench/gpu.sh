@@ -26,7 +26,9 @@
 # with it off (the CUDA-core kernel), then decode and throughput with it off and on, and the
 # attention op's device time at batch 256), ab (the decode figures with and without one environment
 # switch, APUS_GPU_AB, default APUS_CUDA_PDL=0, in one run on one card: bf16 decode at ~1k context,
-# then bf16 against int4 GPTQ single-stream at 512 context and at batch 32).
+# then bf16 against int4 GPTQ single-stream at 512 context and at batch 32), skip (each decode op's
+# marginal cost inside the captured step: single-stream decode at 512 context, int4 GPTQ and bf16,
+# with APUS_CUDA_SKIP set to one op at a time; bench/RESULTS.md session 10 has the table).
 set -uo pipefail
 PARTS=",${APUS_GPU_PARTS:-test,bench,serve},"
 part() { [[ $PARTS == *",$1,"* ]]; }
@@ -229,6 +231,17 @@ for e in "" "$AB"; do
 done
 fi
 
+if part skip; then
+LAT="$B/apus bench latency --device cuda --load-format dummy --config-preset qwen2.5-7b --input-len 512 --output-len 128 --num-iters 2"
+for k in "" add_rms_norm rope_store_kv attention "linear n=4608" "linear n=3584 k=3584" linear_silu_mul \
+    "linear n=3584 k=18944" "linear n=152064" ""; do
+  for q in "--quantization gptq" ""; do
+    echo "==== skip '$k' ${q:-bf16}"
+    APUS_CUDA_SKIP="$k" timeout 100 $LAT $q 2>&1 | grep -E "^decode  |rror"
+  done
+done > "$OUT/skip.log" 2>&1
+fi
+
 NG=$(nvidia-smi -L | wc -l)
 TB="$OUT/tp_bench.log"
 run() { echo "==== $*" >> "$TB"; "$@" >> "$TB" 2>&1; echo "exit $?" >> "$TB"; }
@@ -378,6 +391,8 @@ fi
 
 echo "==== summary"
 part ab && grep -E "^====|^decode  |batched|rror" "$OUT/ab.log"
+part skip && paste - - < "$OUT/skip.log" | sed -E 's/decode +127 tokens in [0-9.]+ s = //'
+
 if part decode; then
   grep -E "^====|^exit|FAILED|PASSED" "$OUT/decode_tests.log" | head -40
   grep -E "^====|decode  |prefill  |batched|attention" "$OUT/decode_bench.log"
