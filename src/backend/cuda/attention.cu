@@ -281,6 +281,7 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_kernel(AttentionP
 // Merges the splits of each (token, head): out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 // The splits' maxima and sums are read at once by one warp and every split's value of a dim at once
 // (a chain of loads per split made this kernel ~2-3 us of a decode layer's attention).
+static_assert(kMaxSplits <= 32, "combine_splits_kernel reads the splits' maxima and sums with one warp");
 template <typename T>
 __global__ void combine_splits_kernel(AttentionParams p) {
   pdl_begin();

@@ -77,6 +77,10 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
   const T* k_cache = static_cast<const T*>(p.k_cache);
   const T* v_cache = static_cast<const T*>(p.v_cache);
   const int ntiles = khi > klo ? (khi - klo + kKeys - 1) / kKeys : 0;
+  // 16-byte chunk c of key row j (its slot in slot_s) from `cache` into the tile `dst`.
+  auto copy_chunk = [&](T* dst, const T* cache, int j, int c) {
+    __pipeline_memcpy_async(dst + j * LD + c * kEpc, cache + int64_t(slot_s[j]) * kv_row + head_off + c * kEpc, 16);
+  };
   // The warp's copy of a tile's keys and values into shared memory (two commit groups: keys, then
   // values); keys past the split's end are zeros. Row `skip` (the new position, -1 for none) is left
   // for later.
@@ -91,11 +95,10 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
       const T* cache = half == 0 ? k_cache : v_cache;
       T* dst = half == 0 ? k_s : v_s;
       for (int i = lane; i < kKeys * kChunks; i += 32) {
-        const int j = i / kChunks, c = i % kChunks, slot = slot_s[j];
-        T* d = dst + j * LD + c * kEpc;
+        const int j = i / kChunks, c = i % kChunks;
         if (kbase + j == skip) continue;
-        if (slot >= 0) __pipeline_memcpy_async(d, cache + int64_t(slot) * kv_row + head_off + c * kEpc, 16);
-        else *reinterpret_cast<float4*>(d) = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (slot_s[j] >= 0) copy_chunk(dst, cache, j, c);
+        else *reinterpret_cast<float4*>(dst + j * LD + c * kEpc) = make_float4(0.f, 0.f, 0.f, 0.f);
       }
       __pipeline_commit();
     }
@@ -115,11 +118,8 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
     else *reinterpret_cast<float4*>(d) = make_float4(0.f, 0.f, 0.f, 0.f);
   }
   if (const int j = pos - (klo + warp * kKeys); warp < ntiles && j >= 0 && j < kKeys) {
-    for (int i = lane; i < 2 * kChunks; i += 32) {
-      const int c = i % kChunks;
-      const T* src = (i < kChunks ? k_cache : v_cache) + int64_t(slot_s[j]) * kv_row + head_off + c * kEpc;
-      __pipeline_memcpy_async((i < kChunks ? k_s : v_s) + j * LD + c * kEpc, src, 16);
-    }
+    for (int i = lane; i < 2 * kChunks; i += 32)
+      copy_chunk(i < kChunks ? k_s : v_s, i < kChunks ? k_cache : v_cache, j, i % kChunks);
   }
   __pipeline_commit();
   __pipeline_wait_prior(0);  // the queries, and the whole first tile
