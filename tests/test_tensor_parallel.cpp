@@ -93,12 +93,26 @@ TEST(TensorParallel, BusyEngineMatchesTheWholeModel) {
   // A second engine (a new cache) and generate() (another, short-lived one) on the same group.
   Engine again(split->model(), small_cache(64));
   auto third = run_to_completion(again, {busy_requests()[0]});
+  EXPECT_EQ(again.stats().argmax_only_steps, again.stats().steps);  // greedy alone: no logits gathered
   SamplingParams greedy;
   greedy.temperature = 0.0f;
   greedy.max_tokens = 30;
   greedy.ignore_eos = true;
   EXPECT_EQ(generate(split->model(), busy_requests()[0].prompt, greedy).token_ids, want[0][0].new_tokens);
   EXPECT_EQ(third[0][0].new_tokens, want[0][0].new_tokens);
+}
+
+TEST(TensorParallel, GreedyCandidatesGiveTheFirstMaximumOfTheWholeVocabulary) {
+  // (logit, id) per rank, in rank order: ties go to the lower rank (its ids are lower), and a rank
+  // whose best is -inf (no real vocabulary rows, all NaN) loses to any other.
+  const float tie[] = {2.5f, 7, 2.5f, 40, 1.0f, 90};
+  EXPECT_EQ(greedy_token(tie, 3), 7);
+  const float later[] = {-1.0f, 3, 0.5f, 33};
+  EXPECT_EQ(greedy_token(later, 2), 33);
+  const float empty[] = {-INFINITY, 0, -3.0f, 20, -INFINITY, 40};
+  EXPECT_EQ(greedy_token(empty, 3), 20);
+  const float none[] = {-INFINITY, 0, -INFINITY, 20};
+  EXPECT_EQ(greedy_token(none, 2), 0);
 }
 
 TEST(TensorParallel, AFailingRankStopsTheGroupWithItsError) {

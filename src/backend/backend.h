@@ -148,6 +148,10 @@ class Backend {
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out, int64_t first = 0, int64_t vocab = 0) = 0;
   // out[r, c] = table row rows[r] (gather of activation rows); rows I32 [R].
   virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
+  // out F32 [R, 2] = each row of x (F32 [R, n], rows may be strided) as its first maximum and that
+  // column + offset (as a float: exact for ids below 2^24); NaN is never a maximum; a row without
+  // one (n == 0, all NaN) gives (-inf, offset). A vocabulary-parallel rank's greedy candidates.
+  virtual void argmax_rows(const Tensor& x, int64_t offset, Tensor& out) = 0;
   // RMSNorm over groups of w.numel() columns (w.numel() == cols for a plain norm; == head_dim
   // for Qwen3's per-head q/k norm): out = w * x / sqrt(mean(x^2) + eps). `out` may alias `x`.
   virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;

@@ -219,6 +219,10 @@ std::vector<SeqOutput> Engine::step() {
     b.prompt_len.push_back(s->prompt_len);
     std::copy(s->block_table.begin(), s->block_table.end(), b.block_table.begin() + long(i) * b.max_blocks);
   }
+  // Tensor parallelism: a step whose rows are all greedy draws gathers each rank's best token
+  // instead of every logit.
+  b.argmax_only = model_.vocab_parallel() && !lora && !draws.empty() && draws.size() == b.logit_rows.size() &&
+                  std::all_of(draws.begin(), draws.end(), [](const SampleRow& d) { return d.temperature <= 0.0f || d.top_k == 1; });
   stats_.schedule_s += lap(clock);
   Tensor logits;
   try {
@@ -232,7 +236,16 @@ std::vector<SeqOutput> Engine::step() {
   stats_.forward_s += lap(clock);
 
   const int64_t V = model_.config().vocab_size;
-  fetch_logits(logits, on_host, draws);
+  if (b.argmax_only) {
+    stats_.argmax_only_steps++;
+    candidates_.resize(size_t(logits.numel()));
+    model_.backend().copy_to_host(logits, candidates_.data());
+    const int ranks = int(logits.cols() / 2);
+    drawn_.resize(size_t(logits.rows()));
+    for (int64_t r = 0; r < logits.rows(); ++r) drawn_[size_t(r)] = greedy_token(candidates_.data() + r * logits.cols(), ranks);
+  } else {
+    fetch_logits(logits, on_host, draws);
+  }
   stats_.draw_s += lap(clock);
   std::vector<SeqOutput> outputs;
   std::vector<float> row, lp;

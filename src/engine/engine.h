@@ -57,6 +57,7 @@ struct SeqOutput {
 struct EngineStats {
   uint64_t steps = 0, prompt_tokens = 0, generated_tokens = 0, computed_tokens = 0;
   uint64_t preemptions = 0, prefix_queried_blocks = 0, prefix_hit_blocks = 0;
+  uint64_t argmax_only_steps = 0;  // steps that gathered greedy candidates, not logits (StepBatch::argmax_only)
   // Host seconds spent in each phase of step(): scheduling and building the batch; the forward
   // call (uploads, the step broadcast, launches: on a GPU it returns once the step is queued);
   // drawing the tokens (waits for the device); turning them into outputs. A GPU idles through
@@ -110,6 +111,7 @@ class Engine {
   StepBatch batch_;
   std::vector<float> logits_;  // [logit rows, vocab]: only the rows the host reads are filled
   std::vector<int32_t> drawn_;  // per logit row: the token drawn on the device, or -1
+  std::vector<float> candidates_;  // an argmax_only step's [logit rows, 2 * ranks] (StepBatch::argmax_only)
 };
 
 // Batch limits for offline runs (the library API, `apus infer`, `apus bench throughput`), as vLLM V1 picks them:

@@ -15,6 +15,7 @@ namespace apus {
 struct DecoderModel::Graph {
   int bucket = 0, max_blocks = 0;
   bool lora = false;  // with the LoRA ops
+  bool argmax_only = false;  // tensor parallelism: greedy candidates gathered instead of logits
   std::vector<const void*> cache;
   int64_t cache_blocks = 0;
   Tensor staging;
@@ -26,6 +27,7 @@ struct DecoderModel::Workspace {
   int64_t capacity = 0, logit_capacity = 0;
   Tensor x, h, qkv, attn, gate_up, act, tmp, final_h, logits;
   Tensor gathered;  // tensor parallelism: every rank's logits side by side [rows, world * vocab_padded]
+  Tensor best, candidates;  // and for argmax_only steps: this rank's [rows, 2], every rank's [rows, 2 * world]
   // The step's metadata in one host buffer of 4-byte words (token ids, rows, block tables, rope
   // tables), so that a GPU backend uploads it in one copy into `meta_device`.
   Tensor meta_host, meta_device;
@@ -38,6 +40,7 @@ struct DecoderModel::StepViews {
   Tensor q_cos, q_sin;  // logn attention (Qwen v1): q's tables, scaled; empty otherwise
   AttentionBatch ab;
   Tensor lora_slots;  // I32 [T]; empty: no token uses an adapter
+  bool argmax_only = false;
 };
 
 namespace {
@@ -126,7 +129,11 @@ DecoderModel::Workspace& DecoderModel::workspace(int64_t tokens, int64_t logit_r
   if (logit_rows > w.logit_capacity) {
     w.final_h = backend_.alloc(a, {logit_rows, c.hidden_size});
     w.logits = backend_.alloc(DType::F32, {logit_rows, weights_.lm_head.out_features});
-    if (group_) w.gathered = backend_.alloc(DType::F32, {logit_rows, group_->world() * weights_.lm_head.out_features});
+    if (group_) {
+      w.gathered = backend_.alloc(DType::F32, {logit_rows, group_->world() * weights_.lm_head.out_features});
+      w.best = backend_.alloc(DType::F32, {logit_rows, 2});
+      w.candidates = backend_.alloc(DType::F32, {logit_rows, 2 * group_->world()});
+    }
     w.logit_capacity = logit_rows;
   }
   return w;
@@ -206,6 +213,7 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
   StepViews v;
   v.T = pad_tokens;
   v.R = pad_rows;
+  v.argmax_only = in.argmax_only && group_;
   v.tokens = meta_view(meta, tokens_at, DType::I32, {pad_tokens});
   v.logit_rows = meta_view(meta, rows_at, DType::I32, {pad_rows});
   if (lora) v.lora_slots = meta_view(meta, lora_at, DType::I32, {pad_tokens});
@@ -308,10 +316,24 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
   backend_.gather_rows(x, sv.logit_rows, fh);
   backend_.rms_norm(fh, weights_.final_norm, c.rms_norm_eps, fh);
   backend_.linear(fh, weights_.lm_head, lg);
-  if (group_) {
+  if (!group_) return;
+  if (sv.argmax_only) {  // this rank's best of its real vocabulary rows (not the padding's zeros)
+    const int64_t first = weights_.shard.vocab0,
+                  n = std::clamp<int64_t>(config_.vocab_size - first, 0, weights_.lm_head.out_features);
+    Tensor best = rows_of(w.best, R), all = rows_of(w.candidates, R);
+    backend_.argmax_rows(lg.cols_view(0, n), first, best);
+    group_->all_gather_cols(best, all);
+  } else {
     Tensor all = rows_of(w.gathered, R);
     group_->all_gather_cols(lg, all);
   }
+}
+
+int32_t greedy_token(const float* candidates, int ranks) {
+  int q = 0;
+  for (int p = 1; p < ranks; ++p)
+    if (candidates[2 * p] > candidates[2 * q]) q = p;
+  return int32_t(candidates[2 * q + 1]);
 }
 
 void DecoderModel::embed(const StepBatch& in, Tensor& hidden) {
@@ -384,8 +406,8 @@ void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket
   const int64_t cache_blocks = cache.layers[0].k.shape[0];
   Graph* g = nullptr;
   for (Graph& cand : w.graphs)
-    if (cand.bucket == bucket && cand.max_blocks == width && cand.lora == lora && cand.cache_blocks == cache_blocks &&
-        cand.cache == cache_ptrs)
+    if (cand.bucket == bucket && cand.max_blocks == width && cand.lora == lora && cand.argmax_only == in.argmax_only &&
+        cand.cache_blocks == cache_blocks && cand.cache == cache_ptrs)
       g = &cand;
   const int max_ctx_len = width * cache.block_size;
   if (g != nullptr) {
@@ -394,7 +416,7 @@ void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket
     return;
   }
   if (w.graphs.size() >= 64) drop_graphs();  // caches come and go (generate() makes one per call)
-  w.graphs.push_back(Graph{bucket, width, lora, std::move(cache_ptrs), cache_blocks, Tensor(), -1});
+  w.graphs.push_back(Graph{bucket, width, lora, in.argmax_only, std::move(cache_ptrs), cache_blocks, Tensor(), -1});
   Graph& ng = w.graphs.back();
   const StepViews sv = upload_meta(in, bucket, bucket, width, max_ctx_len, cache, ng.staging);
   run_layers(sv, cache);  // this step's result, op by op
@@ -446,6 +468,7 @@ Tensor DecoderModel::forward_step(const StepBatch& in, KvCache& cache) {
   }
   if (R == 0) return Tensor();
   if (lora_ && !in.lora_slots.empty()) lora_lm_heads(in);
+  if (group_ && in.argmax_only) return rows_of(ws_->candidates, R);
   if (group_) return rows_of(ws_->gathered, R).cols_view(0, config_.vocab_size);
   return rows_of(ws_->logits, R);
 }
@@ -475,6 +498,7 @@ void DecoderModel::lora_lm_heads(const StepBatch& in) {
     // A slot no token uses may be being loaded by another thread: look at its lm_head only when used.
     const Linear* head = slot >= 0 ? lora_->lm_head(slot) : nullptr;
     if (head != nullptr) {
+      APUS_CHECK(!(group_ && in.argmax_only), "an argmax_only step cannot use an adapter's own lm_head");
       Tensor out = w.logits.rows_view(a, e - a);
       backend_.linear(w.final_h.rows_view(a, e - a), *head, out);
       any = true;

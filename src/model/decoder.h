@@ -30,8 +30,17 @@ struct StepBatch {
                                       // NTK fixes its RoPE scaling at the prompt; empty: ctx_len)
   std::vector<int32_t> lora_slots;    // [T] each token's LoRA adapter slot (-1: the base model);
                                       // empty: every token is the base model's
+  // Every logit row is wanted only for its first maximum (greedy draws, nothing read on the host,
+  // no adapter's lm_head): with tensor parallelism forward() then returns each rank's greedy
+  // candidates instead of gathering every logit (see greedy_token). Ignored without.
+  bool argmax_only = false;
   int num_seqs() const { return int(ctx_len.size()); }
 };
+
+// The token of one row of argmax_only candidates (`ranks` pairs of logit and id): the first maximum
+// over the whole vocabulary, as argmax of the gathered logits would give (ties: the lower rank,
+// whose ids are lower; a rank whose best is NaN or -inf loses to any other).
+int32_t greedy_token(const float* candidates, int ranks);
 
 class DecoderModel {
  public:
@@ -47,7 +56,12 @@ class DecoderModel {
 
   // Runs the step, writing K/V into `cache`; returns the logits F32 [logit_rows, vocab] on the
   // backend's device (a view of a buffer the next step overwrites; empty when there are none).
+  // A tensor-parallel step with batch.argmax_only returns F32 [logit_rows, 2 * ranks] instead:
+  // each rank's first maximum over its part of the vocabulary and its token id, in rank order.
   Tensor forward(const StepBatch& batch, KvCache& cache);
+  // Whether forward() honours StepBatch::argmax_only (tensor parallelism: it saves gathering
+  // [rows, vocab] logits from every rank each step).
+  bool vocab_parallel() const { return group_ != nullptr; }
   // The same, with the logits copied to the host, row-major.
   void forward(const StepBatch& batch, KvCache& cache, std::vector<float>& logits);
   // Allocates the activation buffers for steps of up to `tokens` tokens and `logit_rows` logit

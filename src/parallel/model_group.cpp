@@ -334,6 +334,7 @@ void ModelGroup::send_step(const StepBatch& b, const KvCache& cache) {
   w.word(rows);
   w.word(r.model->use_graphs() ? 1 : 0);
   w.word(b.max_blocks);
+  w.word(b.argmax_only ? 1 : 0);
   w.vec(live);
   // LoRA: the slots' shape, then the adapters loaded (slot, directory) or cleared (slot, "") since
   // the last step, in order; a step that uses a slot comes after its load.
@@ -406,6 +407,7 @@ void ModelGroup::run_worker(Rank& r) {
         const int32_t id = in.word(), blocks = in.word(), block_size = in.word(), tokens = in.word(), rows = in.word();
         const bool graphs = in.word() != 0;
         b.max_blocks = in.word();
+        b.argmax_only = in.word() != 0;
         in.vec(live);
         const int max_loras = in.word(), max_rank = in.word();
         if (max_loras > 0 && (!r.model->lora() || r.model->lora()->max_loras() != max_loras ||

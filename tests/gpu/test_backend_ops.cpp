@@ -577,6 +577,36 @@ TEST_P(BackendOps, SampleGreedyIsTheFirstMaximum) {
   }
 }
 
+// A vocabulary-parallel rank's greedy candidates: CPU and GPU give the same (value, column + offset)
+// for rows of a strided view (a rank's real vocabulary columns), ties, -inf and NaN rows.
+TEST_P(BackendOps, ArgmaxRowsOfAStridedView) {
+  const int64_t V = 50003, n = 49999;
+  Tensor logits = random({5, V}, -8.0f, 8.0f);
+  float* row = logits.row<float>(0);
+  row[n - 1] = row[777] = 9.0f;                                    // a tie: the first
+  logits.row<float>(1)[n] = 50.0f;                                 // past the view: not seen
+  std::fill_n(logits.row<float>(2), V, -INFINITY);                 // every column -inf: the first
+  std::fill_n(logits.row<float>(3), V, std::nanf(""));             // no maximum at all
+  logits.row<float>(3)[n - 2] = -1.0f;                             // but one number
+  std::fill_n(logits.row<float>(4), V, std::nanf(""));
+  Tensor want = host_tensor(DType::F32, {5, 2});
+  cpu_->argmax_rows(logits.cols_view(0, n), 3000, want);
+  Tensor gout = gpu_->alloc(DType::F32, {5, 2});
+  const Tensor glogits = to_gpu_f32(logits);
+  gpu_->argmax_rows(glogits.cols_view(0, n), 3000, gout);
+  const Tensor got = to_host(gout);
+  const float expect[5][2] = {{9.0f, 3777}, {0, 0}, {-INFINITY, 3000}, {-1.0f, float(3000 + n - 2)}, {-INFINITY, 3000}};
+  for (int64_t r = 0; r < 5; ++r) {
+    EXPECT_EQ(got.row<float>(r)[0], want.row<float>(r)[0]) << "row " << r;
+    EXPECT_EQ(got.row<float>(r)[1], want.row<float>(r)[1]) << "row " << r;
+    if (r != 1) {
+      EXPECT_EQ(want.row<float>(r)[0], expect[r][0]) << "row " << r;
+      EXPECT_EQ(want.row<float>(r)[1], expect[r][1]) << "row " << r;
+    }
+  }
+  EXPECT_LT(want.row<float>(1)[0], 50.0f);
+}
+
 // Sweeping the draw's uniform number over a fine grid makes the device's draws an exact inverse-CDF
 // picture of its distribution: each token's count must be its probability times the grid size
 // within 2, and tokens outside the top-k/min-p/top-p set must never come out.

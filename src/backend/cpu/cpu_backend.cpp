@@ -117,6 +117,20 @@ class CpuBackend : public Backend {
       std::memcpy(out.row<float>(r), x.row<float>(rows.ptr<int32_t>()[r]), size_t(x.cols()) * 4);
   }
 
+  void argmax_rows(const Tensor& x, int64_t offset, Tensor& out) override {
+    APUS_CHECK(x.dtype == DType::F32 && out.dtype == DType::F32 && out.rows() == x.rows() && out.cols() == 2,
+               "argmax_rows: {} into {}", x.describe(), out.describe());
+    for (int64_t r = 0; r < x.rows(); ++r) {
+      const float* row = x.row<float>(r);
+      float best = -INFINITY;
+      int64_t at = -1;
+      for (int64_t i = 0; i < x.cols(); ++i)
+        if (row[i] > best || (at < 0 && row[i] == best)) best = row[i], at = i;
+      out.row<float>(r)[0] = best;
+      out.row<float>(r)[1] = float(std::max<int64_t>(at, 0) + offset);
+    }
+  }
+
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
     const int64_t n = w.numel(), groups = x.cols() / n;
     APUS_CHECK(x.cols() % n == 0, "rms_norm: {} columns are not groups of {}", x.cols(), n);

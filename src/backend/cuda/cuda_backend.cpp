@@ -614,6 +614,17 @@ class CudaBackend final : public Backend {
     fail("store_kv: slot {} outside the cache ({} slots)", e.value, num_slots_);
   }
 
+  void argmax_rows(const Tensor& x, int64_t offset, Tensor& out) override {
+    on_device(x, "argmax_rows");
+    on_device(out, "argmax_rows");
+    APUS_CHECK(x.dtype == DType::F32 && out.dtype == DType::F32 && out.rows() == x.rows() && out.cols() == 2 &&
+                   out.contiguous() && x.cols() < (int64_t(1) << 24),
+               "argmax_rows: {} into {}", x.describe(), out.describe());
+    cuda::TimedOp t(*profile_, "argmax_rows", x.rows());
+    launched(cuda::argmax_rows(x.ptr<float>(), x.row_stride, x.rows(), x.cols(), offset, out.ptr<float>(), stream_),
+             "argmax_rows");
+  }
+
   bool sample(const Tensor& logits, const std::vector<SampleRow>& rows, int32_t* ids) override {
     on_device(logits, "sample");
     APUS_CHECK(logits.dtype == DType::F32, "sample: logits {} must be F32", logits.describe());

@@ -106,6 +106,9 @@ struct SampleArgs {
 };
 cudaError_t sample(const float* logits, int64_t stride, int64_t vocab, const SampleArgs* args, int rows,
                    float* scratch, int32_t* out, cudaStream_t stream);
+// Backend::argmax_rows: out F32 [rows, 2] (contiguous) = each row's first maximum and its column + offset.
+cudaError_t argmax_rows(const float* x, int64_t stride, int64_t rows, int64_t n, int64_t offset, float* out,
+                        cudaStream_t stream);
 // Batched LoRA (Backend::lora): up to kLoraMaxParts parts of one linear layer, A [num_slots, rank,
 // in] and B [num_slots, n, rank] each, in `dt`; rank 8, 16, 32 or 64 (the slots' padded rank);
 // `scratch` holds tokens * kLoraMaxParts * rank floats.

@@ -137,6 +137,7 @@ class NcclCollectives final : public Collectives {
                x.describe());
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce", x.rows());
+    if (cuda::profile_of(backend_).skips("all_reduce")) return;  // diagnosis: the sum's marginal cost
     const bool p2p = p2p_ && p2p_->fits(x);
     trace("all_reduce", x, p2p);
     if (p2p) {
@@ -149,7 +150,8 @@ class NcclCollectives final : public Collectives {
 
   void all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
                                Backend& backend) override {
-    if (!(p2p_ && p2p_->fits(x) && p2p_->fits(residual) && p2p_->fits(out) && residual.shape == x.shape &&
+    if (cuda::profile_of(backend_).skips("all_reduce") ||  // diagnosis: all_reduce skips the sum
+        !(p2p_ && p2p_->fits(x) && p2p_->fits(residual) && p2p_->fits(out) && residual.shape == x.shape &&
           out.shape == x.shape && residual.dtype == x.dtype && out.dtype == x.dtype && w.dtype == DType::F32)) {
       Collectives::all_reduce_add_rms_norm(x, residual, w, eps, out, backend);
       return;
@@ -165,6 +167,7 @@ class NcclCollectives final : public Collectives {
                "all_gather_cols: {} into {}", x.describe(), out.describe());
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_gather_cols", x.rows());
+    if (cuda::profile_of(backend_).skips("all_gather_cols")) return;
     trace("all_gather_cols", x, false);
     const size_t es = dtype_size(x.dtype), n = size_t(x.numel());
     if (scratch_.numel() < int64_t(n) * world_) scratch_ = backend_.alloc(x.dtype, {int64_t(n) * world_});

@@ -20,7 +20,8 @@ class OpProfile {
 
   bool on() const { return on_; }
   // APUS_CUDA_SKIP=KEY[,KEY...]: ops whose name and shape as the profile prints them, less the row
-  // count ("linear n=4608 k=3584", "add_rms_norm"), start with a KEY are not run at all. The results are wrong; what is left is the op's marginal
+  // count ("linear n=4608 k=3584", "add_rms_norm"; a tensor-parallel group's "all_reduce" and
+  // "all_gather_cols", whose norms still run), start with a KEY are not run at all. The results are wrong; what is left is the op's marginal
   // cost inside a real step (graphs, PDL overlap), which timing it alone does not show.
   bool skips(const char* op, const std::string& detail = {}) const;
   void start(std::string key);

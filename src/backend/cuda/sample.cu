@@ -296,7 +296,28 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, i
   if (threadIdx.x == 0) out[blockIdx.x] = sh.pick != INT_MAX ? sh.pick : sh.last;
 }
 
+// Backend::argmax_rows: a block per row.
+__global__ void __launch_bounds__(kThreads) argmax_rows_kernel(const float* x, int64_t stride, int64_t n,
+                                                               int64_t offset, float* out) {
+  pdl_begin();
+  __shared__ Shared sh;
+  float mx;
+  int best;
+  block_argmax(x + int64_t(blockIdx.x) * stride, n, sh, &mx, &best);
+  if (threadIdx.x == 0) {
+    out[2 * int64_t(blockIdx.x)] = mx;
+    out[2 * int64_t(blockIdx.x) + 1] = float(best + offset);
+  }
+}
+
 }  // namespace
+
+cudaError_t argmax_rows(const float* x, int64_t stride, int64_t rows, int64_t n, int64_t offset, float* out,
+                        cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  launch_kernel(argmax_rows_kernel, unsigned(rows), kThreads, 0, stream, x, stride, n, offset, out);
+  return cudaGetLastError();
+}
 
 cudaError_t sample(const float* logits, int64_t stride, int64_t vocab, const SampleArgs* args, int rows,
                    float* scratch, int32_t* out, cudaStream_t stream) {
