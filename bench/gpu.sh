@@ -17,7 +17,7 @@
 # APUS_LORA_OVERLAP=0), tp
 # (tensor parallelism on every GPU of the machine: its tests, greedy parity and the Qwen2.5-7B shape's
 # figures at TP 1, 2 and 4, peer-to-peer sums on and off), tpquick (its tests and offline throughput
-# at TP 1 and 2 only), tpnodes (Llama-3-70B at TP 4, two
+# at TP 1 and 2 only, TP 2 also with APUS_TP_OVERLAP_TOKENS=4096), tpnodes (Llama-3-70B at TP 4, two
 # processes as two "nodes", and a rank that fails or is killed; one call each: together they run
 # longer than a device call may), int4
 # (the quantized-model suites on the GPU, the int4 kernels alone per layer shape, then int4 GPTQ
@@ -278,6 +278,9 @@ if part tpquick; then  # the tests, then offline throughput at TP 1 and 2 (a few
   for tp in 1 2; do
     run timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size $tp --num-prompts 1000 --input-len 512 --output-len 256
   done
+  # TP=2 with prefill chunks as two overlapped halves (DecoderModel::split_tokens, off by default).
+  run env APUS_TP_OVERLAP_TOKENS=4096 timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size 2 \
+    --num-prompts 1000 --input-len 512 --output-len 256
 fi
 if part tp; then
 export APUS_TP_P2P=${APUS_TP_P2P:-1}  # the peer-to-peer all-reduce (the default) under test; off below for comparison

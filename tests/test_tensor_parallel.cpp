@@ -80,7 +80,15 @@ TEST(TensorParallel, BusyEngineMatchesTheWholeModel) {
     Engine e(whole->model(), small_cache(24));
     want = run_to_completion(e, busy_requests());
   }
+  // Steps of 16 tokens or more with several sequences run as two halves whose sums overlap the
+  // other half's work (DecoderModel::run_layers_split; two streams on a GPU): this busy engine
+  // makes several, and they must not change a token.
+  const char* was = std::getenv("APUS_TP_OVERLAP_TOKENS");
+  const std::string before = was ? was : "";
+  setenv("APUS_TP_OVERLAP_TOKENS", "16", 1);
   auto split = group_of(o, kTp);
+  if (was) setenv("APUS_TP_OVERLAP_TOKENS", before.c_str(), 1);
+  else unsetenv("APUS_TP_OVERLAP_TOKENS");
   EXPECT_EQ(split->model().config().num_heads * kTp, 4);  // this rank's heads
   {
     Engine e(split->model(), small_cache(24));  // 384 tokens for ~12 x 100: preempts

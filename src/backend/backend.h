@@ -196,6 +196,17 @@ class Backend {
   virtual void add(Tensor& x, const Tensor& y) = 0;
   // Makes the device finish queued work (a no-op on CPU).
   virtual void synchronize() {}
+  // Streams: ops (and a tensor-parallel group's collectives) queue on the current stream, 0 unless
+  // set_stream() picked another of streams(). mark(m) notes how far the current stream has got
+  // (m < kMarks); wait_mark(m) makes the current stream wait for that point. Work on different
+  // streams may run at once (the CPU has one stream and runs every op in order). Leave stream 0
+  // current, having waited for the others' work, before anything that waits for the device,
+  // uploads a step or records a graph.
+  static constexpr int kMarks = 8;
+  virtual int streams() const { return 1; }
+  virtual void set_stream(int /*s*/) {}
+  virtual void mark(int /*m*/) {}
+  virtual void wait_mark(int /*m*/) {}
   // Draws a token for each of `rows` from logits F32 [R, vocab] into ids[i], on the device, so
   // that only ids come back. False where the backend has no device sampler: the caller then
   // copies the logits to the host and samples there.

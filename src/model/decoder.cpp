@@ -31,11 +31,14 @@ struct DecoderModel::Workspace {
   // The step's metadata in one host buffer of 4-byte words (token ids, rows, block tables, rope
   // tables), so that a GPU backend uploads it in one copy into `meta_device`.
   Tensor meta_host, meta_device;
+  Tensor half_host[2], half_device[2];  // the same for the halves of a split step (run_layers_split)
   std::vector<Graph> graphs;
 };
 
 struct DecoderModel::StepViews {
   int64_t T = 0, R = 0;
+  int64_t row0 = 0;  // the workspace rows its tokens use: [row0, row0 + T)
+  Tensor rows(const Tensor& t) const { return t.rows_view(row0, T); }
   Tensor tokens, logit_rows, cos, sin;
   Tensor q_cos, q_sin;  // logn attention (Qwen v1): q's tables, scaled; empty otherwise
   AttentionBatch ab;
@@ -90,6 +93,7 @@ DecoderModel::DecoderModel(ModelConfig config, ModelWeights weights, Backend& ba
   APUS_CHECK(weights_.shard.world == (group_ ? group_->world() : 1),
              "a tensor-parallel part of {} ranks needs its group", weights_.shard.world);
   const char* env = std::getenv("APUS_CUDA_GRAPHS");
+  if (const char* split = std::getenv("APUS_TP_OVERLAP_TOKENS")) split_tokens_ = std::atoll(split);
   pad_decode_ = backend_.graphs_supported();
   use_graphs_ = pad_decode_ && (env == nullptr || std::string(env) != "0");
 }
@@ -145,15 +149,14 @@ std::pair<int64_t, int64_t> DecoderModel::reserved() const {
 
 DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t pad_tokens, int64_t pad_rows,
                                                   int max_blocks, int max_ctx_len, const KvCache& cache,
-                                                  Tensor& staging) {
+                                                  Tensor& host, Tensor& staging) {
   const ModelConfig& c = config_;
-  Workspace& w = *ws_;
   const int64_t T = int64_t(in.tokens.size()), R = int64_t(in.logit_rows.size());
   const int S = in.num_seqs();
   const int64_t extra = pad_tokens - T;  // padding sequences, one token each
   const int Sp = S + int(extra);
   const int64_t half = rope_.half();
-  MetaPacker pack(w.meta_host);
+  MetaPacker pack(host);
   const size_t tokens_at = pack.add(in.tokens, size_t(extra), 0);
   const size_t rows_at = pack.add(in.logit_rows, size_t(pad_rows - R), 0);
   const size_t q_start_at = pack.add(in.q_start, size_t(extra), 0);
@@ -246,20 +249,33 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
 // A tap that returns false stops the layer before that linear layer; returns whether it ran to the end.
 bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor& x, bool add_pending,
                              const LinearTap* tap) {
+  layer_input_norm(i, sv, x, add_pending);
+  if (!layer_attention(i, sv, cache, tap)) return false;
+  layer_mlp_norm(i, sv, x);
+  return layer_mlp(i, sv, tap);
+}
+
+// The layer's phases; the norms take the sums over the ranks, the others only this rank's part.
+// Each works on the workspace rows of its step (StepViews::row0), h in and tmp out.
+void DecoderModel::layer_input_norm(int i, const StepViews& sv, Tensor& x, bool add_pending) {
+  Workspace& w = *ws_;
+  Tensor h = sv.rows(w.h), tmp = sv.rows(w.tmp);
+  const LayerWeights& L = weights_.layers[size_t(i)];
+  if (!add_pending) backend_.rms_norm(x, L.attn_norm, config_.rms_norm_eps, h);
+  else add_rms_norm(x, tmp, L.attn_norm, h);  // x += previous MLP out
+}
+
+bool DecoderModel::layer_attention(int i, const StepViews& sv, KvCache& cache, const LinearTap* tap) {
   const ModelConfig& c = config_;
   Workspace& w = *ws_;
-  const int64_t T = sv.T;
   const AttentionBatch& ab = sv.ab;
-  Tensor h = rows_of(w.h, T), tmp = rows_of(w.tmp, T);
-  Tensor qkv = rows_of(w.qkv, T), attn = rows_of(w.attn, T);
-  Tensor gate_up = rows_of(w.gate_up, T), act = rows_of(w.act, T);
+  Tensor h = sv.rows(w.h), tmp = sv.rows(w.tmp);
+  Tensor qkv = sv.rows(w.qkv), attn = sv.rows(w.attn);
   Tensor q = qkv.cols_view(0, c.q_size());
   Tensor k = qkv.cols_view(c.q_size(), c.kv_size());
   Tensor v = qkv.cols_view(c.q_size() + c.kv_size(), c.kv_size());
   Tensor qk = qkv.cols_view(0, c.q_size() + c.kv_size());
   const LayerWeights& L = weights_.layers[size_t(i)];
-  if (!add_pending) backend_.rms_norm(x, L.attn_norm, c.rms_norm_eps, h);
-  else add_rms_norm(x, tmp, L.attn_norm, h);  // x += previous MLP out
   const LoraLayer* lo = sv.lora_slots.empty() ? nullptr : &lora_->layer(i);
   if (tap && !(*tap)(LinearSlot::kQkv, h)) return false;
   if (lo) backend_.linear_lora(h, L.qkv, sv.lora_slots, lo->qkv, qkv);
@@ -279,7 +295,21 @@ bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
   if (tap && !(*tap)(LinearSlot::kO, attn)) return false;
   if (lo) backend_.linear_lora(attn, L.o, sv.lora_slots, lo->o, tmp);
   else backend_.linear(attn, L.o, tmp);
-  add_rms_norm(x, tmp, L.mlp_norm, h);  // row-parallel: the sum of the ranks' heads
+  return true;
+}
+
+void DecoderModel::layer_mlp_norm(int i, const StepViews& sv, Tensor& x) {
+  Workspace& w = *ws_;
+  Tensor h = sv.rows(w.h), tmp = sv.rows(w.tmp);
+  add_rms_norm(x, tmp, weights_.layers[size_t(i)].mlp_norm, h);  // row-parallel: the sum of the ranks' heads
+}
+
+bool DecoderModel::layer_mlp(int i, const StepViews& sv, const LinearTap* tap) {
+  Workspace& w = *ws_;
+  Tensor h = sv.rows(w.h), tmp = sv.rows(w.tmp);
+  Tensor gate_up = sv.rows(w.gate_up), act = sv.rows(w.act);
+  const LayerWeights& L = weights_.layers[size_t(i)];
+  const LoraLayer* lo = sv.lora_slots.empty() ? nullptr : &lora_->layer(i);
   if (tap && !(*tap)(LinearSlot::kGateUp, h)) return false;
   if (lo) {
     backend_.linear_lora(h, L.gate_up, sv.lora_slots, lo->gate_up, gate_up);
@@ -293,6 +323,45 @@ bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
   return true;
 }
 
+// Every layer for a step's two halves (whole sequences each, disjoint workspace rows), ordered so
+// that each half's sums over the ranks run on stream 1 while the other half's matrix products run
+// on stream 0 (backends with one stream run the same order). Marks: 0 + p = half p's input norm
+// done, 2 + p its attention, 4 + p its MLP norm, 6 + p its MLP (or, before layer 0, the embedding).
+void DecoderModel::run_layers_split(const StepViews (&half)[2], KvCache& cache) {
+  Workspace& w = *ws_;
+  Tensor x[2] = {half[0].rows(w.x), half[1].rows(w.x)};
+  const int sums = backend_.streams() > 1 ? 1 : 0;  // the sums' stream
+  struct Back {  // stream 0 current again however this ends (a failed collective throws)
+    Backend& b;
+    ~Back() { b.set_stream(0); }
+  } back{backend_};
+  auto on = [&](int stream, int after) {  // the next phase: on `stream`, once mark `after` is reached
+    backend_.set_stream(stream);
+    backend_.wait_mark(after);
+  };
+  backend_.mark(6);
+  backend_.mark(7);
+  for (int i = 0; i < config_.num_layers; ++i) {
+    for (int p = 0; p < 2; ++p) {
+      on(sums, 6 + p);
+      layer_input_norm(i, half[p], x[p], i > 0);
+      backend_.mark(0 + p);
+      on(0, 0 + p);
+      layer_attention(i, half[p], cache, nullptr);
+      backend_.mark(2 + p);
+    }
+    for (int p = 0; p < 2; ++p) {
+      on(sums, 2 + p);
+      layer_mlp_norm(i, half[p], x[p]);
+      backend_.mark(4 + p);
+      on(0, 4 + p);
+      layer_mlp(i, half[p], nullptr);
+      backend_.mark(6 + p);
+    }
+  }
+  // Stream 0 is current and has waited for all of stream 1's work (the last MLP norm).
+}
+
 void DecoderModel::add_rms_norm(Tensor& x, Tensor& partial, const Tensor& w, Tensor& out) {
   if (group_) group_->all_reduce_add_rms_norm(partial, x, w, config_.rms_norm_eps, out, backend_);
   else backend_.add_rms_norm(x, partial, w, config_.rms_norm_eps, out);
@@ -303,13 +372,17 @@ void DecoderModel::add_mlp_output(Tensor& x, Tensor& partial) {
   backend_.add(x, partial);
 }
 
-void DecoderModel::run_layers(const StepViews& sv, KvCache& cache) {
+void DecoderModel::run_layers(const StepViews& sv, KvCache& cache, const StepViews (*halves)[2]) {
   const ModelConfig& c = config_;
   Workspace& w = *ws_;
   const int64_t T = sv.T, R = sv.R;
   Tensor x = rows_of(w.x, T), tmp = rows_of(w.tmp, T);
   embed_tokens(sv.tokens, x);
-  for (int i = 0; i < c.num_layers; ++i) run_layer(i, sv, cache, x, i > 0, nullptr);
+  if (halves) {
+    run_layers_split(*halves, cache);
+  } else {
+    for (int i = 0; i < c.num_layers; ++i) run_layer(i, sv, cache, x, i > 0, nullptr);
+  }
   add_mlp_output(x, tmp);
   if (R == 0) return;
   Tensor fh = rows_of(w.final_h, R), lg = rows_of(w.logits, R);
@@ -343,7 +416,7 @@ void DecoderModel::embed(const StepBatch& in, Tensor& hidden) {
   Workspace& w = workspace(T, 0);
   KvCache none;
   none.block_size = 1;
-  const StepViews sv = upload_meta(in, T, 0, in.max_blocks, 0, none, w.meta_device);
+  const StepViews sv = upload_meta(in, T, 0, in.max_blocks, 0, none, w.meta_host, w.meta_device);
   embed_tokens(sv.tokens, hidden);
 }
 
@@ -359,7 +432,7 @@ void DecoderModel::forward_layer(const StepBatch& in, KvCache& cache, int layer,
              "forward_layer: layer {} of {}, hidden must be [{}, {}]", layer, config_.num_layers, T,
              config_.hidden_size);
   Workspace& w = workspace(T, 0);
-  const StepViews sv = upload_meta(in, T, 0, in.max_blocks, 0, cache, w.meta_device);
+  const StepViews sv = upload_meta(in, T, 0, in.max_blocks, 0, cache, w.meta_host, w.meta_device);
   if (!run_layer(layer, sv, cache, hidden, false, tap ? &tap : nullptr)) return;
   Tensor tmp = rows_of(w.tmp, T);
   add_mlp_output(hidden, tmp);
@@ -390,6 +463,39 @@ bool is_decode(const StepBatch& in) {
   return true;
 }
 
+// The two halves of a step for run_layers_split: whole sequences each, cut at the sequence
+// boundary nearest half the tokens; false when either half would hold under a quarter of them.
+bool split_step(const StepBatch& in, StepBatch (&half)[2]) {
+  const int S = in.num_seqs();
+  const int32_t T = int32_t(in.tokens.size());
+  int cut = 0;
+  for (int s = 1; s < S; ++s)
+    if (cut == 0 || std::abs(2 * in.q_start[size_t(s)] - T) < std::abs(2 * in.q_start[size_t(cut)] - T)) cut = s;
+  if (cut == 0 || 4 * in.q_start[size_t(cut)] < T || 4 * (T - in.q_start[size_t(cut)]) < T) return false;
+  const int bounds[3] = {0, cut, S};
+  for (int p = 0; p < 2; ++p) {
+    const size_t s0 = size_t(bounds[p]), s1 = size_t(bounds[p + 1]);
+    const int32_t t0 = in.q_start[s0], t1 = in.q_start[s1];
+    StepBatch& h = half[p];
+    auto tokens_of = [&](const std::vector<int32_t>& v) {  // per token (empty stays empty)
+      return v.empty() ? v : std::vector<int32_t>(v.begin() + t0, v.begin() + t1);
+    };
+    auto seqs_of = [&](const std::vector<int32_t>& v, size_t width) {  // per sequence
+      return v.empty() ? v : std::vector<int32_t>(v.begin() + long(s0 * width), v.begin() + long(s1 * width));
+    };
+    h.tokens = tokens_of(in.tokens);
+    h.slot_mapping = tokens_of(in.slot_mapping);
+    h.lora_slots = tokens_of(in.lora_slots);
+    h.ctx_len = seqs_of(in.ctx_len, 1);
+    h.prompt_len = seqs_of(in.prompt_len, 1);
+    h.block_table = seqs_of(in.block_table, size_t(in.max_blocks));
+    h.max_blocks = in.max_blocks;
+    h.q_start.clear();
+    for (size_t s = s0; s <= s1; ++s) h.q_start.push_back(in.q_start[s] - t0);
+  }
+  return true;
+}
+
 }  // namespace
 
 // Replays the recorded graph of this decode step's shape (`bucket` sequences, tables `width`
@@ -411,14 +517,14 @@ void DecoderModel::forward_graph(const StepBatch& in, KvCache& cache, int bucket
       g = &cand;
   const int max_ctx_len = width * cache.block_size;
   if (g != nullptr) {
-    upload_meta(in, bucket, bucket, width, max_ctx_len, cache, g->staging);
+    upload_meta(in, bucket, bucket, width, max_ctx_len, cache, w.meta_host, g->staging);
     backend_.replay(g->id);
     return;
   }
   if (w.graphs.size() >= 64) drop_graphs();  // caches come and go (generate() makes one per call)
   w.graphs.push_back(Graph{bucket, width, lora, in.argmax_only, std::move(cache_ptrs), cache_blocks, Tensor(), -1});
   Graph& ng = w.graphs.back();
-  const StepViews sv = upload_meta(in, bucket, bucket, width, max_ctx_len, cache, ng.staging);
+  const StepViews sv = upload_meta(in, bucket, bucket, width, max_ctx_len, cache, w.meta_host, ng.staging);
   run_layers(sv, cache);  // this step's result, op by op
   backend_.begin_capture();
   try {
@@ -458,13 +564,24 @@ Tensor DecoderModel::forward_step(const StepBatch& in, KvCache& cache) {
     if (use_graphs_) {
       forward_graph(in, cache, bucket, width);
     } else {
-      const StepViews sv = upload_meta(in, bucket, bucket, width, width * cache.block_size, cache, w.meta_device);
+      const StepViews sv = upload_meta(in, bucket, bucket, width, width * cache.block_size, cache, w.meta_host, w.meta_device);
       run_layers(sv, cache);
     }
   } else {
     Workspace& w = workspace(T, R);
-    const StepViews sv = upload_meta(in, T, R, in.max_blocks, 0, cache, w.meta_device);
-    run_layers(sv, cache);
+    const StepViews sv = upload_meta(in, T, R, in.max_blocks, 0, cache, w.meta_host, w.meta_device);
+    StepBatch parts[2];
+    if (group_ && split_tokens_ > 0 && T >= split_tokens_ && split_step(in, parts)) {
+      StepViews halves[2];
+      for (int p = 0; p < 2; ++p) {
+        halves[p] = upload_meta(parts[p], int64_t(parts[p].tokens.size()), 0, in.max_blocks, 0, cache, w.half_host[p],
+                                w.half_device[p]);
+        halves[p].row0 = p == 0 ? 0 : halves[0].T;
+      }
+      run_layers(sv, cache, &halves);
+    } else {
+      run_layers(sv, cache);
+    }
   }
   if (R == 0) return Tensor();
   if (lora_ && !in.lora_slots.empty()) lora_lm_heads(in);

@@ -85,6 +85,12 @@ class DecoderModel {
   void set_lora_listener(std::function<void(int, const std::string&)> f) { lora_listener_ = std::move(f); }
   LoraSlots* lora() { return lora_.get(); }
   bool use_graphs() const { return use_graphs_; }
+  // Tensor parallelism: steps of at least this many tokens with several sequences (not replayed
+  // graphs) run as two halves of whole sequences, each half's sums over the ranks beside the other
+  // half's work on a second stream (run_layers_split); 0: never. APUS_TP_OVERLAP_TOKENS, default 0:
+  // it measured no faster (src/parallel/README.md); the other ranks follow rank 0's.
+  int64_t split_tokens() const { return split_tokens_; }
+  void set_split_tokens(int64_t n) { split_tokens_ = n; }
   static constexpr int kMaxGraphBatch = 256;
 
   // The model one layer at a time, for calibration (apus export --quant_bits, src/quant/calibrate.h).
@@ -110,11 +116,17 @@ class DecoderModel {
   // at position 0, not stored), `pad_rows` logit rows and block tables `max_blocks` wide, uploads
   // it into `staging` and returns the views the ops take.
   StepViews upload_meta(const StepBatch& in, int64_t pad_tokens, int64_t pad_rows, int max_blocks, int max_ctx_len,
-                        const KvCache& cache, Tensor& staging);
+                        const KvCache& cache, Tensor& host, Tensor& staging);
   Tensor forward_step(const StepBatch& in, KvCache& cache);
   void embed_tokens(const Tensor& tokens, Tensor& x);  // the (vocab-parallel) embedding of tokens into x
-  void run_layers(const StepViews& v, KvCache& cache);
+  // `halves` (tensor parallelism, large steps): the step's two halves, run by run_layers_split.
+  void run_layers(const StepViews& v, KvCache& cache, const StepViews (*halves)[2] = nullptr);
+  void run_layers_split(const StepViews (&half)[2], KvCache& cache);
   bool run_layer(int i, const StepViews& v, KvCache& cache, Tensor& x, bool add_pending, const LinearTap* tap);
+  void layer_input_norm(int i, const StepViews& v, Tensor& x, bool add_pending);
+  bool layer_attention(int i, const StepViews& v, KvCache& cache, const LinearTap* tap);
+  void layer_mlp_norm(int i, const StepViews& v, Tensor& x);
+  bool layer_mlp(int i, const StepViews& v, const LinearTap* tap);
   // x += partial (summed over the ranks first), then out = RMSNorm(x) * w; or without the norm.
   void add_rms_norm(Tensor& x, Tensor& partial, const Tensor& w, Tensor& out);
   void add_mlp_output(Tensor& x, Tensor& partial);
@@ -135,6 +147,7 @@ class DecoderModel {
   ModelConfig whole_config_;  // the whole model's (config_ is this rank's part of it)
   bool pad_decode_ = false;  // decode steps padded to their graph's shape (where graphs exist)
   bool use_graphs_ = false;
+  int64_t split_tokens_ = 0;  // split_tokens()
 };
 
 }  // namespace apus

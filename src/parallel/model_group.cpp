@@ -333,6 +333,7 @@ void ModelGroup::send_step(const StepBatch& b, const KvCache& cache) {
   w.word(tokens);
   w.word(rows);
   w.word(r.model->use_graphs() ? 1 : 0);
+  w.word(r.model->split_tokens());
   w.word(b.max_blocks);
   w.word(b.argmax_only ? 1 : 0);
   w.vec(live);
@@ -406,6 +407,7 @@ void ModelGroup::run_worker(Rank& r) {
         }
         const int32_t id = in.word(), blocks = in.word(), block_size = in.word(), tokens = in.word(), rows = in.word();
         const bool graphs = in.word() != 0;
+        const int split_tokens = in.word();
         b.max_blocks = in.word();
         b.argmax_only = in.word() != 0;
         in.vec(live);
@@ -430,6 +432,7 @@ void ModelGroup::run_worker(Rank& r) {
           c = caches.emplace(id, KvCache::create(*r.backend, r.model->config(), blocks, block_size)).first;
         }
         if (graphs != r.model->use_graphs()) r.model->set_use_graphs(graphs);
+        r.model->set_split_tokens(split_tokens);  // rank 0's: every rank splits the same steps
         if (r.global == fault_rank_ && step == fault_step_)
           apus::fail("injected fault (APUS_TP_FAULT={}:{})", fault_rank_, fault_step_);
         r.model->forward(b, c->second);

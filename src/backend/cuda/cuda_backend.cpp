@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -78,7 +79,14 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device) : device_(device) {
     APUS_CUDA_CHECK(cudaSetDevice(device));
     APUS_CUDA_CHECK(cudaGetDeviceProperties(&props_, device));
-    APUS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // Stream 1 (a split step's sums) at the highest priority: its blocks are scheduled before the
+    // waiting blocks of stream 0's large GEMMs, so that the sums do not wait for a whole GEMM.
+    int least = 0, greatest = 0;
+    APUS_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    for (int s = 0; s < kStreams; ++s)
+      APUS_CUDA_CHECK(cudaStreamCreateWithPriority(&streams_[size_t(s)], cudaStreamNonBlocking, s == 0 ? least : greatest));
+    for (cudaEvent_t& m : marks_) APUS_CUDA_CHECK(cudaEventCreateWithFlags(&m, cudaEventDisableTiming));
+    stream_ = streams_[0];
     APUS_CUDA_CHECK(cudaEventCreateWithFlags(&upload_done_, cudaEventDisableTiming));
     APUS_CUDA_CHECK(cudaStreamCreateWithFlags(&lora_stream_, cudaStreamNonBlocking));
     APUS_CUDA_CHECK(cudaEventCreateWithFlags(&lora_fork_, cudaEventDisableTiming));
@@ -99,7 +107,7 @@ class CudaBackend final : public Backend {
   }
 
   ~CudaBackend() override {
-    cudaStreamSynchronize(stream_);
+    for (cudaStream_t s : streams_) cudaStreamSynchronize(s);
     for (auto& [id, e] : graphs_) cudaGraphExecDestroy(e);
     profile_.reset();
     cuda::cublas().destroy(blas_);
@@ -107,7 +115,8 @@ class CudaBackend final : public Backend {
     cudaEventDestroy(lora_fork_);
     cudaEventDestroy(lora_join_);
     cudaStreamDestroy(lora_stream_);
-    cudaStreamDestroy(stream_);
+    for (cudaEvent_t m : marks_) cudaEventDestroy(m);
+    for (cudaStream_t s : streams_) cudaStreamDestroy(s);
   }
 
   std::string name() const override {
@@ -689,8 +698,19 @@ class CudaBackend final : public Backend {
   int device_index() const { return device_; }
   cuda::OpProfile& profile() { return *profile_; }
 
-  // With APUS_CUDA_PROFILE the ops are timed one by one, eagerly.
+  // With APUS_CUDA_PROFILE the ops are timed one by one, eagerly (and on one stream: the profile's
+  // events are stream 0's).
   bool graphs_supported() const override { return !profile_->on(); }
+  int streams() const override { return profile_->on() ? 1 : kStreams; }
+  void set_stream(int s) override {
+    APUS_CHECK(s >= 0 && s < streams(), "set_stream: stream {} of {}", s, streams());
+    if (stream_ == streams_[s]) return;
+    stream_ = streams_[s];
+    check_blas(cuda::cublas().set_stream(blas_, stream_), "cublasSetStream");
+  }
+  // A wait takes the event's state when it is queued, so a mark may be recorded again after.
+  void mark(int m) override { APUS_CUDA_CHECK(cudaEventRecord(marks_.at(size_t(m)), stream_)); }
+  void wait_mark(int m) override { APUS_CUDA_CHECK(cudaStreamWaitEvent(stream_, marks_.at(size_t(m)), 0)); }
 
   void begin_capture() override {
     // Thread-local: another thread's CUDA calls (the server's) do not break this capture.
@@ -838,7 +858,10 @@ class CudaBackend final : public Backend {
 
   int device_;
   cudaDeviceProp props_{};
-  cudaStream_t stream_ = nullptr;
+  static constexpr int kStreams = 2;
+  std::array<cudaStream_t, kStreams> streams_{};
+  std::array<cudaEvent_t, kMarks> marks_{};
+  cudaStream_t stream_ = nullptr;  // the current one of streams_ (Backend::set_stream)
   cudaEvent_t upload_done_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   DType act_ = DType::BF16;

@@ -96,7 +96,6 @@ class NcclCollectives final : public Collectives {
   NcclCollectives(Backend& backend, const NcclId& id, int rank, int world, double timeout_s, bool one_process,
                   std::function<void(const std::string&)> on_timeout)
       : backend_(backend), rank_(rank), world_(world), timeout_s_(timeout_s), on_timeout_(std::move(on_timeout)) {
-    stream_ = static_cast<cudaStream_t>(cuda::stream_of(backend));
     check_cuda(cudaSetDevice(cuda::device_of(backend)), "cudaSetDevice");
     ncclUniqueId uid;
     std::memcpy(uid.internal, id.data(), sizeof(uid.internal));
@@ -119,7 +118,7 @@ class NcclCollectives final : public Collectives {
       // joining the others), so a barrier would wait forever. Unmapping the P2P buffers is safe
       // when a collective after their last use has completed on this rank (ModelGroup: the stop
       // broadcast, which every peer's stream reaches only after its last step).
-      cudaStreamSynchronize(stream_);
+      cudaStreamSynchronize(stream());
       p2p_.reset();
       nccl().comm_destroy(comm_);
     } else {
@@ -141,10 +140,10 @@ class NcclCollectives final : public Collectives {
     const bool p2p = p2p_ && p2p_->fits(x);
     trace("all_reduce", x, p2p);
     if (p2p) {
-      check_cuda(p2p_->run(x, stream_), "p2p_all_reduce");
+      check_cuda(p2p_->run(x, stream()), "p2p_all_reduce");
       return;
     }
-    check_nccl(nccl().all_reduce(x.data, x.data, size_t(x.numel()), nccl_type(x.dtype), kNcclSum, comm_, stream_),
+    check_nccl(nccl().all_reduce(x.data, x.data, size_t(x.numel()), nccl_type(x.dtype), kNcclSum, comm_, stream()),
                "ncclAllReduce");
   }
 
@@ -159,7 +158,7 @@ class NcclCollectives final : public Collectives {
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce_add_rms_norm", x.rows());
     trace("all_reduce_add_rms_norm", x, true);
-    check_cuda(p2p_->run_add_rms_norm(x, residual, w, eps, out, stream_), "p2p_add_rms_norm");
+    check_cuda(p2p_->run_add_rms_norm(x, residual, w, eps, out, stream()), "p2p_add_rms_norm");
   }
 
   void all_gather_cols(const Tensor& x, Tensor& out) override {
@@ -171,12 +170,12 @@ class NcclCollectives final : public Collectives {
     trace("all_gather_cols", x, false);
     const size_t es = dtype_size(x.dtype), n = size_t(x.numel());
     if (scratch_.numel() < int64_t(n) * world_) scratch_ = backend_.alloc(x.dtype, {int64_t(n) * world_});
-    check_nccl(nccl().all_gather(x.data, scratch_.data, n, nccl_type(x.dtype), comm_, stream_), "ncclAllGather");
+    check_nccl(nccl().all_gather(x.data, scratch_.data, n, nccl_type(x.dtype), comm_, stream()), "ncclAllGather");
     const size_t row = size_t(x.cols()) * es;  // rank q's rows [R, cols] go to columns [q * cols, ...)
     for (int q = 0; q < world_; ++q)
       check_cuda(cudaMemcpy2DAsync(static_cast<char*>(out.data) + size_t(q) * row, size_t(out.row_stride) * es,
                                    static_cast<char*>(scratch_.data) + size_t(q) * n * es, row, row,
-                                   size_t(x.rows()), cudaMemcpyDeviceToDevice, stream_),
+                                   size_t(x.rows()), cudaMemcpyDeviceToDevice, stream()),
                  "all_gather_cols copy");
   }
 
@@ -191,16 +190,16 @@ class NcclCollectives final : public Collectives {
         check_cuda(cudaEventSynchronize(sent_), "cudaEventSynchronize");  // the last message left pinned_
         pinned_[0] = int32_t(words.size());
         std::copy_n(words.begin(), std::min(words.size(), cap_ - 1), pinned_ + 1);
-        check_cuda(cudaMemcpyAsync(device_.data, pinned_, cap_ * 4, cudaMemcpyHostToDevice, stream_), "H2D");
-        check_cuda(cudaEventRecord(sent_, stream_), "cudaEventRecord");
+        check_cuda(cudaMemcpyAsync(device_.data, pinned_, cap_ * 4, cudaMemcpyHostToDevice, stream()), "H2D");
+        check_cuda(cudaEventRecord(sent_, stream()), "cudaEventRecord");
       }
       {
         cuda::TimedOp t(cuda::profile_of(backend_), "broadcast_step", int64_t(cap_));
-        check_nccl(nccl().broadcast(device_.data, device_.data, cap_, kNcclInt32, 0, comm_, stream_), "ncclBroadcast");
+        check_nccl(nccl().broadcast(device_.data, device_.data, cap_, kNcclInt32, 0, comm_, stream()), "ncclBroadcast");
       }
       size_t n = words.size();
       if (!root) {
-        check_cuda(cudaMemcpyAsync(pinned_, device_.data, cap_ * 4, cudaMemcpyDeviceToHost, stream_), "D2H");
+        check_cuda(cudaMemcpyAsync(pinned_, device_.data, cap_ * 4, cudaMemcpyDeviceToHost, stream()), "D2H");
         cuda::wait(backend_);
         n = size_t(pinned_[0]);
       }
@@ -234,11 +233,14 @@ class NcclCollectives final : public Collectives {
   }
 
  private:
+  // The backend's current stream: collectives queue where its ops do (Backend::set_stream).
+  cudaStream_t stream() const { return static_cast<cudaStream_t>(cuda::stream_of(backend_)); }
+
   // APUS_TP_TRACE: every collective this rank queues, one line each (recorded into a graph or run).
   void trace(const char* op, const Tensor& x, bool p2p) {
     if (!trace_) return;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    cudaStreamIsCapturing(stream_, &capture);
+    cudaStreamIsCapturing(stream(), &capture);
     std::fprintf(stderr, "tp-trace rank %d #%lld %s %s %s%s\n", rank_, static_cast<long long>(traced_++), op,
                  x.describe().c_str(), p2p ? "p2p" : "nccl", capture == cudaStreamCaptureStatusActive ? " (captured)" : "");
   }
@@ -247,10 +249,10 @@ class NcclCollectives final : public Collectives {
   std::vector<int32_t> gather_words(const std::vector<int32_t>& w) {
     const int64_t n = int64_t(w.size());
     Tensor in = backend_.alloc(DType::I32, {n}), out = backend_.alloc(DType::I32, {n * world_});
-    check_cuda(cudaMemcpyAsync(in.data, w.data(), size_t(n) * 4, cudaMemcpyHostToDevice, stream_), "H2D");
-    check_nccl(nccl().all_gather(in.data, out.data, size_t(n), kNcclInt32, comm_, stream_), "ncclAllGather");
+    check_cuda(cudaMemcpyAsync(in.data, w.data(), size_t(n) * 4, cudaMemcpyHostToDevice, stream()), "H2D");
+    check_nccl(nccl().all_gather(in.data, out.data, size_t(n), kNcclInt32, comm_, stream()), "ncclAllGather");
     std::vector<int32_t> all(size_t(n * world_));
-    check_cuda(cudaMemcpyAsync(all.data(), out.data, all.size() * 4, cudaMemcpyDeviceToHost, stream_), "D2H");
+    check_cuda(cudaMemcpyAsync(all.data(), out.data, all.size() * 4, cudaMemcpyDeviceToHost, stream()), "D2H");
     cuda::wait(backend_);
     return all;
   }
@@ -290,7 +292,6 @@ class NcclCollectives final : public Collectives {
   std::unique_ptr<cuda::P2pAllReduce> p2p_;  // ranks in one process: the one-shot kernel for small sums
   const bool trace_ = std::getenv("APUS_TP_TRACE") != nullptr;
   int64_t traced_ = 0;
-  cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
   std::atomic<bool> aborted_{false}, comm_aborted_{false};
   mutable std::mutex why_mutex_;
