@@ -80,6 +80,7 @@ struct SampleRow {
   float top_p = 1.0f;
   float min_p = 0.0f;
   float u = 0.0f;             // the draw's uniform number in [0, 1) (draw_uniform)
+  bool greedy() const { return temperature <= 0.0f || top_k == 1; }  // the first maximum, no draw
 };
 
 // A tensor-parallel group's collective operations over one rank's backend (src/parallel/README.md).

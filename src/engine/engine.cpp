@@ -138,6 +138,13 @@ void Engine::finish(Sequence& s, const std::string& reason, SeqOutput& out) {
 void Engine::fetch_logits(const Tensor& logits, std::vector<char>& on_host, const std::vector<SampleRow>& draws) {
   const int64_t R = logits.empty() ? 0 : logits.rows(), V = model_.config().vocab_size;
   drawn_.assign(size_t(R), -1);
+  if (batch_.argmax_only) {  // every row greedy: `logits` are each rank's candidates
+    stats_.argmax_only_steps++;
+    candidates_.resize(size_t(logits.numel()));
+    model_.backend().copy_to_host(logits, candidates_.data());
+    for (int64_t r = 0; r < R; ++r) drawn_[size_t(r)] = greedy_token(candidates_.data() + r * logits.cols(), int(logits.cols() / 2));
+    return;
+  }
   std::vector<int32_t> ids(draws.size());
   if (!draws.empty()) {
     if (model_.backend().sample(logits, draws, ids.data())) {
@@ -222,7 +229,7 @@ std::vector<SeqOutput> Engine::step() {
   // Tensor parallelism: a step whose rows are all greedy draws gathers each rank's best token
   // instead of every logit.
   b.argmax_only = model_.vocab_parallel() && !lora && !draws.empty() && draws.size() == b.logit_rows.size() &&
-                  std::all_of(draws.begin(), draws.end(), [](const SampleRow& d) { return d.temperature <= 0.0f || d.top_k == 1; });
+                  std::all_of(draws.begin(), draws.end(), [](const SampleRow& d) { return d.greedy(); });
   stats_.schedule_s += lap(clock);
   Tensor logits;
   try {
@@ -236,16 +243,7 @@ std::vector<SeqOutput> Engine::step() {
   stats_.forward_s += lap(clock);
 
   const int64_t V = model_.config().vocab_size;
-  if (b.argmax_only) {
-    stats_.argmax_only_steps++;
-    candidates_.resize(size_t(logits.numel()));
-    model_.backend().copy_to_host(logits, candidates_.data());
-    const int ranks = int(logits.cols() / 2);
-    drawn_.resize(size_t(logits.rows()));
-    for (int64_t r = 0; r < logits.rows(); ++r) drawn_[size_t(r)] = greedy_token(candidates_.data() + r * logits.cols(), ranks);
-  } else {
-    fetch_logits(logits, on_host, draws);
-  }
+  fetch_logits(logits, on_host, draws);
   stats_.draw_s += lap(clock);
   std::vector<SeqOutput> outputs;
   std::vector<float> row, lp;

@@ -95,7 +95,8 @@ class Engine {
   void finish(Sequence& s, const std::string& reason, SeqOutput& out);
   bool hit_stop(const Sequence& s, int32_t token) const;
   // Draws `draws` on the device (drawn_[row], else -1; rows the backend cannot draw join `on_host`)
-  // and copies the `on_host` rows (prompt logprobs, logprobs, penalties...) into logits_.
+  // and copies the `on_host` rows (prompt logprobs, logprobs, penalties...) into logits_; for an
+  // argmax_only step (batch_), picks every row's token from the ranks' candidates.
   void fetch_logits(const Tensor& logits, std::vector<char>& on_host, const std::vector<SampleRow>& draws);
 
   DecoderModel& model_;

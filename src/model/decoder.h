@@ -113,8 +113,9 @@ class DecoderModel {
   struct StepViews;
   Workspace& workspace(int64_t tokens, int64_t logit_rows);
   // Packs the step's metadata padded to `pad_tokens` tokens (each extra one a sequence of its own,
-  // at position 0, not stored), `pad_rows` logit rows and block tables `max_blocks` wide, uploads
-  // it into `staging` and returns the views the ops take.
+  // at position 0, not stored), `pad_rows` logit rows and block tables `max_blocks` wide, packs it
+  // in `host`, uploads it into `staging` and returns the views the ops take (on a CPU backend views
+  // of `host` itself: each set of views in use needs its own pair).
   StepViews upload_meta(const StepBatch& in, int64_t pad_tokens, int64_t pad_rows, int max_blocks, int max_ctx_len,
                         const KvCache& cache, Tensor& host, Tensor& staging);
   Tensor forward_step(const StepBatch& in, KvCache& cache);

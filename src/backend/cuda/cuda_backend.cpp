@@ -649,7 +649,7 @@ class CudaBackend final : public Backend {
       const SampleRow& r = rows[size_t(i)];
       APUS_CHECK(r.row >= 0 && r.row < logits.rows(), "sample: row {} of {} rows of logits", r.row, logits.rows());
       args[i] = cuda::SampleArgs{r.row, r.top_k, r.temperature, r.top_p, r.min_p, r.u};
-      any_drawn = any_drawn || (r.temperature > 0.0f && r.top_k != 1);
+      any_drawn = any_drawn || !r.greedy();
     }
     if (size_t(sample_buffer_.numel()) < args_bytes + ids_bytes)
       sample_buffer_ = raw_alloc(DType::U8, {int64_t(2 * (args_bytes + ids_bytes))});
