@@ -1,5 +1,7 @@
 #include "backend/backend.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #ifdef APUS_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -32,6 +34,13 @@ void Backend::rope_store_kv(Tensor& qk, const Tensor& cos, const Tensor& sin, in
                             const Tensor& slot_mapping, KvLayer& cache) {
   rope(qk, cos, sin, head_dim);
   store_kv(qk.cols_view(qk.cols() - v.cols(), v.cols()), v, slot_mapping, cache);
+}
+
+bool Backend::sample_to_host(const Tensor& logits, const std::vector<SampleRow>& rows, int32_t* ids) {
+  Tensor drawn = alloc(DType::I32, {std::max<int64_t>(1, int64_t(rows.size()))});
+  if (!sample(logits, rows, drawn)) return false;
+  fetch_draws(ids, int(rows.size()));
+  return true;
 }
 
 void Collectives::all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,

@@ -145,8 +145,10 @@ class Backend {
 
   // out[t] = table[ids[t] - first]; ids I32 [T], table [rows, H] any float dtype, out [T, H]. A
   // vocab-parallel shard holds ids [first, first + rows) of a `vocab`-id vocabulary (0: rows) and
-  // gives zero rows for the other ids; ids outside [0, vocab) are an error.
-  virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out, int64_t first = 0, int64_t vocab = 0) = 0;
+  // gives zero rows for the other ids; ids outside [0, vocab) are an error. With `drawn` (I32, this
+  // backend's), an id -1 - j stands for drawn[j]: a token sample() drew that the host has not seen.
+  virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& out, int64_t first = 0, int64_t vocab = 0,
+                         const Tensor* drawn = nullptr) = 0;
   // out[r, c] = table row rows[r] (gather of activation rows); rows I32 [R].
   virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
   // out F32 [R, 2] = each row of x (F32 [R, n], rows may be strided) as its first maximum and that
@@ -208,12 +210,18 @@ class Backend {
   virtual void set_stream(int /*s*/) {}
   virtual void mark(int /*m*/) {}
   virtual void wait_mark(int /*m*/) {}
-  // Draws a token for each of `rows` from logits F32 [R, vocab] into ids[i], on the device, so
-  // that only ids come back. False where the backend has no device sampler: the caller then
-  // copies the logits to the host and samples there.
-  virtual bool sample(const Tensor& /*logits*/, const std::vector<SampleRow>& /*rows*/, int32_t* /*ids*/) {
+  // Queues a draw of one token for each of `rows` from logits F32 [R, vocab] into drawn[i] (I32,
+  // this backend's, at least rows.size() long) and returns without waiting: a step queued after it
+  // may take them as its tokens (embedding's `drawn`) before the host has them. fetch_draws(ids, n)
+  // then waits for this draw alone (not for work queued after it) and copies its first n ids to
+  // the host. Only ids come back. False where the backend has no sampler of its own: the caller
+  // then copies the logits to the host and samples there.
+  virtual bool sample(const Tensor& /*logits*/, const std::vector<SampleRow>& /*rows*/, Tensor& /*drawn*/) {
     return false;
   }
+  virtual void fetch_draws(int32_t* /*ids*/, int /*n*/) {}
+  // sample() and fetch_draws() at once (tests).
+  bool sample_to_host(const Tensor& logits, const std::vector<SampleRow>& rows, int32_t* ids);
 
   // Recorded op sequences (CUDA graphs). Between begin_capture() and end_capture() the ops are
   // recorded, not run (no upload_step, copy_to_host or synchronize in between, and nothing may be

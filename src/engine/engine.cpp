@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
+#include <cstdlib>
 
 #include "core/error.h"
 
@@ -58,6 +60,9 @@ Engine::Engine(DecoderModel& model, EngineConfig config, const Tokenizer* tokeni
              capacity, cache_.num_blocks, config_.block_size, config_.max_model_len);
   APUS_CHECK(config_.scheduler.max_num_batched_tokens > 0 && config_.scheduler.max_num_seqs > 0,
              "max_num_batched_tokens and max_num_seqs must be positive");
+  if (const char* a = std::getenv("APUS_ASYNC_SCHEDULING"); a != nullptr && std::string(a) == "0")
+    config_.async_scheduling = false;
+  model_.draws(config_.scheduler.max_num_seqs);  // every step's draws fit: it never grows mid-run
 }
 
 void Engine::validate(const Request& req) const {
@@ -121,8 +126,8 @@ void Engine::abort(uint64_t request_id) {
   stop_ids_.erase(request_id);
 }
 
-bool Engine::hit_stop(const Sequence& s, int32_t token) const {
-  if (s.num_generated() < s.params.min_tokens) return false;
+bool Engine::hit_stop(const Sequence& s, int32_t token, int generated) const {
+  if (generated < s.params.min_tokens) return false;
   const auto& stops = stop_ids_.at(s.request_id);
   return std::find(stops.begin(), stops.end(), token) != stops.end();
 }
@@ -135,41 +140,6 @@ void Engine::finish(Sequence& s, const std::string& reason, SeqOutput& out) {
   scheduler_.remove(&s);
 }
 
-void Engine::fetch_logits(const Tensor& logits, std::vector<char>& on_host, const std::vector<SampleRow>& draws) {
-  const int64_t R = logits.empty() ? 0 : logits.rows(), V = model_.config().vocab_size;
-  drawn_.assign(size_t(R), -1);
-  if (batch_.argmax_only) {  // every row greedy: `logits` are each rank's candidates
-    stats_.argmax_only_steps++;
-    candidates_.resize(size_t(logits.numel()));
-    model_.backend().copy_to_host(logits, candidates_.data());
-    for (int64_t r = 0; r < R; ++r) drawn_[size_t(r)] = greedy_token(candidates_.data() + r * logits.cols(), int(logits.cols() / 2));
-    return;
-  }
-  std::vector<int32_t> ids(draws.size());
-  if (!draws.empty()) {
-    if (model_.backend().sample(logits, draws, ids.data())) {
-      for (size_t i = 0; i < draws.size(); ++i) drawn_[size_t(draws[i].row)] = ids[i];
-    } else {
-      for (const SampleRow& d : draws) on_host[size_t(d.row)] = 1;
-    }
-  }
-  // The rows the host reads, copied in runs of consecutive rows. The buffer only grows: resizing
-  // it per step would zero-fill up to [rows, vocab] floats on the host each time.
-  int64_t last = R - 1;
-  while (last >= 0 && !on_host[size_t(last)]) --last;
-  if (logits_.size() < size_t((last + 1) * V)) logits_.resize(size_t((last + 1) * V));
-  for (int64_t a = 0; a <= last;) {
-    if (!on_host[size_t(a)]) {
-      ++a;
-      continue;
-    }
-    int64_t e = a;
-    while (e <= last && on_host[size_t(e)]) ++e;
-    model_.backend().copy_to_host(logits.rows_view(a, e - a), logits_.data() + a * V);
-    a = e;
-  }
-}
-
 namespace {
 
 // Seconds since `t`, which moves on to now.
@@ -180,29 +150,63 @@ double lap(std::chrono::steady_clock::time_point& t) {
   return s;
 }
 
+// A sequence's new token until collect() knows it: -1 - j for draw j of its step (what the next
+// step's embedding reads on the device, StepBatch::tokens), kUndrawn where the host draws it.
+constexpr int32_t kUndrawn = INT32_MIN;
+
 }  // namespace
 
 std::vector<SeqOutput> Engine::step() {
+  try {
+    if (!inflight_) {
+      inflight_ = launch();
+      if (!inflight_) return {};
+      start_draws(*inflight_);
+    }
+    // The next step goes to the device before this one's tokens are read (its sequences' new tokens
+    // come from this step's draws on the device), so that the host's work between the two (outputs,
+    // scheduling, the launch) runs while the device computes.
+    std::optional<Launched> next;
+    if (overlaps(*inflight_) && (next = launch())) stats_.overlapped_steps++;
+    std::vector<SeqOutput> out = collect(*inflight_);
+    inflight_ = std::move(next);
+    if (inflight_) start_draws(*inflight_);
+    return out;
+  } catch (...) {
+    inflight_.reset();
+    throw;
+  }
+}
+
+bool Engine::overlaps(const Launched& l) const {
+  return config_.async_scheduling && l.device && !model_.vocab_parallel() &&
+         std::none_of(l.on_host.begin(), l.on_host.end(), [](char c) { return c != 0; });
+}
+
+std::optional<Engine::Launched> Engine::launch() {
   auto clock = std::chrono::steady_clock::now();
   std::vector<ScheduledSeq> sched = scheduler_.schedule();
-  if (sched.empty()) return {};
+  if (sched.empty()) return std::nullopt;
   const int bs = config_.block_size;
 
+  Launched l;
   StepBatch& b = batch_;
   b.tokens.clear(), b.q_start.assign(1, 0), b.ctx_len.clear(), b.slot_mapping.clear(), b.logit_rows.clear();
   b.prompt_len.clear();
   b.lora_slots.clear();
-  std::vector<char> on_host;     // per logit row: the host reads it
-  std::vector<SampleRow> draws;  // logit rows drawn on the device where the backend can
   const bool lora = std::any_of(sched.begin(), sched.end(), [](const ScheduledSeq& x) { return x.seq->lora.slot >= 0; });
   b.max_blocks = 0;
   for (const auto& [s, n] : sched) b.max_blocks = std::max(b.max_blocks, int(s->block_table.size()));
   b.block_table.assign(sched.size() * size_t(b.max_blocks), 0);
   for (size_t i = 0; i < sched.size(); ++i) {
     const auto& [s, n] = sched[i];
+    LaunchedSeq& ls = l.seqs.emplace_back();
+    ls.id = s->id, ls.computed = s->num_computed, ls.n = n;
     for (int j = 0; j < n; ++j) {
       const int pos = s->num_computed + j;
-      b.tokens.push_back(s->tokens[size_t(pos)]);
+      const int32_t t = s->tokens[size_t(pos)];
+      APUS_CHECK(t != kUndrawn, "sequence {}: token {} is drawn on the host and not known yet", s->id, pos);
+      b.tokens.push_back(t);
       if (lora) b.lora_slots.push_back(s->lora.slot);
       b.slot_mapping.push_back(s->block_table[size_t(pos / bs)] * bs + pos % bs);
     }
@@ -210,16 +214,19 @@ std::vector<SeqOutput> Engine::step() {
       for (int j = 0; j < n; ++j)
         if (s->num_computed + j < s->prompt_len - 1) {
           b.logit_rows.push_back(b.q_start.back() + j);
-          on_host.push_back(1);
+          l.on_host.push_back(1);
+          ls.prompt_rows++;
         }
     if (s->num_computed + n == s->length()) {  // the next token: drawn on the device unless host work is needed
       const SamplingParams& p = s->params;
       const bool host = p.logprobs >= 0 || needs_processing(p, s->num_generated());
+      ls.samples = true;
+      ls.draw = host ? kUndrawn : -1 - int32_t(l.draws.size());
       if (!host)
-        draws.push_back(SampleRow{int32_t(b.logit_rows.size()), p.temperature, p.top_k, p.top_p, p.min_p,
-                                  draw_uniform(p, uint64_t(s->num_generated()))});
+        l.draws.push_back(SampleRow{int32_t(b.logit_rows.size()), p.temperature, p.top_k, p.top_p, p.min_p,
+                                    draw_uniform(p, uint64_t(s->num_generated()))});
       b.logit_rows.push_back(int32_t(b.tokens.size()) - 1);
-      on_host.push_back(host);
+      l.on_host.push_back(host);
     }
     b.q_start.push_back(int32_t(b.tokens.size()));
     b.ctx_len.push_back(s->num_computed + n);
@@ -228,57 +235,115 @@ std::vector<SeqOutput> Engine::step() {
   }
   // Tensor parallelism: a step whose rows are all greedy draws gathers each rank's best token
   // instead of every logit.
-  b.argmax_only = model_.vocab_parallel() && !lora && !draws.empty() && draws.size() == b.logit_rows.size() &&
-                  std::all_of(draws.begin(), draws.end(), [](const SampleRow& d) { return d.greedy(); });
+  b.argmax_only = model_.vocab_parallel() && !lora && !l.draws.empty() && l.draws.size() == b.logit_rows.size() &&
+                  std::all_of(l.draws.begin(), l.draws.end(), [](const SampleRow& d) { return d.greedy(); });
+  l.argmax_only = b.argmax_only;
   stats_.schedule_s += lap(clock);
-  Tensor logits;
   try {
-    logits = model_.forward(b, cache_);
+    l.logits = model_.forward(b, cache_);
   } catch (...) {
     blocks_.drop_cache();
     throw;
   }
   stats_.steps++;
   stats_.computed_tokens += b.tokens.size();
+  // From now on the step's tokens count as computed and each new token as there (known at
+  // collect()), so that the next step can be scheduled while this one runs. A sequence that ends
+  // at its new token by length leaves the scheduler now: its blocks go back at once (a step queued
+  // later may reuse them; it runs after this one).
+  for (size_t i = 0; i < sched.size(); ++i) {
+    Sequence& s = *sched[i].seq;
+    const LaunchedSeq& ls = l.seqs[i];
+    s.num_computed += ls.n;
+    if (!ls.samples) continue;
+    s.tokens.push_back(ls.draw);
+    if (s.num_generated() >= s.params.max_tokens || s.length() >= config_.max_model_len) scheduler_.remove(&s);
+  }
   stats_.forward_s += lap(clock);
+  return l;
+}
 
-  const int64_t V = model_.config().vocab_size;
-  fetch_logits(logits, on_host, draws);
+void Engine::start_draws(Launched& l) {
+  l.device = true;
+  if (l.argmax_only || l.draws.empty()) return;  // candidates: picked on the host (collect)
+  if (model_.backend().sample(l.logits, l.draws, model_.draws(int64_t(l.draws.size())))) return;
+  l.device = false;
+  for (const SampleRow& d : l.draws) l.on_host[size_t(d.row)] = 1;
+}
+
+std::vector<SeqOutput> Engine::collect(Launched& l) {
+  auto clock = std::chrono::steady_clock::now();
+  const int64_t R = l.logits.empty() ? 0 : l.logits.rows(), V = model_.config().vocab_size;
+  drawn_.assign(size_t(R), -1);
+  if (l.argmax_only) {  // every row greedy: `logits` are each rank's candidates
+    stats_.argmax_only_steps++;
+    candidates_.resize(size_t(l.logits.numel()));
+    model_.backend().copy_to_host(l.logits, candidates_.data());
+    for (int64_t r = 0; r < R; ++r)
+      drawn_[size_t(r)] = greedy_token(candidates_.data() + r * l.logits.cols(), int(l.logits.cols() / 2));
+  } else {
+    if (l.device && !l.draws.empty()) {
+      std::vector<int32_t> ids(l.draws.size());
+      model_.backend().fetch_draws(ids.data(), int(ids.size()));
+      for (size_t i = 0; i < l.draws.size(); ++i) drawn_[size_t(l.draws[i].row)] = ids[i];
+    }
+    // The rows the host reads (a step with any is never followed by one queued before its end),
+    // copied in runs of consecutive rows. The buffer only grows: resizing it per step would
+    // zero-fill up to [rows, vocab] floats on the host each time.
+    int64_t last = R - 1;
+    while (last >= 0 && !l.on_host[size_t(last)]) --last;
+    if (logits_.size() < size_t((last + 1) * V)) logits_.resize(size_t((last + 1) * V));
+    for (int64_t a = 0; a <= last;) {
+      if (!l.on_host[size_t(a)]) {
+        ++a;
+        continue;
+      }
+      int64_t e = a;
+      while (e <= last && l.on_host[size_t(e)]) ++e;
+      model_.backend().copy_to_host(l.logits.rows_view(a, e - a), logits_.data() + a * V);
+      a = e;
+    }
+  }
   stats_.draw_s += lap(clock);
+
   std::vector<SeqOutput> outputs;
   std::vector<float> row, lp;
   size_t logit_row = 0;
-  for (const auto& [s, n] : sched) {
-    if (s->collecting_prompt_logprobs()) {
-      for (int pos = s->num_computed; pos < std::min(s->num_computed + n, s->prompt_len - 1); ++pos) {
-        lp.resize(size_t(V));
-        log_softmax(logits_.data() + int64_t(logit_row++) * V, V, lp.data());
-        if (size_t(pos) != s->prompt_logprobs.size()) continue;  // recomputed after a preemption
-        const int32_t t = s->tokens[size_t(pos) + 1];
-        s->prompt_logprobs.push_back({t, lp[size_t(t)], top_logprobs(lp.data(), V, s->params.prompt_logprobs)});
-      }
+  for (const LaunchedSeq& ls : l.seqs) {
+    const int end = ls.computed + ls.n;  // the step ran tokens [computed, end); its new token goes at `end`
+    auto it = seqs_.find(ls.id);
+    // Gone (aborted) or finished by a token of the step before this one: its rows are not read.
+    Sequence* s = it == seqs_.end() || it->second->status == SeqStatus::Finished ? nullptr : it->second.get();
+    for (int k = 0; k < ls.prompt_rows; ++k, ++logit_row) {
+      const int pos = ls.computed + k;
+      if (!s || size_t(pos) != s->prompt_logprobs.size()) continue;  // recomputed after a preemption
+      lp.resize(size_t(V));
+      log_softmax(logits_.data() + int64_t(logit_row) * V, V, lp.data());
+      const int32_t t = s->tokens[size_t(pos) + 1];
+      s->prompt_logprobs.push_back({t, lp[size_t(t)], top_logprobs(lp.data(), V, s->params.prompt_logprobs)});
     }
-    s->num_computed += n;
-    if (s->num_computed < s->length()) continue;  // a prefill chunk: nothing to sample yet
+    if (!ls.samples) continue;  // a prefill chunk: nothing to sample yet
+    const int32_t r = int32_t(logit_row++);
+    if (!s) continue;
+    const int generated = end - s->prompt_len;  // before this token
 
     SeqOutput out;
     out.request_id = s->request_id;
     out.index = s->index;
-    if (s->num_generated() == 0) out.prompt_logprobs = std::move(s->prompt_logprobs);
-    const int32_t r = int32_t(logit_row++);
+    if (generated == 0) out.prompt_logprobs = std::move(s->prompt_logprobs);
     int32_t tok = drawn_[size_t(r)];
     // Rows not drawn on the device were copied to the host (those reporting logprobs always are).
     const float* raw = tok < 0 ? logits_.data() + int64_t(r) * V : nullptr;
     if (tok < 0) {
       const float* use = raw;
-      if (needs_processing(s->params, s->num_generated())) {
+      if (needs_processing(s->params, generated)) {
         row.assign(raw, raw + V);
         std::vector<int32_t> prompt(s->tokens.begin(), s->tokens.begin() + s->prompt_len);
-        std::vector<int32_t> output(s->tokens.begin() + s->prompt_len, s->tokens.end());
+        std::vector<int32_t> output(s->tokens.begin() + s->prompt_len, s->tokens.begin() + end);
         process_logits(row.data(), V, s->params, prompt, output, stop_ids_.at(s->request_id));
         use = row.data();
       }
-      tok = sample_token(use, V, s->params, uint64_t(s->num_generated()));
+      tok = sample_token(use, V, s->params, uint64_t(generated));
     }
     out.new_tokens.push_back(tok);
     if (s->params.logprobs >= 0) {  // a full-vocabulary log-softmax: only when asked for
@@ -287,14 +352,15 @@ std::vector<SeqOutput> Engine::step() {
       out.new_token_logprobs.push_back(lp[size_t(tok)]);
       out.logprobs.push_back(top_logprobs(lp.data(), V, s->params.logprobs));
     }
-    s->tokens.push_back(tok);
+    s->tokens[size_t(end)] = tok;
+    scheduler_.commit_full_blocks(*s);  // those that waited for this token
     stats_.generated_tokens++;
     if (s->detokenizer && s->detokenizer->add({tok})) {
       out.stop_reason = s->detokenizer->matched_stop();
       finish(*s, "stop", out);
-    } else if (hit_stop(*s, tok)) {
+    } else if (hit_stop(*s, tok, generated + 1)) {
       finish(*s, "stop", out);
-    } else if (s->num_generated() >= s->params.max_tokens || s->length() >= config_.max_model_len) {
+    } else if (generated + 1 >= s->params.max_tokens || end + 1 >= config_.max_model_len) {
       finish(*s, "length", out);
     }
     if (s->detokenizer) out.text = s->detokenizer->take_delta(out.finished);

@@ -25,6 +25,12 @@ struct EngineConfig {
   // weights and the activation buffers of a full step (reserved first) leave of it.
   double gpu_memory_utilization = 0.9;
   int max_model_len = 0;     // 0: the model's max_position_embeddings, capped by the cache
+  // Queue the next step before reading this one's tokens (they reach the next step on the device),
+  // where every token of the step is drawn by the backend and there is no tensor parallelism: the
+  // host's scheduling and output work then overlaps the device's step. A sequence that stops at
+  // a token (eos, stop string) has one more token computed and dropped. APUS_ASYNC_SCHEDULING=0
+  // turns it off.
+  bool async_scheduling = true;
 };
 
 struct Request {
@@ -58,10 +64,11 @@ struct EngineStats {
   uint64_t steps = 0, prompt_tokens = 0, generated_tokens = 0, computed_tokens = 0;
   uint64_t preemptions = 0, prefix_queried_blocks = 0, prefix_hit_blocks = 0;
   uint64_t argmax_only_steps = 0;  // steps that gathered greedy candidates, not logits (StepBatch::argmax_only)
+  uint64_t overlapped_steps = 0;   // steps queued before the one before them was read (async_scheduling)
   // Host seconds spent in each phase of step(): scheduling and building the batch; the forward
   // call (uploads, the step broadcast, launches: on a GPU it returns once the step is queued);
-  // drawing the tokens (waits for the device); turning them into outputs. A GPU idles through
-  // schedule_s and outputs_s (scheduling is not overlapped with the device yet).
+  // drawing the tokens (waits for the device); turning them into outputs. With async scheduling
+  // the device runs the next step meanwhile; without, it idles through schedule_s and outputs_s.
   double schedule_s = 0, forward_s = 0, draw_s = 0, outputs_s = 0;
 };
 
@@ -79,7 +86,7 @@ class Engine {
   void abort(uint64_t request_id);
   // Runs one forward step over the scheduled batch and returns what it produced.
   std::vector<SeqOutput> step();
-  bool has_unfinished() const { return !scheduler_.empty(); }
+  bool has_unfinished() const { return !scheduler_.empty() || inflight_.has_value(); }
 
   const BlockManager& blocks() const { return blocks_; }
   const EngineConfig& config() const { return config_; }
@@ -92,12 +99,33 @@ class Engine {
   size_t num_running() const { return scheduler_.num_running(); }
 
  private:
+  // A sequence's part in a launched step.
+  struct LaunchedSeq {
+    uint64_t id = 0;
+    int computed = 0, n = 0;  // the step runs its tokens [computed, computed + n)
+    int prompt_rows = 0;      // logit rows of prompt logprobs, first
+    bool samples = false;     // then one row for its next token,
+    int32_t draw = 0;         // held in its tokens until collect(): -1 - j (draw j) or kUndrawn
+  };
+  // A step queued on the device whose tokens are not read yet.
+  struct Launched {
+    std::vector<LaunchedSeq> seqs;  // in batch order
+    std::vector<SampleRow> draws;   // the rows the backend draws
+    std::vector<char> on_host;      // per logit row: the host reads it (prompt logprobs, logprobs, penalties...)
+    bool argmax_only = false;       // StepBatch::argmax_only: the rows' tokens are picked from candidates
+    bool device = false;            // start_draws() queued the draws on the backend
+    Tensor logits;
+  };
+  // Schedules and queues a step (none when nothing is scheduled); its sequences then count its
+  // tokens as computed and hold a placeholder for each new token.
+  std::optional<Launched> launch();
+  void start_draws(Launched& l);  // queues the draws on the backend, or marks the rows for the host
+  // Waits for the step's tokens (copying the rows the host reads), draws those of the host and turns
+  // them into outputs.
+  std::vector<SeqOutput> collect(Launched& l);
+  bool overlaps(const Launched& l) const;  // the next step may be queued before collect(l)
   void finish(Sequence& s, const std::string& reason, SeqOutput& out);
-  bool hit_stop(const Sequence& s, int32_t token) const;
-  // Draws `draws` on the device (drawn_[row], else -1; rows the backend cannot draw join `on_host`)
-  // and copies the `on_host` rows (prompt logprobs, logprobs, penalties...) into logits_; for an
-  // argmax_only step (batch_), picks every row's token from the ranks' candidates.
-  void fetch_logits(const Tensor& logits, std::vector<char>& on_host, const std::vector<SampleRow>& draws);
+  bool hit_stop(const Sequence& s, int32_t token, int generated) const;
 
   DecoderModel& model_;
   EngineConfig config_;
@@ -110,6 +138,7 @@ class Engine {
   uint64_t next_request_ = 1, next_seq_ = 1, arrivals_ = 0;
   EngineStats stats_;
   StepBatch batch_;
+  std::optional<Launched> inflight_;  // the step queued last, whose tokens are not read yet
   std::vector<float> logits_;  // [logit rows, vocab]: only the rows the host reads are filled
   std::vector<int32_t> drawn_;  // per logit row: the token drawn on the device, or -1
   std::vector<float> candidates_;  // an argmax_only step's [logit rows, 2 * ranks] (StepBatch::argmax_only)

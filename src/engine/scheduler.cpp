@@ -48,8 +48,10 @@ void Scheduler::commit_full_blocks(Sequence& s, int computed_after_step) {
   const int bs = blocks_.block_size();
   while (int(s.block_hashes.size()) < computed_after_step / bs) {
     const size_t i = s.block_hashes.size();
+    const auto tokens = std::span(s.tokens).subspan(i * size_t(bs), size_t(bs));
+    if (std::any_of(tokens.begin(), tokens.end(), [](int32_t t) { return t < 0; })) break;  // not drawn yet
     const uint64_t prev = i ? s.block_hashes.back() : 0;
-    const uint64_t h = BlockManager::hash_block(prev, std::span(s.tokens).subspan(i * size_t(bs), size_t(bs)), s.cache_salt);
+    const uint64_t h = BlockManager::hash_block(prev, tokens, s.cache_salt);
     if (config_.enable_prefix_caching) blocks_.register_full(s.block_table[i], h);
     s.block_hashes.push_back(h);
   }

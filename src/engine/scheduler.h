@@ -41,6 +41,9 @@ class Scheduler {
   void remove(Sequence* seq);
   std::vector<ScheduledSeq> schedule();
   int step_budget() const;  // the next step's token budget (tokens_per_decode)
+  // Registers s's computed blocks for prefix reuse, up to a block holding a token not known yet
+  // (Engine: a placeholder for a draw), which waits until it is.
+  void commit_full_blocks(Sequence& s) { commit_full_blocks(s, s.num_computed); }
   bool empty() const { return waiting_.empty() && running_.empty(); }
   size_t num_waiting() const { return waiting_.size(); }
   size_t num_running() const { return running_.size(); }

@@ -420,8 +420,17 @@ void DecoderModel::embed(const StepBatch& in, Tensor& hidden) {
   embed_tokens(sv.tokens, hidden);
 }
 
+Tensor& DecoderModel::draws(int64_t rows) {
+  if (draws_.empty() || draws_.numel() < rows) {
+    if (ws_) drop_graphs();  // they read the old buffer
+    draws_ = backend_.alloc(DType::I32, {std::max<int64_t>(rows, 256)});
+  }
+  return draws_;
+}
+
 void DecoderModel::embed_tokens(const Tensor& tokens, Tensor& x) {
-  backend_.embedding(tokens, weights_.embed, x, weights_.shard.vocab0, config_.vocab_size);
+  backend_.embedding(tokens, weights_.embed, x, weights_.shard.vocab0, config_.vocab_size,
+                     draws_.empty() ? nullptr : &draws_);
   if (group_) group_->all_reduce(x);  // each rank has its vocabulary's rows, zeros elsewhere
 }
 

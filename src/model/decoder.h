@@ -19,7 +19,8 @@ namespace apus {
 // One step's inputs, built on the host. Sequence s contributes tokens [q_start[s], q_start[s+1]),
 // which are the last ones of its ctx_len[s] positions (see AttentionBatch).
 struct StepBatch {
-  std::vector<int32_t> tokens;        // [T]
+  std::vector<int32_t> tokens;        // [T]; -1 - j: id j of the last draw into DecoderModel::draws(),
+                                      // still on the device (a step queued before its tokens are read)
   std::vector<int32_t> q_start;       // [S + 1]
   std::vector<int32_t> ctx_len;       // [S]
   std::vector<int32_t> block_table;   // [S * max_blocks]
@@ -64,6 +65,10 @@ class DecoderModel {
   bool vocab_parallel() const { return group_ != nullptr; }
   // The same, with the logits copied to the host, row-major.
   void forward(const StepBatch& batch, KvCache& cache, std::vector<float>& logits);
+  // The backend buffer (I32, at least `rows` ids) that token draws go into (Backend::sample) and
+  // that the next step's embedding reads for tokens -1 - j. A larger size than before reallocates it
+  // and drops recorded graphs: ask with nothing queued that reads it (the engine does at start).
+  Tensor& draws(int64_t rows);
   // Allocates the activation buffers for steps of up to `tokens` tokens and `logit_rows` logit
   // rows now (they otherwise grow on demand), so that free device memory can be measured after.
   void reserve(int64_t tokens, int64_t logit_rows) { workspace(tokens, logit_rows); }
@@ -141,6 +146,7 @@ class DecoderModel {
   Backend& backend_;
   Rope rope_;
   std::unique_ptr<Workspace> ws_;
+  Tensor draws_;  // draws()
   std::unique_ptr<LoraSlots> lora_;
   Collectives* group_ = nullptr;  // tensor parallelism: the other ranks (null: the whole model here)
   std::function<void(const StepBatch&, const KvCache&)> step_hook_;

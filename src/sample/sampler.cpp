@@ -67,6 +67,10 @@ int argmax(const float* logits, int64_t n) {
 float draw_uniform(const SamplingParams& p, uint64_t step) { return uniform01(splitmix64(p.seed), step); }
 
 int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64_t step) {
+  return draw_token(logits, n, DrawRule{p.temperature, p.top_k, p.top_p, p.min_p}, draw_uniform(p, step));
+}
+
+int draw_token(const float* logits, int64_t n, const DrawRule& p, float uniform) {
   if (p.temperature <= 0.0f || p.top_k == 1) return argmax(logits, n);
   // The draw walks candidates from the most to the least likely (ties: lower id first). Sorting
   // the whole vocabulary would cost more than the forward pass of a small model, so the order is
@@ -118,7 +122,7 @@ int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64
   } else {
     for (int i : idx) mass += w[size_t(i)] / total;
   }
-  const double u = double(draw_uniform(p, step)) * mass;
+  const double u = double(uniform) * mass;
   double acc = 0.0;
   for (size_t i = 0; i < cut; ++i) {
     acc += w[size_t(at(i))] / total;

@@ -40,5 +40,13 @@ float draw_uniform(const SamplingParams& p, uint64_t step);
 // Draws a token with counter-based randomness (draw_uniform), walking the candidates most likely
 // first. (The CUDA backend's device sampler draws from the same distribution in id order.)
 int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64_t step);
+// The same draw from its rule and uniform number (a backend's sampler drawing on the host).
+struct DrawRule {
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+};
+int draw_token(const float* logits, int64_t n, const DrawRule& rule, float uniform);
 
 }  // namespace apus

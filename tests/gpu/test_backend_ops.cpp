@@ -572,7 +572,7 @@ TEST_P(BackendOps, SampleGreedyIsTheFirstMaximum) {
     std::vector<SampleRow> rows;
     for (int32_t r = 0; r < 6; ++r) rows.push_back(SampleRow{5 - r, r % 2 == 0 ? 0.0f : 0.7f, r % 2 == 0 ? 0 : 1});
     std::vector<int32_t> ids(rows.size(), -1);
-    ASSERT_TRUE(gpu_->sample(to_gpu_f32(logits), rows, ids.data()));
+    ASSERT_TRUE(gpu_->sample_to_host(to_gpu_f32(logits), rows, ids.data()));
     for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(ids[i], 1000 + rows[i].row) << "row " << rows[i].row << " V " << V;
   }
 }
@@ -636,7 +636,7 @@ TEST_P(BackendOps, SampleDrawsTheHostDistribution) {
     for (int j = 0; j < grid; ++j) rows[size_t(j)].u = (float(j) + 0.5f) / float(grid);
     std::vector<int32_t> ids(rows.size(), -1);
     // Rows all read logits row 0: more rows than one launch holds (kSampleChunk) as well.
-    ASSERT_TRUE(gpu_->sample(to_gpu_f32(logits), rows, ids.data())) << what;
+    ASSERT_TRUE(gpu_->sample_to_host(to_gpu_f32(logits), rows, ids.data())) << what;
     std::vector<int> count(size_t(c.vocab), 0);
     for (int32_t id : ids) {
       ASSERT_TRUE(id >= 0 && id < c.vocab) << what << ": id " << id;

@@ -9,6 +9,7 @@
 #include "backend/cpu/qgemm.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "sample/sampler.h"
 
 namespace apus {
 
@@ -94,10 +95,13 @@ class CpuBackend : public Backend {
     }
   }
 
-  void embedding(const Tensor& ids, const Tensor& table, Tensor& out, int64_t first, int64_t vocab) override {
+  void embedding(const Tensor& ids, const Tensor& table, Tensor& out, int64_t first, int64_t vocab,
+                 const Tensor* drawn) override {
     const int64_t H = table.cols(), V = vocab > 0 ? vocab : table.rows();
     for (int64_t t = 0; t < ids.numel(); ++t) {
-      const int64_t global = ids.ptr<int32_t>()[t], id = global - first;
+      int64_t global = ids.ptr<int32_t>()[t];
+      if (global < 0 && drawn != nullptr && -global - 1 < drawn->numel()) global = drawn->ptr<int32_t>()[-global - 1];
+      const int64_t id = global - first;
       APUS_CHECK(global >= 0 && global < V, "token id {} is outside the vocabulary (size {})", global, V);
       float* dst = out.row<float>(t);
       if (id < 0 || id >= table.rows()) {  // another rank's part of the vocabulary
@@ -110,6 +114,24 @@ class CpuBackend : public Backend {
         for (int64_t i = 0; i < H; ++i) dst[i] = load_float(table.data, table.dtype, id * H + i);
       }
     }
+  }
+
+  // The host's own draws (sample/sampler.h), so that the engine's steps take the same path as on a GPU.
+  bool sample(const Tensor& logits, const std::vector<SampleRow>& rows, Tensor& drawn) override {
+    APUS_CHECK(logits.dtype == DType::F32 && drawn.dtype == DType::I32 && drawn.numel() >= int64_t(rows.size()),
+               "sample: {} rows of {} into {}", rows.size(), logits.describe(), drawn.describe());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const SampleRow& r = rows[i];
+      APUS_CHECK(r.row >= 0 && r.row < logits.rows(), "sample: row {} of {} rows of logits", r.row, logits.rows());
+      drawn.ptr<int32_t>()[i] =
+          draw_token(logits.row<float>(r.row), logits.cols(), DrawRule{r.temperature, r.top_k, r.top_p, r.min_p}, r.u);
+    }
+    drawn_ = drawn;
+    return true;
+  }
+  void fetch_draws(int32_t* ids, int n) override {
+    APUS_CHECK(n <= drawn_.numel(), "fetch_draws: {} ids of {}", n, drawn_.numel());
+    std::copy_n(drawn_.ptr<int32_t>(), n, ids);
   }
 
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override {
@@ -237,6 +259,7 @@ class CpuBackend : public Backend {
 
   ThreadPool pool_;
   std::vector<float> lora_x_, lora_v_, lora_u_;  // LoRA scratch, reused
+  Tensor drawn_;                                  // the last sample()'s ids
 };
 
 }  // namespace

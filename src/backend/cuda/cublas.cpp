@@ -20,6 +20,7 @@ Cublas load() {
   bind_symbol(lib, name, "cublasSetWorkspace_v2", &c.set_workspace);
   bind_symbol(lib, name, "cublasGemmEx", &c.gemm_ex);
   bind_symbol(lib, name, "cublasGetStatusString", &c.status_string);
+  bind_symbol(lib, name, "cublasSetSmCountTarget", &c.set_sm_count_target);
   return c;  // the library stays loaded for the life of the process
 }
 

@@ -16,6 +16,7 @@ struct Cublas {
                             cudaDataType Btype, int ldb, const void* beta, void* C, cudaDataType Ctype, int ldc,
                             cublasComputeType_t compute, cublasGemmAlgo_t algo);
   decltype(&cublasGetStatusString) status_string;
+  decltype(&cublasSetSmCountTarget) set_sm_count_target;
 };
 
 // The loaded library (once per process); throws apus::Error naming the paths tried.

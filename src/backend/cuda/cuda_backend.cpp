@@ -88,6 +88,7 @@ class CudaBackend final : public Backend {
     for (cudaEvent_t& m : marks_) APUS_CUDA_CHECK(cudaEventCreateWithFlags(&m, cudaEventDisableTiming));
     stream_ = streams_[0];
     APUS_CUDA_CHECK(cudaEventCreateWithFlags(&upload_done_, cudaEventDisableTiming));
+    APUS_CUDA_CHECK(cudaEventCreateWithFlags(&sample_done_, cudaEventDisableTiming));
     APUS_CUDA_CHECK(cudaStreamCreateWithFlags(&lora_stream_, cudaStreamNonBlocking));
     APUS_CUDA_CHECK(cudaEventCreateWithFlags(&lora_fork_, cudaEventDisableTiming));
     APUS_CUDA_CHECK(cudaEventCreateWithFlags(&lora_join_, cudaEventDisableTiming));
@@ -97,6 +98,11 @@ class CudaBackend final : public Backend {
     // Our own workspace: cuBLAS then never allocates during a step (and CUDA graphs can capture it).
     blas_workspace_ = raw_alloc(DType::U8, {int64_t(kCublasWorkspace)});
     check_blas(cb.set_workspace(blas_, blas_workspace_.data, kCublasWorkspace), "cublasSetWorkspace");
+    if (const char* m = std::getenv("APUS_CUBLAS_SM_MARGIN"); m != nullptr && std::atoi(m) > 0) {
+      int sms = 0;
+      APUS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
+      check_blas(cb.set_sm_count_target(blas_, std::max(1, sms - std::atoi(m))), "cublasSetSmCountTarget");
+    }
     errors_ = alloc(DType::I32, {2});
     errors_host_ = static_cast<cuda::DeviceError*>(error_pinned_.get(sizeof(cuda::DeviceError)));
     profile_ = std::make_unique<cuda::OpProfile>(stream_);
@@ -112,6 +118,7 @@ class CudaBackend final : public Backend {
     profile_.reset();
     cuda::cublas().destroy(blas_);
     cudaEventDestroy(upload_done_);
+    cudaEventDestroy(sample_done_);
     cudaEventDestroy(lora_fork_);
     cudaEventDestroy(lora_join_);
     cudaStreamDestroy(lora_stream_);
@@ -318,15 +325,20 @@ class CudaBackend final : public Backend {
     if (bias) launched(cuda::add_bias(y_dtype, y, y_stride, bias, m, n, stream_), "add_bias");
   }
 
-  void embedding(const Tensor& ids, const Tensor& table, Tensor& out, int64_t first, int64_t vocab) override {
+  void embedding(const Tensor& ids, const Tensor& table, Tensor& out, int64_t first, int64_t vocab,
+                 const Tensor* drawn) override {
     on_device(ids, "embedding");
     activation(out, "embedding");
     APUS_CHECK(table.dtype == act_ && table.cols() == out.cols(), "embedding: table {} does not fit output {}",
                table.describe(), out.describe());
+    const bool with_drawn = drawn != nullptr && !drawn->empty();
+    if (with_drawn) on_device(*drawn, "embedding");
+    APUS_CHECK(!with_drawn || drawn->dtype == DType::I32, "embedding: drawn ids {} must be I32", drawn->describe());
     vocab_ = vocab > 0 ? vocab : table.rows();
     cuda::TimedOp t(*profile_, "embedding", ids.numel());
-    launched(cuda::embedding(act_, ids.ptr<int32_t>(), ids.numel(), table.data, first, table.rows(), vocab_,
-                             table.cols(), out.data, out.row_stride, error_word(), stream_),
+    launched(cuda::embedding(act_, ids.ptr<int32_t>(), ids.numel(), with_drawn ? drawn->ptr<int32_t>() : nullptr,
+                             with_drawn ? drawn->numel() : 0, table.data, first, table.rows(), vocab_, table.cols(),
+                             out.data, out.row_stride, error_word(), stream_),
              "embedding");
   }
 
@@ -634,15 +646,20 @@ class CudaBackend final : public Backend {
              "argmax_rows");
   }
 
-  bool sample(const Tensor& logits, const std::vector<SampleRow>& rows, int32_t* ids) override {
+  // The draws' arguments go up through a pinned buffer; their ids and the error word come back
+  // through another, with an event fetch_draws() waits for (a step queued after the draw may run on).
+  bool sample(const Tensor& logits, const std::vector<SampleRow>& rows, Tensor& drawn) override {
     on_device(logits, "sample");
-    APUS_CHECK(logits.dtype == DType::F32, "sample: logits {} must be F32", logits.describe());
+    on_device(drawn, "sample");
     const int n = int(rows.size());
-    if (n == 0) return true;
+    APUS_CHECK(logits.dtype == DType::F32 && drawn.dtype == DType::I32 && drawn.numel() >= n,
+               "sample: {} rows of logits {} into {}", n, logits.describe(), drawn.describe());
+    wait_event(sample_done_);  // the previous draw has left the pinned buffers
+    sample_count_ = n;
     const int64_t vocab = logits.cols();
-    // The rows' arguments go up and the ids come back through one pinned and one device buffer.
-    const size_t args_bytes = (sizeof(cuda::SampleArgs) * size_t(n) + 15) / 16 * 16, ids_bytes = 4 * size_t(n);
-    char* host = static_cast<char*>(sample_pinned_.get(args_bytes + ids_bytes));
+    const size_t args_bytes = (sizeof(cuda::SampleArgs) * size_t(n) + 15) / 16 * 16;
+    const size_t back_bytes = sizeof(cuda::DeviceError) + 4 * size_t(n);
+    char* host = static_cast<char*>(sample_pinned_.get(args_bytes + back_bytes));
     auto* args = reinterpret_cast<cuda::SampleArgs*>(host);
     bool any_drawn = false;
     for (int i = 0; i < n; ++i) {
@@ -651,30 +668,41 @@ class CudaBackend final : public Backend {
       args[i] = cuda::SampleArgs{r.row, r.top_k, r.temperature, r.top_p, r.min_p, r.u};
       any_drawn = any_drawn || !r.greedy();
     }
-    if (size_t(sample_buffer_.numel()) < args_bytes + ids_bytes)
-      sample_buffer_ = raw_alloc(DType::U8, {int64_t(2 * (args_bytes + ids_bytes))});
-    char* dev = static_cast<char*>(sample_buffer_.data);
-    APUS_CUDA_CHECK(cudaMemcpyAsync(dev, host, args_bytes, cudaMemcpyHostToDevice, stream_));
-    // Draws (not greedy rows) need a vocabulary of scratch per row: kSampleChunk rows at a time.
-    const int chunk = any_drawn ? std::min(n, kSampleChunk) : n;
-    float* scratch = nullptr;
-    if (any_drawn) {
-      if (sample_scratch_.numel() < int64_t(chunk) * vocab) sample_scratch_ = raw_alloc(DType::F32, {chunk * vocab});
-      scratch = sample_scratch_.ptr<float>();
-    }
-    auto* dev_args = reinterpret_cast<const cuda::SampleArgs*>(dev);
-    auto* dev_ids = reinterpret_cast<int32_t*>(dev + args_bytes);
-    {
+    if (n > 0) {
+      if (size_t(sample_buffer_.numel()) < args_bytes) sample_buffer_ = raw_alloc(DType::U8, {int64_t(2 * args_bytes)});
+      auto* dev_args = static_cast<cuda::SampleArgs*>(sample_buffer_.data);
+      APUS_CUDA_CHECK(cudaMemcpyAsync(dev_args, host, args_bytes, cudaMemcpyHostToDevice, stream_));
+      // Draws (not greedy rows) need a vocabulary of scratch per row: kSampleChunk rows at a time.
+      const int chunk = any_drawn ? std::min(n, kSampleChunk) : n;
+      float* scratch = nullptr;
+      if (any_drawn) {
+        if (sample_scratch_.numel() < int64_t(chunk) * vocab) sample_scratch_ = raw_alloc(DType::F32, {chunk * vocab});
+        scratch = sample_scratch_.ptr<float>();
+      }
       cuda::TimedOp t(*profile_, "sample", n);
       for (int s = 0; s < n; s += chunk)
         launched(cuda::sample(logits.ptr<float>(), logits.row_stride, vocab, dev_args + s, std::min(chunk, n - s),
-                              scratch, dev_ids + s, stream_),
+                              scratch, drawn.ptr<int32_t>() + s, stream_),
                  "sample");
     }
-    APUS_CUDA_CHECK(cudaMemcpyAsync(host + args_bytes, dev_ids, ids_bytes, cudaMemcpyDeviceToHost, stream_));
-    synchronize();
-    std::memcpy(ids, host + args_bytes, ids_bytes);
+    char* back = host + args_bytes;
+    APUS_CUDA_CHECK(cudaMemcpyAsync(back, errors_.data, sizeof(cuda::DeviceError), cudaMemcpyDeviceToHost, stream_));
+    if (n > 0)
+      APUS_CUDA_CHECK(cudaMemcpyAsync(back + sizeof(cuda::DeviceError), drawn.data, 4 * size_t(n),
+                                      cudaMemcpyDeviceToHost, stream_));
+    APUS_CUDA_CHECK(cudaEventRecord(sample_done_, stream_));
+    sample_back_ = back;
     return true;
+  }
+
+  void fetch_draws(int32_t* ids, int n) override {
+    APUS_CHECK(sample_back_ != nullptr && n <= sample_count_, "fetch_draws: {} ids of a draw of {}", n, sample_count_);
+    wait_event(sample_done_);
+    profile_->collect();
+    cuda::DeviceError e;
+    std::memcpy(&e, sample_back_, sizeof e);
+    std::memcpy(ids, sample_back_ + sizeof(cuda::DeviceError), 4 * size_t(n));
+    if (e.code != cuda::kErrNone) synchronize();  // reports it
   }
 
   // Waits for the stream; in a tensor-parallel group by polling, so that the group's check can stop
@@ -684,11 +712,23 @@ class CudaBackend final : public Backend {
       APUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
       return;
     }
+    wait_for([&] { return cudaStreamQuery(stream_); }, "cudaStreamQuery");
+  }
+  void wait_event(cudaEvent_t e) {
+    if (!wait_check_) {
+      APUS_CUDA_CHECK(cudaEventSynchronize(e));
+      return;
+    }
+    wait_for([&] { return cudaEventQuery(e); }, "cudaEventQuery");
+  }
+  // Polls `query` (cudaStreamQuery or cudaEventQuery) until it stops answering cudaErrorNotReady.
+  template <typename Query>
+  void wait_for(Query&& query, const char* what) {
     const auto start = std::chrono::steady_clock::now();
     for (;;) {
-      const cudaError_t e = cudaStreamQuery(stream_);
+      const cudaError_t e = query();
       if (e == cudaSuccess) return;
-      if (e != cudaErrorNotReady) check_cuda(e, "cudaStreamQuery");
+      if (e != cudaErrorNotReady) check_cuda(e, what);
       wait_check_(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       std::this_thread::yield();
     }
@@ -863,6 +903,9 @@ class CudaBackend final : public Backend {
   std::array<cudaEvent_t, kMarks> marks_{};
   cudaStream_t stream_ = nullptr;  // the current one of streams_ (Backend::set_stream)
   cudaEvent_t upload_done_ = nullptr;
+  cudaEvent_t sample_done_ = nullptr;  // the last sample()'s ids have reached sample_back_
+  const char* sample_back_ = nullptr;  // in sample_pinned_: that draw's error word, then its ids
+  int sample_count_ = 0;
   cublasHandle_t blas_ = nullptr;
   DType act_ = DType::BF16;
   Tensor blas_workspace_, errors_, attention_scratch_, sample_buffer_, sample_scratch_;

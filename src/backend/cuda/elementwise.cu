@@ -28,12 +28,14 @@ __device__ void record_error(DeviceError* err, int code, int value) {
 }
 
 template <typename T>
-__global__ void embedding_kernel(const int32_t* ids, int64_t n, const T* table, int64_t first, int64_t rows,
-                                 int64_t vocab, int64_t hidden, T* out, int64_t out_stride, DeviceError* err) {
+__global__ void embedding_kernel(const int32_t* ids, int64_t n, const int32_t* drawn, int64_t drawn_n, const T* table,
+                                 int64_t first, int64_t rows, int64_t vocab, int64_t hidden, T* out, int64_t out_stride,
+                                 DeviceError* err) {
   pdl_begin();
   GRID_STRIDE(i, n * hidden) {
     const int64_t t = i / hidden, c = i % hidden;
-    const int32_t id = ids[t];
+    int32_t id = ids[t];
+    if (id < 0 && int64_t(-1) - id < drawn_n) id = drawn[-1 - id];
     if (id < 0 || id >= vocab) {
       if (c == 0) record_error(err, kErrTokenId, id);
       out[t * out_stride + c] = from_f<T>(0.0f);
@@ -322,13 +324,13 @@ __global__ void fill_random_kernel(T* x, int64_t n, uint64_t seed) {
 
 }  // namespace
 
-cudaError_t embedding(DType dt, const int32_t* ids, int64_t n, const void* table, int64_t first, int64_t rows,
-                      int64_t vocab, int64_t hidden, void* out, int64_t out_stride, DeviceError* err,
-                      cudaStream_t stream) {
+cudaError_t embedding(DType dt, const int32_t* ids, int64_t n, const int32_t* drawn, int64_t drawn_n, const void* table,
+                      int64_t first, int64_t rows, int64_t vocab, int64_t hidden, void* out, int64_t out_stride,
+                      DeviceError* err, cudaStream_t stream) {
   APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(embedding_kernel<T>, grid_for(n * hidden), kThreads, 0, stream, ids, n,
-                                    static_cast<const T*>(table), first, rows, vocab, hidden, static_cast<T*>(out),
-                                    out_stride, err));
+                      launch_kernel(embedding_kernel<T>, grid_for(n * hidden), kThreads, 0, stream, ids, n, drawn,
+                                    drawn_n, static_cast<const T*>(table), first, rows, vocab, hidden,
+                                    static_cast<T*>(out), out_stride, err));
   return cudaGetLastError();
 }
 

@@ -22,10 +22,11 @@ struct DeviceError {
 };
 enum : int { kErrNone = 0, kErrTokenId = 1, kErrSlot = 2 };
 
-// table holds the rows of ids [first, first + rows); other ids in [0, vocab) give zero rows.
-cudaError_t embedding(DType dt, const int32_t* ids, int64_t n, const void* table, int64_t first, int64_t rows,
-                      int64_t vocab, int64_t hidden, void* out, int64_t out_stride, DeviceError* err,
-                      cudaStream_t stream);
+// table holds the rows of ids [first, first + rows); other ids in [0, vocab) give zero rows. An id
+// -1 - j (j < drawn_n) is drawn[j] (Backend::embedding).
+cudaError_t embedding(DType dt, const int32_t* ids, int64_t n, const int32_t* drawn, int64_t drawn_n, const void* table,
+                      int64_t first, int64_t rows, int64_t vocab, int64_t hidden, void* out, int64_t out_stride,
+                      DeviceError* err, cudaStream_t stream);
 cudaError_t gather_rows(DType dt, const void* x, int64_t x_stride, const int32_t* rows, int64_t n, int64_t cols,
                         void* out, int64_t out_stride, cudaStream_t stream);
 // RMSNorm of each `group`-column group of each row (groups per row = cols / group); out may alias x.
