@@ -220,6 +220,11 @@ class Backend {
     return false;
   }
   virtual void fetch_draws(int32_t* /*ids*/, int /*n*/) {}
+  // drawn I32 [R] = the token of each row of tensor-parallel greedy candidates F32 [R, 2 * ranks]
+  // (greedy_token, sample/sampler.h): every rank picks the same tokens on its own device.
+  virtual void pick_greedy(const Tensor& candidates, Tensor& drawn) = 0;
+  // Queues the copy of drawn[0, n) that fetch_draws() then waits for (ids an op wrote: pick_greedy).
+  virtual void queue_fetch_draws(const Tensor& drawn, int n) = 0;
   // sample() and fetch_draws() at once (tests).
   bool sample_to_host(const Tensor& logits, const std::vector<SampleRow>& rows, int32_t* ids);
 

@@ -178,8 +178,9 @@ std::vector<SeqOutput> Engine::step() {
   }
 }
 
+// With tensor parallelism only the greedy candidates' picks are on every rank (pick_greedy).
 bool Engine::overlaps(const Launched& l) const {
-  return config_.async_scheduling && l.device && !model_.vocab_parallel() &&
+  return config_.async_scheduling && l.device && (!model_.vocab_parallel() || l.argmax_only) &&
          std::none_of(l.on_host.begin(), l.on_host.end(), [](char c) { return c != 0; });
 }
 
@@ -265,8 +266,13 @@ std::optional<Engine::Launched> Engine::launch() {
 
 void Engine::start_draws(Launched& l) {
   l.device = true;
-  if (l.argmax_only || l.draws.empty()) return;  // candidates: picked on the host (collect)
-  if (model_.backend().sample(l.logits, l.draws, model_.draws(int64_t(l.draws.size())))) return;
+  if (l.draws.empty()) return;
+  Tensor& drawn = model_.draws(int64_t(l.draws.size()));
+  if (l.argmax_only) {  // the forward pass picked them from the ranks' candidates
+    model_.backend().queue_fetch_draws(drawn, int(l.draws.size()));
+    return;
+  }
+  if (model_.backend().sample(l.logits, l.draws, drawn)) return;
   l.device = false;
   for (const SampleRow& d : l.draws) l.on_host[size_t(d.row)] = 1;
 }
@@ -275,13 +281,8 @@ std::vector<SeqOutput> Engine::collect(Launched& l) {
   auto clock = std::chrono::steady_clock::now();
   const int64_t R = l.logits.empty() ? 0 : l.logits.rows(), V = model_.config().vocab_size;
   drawn_.assign(size_t(R), -1);
-  if (l.argmax_only) {  // every row greedy: `logits` are each rank's candidates
-    stats_.argmax_only_steps++;
-    candidates_.resize(size_t(l.logits.numel()));
-    model_.backend().copy_to_host(l.logits, candidates_.data());
-    for (int64_t r = 0; r < R; ++r)
-      drawn_[size_t(r)] = greedy_token(candidates_.data() + r * l.logits.cols(), int(l.logits.cols() / 2));
-  } else {
+  stats_.argmax_only_steps += l.argmax_only;
+  {  // draws on the backend (or picked from tensor-parallel candidates), then the host's rows
     if (l.device && !l.draws.empty()) {
       std::vector<int32_t> ids(l.draws.size());
       model_.backend().fetch_draws(ids.data(), int(ids.size()));

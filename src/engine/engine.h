@@ -112,7 +112,7 @@ class Engine {
     std::vector<LaunchedSeq> seqs;  // in batch order
     std::vector<SampleRow> draws;   // the rows the backend draws
     std::vector<char> on_host;      // per logit row: the host reads it (prompt logprobs, logprobs, penalties...)
-    bool argmax_only = false;       // StepBatch::argmax_only: the rows' tokens are picked from candidates
+    bool argmax_only = false;       // StepBatch::argmax_only: the forward pass picked the rows' tokens
     bool device = false;            // start_draws() queued the draws on the backend
     Tensor logits;
   };
@@ -141,7 +141,6 @@ class Engine {
   std::optional<Launched> inflight_;  // the step queued last, whose tokens are not read yet
   std::vector<float> logits_;  // [logit rows, vocab]: only the rows the host reads are filled
   std::vector<int32_t> drawn_;  // per logit row: the token drawn on the device, or -1
-  std::vector<float> candidates_;  // an argmax_only step's [logit rows, 2 * ranks] (StepBatch::argmax_only)
 };
 
 // Batch limits for offline runs (the library API, `apus infer`, `apus bench throughput`), as vLLM V1 picks them:

@@ -396,17 +396,16 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache, const StepVie
     Tensor best = rows_of(w.best, R), all = rows_of(w.candidates, R);
     backend_.argmax_rows(lg.cols_view(0, n), first, best);
     group_->all_gather_cols(best, all);
+    // Every rank picks the tokens into its draws (where it has them: the engine's rank 0 and the
+    // ranks that mirror it), so that the next step may take them on the device.
+    if (!draws_.empty() && draws_.numel() >= R) {
+      Tensor picked = draws_.rows_view(0, R);
+      backend_.pick_greedy(all, picked);
+    }
   } else {
     Tensor all = rows_of(w.gathered, R);
     group_->all_gather_cols(lg, all);
   }
-}
-
-int32_t greedy_token(const float* candidates, int ranks) {
-  int q = 0;
-  for (int p = 1; p < ranks; ++p)
-    if (candidates[2 * p] > candidates[2 * q]) q = p;
-  return int32_t(candidates[2 * q + 1]);
 }
 
 void DecoderModel::embed(const StepBatch& in, Tensor& hidden) {

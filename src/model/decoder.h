@@ -33,15 +33,11 @@ struct StepBatch {
                                       // empty: every token is the base model's
   // Every logit row is wanted only for its first maximum (greedy draws, nothing read on the host,
   // no adapter's lm_head): with tensor parallelism forward() then returns each rank's greedy
-  // candidates instead of gathering every logit (see greedy_token). Ignored without.
+  // candidates instead of gathering every logit (see greedy_token, sample/sampler.h), every rank
+  // picking the tokens into its draws() too. Ignored without.
   bool argmax_only = false;
   int num_seqs() const { return int(ctx_len.size()); }
 };
-
-// The token of one row of argmax_only candidates (`ranks` pairs of logit and id): the first maximum
-// over the whole vocabulary, as argmax of the gathered logits would give (ties: the lower rank,
-// whose ids are lower; a rank whose best is NaN or -inf loses to any other).
-int32_t greedy_token(const float* candidates, int ranks);
 
 class DecoderModel {
  public:
@@ -69,6 +65,7 @@ class DecoderModel {
   // that the next step's embedding reads for tokens -1 - j. A larger size than before reallocates it
   // and drops recorded graphs: ask with nothing queued that reads it (the engine does at start).
   Tensor& draws(int64_t rows);
+  int64_t draws_capacity() const { return draws_.empty() ? 0 : draws_.numel(); }
   // Allocates the activation buffers for steps of up to `tokens` tokens and `logit_rows` logit
   // rows now (they otherwise grow on demand), so that free device memory can be measured after.
   void reserve(int64_t tokens, int64_t logit_rows) { workspace(tokens, logit_rows); }

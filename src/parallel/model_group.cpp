@@ -336,6 +336,7 @@ void ModelGroup::send_step(const StepBatch& b, const KvCache& cache) {
   w.word(r.model->split_tokens());
   w.word(b.max_blocks);
   w.word(b.argmax_only ? 1 : 0);
+  w.word(r.model->draws_capacity());
   w.vec(live);
   // LoRA: the slots' shape, then the adapters loaded (slot, directory) or cleared (slot, "") since
   // the last step, in order; a step that uses a slot comes after its load.
@@ -410,6 +411,8 @@ void ModelGroup::run_worker(Rank& r) {
         const int split_tokens = in.word();
         b.max_blocks = in.word();
         b.argmax_only = in.word() != 0;
+        // Rank 0's draws, mirrored: a step may read the last one's tokens there (async scheduling).
+        if (const int draws = in.word(); draws > r.model->draws_capacity()) r.model->draws(draws);
         in.vec(live);
         const int max_loras = in.word(), max_rank = in.word();
         if (max_loras > 0 && (!r.model->lora() || r.model->lora()->max_loras() != max_loras ||

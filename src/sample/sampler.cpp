@@ -66,6 +66,13 @@ int argmax(const float* logits, int64_t n) {
 
 float draw_uniform(const SamplingParams& p, uint64_t step) { return uniform01(splitmix64(p.seed), step); }
 
+int32_t greedy_token(const float* candidates, int ranks) {
+  int q = 0;
+  for (int p = 1; p < ranks; ++p)
+    if (candidates[2 * p] > candidates[2 * q]) q = p;
+  return int32_t(candidates[2 * q + 1]);
+}
+
 int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64_t step) {
   return draw_token(logits, n, DrawRule{p.temperature, p.top_k, p.top_p, p.min_p}, draw_uniform(p, step));
 }

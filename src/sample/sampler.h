@@ -40,6 +40,11 @@ float draw_uniform(const SamplingParams& p, uint64_t step);
 // Draws a token with counter-based randomness (draw_uniform), walking the candidates most likely
 // first. (The CUDA backend's device sampler draws from the same distribution in id order.)
 int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64_t step);
+// The token of one row of tensor-parallel greedy candidates (`ranks` pairs of logit and id, in rank
+// order: each rank's first maximum over its part of the vocabulary): the first maximum over the
+// whole vocabulary, as argmax of the gathered logits would give (ties: the lower rank, whose ids
+// are lower; a rank whose best is NaN or -inf loses to any other).
+int32_t greedy_token(const float* candidates, int ranks);
 // The same draw from its rule and uniform number (a backend's sampler drawing on the host).
 struct DrawRule {
   float temperature = 0.0f;

@@ -14,6 +14,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "quant/gptq_format.h"
+#include "sample/sampler.h"
 
 namespace apus {
 namespace {
@@ -605,6 +606,27 @@ TEST_P(BackendOps, ArgmaxRowsOfAStridedView) {
     }
   }
   EXPECT_LT(want.row<float>(1)[0], 50.0f);
+}
+
+// Tensor-parallel greedy candidates: the device picks greedy_token's token per row (ties to the
+// lower rank, a -inf best loses; argmax_rows never gives NaN), and fetch_draws brings back exactly
+// the queued copy.
+TEST_P(BackendOps, PickGreedyIsGreedyToken) {
+  const int ranks = 3;
+  Tensor cand = random({300, 2 * ranks}, -4.0f, 4.0f);
+  for (int64_t r = 0; r < cand.rows(); ++r)
+    for (int p = 0; p < ranks; ++p) cand.row<float>(r)[2 * p + 1] = float(1000 * p + r);
+  cand.row<float>(1)[0] = cand.row<float>(1)[2] = 9.0f;  // a tie for the maximum: rank 0's
+  cand.row<float>(2)[0] = -INFINITY;
+  Tensor gdrawn = gpu_->alloc(DType::I32, {cand.rows()});
+  gpu_->pick_greedy(to_gpu_f32(cand), gdrawn);
+  gpu_->queue_fetch_draws(gdrawn, int(cand.rows()));
+  std::vector<int32_t> got(size_t(cand.rows()));
+  gpu_->fetch_draws(got.data(), int(got.size()));
+  for (int64_t r = 0; r < cand.rows(); ++r)
+    EXPECT_EQ(got[size_t(r)], greedy_token(cand.row<float>(r), ranks)) << "row " << r;
+  EXPECT_EQ(got[1], 1);     // rank 0's id of row 1
+  EXPECT_GE(got[2], 1000);  // rank 0's -inf loses
 }
 
 // Sweeping the draw's uniform number over a fine grid makes the device's draws an exact inverse-CDF

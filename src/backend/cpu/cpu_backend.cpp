@@ -126,12 +126,24 @@ class CpuBackend : public Backend {
       drawn.ptr<int32_t>()[i] =
           draw_token(logits.row<float>(r.row), logits.cols(), DrawRule{r.temperature, r.top_k, r.top_p, r.min_p}, r.u);
     }
-    drawn_ = drawn;
+    queue_fetch_draws(drawn, int(rows.size()));
     return true;
   }
+  void pick_greedy(const Tensor& candidates, Tensor& drawn) override {
+    APUS_CHECK(candidates.dtype == DType::F32 && candidates.cols() % 2 == 0 && drawn.dtype == DType::I32 &&
+                   drawn.numel() >= candidates.rows(),
+               "pick_greedy: {} into {}", candidates.describe(), drawn.describe());
+    for (int64_t r = 0; r < candidates.rows(); ++r)
+      drawn.ptr<int32_t>()[r] = greedy_token(candidates.row<float>(r), int(candidates.cols() / 2));
+  }
+  // Ops run as they are called here: the copy is taken now, before a later step rewrites `drawn`.
+  void queue_fetch_draws(const Tensor& drawn, int n) override {
+    APUS_CHECK(drawn.dtype == DType::I32 && n <= drawn.numel(), "queue_fetch_draws: {} of {}", n, drawn.describe());
+    fetched_.assign(drawn.ptr<int32_t>(), drawn.ptr<int32_t>() + n);
+  }
   void fetch_draws(int32_t* ids, int n) override {
-    APUS_CHECK(n <= drawn_.numel(), "fetch_draws: {} ids of {}", n, drawn_.numel());
-    std::copy_n(drawn_.ptr<int32_t>(), n, ids);
+    APUS_CHECK(n <= int64_t(fetched_.size()), "fetch_draws: {} ids of {}", n, fetched_.size());
+    std::copy_n(fetched_.begin(), n, ids);
   }
 
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override {
@@ -259,7 +271,7 @@ class CpuBackend : public Backend {
 
   ThreadPool pool_;
   std::vector<float> lora_x_, lora_v_, lora_u_;  // LoRA scratch, reused
-  Tensor drawn_;                                  // the last sample()'s ids
+  std::vector<int32_t> fetched_;                  // the ids queue_fetch_draws() copied
 };
 
 }  // namespace

@@ -685,14 +685,38 @@ class CudaBackend final : public Backend {
                               scratch, drawn.ptr<int32_t>() + s, stream_),
                  "sample");
     }
-    char* back = host + args_bytes;
+    queue_back(drawn, n, host + args_bytes);
+    return true;
+  }
+
+  void pick_greedy(const Tensor& candidates, Tensor& drawn) override {
+    on_device(candidates, "pick_greedy");
+    on_device(drawn, "pick_greedy");
+    APUS_CHECK(candidates.dtype == DType::F32 && candidates.contiguous() && candidates.cols() % 2 == 0 &&
+                   drawn.dtype == DType::I32 && drawn.numel() >= candidates.rows(),
+               "pick_greedy: {} into {}", candidates.describe(), drawn.describe());
+    cuda::TimedOp t(*profile_, "pick_greedy", candidates.rows());
+    launched(cuda::pick_greedy(candidates.ptr<float>(), candidates.rows(), int(candidates.cols() / 2),
+                               drawn.ptr<int32_t>(), stream_),
+             "pick_greedy");
+  }
+
+  void queue_fetch_draws(const Tensor& drawn, int n) override {
+    on_device(drawn, "queue_fetch_draws");
+    APUS_CHECK(drawn.dtype == DType::I32 && n <= drawn.numel(), "queue_fetch_draws: {} of {}", n, drawn.describe());
+    wait_event(sample_done_);  // the previous draw has left the pinned buffer
+    sample_count_ = n;
+    queue_back(drawn, n, static_cast<char*>(sample_pinned_.get(sizeof(cuda::DeviceError) + 4 * size_t(n))));
+  }
+
+  // Queues the copies of the error word and drawn[0, n) into `back` (pinned) and marks their end.
+  void queue_back(const Tensor& drawn, int n, char* back) {
     APUS_CUDA_CHECK(cudaMemcpyAsync(back, errors_.data, sizeof(cuda::DeviceError), cudaMemcpyDeviceToHost, stream_));
     if (n > 0)
       APUS_CUDA_CHECK(cudaMemcpyAsync(back + sizeof(cuda::DeviceError), drawn.data, 4 * size_t(n),
                                       cudaMemcpyDeviceToHost, stream_));
     APUS_CUDA_CHECK(cudaEventRecord(sample_done_, stream_));
     sample_back_ = back;
-    return true;
   }
 
   void fetch_draws(int32_t* ids, int n) override {

@@ -107,6 +107,8 @@ struct SampleArgs {
 };
 cudaError_t sample(const float* logits, int64_t stride, int64_t vocab, const SampleArgs* args, int rows,
                    float* scratch, int32_t* out, cudaStream_t stream);
+// Backend::pick_greedy: out[r] = greedy_token of row r of candidates [rows, 2 * ranks] (contiguous).
+cudaError_t pick_greedy(const float* candidates, int64_t rows, int ranks, int32_t* out, cudaStream_t stream);
 // Backend::argmax_rows: out F32 [rows, 2] (contiguous) = each row's first maximum and its column + offset.
 cudaError_t argmax_rows(const float* x, int64_t stride, int64_t rows, int64_t n, int64_t offset, float* out,
                         cudaStream_t stream);

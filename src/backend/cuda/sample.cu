@@ -310,7 +310,25 @@ __global__ void __launch_bounds__(kThreads) argmax_rows_kernel(const float* x, i
   }
 }
 
+// Backend::pick_greedy: a thread per row, greedy_token's rule (sample/sampler.cpp).
+__global__ void pick_greedy_kernel(const float* c, int64_t rows, int ranks, int32_t* out) {
+  pdl_begin();
+  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  const float* row = c + r * 2 * ranks;
+  int q = 0;
+  for (int p = 1; p < ranks; ++p)
+    if (row[2 * p] > row[2 * q]) q = p;
+  out[r] = int32_t(row[2 * q + 1]);
+}
+
 }  // namespace
+
+cudaError_t pick_greedy(const float* candidates, int64_t rows, int ranks, int32_t* out, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  launch_kernel(pick_greedy_kernel, unsigned((rows + 127) / 128), 128, 0, stream, candidates, rows, ranks, out);
+  return cudaGetLastError();
+}
 
 cudaError_t argmax_rows(const float* x, int64_t stride, int64_t rows, int64_t n, int64_t offset, float* out,
                         cudaStream_t stream) {
