@@ -282,28 +282,27 @@ std::vector<SeqOutput> Engine::collect(Launched& l) {
   const int64_t R = l.logits.empty() ? 0 : l.logits.rows(), V = model_.config().vocab_size;
   drawn_.assign(size_t(R), -1);
   stats_.argmax_only_steps += l.argmax_only;
-  {  // draws on the backend (or picked from tensor-parallel candidates), then the host's rows
-    if (l.device && !l.draws.empty()) {
-      std::vector<int32_t> ids(l.draws.size());
-      model_.backend().fetch_draws(ids.data(), int(ids.size()));
-      for (size_t i = 0; i < l.draws.size(); ++i) drawn_[size_t(l.draws[i].row)] = ids[i];
+  // The backend's draws (or the tokens picked from tensor-parallel candidates) come back first.
+  if (l.device && !l.draws.empty()) {
+    std::vector<int32_t> ids(l.draws.size());
+    model_.backend().fetch_draws(ids.data(), int(ids.size()));
+    for (size_t i = 0; i < l.draws.size(); ++i) drawn_[size_t(l.draws[i].row)] = ids[i];
+  }
+  // The rows the host reads (a step with any is never followed by one queued before its end),
+  // copied in runs of consecutive rows. The buffer only grows: resizing it per step would
+  // zero-fill up to [rows, vocab] floats on the host each time.
+  int64_t last = R - 1;
+  while (last >= 0 && !l.on_host[size_t(last)]) --last;
+  if (logits_.size() < size_t((last + 1) * V)) logits_.resize(size_t((last + 1) * V));
+  for (int64_t a = 0; a <= last;) {
+    if (!l.on_host[size_t(a)]) {
+      ++a;
+      continue;
     }
-    // The rows the host reads (a step with any is never followed by one queued before its end),
-    // copied in runs of consecutive rows. The buffer only grows: resizing it per step would
-    // zero-fill up to [rows, vocab] floats on the host each time.
-    int64_t last = R - 1;
-    while (last >= 0 && !l.on_host[size_t(last)]) --last;
-    if (logits_.size() < size_t((last + 1) * V)) logits_.resize(size_t((last + 1) * V));
-    for (int64_t a = 0; a <= last;) {
-      if (!l.on_host[size_t(a)]) {
-        ++a;
-        continue;
-      }
-      int64_t e = a;
-      while (e <= last && l.on_host[size_t(e)]) ++e;
-      model_.backend().copy_to_host(l.logits.rows_view(a, e - a), logits_.data() + a * V);
-      a = e;
-    }
+    int64_t e = a;
+    while (e <= last && l.on_host[size_t(e)]) ++e;
+    model_.backend().copy_to_host(l.logits.rows_view(a, e - a), logits_.data() + a * V);
+    a = e;
   }
   stats_.draw_s += lap(clock);
 

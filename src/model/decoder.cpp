@@ -398,7 +398,8 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache, const StepVie
     group_->all_gather_cols(best, all);
     // Every rank picks the tokens into its draws (where it has them: the engine's rank 0 and the
     // ranks that mirror it), so that the next step may take them on the device.
-    if (!draws_.empty() && draws_.numel() >= R) {
+    if (!draws_.empty()) {
+      APUS_CHECK(draws_.numel() >= R, "{} greedy rows do not fit the draws buffer ({})", R, draws_.numel());
       Tensor picked = draws_.rows_view(0, R);
       backend_.pick_greedy(all, picked);
     }
