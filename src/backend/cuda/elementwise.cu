@@ -109,7 +109,6 @@ template <typename T, int C, bool kAdd>
 __global__ void rms_norm_vec_kernel(T* residual, int64_t res_stride, const T* __restrict__ x,
                                     int64_t x_stride, const float* __restrict__ w, int cols, float eps,
                                     T* out, int64_t out_stride) {  // out may be residual (in-place norm)
-  pdl_begin();
   constexpr int E = 16 / int(sizeof(T));
   const int nchunks = cols / E;
   T* res = residual + int64_t(blockIdx.x) * res_stride;
@@ -117,14 +116,22 @@ __global__ void rms_norm_vec_kernel(T* residual, int64_t res_stride, const T* __
   T* orow = out + int64_t(blockIdx.x) * out_stride;
   uint4 v[C];
   float4 wv[C][E / 4];
+  // The weight before the wait (no kernel writes it during a step): its loads, often from memory
+  // rather than L2, overlap the kernel before this one under PDL.
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int ch = threadIdx.x + c * blockDim.x;
+    if (ch >= nchunks) continue;
+#pragma unroll
+    for (int j = 0; j < E / 4; ++j) wv[c][j] = reinterpret_cast<const float4*>(w)[ch * (E / 4) + j];
+  }
+  pdl_begin();
   float ss = 0.0f;
 #pragma unroll
   for (int c = 0; c < C; ++c) {
     const int ch = threadIdx.x + c * blockDim.x;
     if (ch >= nchunks) continue;
     v[c] = reinterpret_cast<const uint4*>(res)[ch];
-#pragma unroll
-    for (int j = 0; j < E / 4; ++j) wv[c][j] = reinterpret_cast<const float4*>(w)[ch * (E / 4) + j];
     T* e = reinterpret_cast<T*>(&v[c]);
     if (kAdd) {
       const uint4 xv = reinterpret_cast<const uint4*>(xr)[ch];
