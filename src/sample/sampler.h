@@ -43,7 +43,8 @@ int sample_token(const float* logits, int64_t n, const SamplingParams& p, uint64
 // The token of one row of tensor-parallel greedy candidates (`ranks` pairs of logit and id, in rank
 // order: each rank's first maximum over its part of the vocabulary): the first maximum over the
 // whole vocabulary, as argmax of the gathered logits would give (ties: the lower rank, whose ids
-// are lower; a rank whose best is NaN or -inf loses to any other).
+// are lower; a rank whose best is -inf, having no real vocabulary rows, loses to any other; NaN
+// never comes: argmax_rows gives -inf for a row without a maximum).
 int32_t greedy_token(const float* candidates, int ranks);
 // The same draw from its rule and uniform number (a backend's sampler drawing on the host).
 struct DrawRule {
