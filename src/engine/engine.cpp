@@ -312,8 +312,8 @@ std::vector<SeqOutput> Engine::collect(Launched& l) {
   for (const LaunchedSeq& ls : l.seqs) {
     const int end = ls.computed + ls.n;  // the step ran tokens [computed, end); its new token goes at `end`
     auto it = seqs_.find(ls.id);
-    // Gone (aborted) or finished by a token of the step before this one: its rows are not read.
-    Sequence* s = it == seqs_.end() || it->second->status == SeqStatus::Finished ? nullptr : it->second.get();
+    // Gone (aborted, or finished by a token of the step before this one): its rows are not read.
+    Sequence* s = it == seqs_.end() ? nullptr : it->second.get();
     for (int k = 0; k < ls.prompt_rows; ++k, ++logit_row) {
       const int pos = ls.computed + k;
       if (!s || size_t(pos) != s->prompt_logprobs.size()) continue;  // recomputed after a preemption

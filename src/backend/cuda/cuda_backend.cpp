@@ -646,20 +646,17 @@ class CudaBackend final : public Backend {
              "argmax_rows");
   }
 
-  // The draws' arguments go up through a pinned buffer; their ids and the error word come back
-  // through another, with an event fetch_draws() waits for (a step queued after the draw may run on).
+  // The draws' arguments go up through a pinned buffer; their ids come back as queue_fetch_draws'.
   bool sample(const Tensor& logits, const std::vector<SampleRow>& rows, Tensor& drawn) override {
     on_device(logits, "sample");
     on_device(drawn, "sample");
     const int n = int(rows.size());
     APUS_CHECK(logits.dtype == DType::F32 && drawn.dtype == DType::I32 && drawn.numel() >= n,
                "sample: {} rows of logits {} into {}", n, logits.describe(), drawn.describe());
-    wait_event(sample_done_);  // the previous draw has left the pinned buffers
-    sample_count_ = n;
+    wait_event(sample_done_);  // the previous draw's arguments have gone up (its kernels ran)
     const int64_t vocab = logits.cols();
     const size_t args_bytes = (sizeof(cuda::SampleArgs) * size_t(n) + 15) / 16 * 16;
-    const size_t back_bytes = sizeof(cuda::DeviceError) + 4 * size_t(n);
-    char* host = static_cast<char*>(sample_pinned_.get(args_bytes + back_bytes));
+    char* host = static_cast<char*>(sample_pinned_.get(args_bytes));
     auto* args = reinterpret_cast<cuda::SampleArgs*>(host);
     bool any_drawn = false;
     for (int i = 0; i < n; ++i) {
@@ -685,7 +682,7 @@ class CudaBackend final : public Backend {
                               scratch, drawn.ptr<int32_t>() + s, stream_),
                  "sample");
     }
-    queue_back(drawn, n, host + args_bytes);
+    queue_fetch_draws(drawn, n);
     return true;
   }
 
@@ -701,16 +698,14 @@ class CudaBackend final : public Backend {
              "pick_greedy");
   }
 
+  // The error word and drawn[0, n) go into a pinned buffer, then an event that fetch_draws() waits
+  // for (a step queued after it may still run).
   void queue_fetch_draws(const Tensor& drawn, int n) override {
     on_device(drawn, "queue_fetch_draws");
     APUS_CHECK(drawn.dtype == DType::I32 && n <= drawn.numel(), "queue_fetch_draws: {} of {}", n, drawn.describe());
-    wait_event(sample_done_);  // the previous draw has left the pinned buffer
+    wait_event(sample_done_);  // the previous ids have left the pinned buffer
     sample_count_ = n;
-    queue_back(drawn, n, static_cast<char*>(sample_pinned_.get(sizeof(cuda::DeviceError) + 4 * size_t(n))));
-  }
-
-  // Queues the copies of the error word and drawn[0, n) into `back` (pinned) and marks their end.
-  void queue_back(const Tensor& drawn, int n, char* back) {
+    char* back = static_cast<char*>(draws_pinned_.get(sizeof(cuda::DeviceError) + 4 * size_t(n)));
     APUS_CUDA_CHECK(cudaMemcpyAsync(back, errors_.data, sizeof(cuda::DeviceError), cudaMemcpyDeviceToHost, stream_));
     if (n > 0)
       APUS_CUDA_CHECK(cudaMemcpyAsync(back + sizeof(cuda::DeviceError), drawn.data, 4 * size_t(n),
@@ -927,8 +922,8 @@ class CudaBackend final : public Backend {
   std::array<cudaEvent_t, kMarks> marks_{};
   cudaStream_t stream_ = nullptr;  // the current one of streams_ (Backend::set_stream)
   cudaEvent_t upload_done_ = nullptr;
-  cudaEvent_t sample_done_ = nullptr;  // the last sample()'s ids have reached sample_back_
-  const char* sample_back_ = nullptr;  // in sample_pinned_: that draw's error word, then its ids
+  cudaEvent_t sample_done_ = nullptr;  // the last queued ids have reached sample_back_
+  const char* sample_back_ = nullptr;  // in draws_pinned_: the error word, then the ids
   int sample_count_ = 0;
   cublasHandle_t blas_ = nullptr;
   DType act_ = DType::BF16;
@@ -939,7 +934,7 @@ class CudaBackend final : public Backend {
   bool lora_overlap_ = true;  // APUS_LORA_OVERLAP=0: linear_lora one op after the other
   Tensor quant_scratch_;   // the largest quantized matrix dequantized (prefill), sized at load
   Tensor gather_scratch_;  // act-order layers' reordered activations (grown like attention_scratch_)
-  PinnedBuffer upload_pinned_, download_pinned_, error_pinned_, sample_pinned_;
+  PinnedBuffer upload_pinned_, download_pinned_, error_pinned_, sample_pinned_, draws_pinned_;
   cuda::DeviceError* errors_host_ = nullptr;
   int64_t vocab_ = 0, num_slots_ = 0;
   bool gemv_ = true;                    // APUS_CUDA_GEMV=0: cuBLAS for every linear layer
