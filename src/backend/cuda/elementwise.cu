@@ -105,7 +105,7 @@ __global__ void add_rms_norm_kernel(T* __restrict__ residual, int64_t res_stride
 // The same two norms for rows of 16-byte chunks (the usual case): each thread loads its chunks of
 // the row (and of the weight) at once and keeps them in registers, so a decode step's one-row norm
 // costs one round trip to memory instead of one per element group. C: chunks per thread.
-template <typename T, int C, bool kAdd>
+template <typename T, int C, bool kAdd, bool EarlyNext>
 __global__ void rms_norm_vec_kernel(T* residual, int64_t res_stride, const T* __restrict__ x,
                                     int64_t x_stride, const float* __restrict__ w, int cols, float eps,
                                     T* out, int64_t out_stride) {  // out may be residual (in-place norm)
@@ -125,7 +125,7 @@ __global__ void rms_norm_vec_kernel(T* residual, int64_t res_stride, const T* __
 #pragma unroll
     for (int j = 0; j < E / 4; ++j) wv[c][j] = reinterpret_cast<const float4*>(w)[ch * (E / 4) + j];
   }
-  pdl_begin();
+  pdl_begin<EarlyNext>();
   float ss = 0.0f;
 #pragma unroll
   for (int c = 0; c < C; ++c) {
@@ -161,7 +161,7 @@ __global__ void rms_norm_vec_kernel(T* residual, int64_t res_stride, const T* __
 // Launches the vectorized norm when the shapes allow it; false otherwise (the caller falls back).
 template <typename T, bool kAdd>
 bool launch_norm_vec(T* residual, int64_t res_stride, const T* x, int64_t x_stride, const float* w, int64_t cols,
-                     float eps, T* out, int64_t out_stride, int64_t rows, cudaStream_t stream) {
+                     float eps, T* out, int64_t out_stride, int64_t rows, bool early_next, cudaStream_t stream) {
   constexpr int E = 16 / int(sizeof(T));
   if (cols % E != 0 || res_stride % E != 0 || out_stride % E != 0 || !aligned16(residual) || !aligned16(out) ||
       !aligned16(w))
@@ -172,10 +172,10 @@ bool launch_norm_vec(T* residual, int64_t res_stride, const T* x, int64_t x_stri
   if (C > 4) return false;
   const unsigned threads = unsigned((nchunks + C - 1) / C + 31) / 32 * 32;
   const int ic = int(cols);
-  auto* kernel = C == 1   ? rms_norm_vec_kernel<T, 1, kAdd>
-                 : C == 2 ? rms_norm_vec_kernel<T, 2, kAdd>
-                 : C == 3 ? rms_norm_vec_kernel<T, 3, kAdd>
-                          : rms_norm_vec_kernel<T, 4, kAdd>;
+  auto* kernel = C == 1   ? (early_next ? rms_norm_vec_kernel<T, 1, kAdd, true> : rms_norm_vec_kernel<T, 1, kAdd, false>)
+                 : C == 2 ? rms_norm_vec_kernel<T, 2, kAdd, false>
+                 : C == 3 ? rms_norm_vec_kernel<T, 3, kAdd, false>
+                          : rms_norm_vec_kernel<T, 4, kAdd, false>;
   launch_kernel(kernel, unsigned(rows), threads, 0, stream, residual, res_stride, x, x_stride, w, ic, eps, out,
                 out_stride);
   return true;
@@ -351,13 +351,13 @@ cudaError_t gather_rows(DType dt, const void* x, int64_t x_stride, const int32_t
 }
 
 cudaError_t rms_norm(DType dt, const void* x, int64_t x_stride, const float* w, int64_t group, int64_t groups,
-                     float eps, void* out, int64_t out_stride, int64_t rows, cudaStream_t stream) {
+                     float eps, void* out, int64_t out_stride, int64_t rows, bool early_next, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(groups));
   if (groups == 1) {
     APUS_DISPATCH_FLOAT(dt, T, {
       if (launch_norm_vec<T, false>(const_cast<T*>(static_cast<const T*>(x)), x_stride, nullptr, 0, w, group, eps,
-                                    static_cast<T*>(out), out_stride, rows, stream))
+                                    static_cast<T*>(out), out_stride, rows, early_next, stream))
         return cudaGetLastError();
     });
   }
@@ -369,11 +369,11 @@ cudaError_t rms_norm(DType dt, const void* x, int64_t x_stride, const float* w, 
 
 cudaError_t add_rms_norm(DType dt, void* residual, int64_t res_stride, const void* x, int64_t x_stride,
                          const float* w, int64_t cols, float eps, void* out, int64_t out_stride, int64_t rows,
-                         cudaStream_t stream) {
+                         bool early_next, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   APUS_DISPATCH_FLOAT(dt, T, {
     if (launch_norm_vec<T, true>(static_cast<T*>(residual), res_stride, static_cast<const T*>(x), x_stride, w, cols,
-                                 eps, static_cast<T*>(out), out_stride, rows, stream))
+                                 eps, static_cast<T*>(out), out_stride, rows, early_next, stream))
       return cudaGetLastError();
   });
   APUS_DISPATCH_FLOAT(dt, T,

@@ -30,12 +30,15 @@ cudaError_t embedding(DType dt, const int32_t* ids, int64_t n, const int32_t* dr
 cudaError_t gather_rows(DType dt, const void* x, int64_t x_stride, const int32_t* rows, int64_t n, int64_t cols,
                         void* out, int64_t out_stride, cudaStream_t stream);
 // RMSNorm of each `group`-column group of each row (groups per row = cols / group); out may alias x.
+// early_next: where the vectorized kernel runs (one group a row), it lets the next kernel start
+// before it waits for the one before it (pdl_begin<true>, device_util.cuh): for the next kernel's
+// weight loads; that kernel may read nothing else before its own wait.
 cudaError_t rms_norm(DType dt, const void* x, int64_t x_stride, const float* w, int64_t group, int64_t groups,
-                     float eps, void* out, int64_t out_stride, int64_t rows, cudaStream_t stream);
+                     float eps, void* out, int64_t out_stride, int64_t rows, bool early_next, cudaStream_t stream);
 // residual, x and out must not overlap.
 cudaError_t add_rms_norm(DType dt, void* residual, int64_t res_stride, const void* x, int64_t x_stride,
                          const float* w, int64_t cols, float eps, void* out, int64_t out_stride, int64_t rows,
-                         cudaStream_t stream);
+                         bool early_next, cudaStream_t stream);
 cudaError_t rope(DType dt, void* x, int64_t x_stride, int64_t rows, int heads, int head_dim, const float* cos,
                  const float* sin, int half, cudaStream_t stream);
 // k, v rows of `row_elems` elements into the caches' slots ([num_slots, row_elems] each); slot -1
