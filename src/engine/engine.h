@@ -27,9 +27,9 @@ struct EngineConfig {
   int max_model_len = 0;     // 0: the model's max_position_embeddings, capped by the cache
   // Queue the next step before reading this one's tokens (they reach the next step on the device),
   // where every token of the step is drawn by the backend (with tensor parallelism: every row
-  // greedy, picked on each rank): the host's scheduling and output work then overlaps the device's step. A sequence that stops at
-  // a token (eos, stop string) has one more token computed and dropped. APUS_ASYNC_SCHEDULING=0
-  // turns it off.
+  // greedy, picked on each rank): the host's scheduling and output work then overlaps the device's
+  // step. A sequence that stops at a token (eos, stop string) has one more token computed and
+  // dropped. APUS_ASYNC_SCHEDULING=0 turns it off.
   bool async_scheduling = true;
 };
 

@@ -175,12 +175,13 @@ cudaError_t allow_shared_memory(size_t smem) {
 // (no kernel writes them during a step), and in flash_decode the step's tables and the keys and
 // values of earlier positions (written before that kernel started). Without
 // PDL (older GPUs, APUS_CUDA_PDL=0, or a launch without the attribute) both instructions are no-ops.
-// EarlyNext: let the next kernel start before waiting, so that its own loads before pdl_begin()
-// (weights) overlap the kernel before this one too, not only this one. Completion stays ordered
-// (every kernel still waits before it finishes), but such a kernel's loads before pdl_begin() may
-// only be of what no kernel of the chain writes (weights, not the step's earlier keys and values),
-// and the next kernel's blocks take their places on the multiprocessors early: worth it only where
-// measured (single-row norms before int4 projections, src/backend/cuda/README.md).
+// EarlyNext: let the next kernel start before this one waits, so that the next kernel's loads
+// before its own pdl_begin() (weights) overlap the kernel before this one too, not only this one.
+// Completion stays ordered (every kernel still waits before it finishes), but that next kernel may
+// then load before its wait only what no kernel of the chain writes (weights, not the step's earlier
+// keys and values: the kernel before this one may still run), and its blocks take their places on
+// the multiprocessors early: worth it only where measured (single-row norms before int4
+// projections, src/backend/cuda/README.md).
 template <bool EarlyNext = false>
 __device__ __forceinline__ void pdl_begin() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

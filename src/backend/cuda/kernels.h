@@ -30,9 +30,10 @@ cudaError_t embedding(DType dt, const int32_t* ids, int64_t n, const int32_t* dr
 cudaError_t gather_rows(DType dt, const void* x, int64_t x_stride, const int32_t* rows, int64_t n, int64_t cols,
                         void* out, int64_t out_stride, cudaStream_t stream);
 // RMSNorm of each `group`-column group of each row (groups per row = cols / group); out may alias x.
-// early_next: where the vectorized kernel runs (one group a row), it lets the next kernel start
-// before it waits for the one before it (pdl_begin<true>, device_util.cuh): for the next kernel's
-// weight loads; that kernel may read nothing else before its own wait.
+// early_next: where the vectorized kernel runs with one 16-byte chunk a thread (one group a row of
+// at most 1,024 chunks, the decode rows measured), it lets the next kernel start before it waits for
+// the one before it (pdl_begin<true>, device_util.cuh): for the next kernel's weight loads; that
+// kernel may read nothing else before its own wait.
 cudaError_t rms_norm(DType dt, const void* x, int64_t x_stride, const float* w, int64_t group, int64_t groups,
                      float eps, void* out, int64_t out_stride, int64_t rows, bool early_next, cudaStream_t stream);
 // residual, x and out must not overlap.
