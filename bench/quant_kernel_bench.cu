@@ -62,7 +62,7 @@ Mat make(int64_t n, int64_t k, int bits, int group) {
     fill_bytes<<<1024, 256>>>(q, n * k * bits / 8, 17u + c, 0xffu);
     fill_bytes<<<1024, 256>>>(z, n * groups, 5u + c, bits == 4 ? 0xfu : 0xffu);
     fill_scales<<<1024, 256>>>(s, n * groups);
-    m.copies.push_back(QuantArgs{q, k * bits / 8, s, z, groups, group, bits, n, k});
+    m.copies.push_back(QuantArgs{q, k * bits / 8, s, z, groups, group, bits, n, k, quant_tile_rows(k * bits / 8)});
   }
   CK(cudaDeviceSynchronize());
   return m;
@@ -178,12 +178,12 @@ int main() {
       // The decode kernel's variants: warps splitting K, chunks in flight, warps per SM; the batch
       // kernel's: row tiles, chunks in flight, 8-column tiles.
       const V vs[] = {
-          {"m1 K4 U2 O32", 1, launch_qmv<B, B, 4, true, 4, 2, 32>},
-          {"m1 K8 U2 O24", 1, launch_qmv<B, B, 4, true, 8, 2, 24>},
-          {"m1 K8 U4 O16", 1, launch_qmv<B, B, 4, true, 8, 4, 16>},
-          {"m1 K16 U2 O32", 1, launch_qmv<B, B, 4, true, 16, 2, 32>},
-          {"m8 K8 U2 O24", 8, launch_qmv<B, B, 4, true, 8, 2, 24>},
-          {"m8 K16 U2 O32", 8, launch_qmv<B, B, 4, true, 16, 2, 32>},
+          {"m1 K4 U2 O32", 1, launch_qmv<B, B, 4, true, true, 4, 2, 32>},
+          {"m1 K8 U2 O24", 1, launch_qmv<B, B, 4, true, true, 8, 2, 24>},
+          {"m1 K8 U4 O16", 1, launch_qmv<B, B, 4, true, true, 8, 4, 16>},
+          {"m1 K16 U2 O32", 1, launch_qmv<B, B, 4, true, true, 16, 2, 32>},
+          {"m8 K8 U2 O24", 8, launch_qmv<B, B, 4, true, true, 8, 2, 24>},
+          {"m8 K16 U2 O32", 8, launch_qmv<B, B, 4, true, true, 16, 2, 32>},
           {"m16 qmm MT1 U2 NT2", 16, launch_qmm_u<1, 2, 2>},
           {"m16 qmm MT1 U2 NT4", 16, launch_qmm_u<1, 2, 4>},
           {"m32 qmm MT2 U2 NT4", 32, launch_qmm_u<2, 2, 4>},

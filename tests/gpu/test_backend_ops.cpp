@@ -316,7 +316,8 @@ TEST_P(BackendOps, QuantLinear) {
 // linear_silu_mul: for 1-8 rows one kernel (the GEMV, or the int4 / int8 decode kernel, which pair
 // each gate column with its up column) that must give the bits of linear + silu_mul; more rows, the
 // two ops. Bias on both halves, an intermediate size that is not a multiple of a block's columns,
-// act-order codes (gathered activations), and the CPU's result within tolerance.
+// act-order codes (gathered activations), int4 groups of 128 (scaled chunk sums), and the CPU's
+// result within tolerance.
 TEST_P(BackendOps, LinearSiluMulIsLinearThenSiluMul) {
   const int64_t k = 256, inter = 203;
   Tensor w = random({2 * inter, k}, -0.2f, 0.2f), b = random({2 * inter});
@@ -334,6 +335,13 @@ TEST_P(BackendOps, LinearSiluMulIsLinearThenSiluMul) {
     const QuantWeight gate = random_quant(bits, inter, k, 64, g_idx), up = random_quant(bits, inter, k, 64, g_idx);
     layers.push_back({fmt::format("int{} act-order", bits),
                       Linear{{LinearPart{{}, {}, gate}, LinearPart{{}, {}, up}}, k, 2 * inter},
+                      gpu_->prepare_linear(Linear{{LinearPart{{}, {}, gate}, LinearPart{{}, {}, up}}, k, 2 * inter})});
+  }
+  {  // groups of 128 in order: every chunk in one group (the scale applied to the chunk's sums)
+    std::vector<int32_t> in_order(static_cast<size_t>(k));
+    for (int64_t i = 0; i < k; ++i) in_order[size_t(i)] = int32_t(i / 128);
+    const QuantWeight gate = random_quant(4, inter, k, 128, in_order), up = random_quant(4, inter, k, 128, in_order);
+    layers.push_back({"int4 group 128", Linear{{LinearPart{{}, {}, gate}, LinearPart{{}, {}, up}}, k, 2 * inter},
                       gpu_->prepare_linear(Linear{{LinearPart{{}, {}, gate}, LinearPart{{}, {}, up}}, k, 2 * inter})});
   }
   for (const Layer& l : layers) {

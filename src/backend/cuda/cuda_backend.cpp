@@ -244,8 +244,13 @@ class CudaBackend final : public Backend {
       quant_layers_ = true;
       LinearPart fused;
       fused.quant = host;
-      for (Tensor* t : {&fused.quant.qweight, &fused.quant.scales, &fused.quant.zeros, &fused.quant.perm})
+      for (Tensor* t : {&fused.quant.scales, &fused.quant.zeros, &fused.quant.perm})
         if (!t->empty()) *t = upload(*t);
+      // The codes' whole buffer (tiled codes fill whole tiles past out() rows), viewed as out() rows.
+      const int64_t row_bytes = host.qweight.cols();
+      fused.quant.qweight = upload(make_view(host.qweight.data, DType::U8, {cuda::quant_codes_bytes(host) / row_bytes, row_bytes},
+                                             Device::CPU, host.qweight.owner))
+                                .rows_view(0, host.out());
       bool any_bias = false;
       for (size_t p = i; p < j; ++p) any_bias = any_bias || !l.parts[p].bias.empty();
       if (any_bias) {
@@ -278,7 +283,7 @@ class CudaBackend final : public Backend {
   static cuda::QuantArgs quant_args(const QuantWeight& q) {
     APUS_CHECK(q.qweight.device == Device::CUDA, "linear: quantized weight not prepared for the GPU (prepare_linear)");
     return {q.qweight.ptr<uint8_t>(), q.qweight.row_stride, q.scales.ptr<uint16_t>(), q.zeros.ptr<uint8_t>(),
-            int(q.groups()), int(q.group_size), q.bits, q.out(), q.in()};
+            int(q.groups()), int(q.group_size), q.bits, q.out(), q.in(), cuda::quant_tile_rows(q.qweight.cols())};
   }
 
   // Whether a quantized part runs on the tensor-core kernels for m rows of x (16-bit activations,

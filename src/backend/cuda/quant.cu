@@ -1,6 +1,8 @@
 // Linear layers with GPTQ / AWQ weights (quant/quant_weight.h), repacked at load by the backend
 // (see QuantArgs in kernels.h):
 //
+// Codes are tiled in 8-row tiles where rows are whole 64-byte pieces (kernels.h, QuantArgs): a
+// column's piece p lies ColumnRows::stride bytes after piece p - 1.
 // - qmv_kernel, 1..kQuantGemvMaxRows rows of 16-bit activations (decode): mma.sync m16n8k16 with
 //   the weights as the A operand (16 output columns per warp) and the rows of x as B (the n-tile's
 //   8 columns), so a single row wastes no dequantization. A block owns 16 output columns; its warps
@@ -111,22 +113,28 @@ __device__ __forceinline__ void b_frag(const uint4& wv, const ScaleZero<T>& sz, 
 
 // Where the codes, scales and zeros of a lane's N output columns n0 + 8i + g begin (a column past
 // the end reads the last one's and is not stored); with half > 0 (a gate_up layer, N = 2), gate's
-// column n0 + g and up's half + n0 + g.
+// column n0 + g and up's half + n0 + g. w[i] is the row's first 64-byte piece of codes: its piece p
+// lies p * stride bytes further (kernels.h, QuantArgs: tiles of 8 rows, or rows one after another).
 template <int N>
 struct ColumnRows {
   const uint8_t* w[N];
   const uint16_t* s[N];
   const uint8_t* z[N];
-  __device__ __forceinline__ ColumnRows(const QuantArgs& a, int64_t n0, int g, int64_t half = 0) {
+  int stride;
+  // tiles: a.tile_rows, passed as a constant where the caller knows it (the branch then folds).
+  __device__ __forceinline__ ColumnRows(const QuantArgs& a, int tiles, int64_t n0, int g, int64_t half = 0)
+      : stride(64 * tiles) {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const int64_t row = half > 0 ? (n0 + g < half ? n0 + g : half - 1) + i * half
                                    : (n0 + i * 8 + g < a.n ? n0 + i * 8 + g : a.n - 1);
-      w[i] = a.qweight + row * a.qw_stride;
+      w[i] = tiles == 8 ? a.qweight + (row >> 3) * 8 * a.qw_stride + (row & 7) * 64 : a.qweight + row * a.qw_stride;
       s[i] = a.scales + row * a.groups;
       z[i] = a.zeros + row * a.groups;
     }
   }
+  // Byte b of column i's codes.
+  __device__ __forceinline__ const uint8_t* codes(int i, unsigned b) const { return w[i] + (b >> 6) * stride + (b & 63); }
 };
 
 // The quantization group of k value kk (0 <= kk < k < 2^31): a shift where the group size is a
@@ -165,7 +173,7 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
   y += int64_t(slice) * MT * 16 * y_stride;
   m = min(m - slice * MT * 16, MT * 16);
   const int64_t n0 = int64_t(blockIdx.x / slices) * 8 * NT;
-  const ColumnRows<NT> cr(w, n0, g);
+  const ColumnRows<NT> cr(w, w.tile_rows, n0, g);
   float acc[MT][NT][4];
 #pragma unroll
   for (int t = 0; t < MT; ++t)
@@ -185,7 +193,7 @@ __global__ void __launch_bounds__(kQWarps * 32, 2) qmm_kernel(QuantArgs w, const
       const int gi = ok ? group_of(kb) : 0;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        wv[u][nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(cr.w[nt] + unsigned(kb) * BITS / 8)) : make_uint4(0, 0, 0, 0);
+        wv[u][nt] = ok ? __ldcs(reinterpret_cast<const uint4*>(cr.codes(nt, unsigned(kb) * BITS / 8))) : make_uint4(0, 0, 0, 0);
         s[u][nt] = ok ? __half2float(__ushort_as_half(__ldg(cr.s[nt] + gi))) : 0.0f;  // zero scale: adds nothing
         z[u][nt] = ok ? float(__ldg(cr.z[nt] + gi)) : 0.0f;
       }
@@ -291,7 +299,7 @@ constexpr int kQvGroup = 2;  // consecutive chunks a warp of qmv_kernel takes (o
 // gate's silu_half columns, then up's): the block's 16 columns are gate's columns 8 blockIdx.x ..
 // + 7 and the same 8 of up, each summed as without it, and y [m, silu_half] gets silu(gate) * up
 // from both rounded to OutT (= T), as linear + silu_mul would.
-template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
+template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC>
 __global__ void __launch_bounds__(KS * 32, OCC / KS)
     qmv_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, const float* __restrict__ bias,
                OutT* __restrict__ y, int64_t y_stride, int silu_half) {
@@ -302,7 +310,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   const int lane = threadIdx.x % 32, ks = threadIdx.x / 32;
   const int g = lane / 4, t4 = lane % 4;
   const int64_t n0 = int64_t(blockIdx.x) * (silu_half > 0 ? 8 : 16);
-  const ColumnRows<2> cr(w, n0, g, silu_half);
+  const ColumnRows<2> cr(w, TILED ? 8 : 1, n0, g, silu_half);
   const T* xr = g < m ? x + int64_t(g) * x_stride : nullptr;
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 
@@ -333,7 +341,8 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
       const int gi = in ? group_of(ok ? kb : kc) : 0;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        r.wv[u][h] = ok ? load_codes(cr.w[h] + unsigned(kb) * BITS / 8) : make_uint4(0, 0, 0, 0);
+        const unsigned b = unsigned(kb) * BITS / 8;  // tiled: 512 bytes a chunk (a 64-byte piece)
+        r.wv[u][h] = ok ? load_codes(cr.w[h] + (TILED ? (b >> 6) * 512 + (b & 63) : b)) : make_uint4(0, 0, 0, 0);
         r.sb[u][h] = in ? __ldg(cr.s[h] + gi) : uint16_t(0);
         r.zb[u][h] = in ? __ldg(cr.z[h] + gi) : uint8_t(0);
       }
@@ -421,11 +430,12 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
 
 // KS: warps splitting K, U: chunks in flight per round, OCC: warps per multiprocessor the registers
 // must allow.
-template <typename T, typename OutT, int BITS, bool FACTOR, int KS, int U, int OCC>
+template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC>
 cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                        int64_t y_stride, cudaStream_t stream, bool silu) {
   const int half = silu ? int(w.n / 2) : 0;
-  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, KS, U, OCC>, silu ? ceil_div(half, 8) : ceil_div(w.n, 16), KS * 32, 0,
+  if (TILED != (w.tile_rows == 8)) return cudaErrorInvalidValue;
+  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, TILED, KS, U, OCC>, silu ? ceil_div(half, 8) : ceil_div(w.n, 16), KS * 32, 0,
                 stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride, half);
   return cudaGetLastError();
 }
@@ -442,10 +452,16 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
     // a thread its per-fragment scaling spills. The choice depends on the shape only, not on m.
     const bool factor = w.groups == 1 || w.group_size % (4 * 128 / BITS) == 0;
     const bool one_wave = ceil_div(w.n, 16) <= 2u * unsigned(device_attribute<cudaDevAttrMultiProcessorCount>());
-    if (factor && one_wave)
-      return launch_qmv<T, OutT, BITS, true, 16, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
-    if (factor) return launch_qmv<T, OutT, BITS, true, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
-    return launch_qmv<T, OutT, BITS, false, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+    // Tiled codes (kernels.h) are the common case (k a multiple of 128 at 4 bits); rows one after
+    // another only for smaller layers, and then only the general variant.
+    if (w.tile_rows == 8) {
+      if (factor && one_wave)
+        return launch_qmv<T, OutT, BITS, true, true, 16, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+      if (factor) return launch_qmv<T, OutT, BITS, true, true, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+      return launch_qmv<T, OutT, BITS, false, true, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+    }
+    if (factor) return launch_qmv<T, OutT, BITS, true, false, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+    return launch_qmv<T, OutT, BITS, false, false, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
   }
   // 32 columns a block (NT 4: each activation load serves twice the weights), one chunk in flight;
   // 9-16 rows one row tile, more two, in slices of 32 rows (neighbouring blocks).
@@ -481,7 +497,8 @@ __global__ void dequantize_kernel(QuantArgs w, T* __restrict__ out, int64_t out_
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= w.n * words_per_row) return;
   const int64_t row = i / words_per_row, wi = i % words_per_row;
-  const uint32_t word = reinterpret_cast<const uint32_t*>(w.qweight + row * w.qw_stride)[wi];
+  const ColumnRows<1> cr(w, w.tile_rows, row, 0);
+  const uint32_t word = *reinterpret_cast<const uint32_t*>(cr.codes(0, unsigned(wi) * 4));
   const int64_t k0 = wi * kPer;
   const int gi = int(k0 / w.group_size);
   const float s = __half2float(__ushort_as_half(w.scales[row * w.groups + gi]));

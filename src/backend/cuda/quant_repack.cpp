@@ -34,6 +34,18 @@ QuantWeight repack_quant(const std::vector<const QuantWeight*>& parts) {
     uint32_t* words = reinterpret_cast<uint32_t*>(w.qweight.data);
     for (int64_t i = 0; i < w.qweight.numel() / 4; ++i) words[i] = unzip(words[i]) | (unzip(words[i] >> 4) << 16);
   }
+  const int64_t row_bytes = w.qweight.cols();
+  if (quant_tile_rows(row_bytes) == 8) {
+    // Tiles of 8 rows (kernels.h, QuantArgs): piece p (64 bytes) of row r at tile r / 8, slot p * 8 + r % 8.
+    const int64_t padded = (rows + 7) / 8 * 8;
+    Tensor tiled = host_tensor(DType::U8, {padded, row_bytes});
+    std::memset(tiled.data, 0, tiled.nbytes());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t p = 0; p < row_bytes / 64; ++p)
+        std::memcpy(tiled.ptr<uint8_t>() + (r / 8) * 8 * row_bytes + (p * 8 + r % 8) * 64,
+                    w.qweight.row<uint8_t>(r) + p * 64, 64);
+    w.qweight = tiled.rows_view(0, rows);
+  }
   return w;
 }
 
