@@ -247,10 +247,9 @@ class CudaBackend final : public Backend {
       for (Tensor* t : {&fused.quant.scales, &fused.quant.zeros, &fused.quant.perm})
         if (!t->empty()) *t = upload(*t);
       // The codes' whole buffer (tiled codes fill whole tiles past out() rows), viewed as out() rows.
-      const int64_t row_bytes = host.qweight.cols();
-      fused.quant.qweight = upload(make_view(host.qweight.data, DType::U8, {cuda::quant_codes_bytes(host) / row_bytes, row_bytes},
-                                             Device::CPU, host.qweight.owner))
-                                .rows_view(0, host.out());
+      const int64_t row_bytes = host.qweight.cols(), code_rows = cuda::quant_codes_bytes(host) / row_bytes;
+      const Tensor codes = make_view(host.qweight.data, DType::U8, {code_rows, row_bytes}, Device::CPU, host.qweight.owner);
+      fused.quant.qweight = upload(codes).rows_view(0, host.out());
       bool any_bias = false;
       for (size_t p = i; p < j; ++p) any_bias = any_bias || !l.parts[p].bias.empty();
       if (any_bias) {
