@@ -73,7 +73,7 @@ bool gemv_vectorized(DType dt, const void* w, int64_t w_stride, const void* x, i
 // Quantized linear layers (quant.cu). A GPTQ / AWQ weight as the backend keeps it on the device:
 // qweight U8 [n, k * bits / 8] (row stride qw_stride bytes), columns in the order of the layer's
 // perm, each 32-bit word holding 8 (4 bits) or 4 (8 bits) consecutive columns; for 4 bits the
-// load-time repack (cuda_backend.cpp) puts column 2p of the word at nibble p and column 2p + 1 at
+// load-time repack (quant_repack.cpp) puts column 2p of the word at nibble p and column 2p + 1 at
 // nibble p + 4. scales (fp16 bits) and zeros [n, groups], group_size a multiple of 32 dividing k.
 // Where a row's codes are a whole number of 64-byte pieces (a decode warp's chunk of one column:
 // k a multiple of 128 at 4 bits, 64 at 8), they are tiled (tile_rows 8): the pieces of 8 consecutive
