@@ -121,7 +121,8 @@ struct ColumnRows {
   const uint16_t* s[N];
   const uint8_t* z[N];
   int stride;
-  // tiles: a.tile_rows, passed as a constant where the caller knows it (the branch then folds).
+  // tiles: a.tile_rows, passed as a constant where the caller knows it (the branch and the stride then
+  // fold: a run-time stride made the decode kernel's 16-warp variant spill).
   __device__ __forceinline__ ColumnRows(const QuantArgs& a, int tiles, int64_t n0, int g, int64_t half = 0)
       : stride(64 * tiles) {
 #pragma unroll
@@ -341,8 +342,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
       const int gi = in ? group_of(ok ? kb : kc) : 0;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const unsigned b = unsigned(kb) * BITS / 8;  // tiled: 512 bytes a chunk (a 64-byte piece)
-        r.wv[u][h] = ok ? load_codes(cr.w[h] + (TILED ? (b >> 6) * 512 + (b & 63) : b)) : make_uint4(0, 0, 0, 0);
+        r.wv[u][h] = ok ? load_codes(cr.codes(h, unsigned(kb) * BITS / 8)) : make_uint4(0, 0, 0, 0);
         r.sb[u][h] = in ? __ldg(cr.s[h] + gi) : uint16_t(0);
         r.zb[u][h] = in ? __ldg(cr.z[h] + gi) : uint8_t(0);
       }

@@ -37,8 +37,7 @@ QuantWeight repack_quant(const std::vector<const QuantWeight*>& parts) {
   const int64_t row_bytes = w.qweight.cols();
   if (quant_tile_rows(row_bytes) == 8) {
     // Tiles of 8 rows (kernels.h, QuantArgs): piece p (64 bytes) of row r at tile r / 8, slot p * 8 + r % 8.
-    const int64_t padded = (rows + 7) / 8 * 8;
-    Tensor tiled = host_tensor(DType::U8, {padded, row_bytes});
+    Tensor tiled = host_tensor(DType::U8, {quant_codes_bytes(w) / row_bytes, row_bytes});
     std::memset(tiled.data, 0, tiled.nbytes());
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t p = 0; p < row_bytes / 64; ++p)
