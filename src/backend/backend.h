@@ -65,6 +65,9 @@ struct AttentionBatch {
   // Sequences [multi_first, multi_end) hold every sequence with more than one new token (prefill
   // chunks; empty: none), so that prefill kernels need no blocks for the decodes around them.
   int multi_first = 0, multi_end = 0;
+  // Sequences with one new token (-1: not counted, taken as some) and the fewest new tokens of a
+  // sequence with more than one (0: not known), so that a mixed step launches only the kernels it needs.
+  int single_seqs = -1, min_multi_q = 0;
   Tensor q_start;          // I32 [num_seqs + 1]
   Tensor ctx_len;          // I32 [num_seqs]
   Tensor block_table;      // I32 [num_seqs, max_blocks_per_seq]

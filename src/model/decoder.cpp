@@ -179,11 +179,15 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
   const bool logn = c.logn_length > 0;
   const size_t q_cos_at = logn ? pack.reserve(size_t(pad_tokens * half)) : 0;
   const size_t q_sin_at = logn ? pack.reserve(size_t(pad_tokens * half)) : 0;
-  int max_q_len = 0, max_ctx = 0, multi_first = S, multi_end = 0;
+  int max_q_len = 0, max_ctx = 0, multi_first = S, multi_end = 0, singles = Sp - S, min_multi_q = 0;
   for (int s = 0; s < S; ++s) {
     const int q_len = in.q_start[size_t(s) + 1] - in.q_start[size_t(s)];
     max_q_len = std::max(max_q_len, q_len);
-    if (q_len > 1) multi_first = std::min(multi_first, s), multi_end = s + 1;
+    singles += q_len == 1;
+    if (q_len > 1) {
+      multi_first = std::min(multi_first, s), multi_end = s + 1;
+      min_multi_q = min_multi_q == 0 ? q_len : std::min(min_multi_q, q_len);
+    }
     max_ctx = std::max(max_ctx, in.ctx_len[size_t(s)]);
     const int rope_len =
         rope_.fixed_at_prompt() && !in.prompt_len.empty() ? in.prompt_len[size_t(s)] : in.ctx_len[size_t(s)];
@@ -235,6 +239,8 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
   ab.max_q_len = max_q_len;
   ab.multi_first = multi_end > 0 ? multi_first : 0;
   ab.multi_end = multi_end;
+  ab.single_seqs = singles;
+  ab.min_multi_q = min_multi_q;
   ab.max_ctx_len = std::max(max_ctx, max_ctx_len);  // a graph sizes attention for its widest table
   ab.q_start = meta_view(meta, q_start_at, DType::I32, {Sp + 1});
   ab.ctx_len = meta_view(meta, ctx_at, DType::I32, {Sp});

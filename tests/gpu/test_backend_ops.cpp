@@ -747,11 +747,16 @@ class BackendAttention : public BackendOps {
     cb.scale = 1.0f / std::sqrt(float(ac.head_dim));
     cb.max_q_len = max_q;
     cb.max_ctx_len = std::max(max_ctx, ac.max_ctx_len);
-    for (int s = 0; s < S; ++s)  // the range of sequences with more than one new token, as the decoder sets it
-      if (q_start[size_t(s) + 1] - q_start[size_t(s)] > 1) {
+    cb.single_seqs = 0;
+    for (int s = 0; s < S; ++s) {  // the range and counts of sequences by new tokens, as the decoder sets them
+      const int q = q_start[size_t(s) + 1] - q_start[size_t(s)];
+      cb.single_seqs += q == 1;
+      if (q > 1) {
         if (cb.multi_end == 0) cb.multi_first = s;
         cb.multi_end = s + 1;
+        cb.min_multi_q = cb.min_multi_q == 0 ? q : std::min(cb.min_multi_q, q);
       }
+    }
     AttentionBatch gb = cb;
     cb.q_start = make_view(q_start.data(), DType::I32, {S + 1});
     cb.ctx_len = make_view(ctx_len.data(), DType::I32, {S});
@@ -794,6 +799,7 @@ TEST_P(BackendAttention, LongDecodesSplitAcrossBlocks) {
   run({{{3000, 1}}, 28, 4, 128, 0});
   run({{{4097, 1}, {33, 1}}, 8, 8, 64, 0});
   run({{{1500, 3}}, 32, 8, 128, 0});
+  run({{{3000, 1}, {40, 2}, {900, 1}}, 28, 4, 128, 0});  // mixed: decodes on tensor cores, a 2-token chunk
 }
 
 TEST_P(BackendAttention, OverstatedMaxContextSplitsMore) {

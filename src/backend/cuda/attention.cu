@@ -95,10 +95,11 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_kernel(AttentionP
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
   const int group = p.heads / p.kv_heads;
-  const int seq = blockIdx.y;
+  const int seq = (p.multi_only ? p.multi_first : 0) + int(blockIdx.y);
   const int kvh = blockIdx.z / p.num_splits, split = blockIdx.z % p.num_splits;
   const int q0 = p.q_start[seq], q_len = p.q_start[seq + 1] - q0;
   if (p.flash_min_q > 0 && q_len >= p.flash_min_q) return;  // on tensor cores (flash_prefill.cu)
+  if (p.multi_only && q_len == 1) return;                    // on tensor cores (flash_decode.cu)
   const int ctx = p.ctx_len[seq];
   const int row0 = blockIdx.x * R;
   const int nrows = min(R, q_len * group - row0);
@@ -326,7 +327,8 @@ cudaError_t launch_rows(const AttentionParams& p, cudaStream_t stream) {
   // blocks for more rows would all return at once (at a 16,384-token step with 1,000 decodes, ~0.4
   // million of them a layer).
   const int64_t q_len = p.flash_min_q > 0 ? std::min(p.max_q_len, p.flash_min_q - 1) : p.max_q_len;
-  const dim3 grid(ceil_div(q_len * group, R), unsigned(p.num_seqs), unsigned(p.kv_heads * p.num_splits));
+  const int seqs = p.multi_only ? p.multi_end - p.multi_first : p.num_seqs;
+  const dim3 grid(ceil_div(q_len * group, R), unsigned(seqs), unsigned(p.kv_heads * p.num_splits));
   launch_kernel(paged_attention_kernel<T, DPL, R>, grid, kWarps * 32, smem, stream, p);
   return combine_splits<T>(p, stream);
 }
@@ -366,20 +368,31 @@ size_t attention_smem_bytes(const AttentionParams& p) {
   }
 }
 
+// Up to three kernels by the sequences' new tokens: one (flash_decode.cu), kFlashMinQ or more
+// (flash_prefill.cu), the rest and whatever those two do not apply to (the CUDA-core kernel above);
+// then the merge of the splits, if any. A mixed step's decodes used to go to the CUDA-core kernel:
+// the offline run's 16,384-token steps (prefill chunks beside up to ~1,000 decodes) spent 1.21 ms a
+// layer in attention, 0.95 ms with them on tensor cores (H100, bench/RESULTS.md session 15).
 cudaError_t paged_attention(const AttentionParams& params, cudaStream_t stream) {
   if (params.tokens == 0) return cudaSuccess;
-  if (flash_decode_applies(params)) {
-    const cudaError_t e = flash_decode(params, stream);
-    if (e != cudaSuccess) return e;
-    APUS_DISPATCH_FLOAT(params.dt, T, { return combine_splits<T>(params, stream); });
-    return cudaErrorInvalidValue;
-  }
   AttentionParams p = params;
   p.flash_min_q = 0;
+  p.multi_only = false;
+  if (p.multi_end == 0 && p.max_q_len > 1) p.multi_first = 0, p.multi_end = p.num_seqs;  // range not given
+  if (flash_decode_applies(p)) {
+    if (const cudaError_t e = flash_decode(p, stream); e != cudaSuccess) return e;
+    p.multi_only = true;
+  }
+  p.multi_only = p.multi_only || (p.single_seqs == 0 && p.max_q_len > 1);
   if (flash_prefill_applies(p)) {
-    const cudaError_t e = flash_prefill(p, stream);
-    if (e != cudaSuccess) return e;
-    p.flash_min_q = kFlashMinQ;  // the rest (decodes, short chunks) here
+    if (const cudaError_t e = flash_prefill(p, stream); e != cudaSuccess) return e;
+    p.flash_min_q = kFlashMinQ;  // the rest (short chunks, decodes unless flash_decode took them) below
+  }
+  // Nothing left for the CUDA-core kernel: a decode step on tensor cores, or a step whose
+  // multi-token sequences all went to flash_prefill and its decodes (if any) to flash_decode.
+  if (p.multi_only && (p.max_q_len == 1 || (p.flash_min_q > 0 && p.min_multi_q >= p.flash_min_q))) {
+    APUS_DISPATCH_FLOAT(p.dt, T, { return combine_splits<T>(p, stream); });
+    return cudaErrorInvalidValue;
   }
   APUS_DISPATCH_FLOAT(p.dt, T, {
     switch (dims_per_lane(p.head_dim)) {

@@ -322,13 +322,21 @@ class CudaBackend final : public Backend {
     }
     grow_quant_scratch(n * k);  // sized at load; grows only if the activation dtype changed since
     launched(cuda::quant_dequantize(act_, a, quant_scratch_.data, k, stream_), "quant_dequantize");
-    const float alpha = 1.0f, beta = 0.0f;
-    check_blas(cuda::cublas().gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(m), int(k), &alpha,
-                                      quant_scratch_.data, blas_type(act_), int(k), xin, blas_type(act_), int(x_stride),
-                                      &beta, y, blas_type(y_dtype), int(y_stride), CUBLAS_COMPUTE_32F,
-                                      CUBLAS_GEMM_DEFAULT),
+    gemm(quant_scratch_.data, k, xin, x_stride, m, n, k, bias, y, y_stride, y_dtype);
+  }
+
+  // Row-major y[m, n] = x[m, k] w[n, k]^T (+ bias[n]) through cuBLAS (column-major y^T = w^T(op T)
+  // x^T). The bias goes in as C with beta 1, so that it is added to the float32 sums before their one
+  // rounding, as PyTorch's addmm with a bias does; adding it to y afterwards rounded twice and reread
+  // y (qkv at 16,384 rows: 1,069 -> 990 us a layer on an H100, bench/RESULTS.md session 15).
+  void gemm(const void* w, int64_t w_stride, const void* x, int64_t x_stride, int64_t m, int64_t n, int64_t k,
+            const float* bias, void* y, int64_t y_stride, DType y_dtype) {
+    if (bias) launched(cuda::bias_rows(y_dtype, y, y_stride, bias, m, n, stream_), "bias_rows");
+    const float alpha = 1.0f, beta = bias ? 1.0f : 0.0f;
+    check_blas(cuda::cublas().gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(m), int(k), &alpha, w,
+                                      blas_type(act_), int(w_stride), x, blas_type(act_), int(x_stride), &beta, y,
+                                      blas_type(y_dtype), int(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                "cublasGemmEx");
-    if (bias) launched(cuda::add_bias(y_dtype, y, y_stride, bias, m, n, stream_), "add_bias");
   }
 
   void embedding(const Tensor& ids, const Tensor& table, Tensor& out, int64_t first, int64_t vocab,
@@ -398,7 +406,6 @@ class CudaBackend final : public Backend {
     const std::string shape = fmt::format(" n={} k={}", w.out_features, w.in_features);
     if (x.rows() == 0 || profile_->skips("linear", shape)) return;
     cuda::TimedOp t(*profile_, "linear", x.rows(), shape);
-    const float alpha = 1.0f, beta = 0.0f;
     const size_t out_esize = dtype_size(out.dtype);
     int64_t col = 0;
     for (const LinearPart& p : w.parts) {
@@ -421,14 +428,8 @@ class CudaBackend final : public Backend {
         col += n;
         continue;
       }
-      // Row-major Y[M, n] = X[M, K] W[n, K]^T is column-major Y^T = W^T(op T) X^T.
-      check_blas(cuda::cublas().gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(x.rows()), int(x.cols()), &alpha,
-                                        p.weight.data, blas_type(act_), int(p.weight.row_stride), x.data,
-                                        blas_type(act_), int(x.row_stride), &beta, y, blas_type(out.dtype),
-                                        int(out.row_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                 "cublasGemmEx");
-      if (!p.bias.empty())
-        launched(cuda::add_bias(out.dtype, y, out.row_stride, p.bias.ptr<float>(), x.rows(), n, stream_), "add_bias");
+      gemm(p.weight.data, p.weight.row_stride, x.data, x.row_stride, x.rows(), n, x.cols(),
+           p.bias.empty() ? nullptr : p.bias.ptr<float>(), y, out.row_stride, out.dtype);
       col += n;
     }
   }
@@ -540,6 +541,8 @@ class CudaBackend final : public Backend {
     p.max_ctx_len = b.max_ctx_len;
     p.multi_first = b.multi_first;
     p.multi_end = b.multi_end;
+    p.single_seqs = b.single_seqs;
+    p.min_multi_q = b.min_multi_q;
     APUS_CHECK(p.max_q_len > 0 && p.max_ctx_len >= p.max_q_len,
                "attention: AttentionBatch.max_q_len / max_ctx_len are not set ({} / {})", p.max_q_len, p.max_ctx_len);
     APUS_CHECK(p.head_dim <= 256 && p.head_dim * int(dtype_size(act_)) % 16 == 0,

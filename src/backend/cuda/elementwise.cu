@@ -308,12 +308,24 @@ __global__ void add_kernel(T* x, int64_t x_stride, const T* y, int64_t y_stride,
   }
 }
 
-template <typename T>
-__global__ void add_bias_kernel(T* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols) {
+// y[r, c] = bias[c], E columns a thread (16 bytes where rows allow), rows along y: the C that a GEMM
+// with beta 1 adds to its float32 sums before their one rounding (cuda_backend.cpp, gemm).
+template <typename T, int E>
+__global__ void bias_rows_kernel(T* __restrict__ y, int64_t y_stride, const float* __restrict__ bias, int64_t rows,
+                                 int cols) {
   pdl_begin();
-  GRID_STRIDE(i, rows * cols) {
-    const int64_t r = i / cols, c = i % cols;
-    y[r * y_stride + c] = from_f<T>(to_f(y[r * y_stride + c]) + bias[c]);
+  const int c = (int(blockIdx.x) * blockDim.x + threadIdx.x) * E;
+  if (c >= cols) return;
+  alignas(16) T v[E];
+#pragma unroll
+  for (int j = 0; j < E; ++j) v[j] = from_f<T>(bias[c + j]);
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    if constexpr (E * sizeof(T) == 16) {
+      *reinterpret_cast<uint4*>(y + r * y_stride + c) = *reinterpret_cast<const uint4*>(v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < E; ++j) y[r * y_stride + c + j] = v[j];
+    }
   }
 }
 
@@ -443,11 +455,18 @@ cudaError_t add(DType dt, void* x, int64_t x_stride, const void* y, int64_t y_st
   return cudaGetLastError();
 }
 
-cudaError_t add_bias(DType dt, void* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols,
-                     cudaStream_t stream) {
-  APUS_DISPATCH_FLOAT(dt, T,
-                      launch_kernel(add_bias_kernel<T>, grid_for(rows * cols), kThreads, 0, stream, static_cast<T*>(y),
-                                    y_stride, bias, rows, cols));
+cudaError_t bias_rows(DType dt, void* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols,
+                      cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  const int64_t e = dt == DType::F32 ? 4 : 8;
+  const bool vec = cols % e == 0 && y_stride % e == 0 && aligned16(y);
+  const dim3 grid(ceil_div(vec ? cols / e : cols, kThreads), unsigned(std::min<int64_t>(rows, 65535)));
+  APUS_DISPATCH_FLOAT(dt, T, {
+    constexpr int E = 16 / int(sizeof(T));
+    T* yt = static_cast<T*>(y);
+    if (vec) launch_kernel(bias_rows_kernel<T, E>, grid, kThreads, 0, stream, yt, y_stride, bias, rows, int(cols));
+    else launch_kernel(bias_rows_kernel<T, 1>, grid, kThreads, 0, stream, yt, y_stride, bias, rows, int(cols));
+  });
   return cudaGetLastError();
 }
 

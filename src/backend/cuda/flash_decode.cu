@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
   const int seq = blockIdx.x;
   const int kvh = int(blockIdx.y) / p.num_splits, split = int(blockIdx.y) % p.num_splits;
   const int64_t tok = p.q_start[seq];
-  if (p.q_start[seq + 1] - tok < 1) {
+  if (p.q_start[seq + 1] - tok != 1) {  // a mixed step's prefill chunk (or a sequence with no token)
     pdl_begin();  // completion stays ordered along the stream
     return;
   }
@@ -104,8 +104,11 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
     }
   };
   // The warp's first tile before the wait (most of a short split's keys): its copy overlaps the
-  // kernels before this one.
-  if (warp < ntiles) issue(klo + warp * kKeys, pos);
+  // kernels before this one. The new position is left for after the wait where this split holds it
+  // (with a sliding window a split's tiles need not end at its end: a tile past khi has no slot
+  // there, and copying row `pos` anyway read before the cache; compute-sanitizer, session 15).
+  const int fresh = pos < khi ? pos : -1;
+  if (warp < ntiles) issue(klo + warp * kKeys, fresh);
   pdl_begin();
 
   // The group's queries (rows past it are zeros), as the mma's A fragments; the new position's key
@@ -117,7 +120,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
     if (r < group) __pipeline_memcpy_async(d, q + tok * p.q_stride + int64_t(kvh * group + r) * HD + c * kEpc, 16);
     else *reinterpret_cast<float4*>(d) = make_float4(0.f, 0.f, 0.f, 0.f);
   }
-  if (const int j = pos - (klo + warp * kKeys); warp < ntiles && j >= 0 && j < kKeys) {
+  if (const int j = fresh - (klo + warp * kKeys); warp < ntiles && fresh >= 0 && j >= 0 && j < kKeys) {
     for (int i = lane; i < 2 * kChunks; i += 32)
       copy_chunk(i < kChunks ? k_s : v_s, i < kChunks ? k_cache : v_cache, j, i % kChunks);
   }
@@ -227,7 +230,7 @@ bool flash_decode_applies(const AttentionParams& p) {
     const char* e = std::getenv("APUS_CUDA_FLASH_DECODE");
     return e == nullptr || std::strcmp(e, "0") != 0;
   }();
-  return on && p.dt != DType::F32 && (p.head_dim == 64 || p.head_dim == 128) && p.max_q_len == 1 && group >= 2 &&
+  return on && p.dt != DType::F32 && (p.head_dim == 64 || p.head_dim == 128) && p.single_seqs != 0 && group >= 2 &&
          group <= kRows && (p.q_stride * es) % 16 == 0;
 }
 

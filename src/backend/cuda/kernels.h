@@ -57,8 +57,8 @@ cudaError_t silu_mul(DType dt, const void* gate_up, int64_t gu_stride, void* out
                      int64_t cols, cudaStream_t stream);
 cudaError_t add(DType dt, void* x, int64_t x_stride, const void* y, int64_t y_stride, int64_t rows, int64_t cols,
                 cudaStream_t stream);
-// y[r, c] += bias[c]; `dt` is y's dtype (F32 logits or the activation dtype).
-cudaError_t add_bias(DType dt, void* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols,
+// y[r, c] = bias[c] for `rows` rows; `dt` is y's dtype (F32 logits or the activation dtype).
+cudaError_t bias_rows(DType dt, void* y, int64_t y_stride, const float* bias, int64_t rows, int64_t cols,
                      cudaStream_t stream);
 // Decode-sized linear layer: y[m, n] = x[m, k] w[n, k]^T (+ bias[n] F32, or null) for m <= kGemvMaxRows,
 // float32 accumulation; w and x in `dt`, y in `out_dt` (dt or F32). Strides in elements.
@@ -172,6 +172,9 @@ struct AttentionParams {
   // Sequences [multi_first, multi_end) hold all with more than one new token (the prefill kernel's
   // grid covers only them); multi_end 0: take every sequence.
   int multi_first, multi_end;
+  int single_seqs, min_multi_q;  // AttentionBatch's counts (-1 / 0: not known)
+  bool multi_only;  // set by paged_attention: the CUDA-core kernel takes only [multi_first, multi_end)
+                    // and none of one new token (flash_decode took them, or there are none)
 };
 
 // Sequences with at least this many new tokens run on tensor cores (flash_prefill.cu) wherever
@@ -179,9 +182,10 @@ struct AttentionParams {
 constexpr int kFlashMinQ = 16;
 bool flash_prefill_applies(const AttentionParams& p);
 cudaError_t flash_prefill(const AttentionParams& p, cudaStream_t stream);
-// Decode steps (max_q_len 1) of 16-bit models with head_dim 64 or 128 and 2..16 query heads per kv
-// head run on tensor cores (flash_decode.cu), splits included: flash_decode writes the output, or
-// with num_splits > 1 the partial results that paged_attention then merges. On by default
+// The sequences of one new token (a decode step's all, a mixed step's decodes) of 16-bit models with
+// head_dim 64 or 128 and 2..16 query heads per kv head run on tensor cores (flash_decode.cu), splits
+// included: flash_decode writes their output, or with num_splits > 1 the partial results that
+// paged_attention then merges; its blocks for other sequences return at once. On by default
 // (APUS_CUDA_FLASH_DECODE=0 sends them to the CUDA-core kernel of attention.cu).
 bool flash_decode_applies(const AttentionParams& p);
 cudaError_t flash_decode(const AttentionParams& p, cudaStream_t stream);
