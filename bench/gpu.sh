@@ -85,7 +85,8 @@ echo "ctest -L gpu: $(( $(date +%s) - t0 )) s"
 
 # The newest kernels under memcheck every time (a few seconds); everything with APUS_GPU_MEMCHECK=1.
 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops \
-  --gtest_filter='*Gemv*:*StoreKv*:*RopeStoreKv*:*Overstated*:*RmsNorm*:*ManyDecodes*:*Argmax*' > "$OUT/memcheck_new.log" 2>&1
+  --gtest_filter='*Gemv*:*StoreKv*:*RopeStoreKv*:*Overstated*:*RmsNorm*:*ManyDecodes*:*Argmax*:*PrefillDecodeAndMixed*:*LongDecodes*' \
+  > "$OUT/memcheck_new.log" 2>&1
 echo "memcheck (new kernels): exit $? ($(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' "$OUT/memcheck_new.log") problem lines)"
 if [ "${APUS_GPU_MEMCHECK:-0}" = 1 ]; then
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_backend_ops > "$OUT/memcheck.log" 2>&1
