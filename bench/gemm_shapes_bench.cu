@@ -17,22 +17,13 @@
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                                   \
-  do {                                                                                          \
-    cudaError_t e_ = (x);                                                                       \
-    if (e_ != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                             \
-    }                                                                                           \
-  } while (0)
-#define CB(x)                                                                            \
-  do {                                                                                   \
-    cublasStatus_t s_ = (x);                                                             \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                   \
-      std::fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #x, int(s_)); \
-      std::exit(1);                                                                      \
-    }                                                                                    \
-  } while (0)
+#include "bench_check.cuh"
+
+inline void bench_check(cublasStatus_t s, const char* what, const char* file, int line) {
+  if (s == CUBLAS_STATUS_SUCCESS) return;
+  std::fprintf(stderr, "%s:%d %s: status %d\n", file, line, what, int(s));
+  std::exit(1);
+}
 
 namespace {
 
@@ -76,27 +67,27 @@ struct Lt {
 // Every algorithm the heuristic offers for y = x w^T (+ bias in the epilogue), timed; the fastest.
 float best_lt(Lt& lt, int m, int n, int k, const void* w, const void* x, void* y, const void* bias, int* tried) {
   cublasLtMatmulDesc_t desc;
-  CB(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  CK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
-  CB(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof(opT)));
-  CB(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof(opN)));
+  CK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof(opT)));
+  CK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof(opN)));
   if (bias) {
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    CB(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-    CB(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    CK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    CK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   }
   // Column-major: y^T [n, m] = (w [k, n] stored, transposed) x^T [k, m].
   cublasLtMatrixLayout_t A, B, C;
-  CB(cublasLtMatrixLayoutCreate(&A, CUDA_R_16BF, k, n, k));
-  CB(cublasLtMatrixLayoutCreate(&B, CUDA_R_16BF, k, m, k));
-  CB(cublasLtMatrixLayoutCreate(&C, CUDA_R_16BF, n, m, n));
+  CK(cublasLtMatrixLayoutCreate(&A, CUDA_R_16BF, k, n, k));
+  CK(cublasLtMatrixLayoutCreate(&B, CUDA_R_16BF, k, m, k));
+  CK(cublasLtMatrixLayoutCreate(&C, CUDA_R_16BF, n, m, n));
   cublasLtMatmulPreference_t pref;
-  CB(cublasLtMatmulPreferenceCreate(&pref));
-  CB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt.ws_bytes,
+  CK(cublasLtMatmulPreferenceCreate(&pref));
+  CK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt.ws_bytes,
                                           sizeof(lt.ws_bytes)));
   cublasLtMatmulHeuristicResult_t res[16];
   int got = 0;
-  CB(cublasLtMatmulAlgoGetHeuristic(lt.h, desc, A, B, C, C, pref, 16, res, &got));
+  CK(cublasLtMatmulAlgoGetHeuristic(lt.h, desc, A, B, C, C, pref, 16, res, &got));
   const float alpha = 1.0f, beta = 0.0f;
   float best = 1e30f;
   *tried = 0;
@@ -104,7 +95,7 @@ float best_lt(Lt& lt, int m, int n, int k, const void* w, const void* x, void* y
     if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
     ++*tried;
     const float us = median_us([&] {
-      CB(cublasLtMatmul(lt.h, desc, &alpha, w, A, x, B, &beta, y, C, y, C, &res[i].algo, lt.ws, lt.ws_bytes, 0));
+      CK(cublasLtMatmul(lt.h, desc, &alpha, w, A, x, B, &beta, y, C, y, C, &res[i].algo, lt.ws, lt.ws_bytes, 0));
     });
     best = std::min(best, us);
   }
@@ -146,11 +137,11 @@ int main() {
   fill<<<256, 256>>>(bias, 152064, 3);
   CK(cudaDeviceSynchronize());
   cublasHandle_t blas;
-  CB(cublasCreate(&blas));
+  CK(cublasCreate(&blas));
   Lt lt;
-  CB(cublasLtCreate(&lt.h));
+  CK(cublasLtCreate(&lt.h));
   CK(cudaMalloc(&lt.ws, lt.ws_bytes));
-  CB(cublasSetWorkspace(blas, lt.ws, lt.ws_bytes));
+  CK(cublasSetWorkspace(blas, lt.ws, lt.ws_bytes));
 
   std::printf("%-8s %6s | %-22s | %-22s | %-28s | %-22s\n", "layer", "rows", "GemmEx beta 0 (us, TF/s)",
               "GemmEx beta 1", "best Lt algo (of tried)", "best Lt + bias epilogue");
@@ -163,7 +154,7 @@ int main() {
       for (int beta_one = 0; beta_one < 2; ++beta_one) {
         const float alpha = 1.0f, beta = beta_one ? 1.0f : 0.0f;
         const float us = median_us([&] {
-          CB(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, s.n, m, s.k, &alpha, w, CUDA_R_16BF, s.k, x, CUDA_R_16BF,
+          CK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, s.n, m, s.k, &alpha, w, CUDA_R_16BF, s.k, x, CUDA_R_16BF,
                           s.k, &beta, y, CUDA_R_16BF, s.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         });
         (beta_one ? b1 : b0) = us;

@@ -14,17 +14,9 @@
 #include <vector>
 
 #include "backend/cuda/quant.cu"
+#include "bench_check.cuh"
 
 namespace apus::cuda::qbench {
-
-#define CK(x)                                                                           \
-  do {                                                                                  \
-    cudaError_t e_ = (x);                                                               \
-    if (e_ != cudaSuccess) {                                                            \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                     \
-    }                                                                                   \
-  } while (0)
 
 __global__ void fill_bytes(uint8_t* p, int64_t n, uint32_t seed, uint32_t mask) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {

@@ -150,7 +150,7 @@ cudaError_t launch_flash(const AttentionParams& p, cudaStream_t stream) {
   constexpr size_t smem = flash_smem<T, HD>();
   if (const cudaError_t e = allow_shared_memory<flash_prefill_kernel<T, HD>>(smem); e != cudaSuccess) return e;
   // Only the sequences that may have kFlashMinQ new tokens or more: a step's decodes get no blocks.
-  const int seqs = p.multi_end > 0 ? p.multi_end - p.multi_first : p.num_seqs;
+  const int seqs = p.multi_end - p.multi_first;  // paged_attention sets the range where none was given
   const dim3 grid(ceil_div(p.max_q_len, kRows), unsigned(seqs), unsigned(p.heads));
   launch_kernel(flash_prefill_kernel<T, HD>, grid, 128, smem, stream, p, kFlashMinQ);
   return cudaGetLastError();

@@ -1,0 +1,16 @@
+// Error checks for the hand-built GPU benchmarks (quant_kernel_bench.cu, gemm_shapes_bench.cu):
+// CK(call) prints the call, its place and the error, then exits. A bench that calls other libraries
+// adds a bench_check overload for their status type.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+inline void bench_check(cudaError_t e, const char* what, const char* file, int line) {
+  if (e == cudaSuccess) return;
+  std::fprintf(stderr, "%s:%d %s: %s\n", file, line, what, cudaGetErrorString(e));
+  std::exit(1);
+}
+
+#define CK(x) bench_check((x), #x, __FILE__, __LINE__)
