@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -70,6 +71,23 @@ std::vector<Request> busy_requests() {
   return reqs;
 }
 
+// Sets an environment variable for a scope (the groups read theirs when they are made).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* was = std::getenv(name)) before_ = was;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (before_) setenv(name_, before_->c_str(), 1);
+    else unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> before_;
+};
+
 TEST(TensorParallel, BusyEngineMatchesTheWholeModel) {
   if (!test::device_available() || !enough_devices()) GTEST_SKIP() << "needs " << kTp << " GPUs";
   test::TempDir dir;
@@ -83,12 +101,11 @@ TEST(TensorParallel, BusyEngineMatchesTheWholeModel) {
   // Steps of 16 tokens or more with several sequences run as two halves whose sums overlap the
   // other half's work (DecoderModel::run_layers_split; two streams on a GPU): this busy engine
   // makes several, and they must not change a token.
-  const char* was = std::getenv("APUS_TP_OVERLAP_TOKENS");
-  const std::string before = was ? was : "";
-  setenv("APUS_TP_OVERLAP_TOKENS", "16", 1);
-  auto split = group_of(o, kTp);
-  if (was) setenv("APUS_TP_OVERLAP_TOKENS", before.c_str(), 1);
-  else unsetenv("APUS_TP_OVERLAP_TOKENS");
+  std::unique_ptr<ModelGroup> split;
+  {
+    ScopedEnv overlap("APUS_TP_OVERLAP_TOKENS", "16");
+    split = group_of(o, kTp);
+  }
   EXPECT_EQ(split->model().config().num_heads * kTp, 4);  // this rank's heads
   {
     Engine e(split->model(), small_cache(24));  // 384 tokens for ~12 x 100: preempts
@@ -109,6 +126,16 @@ TEST(TensorParallel, BusyEngineMatchesTheWholeModel) {
   greedy.ignore_eos = true;
   EXPECT_EQ(generate(split->model(), busy_requests()[0].prompt, greedy).token_ids, want[0][0].new_tokens);
   EXPECT_EQ(third[0][0].new_tokens, want[0][0].new_tokens);
+#ifdef APUS_TEST_GPU
+  // Every sum of an eager step through the copy engines (the peer-to-peer kernel's limit 0), split
+  // steps too: the copy engines' sums on stream 1 beside the other half's work on stream 0.
+  split.reset();
+  ScopedEnv overlap("APUS_TP_OVERLAP_TOKENS", "16"), no_p2p("APUS_TP_P2P_MAX_BYTES", "0");
+  auto engines = group_of(o, kTp);
+  Engine e(engines->model(), small_cache(24));
+  got = run_to_completion(e, busy_requests());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got[i][0].new_tokens, want[i][0].new_tokens) << "request " << i;
+#endif
 }
 
 TEST(TensorParallel, GreedyCandidatesGiveTheFirstMaximumOfTheWholeVocabulary) {
@@ -128,21 +155,30 @@ TEST(TensorParallel, AFailingRankStopsTheGroupWithItsError) {
   if (!test::device_available() || !enough_devices()) GTEST_SKIP() << "needs " << kTp << " GPUs";
   test::TempDir dir;
   const LoadOptions o = fixture_model(dir);
-  setenv("APUS_TP_FAULT", "1:3", 1);  // rank 1 fails at its fourth step
-  auto split = group_of(o, kTp);
-  unsetenv("APUS_TP_FAULT");
-  const auto t0 = std::chrono::steady_clock::now();
-  Engine e(split->model(), small_cache(64));
-  try {
-    run_to_completion(e, busy_requests());
-    FAIL() << "the engine went on without rank 1";
-  } catch (const Error& err) {
-    EXPECT_NE(std::string(err.what()).find("rank 1 failed: injected fault"), std::string::npos) << err.what();
+  // On GPUs also with the eager steps' sums through the copy engines (the peer-to-peer kernel's
+  // limit 0): rank 0's stream then waits on a flag that rank 1 never writes, until the abort.
+  for (int ce = 0; ce < (test::on_gpu() ? 2 : 1); ++ce) {
+    SCOPED_TRACE(ce ? "copy-engine sums" : "default sums");
+    std::optional<ScopedEnv> no_p2p;
+    if (ce) no_p2p.emplace("APUS_TP_P2P_MAX_BYTES", "0");
+    std::unique_ptr<ModelGroup> split;
+    {
+      ScopedEnv fault("APUS_TP_FAULT", "1:3");  // rank 1 fails at its fourth step
+      split = group_of(o, kTp);
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    Engine e(split->model(), small_cache(64));
+    try {
+      run_to_completion(e, busy_requests());
+      FAIL() << "the engine went on without rank 1";
+    } catch (const Error& err) {
+      EXPECT_NE(std::string(err.what()).find("rank 1 failed: injected fault"), std::string::npos) << err.what();
+    }
+    // Later steps fail at once with the same cause; nothing hangs, and the group still shuts down.
+    Request r = busy_requests()[0];
+    EXPECT_THROW(run_to_completion(e, {r}), Error);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
   }
-  // Later steps fail at once with the same cause; nothing hangs, and the group still shuts down.
-  Request r = busy_requests()[0];
-  EXPECT_THROW(run_to_completion(e, {r}), Error);
-  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
 }
 
 TEST(TensorParallelDeathTest, AFailedGroupThatIsNotTornDownEndsTheProcess) {
@@ -171,17 +207,17 @@ TEST(TensorParallelDeathTest, AFailedGroupThatIsNotTornDownEndsTheProcess) {
 
 #ifdef APUS_TEST_GPU
 // The collectives directly, two GPUs: sums of every size the model makes (decode rows through the
-// peer-to-peer kernel, larger ones through NCCL), three at a time back to back and then one fused
-// with the residual add + RMSNorm, of values whose sums bf16 holds exactly, so that any stale or
-// raced buffer shows; both ranks get the exact sums (and the norm within bf16 rounding).
+// peer-to-peer kernel, larger ones through NCCL), three at a time back to back and then two fused
+// with the residual add + RMSNorm into one residual stream (larger ones through the copy engines),
+// of values whose sums bf16 holds exactly, so that any stale or raced buffer shows; both ranks get
+// the exact sums (and the norm within bf16 rounding).
 TEST(TensorParallel, AllReducesOfEverySizeAreExactOnEveryRank) {
   if (gpu_count() < 2) GTEST_SKIP() << "needs 2 GPUs";
-  const char* was = std::getenv("APUS_TP_P2P");
-  const std::string before = was ? was : "";
-  setenv("APUS_TP_P2P", "1", 1);  // the peer-to-peer kernel whatever the environment says
+  ScopedEnv p2p("APUS_TP_P2P", "1"), ce("APUS_TP_CE", "1");  // whatever the environment says
   constexpr int kWorld = 2;
   constexpr int64_t kCols = 3584;
-  const int64_t sizes[] = {1, 7, 256, 1, 2048, 3000, 64, 256, 255};  // 2048 rows: 14.7 MB (peer-to-peer); 3000: NCCL
+  // 2048 rows: 14.7 MB (peer-to-peer); 3000 and 9000 (64.5 MB): NCCL, fused ones through the copy engines
+  const int64_t sizes[] = {1, 7, 256, 1, 2048, 3000, 64, 9000, 256, 255};
   const NcclId id = nccl_unique_id();
   auto value = [](int rank, int it, int k, int64_t i) { return float(int((i * 7 + it * 13 + k * 5 + rank * 101) % 17) - 8) * 0.125f; };
   std::vector<std::string> errors(kWorld);
@@ -198,20 +234,28 @@ TEST(TensorParallel, AllReducesOfEverySizeAreExactOnEveryRank) {
           t.push_back(b->upload(h));
         }
         for (Tensor& x : t) c->all_reduce(x);
-        // The fused sum + residual add + RMSNorm on a fourth: the residual stream is rank 0's 4th input.
-        Tensor hx = host_tensor(DType::BF16, {rows, kCols}), hr = host_tensor(DType::BF16, {rows, kCols});
-        Tensor hw = host_tensor(DType::F32, {kCols});
-        for (int64_t i = 0; i < hx.numel(); ++i) set_float(hx, i, value(rank, it, 3, i)), set_float(hr, i, value(0, it, 4, i));
+        // The fused sum + residual add + RMSNorm of a fourth and a fifth, one after the other, into
+        // one residual stream: rank 0's 4th input.
+        Tensor hx = host_tensor(DType::BF16, {rows, kCols}), hx2 = host_tensor(DType::BF16, {rows, kCols});
+        Tensor hr = host_tensor(DType::BF16, {rows, kCols}), hw = host_tensor(DType::F32, {kCols});
+        for (int64_t i = 0; i < hx.numel(); ++i) {
+          set_float(hx, i, value(rank, it, 3, i));
+          set_float(hx2, i, value(rank, it, 5, i));
+          set_float(hr, i, value(0, it, 4, i));
+        }
         for (int64_t i = 0; i < kCols; ++i) hw.ptr<float>()[i] = 0.5f + float(i % 7) * 0.25f;
-        Tensor dx = b->upload(hx), dres = b->upload(hr), dw = b->upload(hw), dout = b->alloc(DType::BF16, {rows, kCols});
+        Tensor dx = b->upload(hx), dx2 = b->upload(hx2), dres = b->upload(hr), dw = b->upload(hw);
+        Tensor dout = b->alloc(DType::BF16, {rows, kCols});
         c->all_reduce_add_rms_norm(dx, dres, dw, 1e-6f, dout, *b);
+        c->all_reduce_add_rms_norm(dx2, dres, dw, 1e-6f, dout, *b);
         b->copy_to_host(dres, hr.data);
         Tensor hout = host_tensor(DType::BF16, {rows, kCols});
         b->copy_to_host(dout, hout.data);
         for (int64_t r = 0; r < rows && errors[size_t(rank)].empty(); ++r) {
           double ss = 0.0;
           for (int64_t i = r * kCols; i < (r + 1) * kCols; ++i) {
-            const float want = value(0, it, 4, i) + value(0, it, 3, i) + value(1, it, 3, i);
+            const float want = value(0, it, 4, i) + value(0, it, 3, i) + value(1, it, 3, i) + value(0, it, 5, i) +
+                               value(1, it, 5, i);
             ss += double(want) * want;
             if (get_float(hr, i) != want)
               errors[size_t(rank)] = fmt::format("rank {} call {} residual row {} element {}: {} instead of {}", rank, it,
@@ -250,8 +294,6 @@ TEST(TensorParallel, AllReducesOfEverySizeAreExactOnEveryRank) {
   std::thread t1(run, 1);
   run(0);
   t1.join();
-  if (was) setenv("APUS_TP_P2P", before.c_str(), 1);
-  else unsetenv("APUS_TP_P2P");
   for (const std::string& e : errors) EXPECT_EQ(e, "");
 }
 #endif

@@ -104,11 +104,13 @@ __global__ void add_rms_norm_kernel(T* __restrict__ residual, int64_t res_stride
 
 // The same two norms for rows of 16-byte chunks (the usual case): each thread loads its chunks of
 // the row (and of the weight) at once and keeps them in registers, so a decode step's one-row norm
-// costs one round trip to memory instead of one per element group. C: chunks per thread.
-template <typename T, int C, bool kAdd, bool EarlyNext>
+// costs one round trip to memory instead of one per element group. C: chunks per thread. Addends:
+// 0 (rms_norm), 1 (add_rms_norm: residual += x), 2 (add2_rms_norm: residual += x + x2, that sum
+// rounded first, as a two-rank all-reduce rounds it; x2 has x's stride).
+template <typename T, int C, int Addends, bool EarlyNext>
 __global__ void rms_norm_vec_kernel(T* residual, int64_t res_stride, const T* __restrict__ x,
-                                    int64_t x_stride, const float* __restrict__ w, int cols, float eps,
-                                    T* out, int64_t out_stride) {  // out may be residual (in-place norm)
+                                    const T* __restrict__ x2, int64_t x_stride, const float* __restrict__ w, int cols,
+                                    float eps, T* out, int64_t out_stride) {  // out may be residual (in-place norm)
   constexpr int E = 16 / int(sizeof(T));
   const int nchunks = cols / E;
   T* res = residual + int64_t(blockIdx.x) * res_stride;
@@ -133,9 +135,15 @@ __global__ void rms_norm_vec_kernel(T* residual, int64_t res_stride, const T* __
     if (ch >= nchunks) continue;
     v[c] = reinterpret_cast<const uint4*>(res)[ch];
     T* e = reinterpret_cast<T*>(&v[c]);
-    if (kAdd) {
-      const uint4 xv = reinterpret_cast<const uint4*>(xr)[ch];
-      const T* xe = reinterpret_cast<const T*>(&xv);
+    if (Addends > 0) {
+      uint4 xv = reinterpret_cast<const uint4*>(xr)[ch];
+      T* xe = reinterpret_cast<T*>(&xv);
+      if (Addends == 2) {
+        const uint4 x2v = reinterpret_cast<const uint4*>(x2 + int64_t(blockIdx.x) * x_stride)[ch];
+        const T* x2e = reinterpret_cast<const T*>(&x2v);
+#pragma unroll
+        for (int j = 0; j < E; ++j) xe[j] = from_f<T>(to_f(xe[j]) + to_f(x2e[j]));
+      }
 #pragma unroll
       for (int j = 0; j < E; ++j) e[j] = from_f<T>(to_f(e[j]) + to_f(xe[j]));
       reinterpret_cast<uint4*>(res)[ch] = v[c];
@@ -159,24 +167,26 @@ __global__ void rms_norm_vec_kernel(T* residual, int64_t res_stride, const T* __
 }
 
 // Launches the vectorized norm when the shapes allow it; false otherwise (the caller falls back).
-template <typename T, bool kAdd>
-bool launch_norm_vec(T* residual, int64_t res_stride, const T* x, int64_t x_stride, const float* w, int64_t cols,
-                     float eps, T* out, int64_t out_stride, int64_t rows, bool early_next, cudaStream_t stream) {
+template <typename T, int Addends>
+bool launch_norm_vec(T* residual, int64_t res_stride, const T* x, const T* x2, int64_t x_stride, const float* w,
+                     int64_t cols, float eps, T* out, int64_t out_stride, int64_t rows, bool early_next,
+                     cudaStream_t stream) {
   constexpr int E = 16 / int(sizeof(T));
   if (cols % E != 0 || res_stride % E != 0 || out_stride % E != 0 || !aligned16(residual) || !aligned16(out) ||
       !aligned16(w))
     return false;
-  if (kAdd && (x_stride % E != 0 || !aligned16(x))) return false;
+  if (Addends > 0 && (x_stride % E != 0 || !aligned16(x))) return false;
+  if (Addends == 2 && !aligned16(x2)) return false;
   const int64_t nchunks = cols / E;
   const int C = int((nchunks + 1023) / 1024);
   if (C > 4) return false;
   const unsigned threads = unsigned((nchunks + C - 1) / C + 31) / 32 * 32;
   const int ic = int(cols);
-  auto* kernel = C == 1   ? (early_next ? rms_norm_vec_kernel<T, 1, kAdd, true> : rms_norm_vec_kernel<T, 1, kAdd, false>)
-                 : C == 2 ? rms_norm_vec_kernel<T, 2, kAdd, false>
-                 : C == 3 ? rms_norm_vec_kernel<T, 3, kAdd, false>
-                          : rms_norm_vec_kernel<T, 4, kAdd, false>;
-  launch_kernel(kernel, unsigned(rows), threads, 0, stream, residual, res_stride, x, x_stride, w, ic, eps, out,
+  auto* kernel = C == 1   ? (early_next ? rms_norm_vec_kernel<T, 1, Addends, true> : rms_norm_vec_kernel<T, 1, Addends, false>)
+                 : C == 2 ? rms_norm_vec_kernel<T, 2, Addends, false>
+                 : C == 3 ? rms_norm_vec_kernel<T, 3, Addends, false>
+                          : rms_norm_vec_kernel<T, 4, Addends, false>;
+  launch_kernel(kernel, unsigned(rows), threads, 0, stream, residual, res_stride, x, x2, x_stride, w, ic, eps, out,
                 out_stride);
   return true;
 }
@@ -368,8 +378,8 @@ cudaError_t rms_norm(DType dt, const void* x, int64_t x_stride, const float* w, 
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(groups));
   if (groups == 1) {
     APUS_DISPATCH_FLOAT(dt, T, {
-      if (launch_norm_vec<T, false>(const_cast<T*>(static_cast<const T*>(x)), x_stride, nullptr, 0, w, group, eps,
-                                    static_cast<T*>(out), out_stride, rows, early_next, stream))
+      if (launch_norm_vec<T, 0>(const_cast<T*>(static_cast<const T*>(x)), x_stride, nullptr, nullptr, 0, w, group,
+                                eps, static_cast<T*>(out), out_stride, rows, early_next, stream))
         return cudaGetLastError();
     });
   }
@@ -384,8 +394,8 @@ cudaError_t add_rms_norm(DType dt, void* residual, int64_t res_stride, const voi
                          bool early_next, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   APUS_DISPATCH_FLOAT(dt, T, {
-    if (launch_norm_vec<T, true>(static_cast<T*>(residual), res_stride, static_cast<const T*>(x), x_stride, w, cols,
-                                 eps, static_cast<T*>(out), out_stride, rows, early_next, stream))
+    if (launch_norm_vec<T, 1>(static_cast<T*>(residual), res_stride, static_cast<const T*>(x), nullptr, x_stride, w,
+                              cols, eps, static_cast<T*>(out), out_stride, rows, early_next, stream))
       return cudaGetLastError();
   });
   APUS_DISPATCH_FLOAT(dt, T,
@@ -393,6 +403,17 @@ cudaError_t add_rms_norm(DType dt, void* residual, int64_t res_stride, const voi
                                     static_cast<T*>(residual), res_stride, static_cast<const T*>(x), x_stride, w, cols,
                                     eps, static_cast<T*>(out), out_stride));
   return cudaGetLastError();
+}
+
+cudaError_t add2_rms_norm(DType dt, void* residual, const void* x, const void* x2, const float* w, int64_t cols,
+                          float eps, void* out, int64_t rows, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  APUS_DISPATCH_FLOAT(dt, T, {
+    if (launch_norm_vec<T, 2>(static_cast<T*>(residual), cols, static_cast<const T*>(x), static_cast<const T*>(x2), cols,
+                              w, cols, eps, static_cast<T*>(out), cols, rows, false, stream))
+      return cudaGetLastError();
+  });
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t rope(DType dt, void* x, int64_t x_stride, int64_t rows, int heads, int head_dim, const float* cos,

@@ -40,6 +40,11 @@ cudaError_t rms_norm(DType dt, const void* x, int64_t x_stride, const float* w, 
 cudaError_t add_rms_norm(DType dt, void* residual, int64_t res_stride, const void* x, int64_t x_stride,
                          const float* w, int64_t cols, float eps, void* out, int64_t out_stride, int64_t rows,
                          bool early_next, cudaStream_t stream);
+// residual += x + x2 (that sum rounded to the dtype first, as a two-rank all-reduce rounds it),
+// then add_rms_norm's norm; all contiguous [rows, cols] and 16-byte aligned rows of at most 4,096
+// chunks (else cudaErrorInvalidValue, nothing launched).
+cudaError_t add2_rms_norm(DType dt, void* residual, const void* x, const void* x2, const float* w, int64_t cols,
+                          float eps, void* out, int64_t rows, cudaStream_t stream);
 cudaError_t rope(DType dt, void* x, int64_t x_stride, int64_t rows, int heads, int head_dim, const float* cos,
                  const float* sin, int half, cudaStream_t stream);
 // k, v rows of `row_elems` elements into the caches' slots ([num_slots, row_elems] each); slot -1

@@ -106,9 +106,11 @@ class NcclCollectives final : public Collectives {
     Tensor one = backend_.alloc(DType::F32, {1});
     all_reduce(one);
     cuda::wait(backend_);
-    if (one_process)
-      p2p_ = cuda::P2pAllReduce::create(rank, world, cuda::device_of(backend),
-                                        [this](const std::vector<int32_t>& w) { return gather_words(w); });
+    if (one_process) {
+      const cuda::PeerGather gather = [this](const std::vector<int32_t>& w) { return gather_words(w); };
+      p2p_ = cuda::P2pAllReduce::create(rank, world, cuda::device_of(backend), gather);
+      if (p2p_) ce_ = cuda::CopyEngineSum::create(rank, p2p_->devices(), gather);
+    }
   }
 
   ~NcclCollectives() override {
@@ -120,9 +122,11 @@ class NcclCollectives final : public Collectives {
       // broadcast, which every peer's stream reaches only after its last step).
       cudaStreamSynchronize(stream());
       p2p_.reset();
+      ce_.reset();
       nccl().comm_destroy(comm_);
     } else {
       (void)p2p_.release();  // a peer's kernel may still read it
+      (void)ce_.release();
     }
     cudaEventDestroy(sent_);
     if (pinned_) cudaFreeHost(pinned_);
@@ -138,7 +142,7 @@ class NcclCollectives final : public Collectives {
     cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce", x.rows());
     if (cuda::profile_of(backend_).skips("all_reduce")) return;  // diagnosis: the sum's marginal cost
     const bool p2p = p2p_ && p2p_->fits(x);
-    trace("all_reduce", x, p2p);
+    trace("all_reduce", x, p2p ? "p2p" : "nccl");
     if (p2p) {
       check_cuda(p2p_->run(x, stream()), "p2p_all_reduce");
       return;
@@ -147,18 +151,24 @@ class NcclCollectives final : public Collectives {
                "ncclAllReduce");
   }
 
+  // Small messages through the peer-to-peer kernel, large ones of an eager step through the copy
+  // engines (two ranks), else NCCL's sum and then the norm.
   void all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
                                Backend& backend) override {
-    if (cuda::profile_of(backend_).skips("all_reduce") ||  // diagnosis: all_reduce skips the sum
-        !(p2p_ && p2p_->fits(x) && p2p_->fits(residual) && p2p_->fits(out) && residual.shape == x.shape &&
-          out.shape == x.shape && residual.dtype == x.dtype && out.dtype == x.dtype && w.dtype == DType::F32)) {
+    const bool skip = cuda::profile_of(backend_).skips("all_reduce");  // diagnosis: all_reduce skips the sum
+    const bool p2p = !skip && p2p_ && p2p_->fits(x) && p2p_->fits(residual) && p2p_->fits(out) &&
+                     residual.shape == x.shape && out.shape == x.shape && residual.dtype == x.dtype &&
+                     out.dtype == x.dtype && w.dtype == DType::F32;
+    const bool ce = !skip && !p2p && ce_ && w.dtype == DType::F32 && ce_->fits(x, residual, out) && !capturing();
+    if (!p2p && !ce) {
       Collectives::all_reduce_add_rms_norm(x, residual, w, eps, out, backend);
       return;
     }
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce_add_rms_norm", x.rows());
-    trace("all_reduce_add_rms_norm", x, true);
-    check_cuda(p2p_->run_add_rms_norm(x, residual, w, eps, out, stream()), "p2p_add_rms_norm");
+    trace("all_reduce_add_rms_norm", x, p2p ? "p2p" : "copy engines");
+    if (ce) ce_->run_add_rms_norm(x, residual, w, eps, out, stream());
+    else check_cuda(p2p_->run_add_rms_norm(x, residual, w, eps, out, stream()), "p2p_add_rms_norm");
   }
 
   void all_gather_cols(const Tensor& x, Tensor& out) override {
@@ -167,7 +177,7 @@ class NcclCollectives final : public Collectives {
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_gather_cols", x.rows());
     if (cuda::profile_of(backend_).skips("all_gather_cols")) return;
-    trace("all_gather_cols", x, false);
+    trace("all_gather_cols", x, "nccl");
     const size_t es = dtype_size(x.dtype), n = size_t(x.numel());
     if (scratch_.numel() < int64_t(n) * world_) scratch_ = backend_.alloc(x.dtype, {int64_t(n) * world_});
     check_nccl(nccl().all_gather(x.data, scratch_.data, n, nccl_type(x.dtype), comm_, stream()), "ncclAllGather");
@@ -223,6 +233,7 @@ class NcclCollectives final : public Collectives {
     }
     aborted_ = true;
     if (p2p_) p2p_->abort();
+    if (ce_) ce_->abort();
     if (comm_aborted_.exchange(true)) return;
     const bool debug = std::getenv("APUS_TP_DEBUG") != nullptr;
     std::thread([comm = comm_, rank = rank_, debug] {
@@ -237,12 +248,16 @@ class NcclCollectives final : public Collectives {
   cudaStream_t stream() const { return static_cast<cudaStream_t>(cuda::stream_of(backend_)); }
 
   // APUS_TP_TRACE: every collective this rank queues, one line each (recorded into a graph or run).
-  void trace(const char* op, const Tensor& x, bool p2p) {
+  void trace(const char* op, const Tensor& x, const char* how) {
     if (!trace_) return;
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    cudaStreamIsCapturing(stream(), &capture);
     std::fprintf(stderr, "tp-trace rank %d #%lld %s %s %s%s\n", rank_, static_cast<long long>(traced_++), op,
-                 x.describe().c_str(), p2p ? "p2p" : "nccl", capture == cudaStreamCaptureStatusActive ? " (captured)" : "");
+                 x.describe().c_str(), how, capturing() ? " (captured)" : "");
+  }
+
+  bool capturing() const {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    check_cuda(cudaStreamIsCapturing(stream(), &capture), "cudaStreamIsCapturing");
+    return capture != cudaStreamCaptureStatusNone;
   }
 
   // Every rank's words side by side (a collective; waits).
@@ -290,6 +305,7 @@ class NcclCollectives final : public Collectives {
   double timeout_s_;
   std::function<void(const std::string&)> on_timeout_;
   std::unique_ptr<cuda::P2pAllReduce> p2p_;  // ranks in one process: the one-shot kernel for small sums
+  std::unique_ptr<cuda::CopyEngineSum> ce_;  // and two of them: large fused sums of eager steps
   const bool trace_ = std::getenv("APUS_TP_TRACE") != nullptr;
   int64_t traced_ = 0;
   ncclComm_t comm_ = nullptr;

@@ -14,11 +14,11 @@ namespace apus::cuda {
 
 namespace {
 
-constexpr size_t kBufferBytes = size_t(16) << 20;  // each of a rank's two buffers
+constexpr size_t kBufferBytes = size_t(16) << 20;    // each of P2pAllReduce's two buffers a rank
+constexpr size_t kCeBufferBytes = size_t(128) << 20;  // each of CopyEngineSum's two receive buffers
 
-
-// The driver's virtual memory calls, found through the runtime (apus does not link libcuda).
-struct Vmm {
+// The driver calls used here, found through the runtime (apus does not link libcuda).
+struct Driver {
   decltype(&cuMemGetAllocationGranularity) granularity = nullptr;
   decltype(&cuMemCreate) create = nullptr;
   decltype(&cuMemRelease) release = nullptr;
@@ -27,11 +27,13 @@ struct Vmm {
   decltype(&cuMemMap) map = nullptr;
   decltype(&cuMemUnmap) unmap = nullptr;
   decltype(&cuMemSetAccess) set_access = nullptr;
+  decltype(&cuStreamWaitValue32) wait_value = nullptr;
+  decltype(&cuStreamWriteValue32) write_value = nullptr;
 };
 
-const Vmm& vmm() {
-  static const Vmm v = [] {
-    Vmm f;
+const Driver& driver() {
+  static const Driver v = [] {
+    Driver f;
     auto bind = [](const char* name, auto* fn) {
       void* p = nullptr;
       cudaDriverEntryPointQueryResult found{};
@@ -47,18 +49,73 @@ const Vmm& vmm() {
     bind("cuMemMap", &f.map);
     bind("cuMemUnmap", &f.unmap);
     bind("cuMemSetAccess", &f.set_access);
+    bind("cuStreamWaitValue32", &f.wait_value);
+    bind("cuStreamWriteValue32", &f.write_value);
     return f;
   }();
   return v;
 }
 
 void check_driver(CUresult r, const char* what) {
-  if (r != CUDA_SUCCESS) fail("CUDA driver error {} in {} (peer-to-peer all-reduce)", int(r), what);
+  if (r != CUDA_SUCCESS) fail("CUDA driver error {} in {} (peer-to-peer sums)", int(r), what);
+}
+
+// A pointer as two words and back, for the gathers (one address space: the ranks are threads).
+std::vector<int32_t> pointer_words(const void* p) {
+  uint64_t v = 0;
+  std::memcpy(&v, &p, sizeof(p));
+  return {int32_t(v & 0xffffffffu), int32_t(v >> 32)};
+}
+void* words_pointer(const std::vector<int32_t>& all, size_t i) {
+  const uint64_t v = uint64_t(uint32_t(all[i])) | (uint64_t(uint32_t(all[i + 1])) << 32);
+  void* p = nullptr;
+  std::memcpy(&p, &v, sizeof(p));
+  return p;
 }
 
 }  // namespace
 
-std::unique_ptr<P2pAllReduce> P2pAllReduce::create(int rank, int world, int device, const Gather& gather) {
+PeerMemory::PeerMemory(size_t bytes, int rank, const std::vector<int32_t>& devices, const PeerGather& gather)
+    : rank_(rank) {
+  const Driver& d = driver();
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = devices[size_t(rank)];
+  size_t grain = 0;
+  check_driver(d.granularity(&grain, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED), "cuMemGetAllocationGranularity");
+  mapped_bytes_ = (bytes + grain - 1) / grain * grain;
+  CUmemGenericAllocationHandle handle{};
+  check_driver(d.create(&handle, mapped_bytes_, &prop, 0), "cuMemCreate");
+  CUdeviceptr base = 0;
+  CUresult status = d.reserve(&base, mapped_bytes_, grain, 0, 0);
+  if (status == CUDA_SUCCESS) {
+    status = d.map(base, mapped_bytes_, 0, handle, 0);
+    if (status != CUDA_SUCCESS) d.unreserve(base, mapped_bytes_);
+  }
+  d.release(handle);  // the mapping keeps the memory
+  check_driver(status, "cuMemAddressReserve/cuMemMap");
+  std::vector<CUmemAccessDesc> access(devices.size());
+  for (size_t p = 0; p < devices.size(); ++p) {
+    access[p].location = {CU_MEM_LOCATION_TYPE_DEVICE, devices[p]};
+    access[p].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  }
+  of_rank_.assign(devices.size(), nullptr);
+  of_rank_[size_t(rank)] = reinterpret_cast<void*>(base);  // owned (unmapped by the destructor) from here
+  check_driver(d.set_access(base, mapped_bytes_, access.data(), access.size()), "cuMemSetAccess");
+  check_cuda(cudaMemset(local(), 0, mapped_bytes_), "cudaMemset");
+  check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // zeroed before any peer writes it
+  const std::vector<int32_t> all = gather(pointer_words(local()));
+  for (size_t p = 0; p < devices.size(); ++p) of_rank_[p] = words_pointer(all, 2 * p);
+}
+
+PeerMemory::~PeerMemory() {
+  const auto base = reinterpret_cast<CUdeviceptr>(local());
+  driver().unmap(base, mapped_bytes_);
+  driver().unreserve(base, mapped_bytes_);
+}
+
+std::unique_ptr<P2pAllReduce> P2pAllReduce::create(int rank, int world, int device, const PeerGather& gather) {
   // On unless APUS_TP_P2P=0 (src/parallel/README.md, All-reduce: status).
   const char* env = std::getenv("APUS_TP_P2P");
   const bool want = !(env && std::string(env) == "0") && (world == 2 || world == 4 || world == 8);
@@ -75,67 +132,23 @@ std::unique_ptr<P2pAllReduce> P2pAllReduce::create(int rank, int world, int devi
     if (v == 0) return nullptr;
 
   std::unique_ptr<P2pAllReduce> r(new P2pAllReduce());
-  // The buffers and signal slots: device memory of this rank mapped for its peers too. Not
-  // cudaDeviceEnablePeerAccess: that maps every allocation of each device into its peers, and then
-  // freeing any of them (a workspace that grows, say) waits for the peers' devices, which may be
-  // waiting in this kernel for this very rank: a deadlock.
+  r->devices_ = devices;
+  // The buffers and signal slots: one mapping for every rank.
   constexpr size_t kSlots = size_t(kP2pMaxBlocks) * kP2pMaxRanks, kCounters = kP2pMaxBlocks;
   const size_t signal_bytes = (kSlots + kCounters) * sizeof(uint32_t);
-  const Vmm& driver = vmm();
-  CUmemAllocationProp prop{};
-  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-  prop.location.id = device;
-  size_t grain = 0;
-  check_driver(driver.granularity(&grain, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED), "cuMemGetAllocationGranularity");
-  r->mapped_bytes_ = (2 * kBufferBytes + signal_bytes + grain - 1) / grain * grain;
-  CUmemGenericAllocationHandle handle{};
-  check_driver(driver.create(&handle, r->mapped_bytes_, &prop, 0), "cuMemCreate");
-  CUdeviceptr base = 0;
-  CUresult status = driver.reserve(&base, r->mapped_bytes_, grain, 0, 0);
-  if (status == CUDA_SUCCESS) {
-    status = driver.map(base, r->mapped_bytes_, 0, handle, 0);
-    if (status != CUDA_SUCCESS) driver.unreserve(base, r->mapped_bytes_);
-  }
-  driver.release(handle);  // the mapping keeps the memory
-  check_driver(status, "cuMemAddressReserve/cuMemMap");
-  std::vector<CUmemAccessDesc> access(static_cast<size_t>(world));
-  for (int p = 0; p < world; ++p) {
-    access[size_t(p)].location = {CU_MEM_LOCATION_TYPE_DEVICE, devices[size_t(p)]};
-    access[size_t(p)].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-  }
-  r->data_ = reinterpret_cast<void*>(base);  // owned (unmapped by the destructor) from here
-  check_driver(driver.set_access(base, r->mapped_bytes_, access.data(), access.size()), "cuMemSetAccess");
-  r->signal_ = reinterpret_cast<uint32_t*>(static_cast<char*>(r->data_) + 2 * kBufferBytes);
-  check_cuda(cudaMemset(r->signal_, 0, signal_bytes), "cudaMemset");
+  r->mem_ = std::make_unique<PeerMemory>(2 * kBufferBytes + signal_bytes, rank, devices, gather);
   int* host = nullptr;
   check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof(int), cudaHostAllocMapped), "cudaHostAlloc");
   *host = 0;
   r->abort_host_ = host;
   int* dev_abort = nullptr;
   check_cuda(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev_abort), host, 0), "cudaHostGetDevicePointer");
-  check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // the zeroed slots, before any peer writes them
-  // Every rank's buffer and signal addresses (one address space: the ranks are threads of this process).
-  auto words = [](const void* p) {
-    uint64_t v = 0;
-    std::memcpy(&v, &p, sizeof(p));
-    return std::pair<int32_t, int32_t>(int32_t(v & 0xffffffffu), int32_t(v >> 32));
-  };
-  const auto [d0, d1] = words(r->data_);
-  const auto [s0, s1] = words(r->signal_);
-  const std::vector<int32_t> all = gather({d0, d1, s0, s1});
-  auto pointer = [&](size_t i) {
-    const uint64_t v = uint64_t(uint32_t(all[i])) | (uint64_t(uint32_t(all[i + 1])) << 32);
-    void* p = nullptr;
-    std::memcpy(&p, &v, sizeof(p));
-    return p;
-  };
   P2pArgs& a = r->args_;
   for (int p = 0; p < world; ++p) {
-    a.data[p] = pointer(size_t(p) * 4);
-    a.signal[p] = static_cast<uint32_t*>(pointer(size_t(p) * 4 + 2));
+    a.data[p] = r->mem_->of(p);
+    a.signal[p] = reinterpret_cast<uint32_t*>(r->mem_->of(p) + 2 * kBufferBytes);
   }
-  a.counter = r->signal_ + kSlots;
+  a.counter = a.signal[rank] + kSlots;
   a.abort = dev_abort;
   a.buffer_bytes = kBufferBytes;
   if (const char* limit = std::getenv("APUS_TP_P2P_SPIN_LIMIT")) a.spin_limit_ns = static_cast<unsigned long long>(std::atof(limit) * 1e9);
@@ -151,11 +164,7 @@ std::unique_ptr<P2pAllReduce> P2pAllReduce::create(int rank, int world, int devi
 }
 
 P2pAllReduce::~P2pAllReduce() {
-  if (data_) {
-    const auto base = reinterpret_cast<CUdeviceptr>(data_);
-    vmm().unmap(base, mapped_bytes_);
-    vmm().unreserve(base, mapped_bytes_);
-  }
+  mem_.reset();
   if (abort_host_) cudaFreeHost(const_cast<int*>(abort_host_));
 }
 
@@ -173,6 +182,74 @@ cudaError_t P2pAllReduce::run_add_rms_norm(const Tensor& x, Tensor& residual, co
                                            cudaStream_t stream) {
   return p2p_add_rms_norm(x.dtype, x.data, residual.data, w.ptr<float>(), eps, out.data, x.rows(), x.cols(), args_,
                           stream);
+}
+
+namespace {
+
+// CopyEngineSum's flags, after its two receive buffers in each rank's mapping: arrived[slot] (the
+// peer's message of that call is in the buffer) and freed[slot] (the peer has read what this rank
+// put into its buffer), each the number of the last such call; written by the peer only.
+enum CeFlag : int { kArrived0 = 0, kFreed0 = 2, kCeFlags = 4 };
+CUdeviceptr ce_flag(char* mapping, int f) {
+  return reinterpret_cast<CUdeviceptr>(mapping + 2 * kCeBufferBytes + size_t(f) * sizeof(uint32_t));
+}
+
+}  // namespace
+
+std::unique_ptr<CopyEngineSum> CopyEngineSum::create(int rank, const std::vector<int32_t>& devices,
+                                                     const PeerGather& gather) {
+  const char* env = std::getenv("APUS_TP_CE");
+  if (devices.size() != 2 || (env && std::string(env) == "0")) return nullptr;  // alike on every rank (one process)
+  std::unique_ptr<CopyEngineSum> r(new CopyEngineSum());
+  r->device_ = devices[size_t(rank)];
+  r->mem_ = std::make_unique<PeerMemory>(2 * kCeBufferBytes + kCeFlags * sizeof(uint32_t), rank, devices, gather);
+  r->peer_ = r->mem_->of(1 - rank);
+  check_cuda(cudaStreamCreateWithFlags(&r->abort_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  return r;
+}
+
+CopyEngineSum::~CopyEngineSum() {
+  if (abort_stream_) cudaStreamDestroy(abort_stream_);
+  mem_.reset();
+}
+
+bool CopyEngineSum::fits(const Tensor& x, const Tensor& residual, const Tensor& out) const {
+  auto ok = [&](const Tensor& t) {
+    return t.device == Device::CUDA && t.contiguous() && t.shape == x.shape && t.dtype == x.dtype &&
+           (reinterpret_cast<uintptr_t>(t.data) & 15u) == 0;
+  };
+  const int64_t per_chunk = 16 / int64_t(dtype_size(x.dtype));  // add2_rms_norm's rows
+  return (x.dtype == DType::F32 || x.dtype == DType::F16 || x.dtype == DType::BF16) && x.nbytes() <= kCeBufferBytes &&
+         x.cols() % per_chunk == 0 && x.cols() <= 4096 * per_chunk && ok(x) && ok(residual) && ok(out);
+}
+
+void CopyEngineSum::run_add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
+                                     cudaStream_t stream) {
+  const Driver& d = driver();
+  const uint32_t n = ++calls_;
+  const int slot = int(n & 1u);
+  char* mine = mem_->local();
+  // The peer's buffer `slot` was last filled two calls ago: wait until the peer has read that.
+  if (n > 2) check_driver(d.wait_value(stream, ce_flag(mine, kFreed0 + slot), n - 2, CU_STREAM_WAIT_VALUE_GEQ), "cuStreamWaitValue32");
+  check_cuda(cudaMemcpyAsync(peer_ + size_t(slot) * kCeBufferBytes, x.data, x.nbytes(), cudaMemcpyDeviceToDevice, stream),
+             "cudaMemcpyAsync to the peer");
+  // The write waits for the copy before it (stream order) and is fenced after it (the default flags).
+  check_driver(d.write_value(stream, ce_flag(peer_, kArrived0 + slot), n, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32");
+  check_driver(d.wait_value(stream, ce_flag(mine, kArrived0 + slot), n, CU_STREAM_WAIT_VALUE_GEQ), "cuStreamWaitValue32");
+  // Two addends in either order give the same bits: both ranks get the same sum.
+  check_cuda(add2_rms_norm(x.dtype, residual.data, x.data, mine + size_t(slot) * kCeBufferBytes, w.ptr<float>(),
+                           x.cols(), eps, out.data, x.rows(), stream),
+             "add2_rms_norm");
+  check_driver(d.write_value(stream, ce_flag(peer_, kFreed0 + slot), n, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32");
+}
+
+void CopyEngineSum::abort() {
+  // Flags far ahead of any call (the waits compare as signed differences): waiting streams go on.
+  int was = 0;
+  if (cudaGetDevice(&was) != cudaSuccess || cudaSetDevice(device_) != cudaSuccess) return;
+  for (int f = 0; f < kCeFlags; ++f)
+    driver().write_value(abort_stream_, ce_flag(mem_->local(), f), 0x7fffffffu, CU_STREAM_WRITE_VALUE_DEFAULT);
+  cudaSetDevice(was);
 }
 
 }  // namespace apus::cuda

@@ -1,6 +1,7 @@
-// The one-shot peer-to-peer all-reduce (p2p_all_reduce.cu) of a tensor-parallel group whose ranks
-// are threads of one process: buffers, peer access and the kernel's arguments. NcclCollectives
-// (nccl.cpp) sets it up over its NCCL group and uses it for messages up to max_bytes().
+// Sums over peer device memory for a tensor-parallel group whose ranks are threads of one process
+// (src/parallel/README.md, All-reduce): the one-shot peer-to-peer all-reduce kernel
+// (p2p_all_reduce.cu) for small messages, and two-rank sums moved by the copy engines for large
+// ones. NcclCollectives (nccl.cpp) sets them up over its NCCL group and picks one per message.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -14,16 +15,38 @@
 
 namespace apus::cuda {
 
+// Every rank's words side by side, in rank order (a collective every rank calls at once).
+using PeerGather = std::function<std::vector<int32_t>(const std::vector<int32_t>&)>;
+
+// `bytes` of this rank's device memory (zeroed), mapped for every rank of the group with the
+// driver's virtual-memory calls, and every rank's address of its own. Not
+// cudaDeviceEnablePeerAccess: that maps every allocation of each device into its peers, and then
+// freeing any of them (a workspace that grows, say) waits for the peers' devices, which may be
+// waiting in a sum for this very rank: a deadlock.
+class PeerMemory {
+ public:
+  // Collective. `devices`: every rank's device, by rank.
+  PeerMemory(size_t bytes, int rank, const std::vector<int32_t>& devices, const PeerGather& gather);
+  // Only once no peer can still touch this rank's memory: after a collective that follows the last
+  // use has completed on this rank.
+  ~PeerMemory();
+  PeerMemory(const PeerMemory&) = delete;
+  PeerMemory& operator=(const PeerMemory&) = delete;
+  char* local() const { return static_cast<char*>(of_rank_[size_t(rank_)]); }
+  char* of(int rank) const { return static_cast<char*>(of_rank_[size_t(rank)]); }
+
+ private:
+  int rank_;
+  size_t mapped_bytes_ = 0;
+  std::vector<void*> of_rank_;
+};
+
 class P2pAllReduce {
  public:
-  // Every rank's words side by side, in rank order (a collective every rank calls at once).
-  using Gather = std::function<std::vector<int32_t>(const std::vector<int32_t>&)>;
   // Collective: every rank calls it at once. Null (on every rank alike) when the group cannot use
   // it: world not 2, 4 or 8, a pair of devices without peer access, or APUS_TP_P2P=0.
-  static std::unique_ptr<P2pAllReduce> create(int rank, int world, int device, const Gather& gather);
-  // Call only once no peer can still be reading this rank's buffers: after a collective that
-  // follows the last use has completed on this rank.
-  ~P2pAllReduce();
+  static std::unique_ptr<P2pAllReduce> create(int rank, int world, int device, const PeerGather& gather);
+  ~P2pAllReduce();  // as ~PeerMemory
   P2pAllReduce(const P2pAllReduce&) = delete;
   P2pAllReduce& operator=(const P2pAllReduce&) = delete;
 
@@ -37,15 +60,49 @@ class P2pAllReduce {
                                cudaStream_t stream);
   // The group failed: kernels waiting for a peer stop waiting (from any thread).
   void abort() { *abort_host_ = 1; }
+  // Every rank's device, by rank (for CopyEngineSum::create).
+  const std::vector<int32_t>& devices() const { return devices_; }
 
  private:
   P2pAllReduce() = default;
   P2pArgs args_{};
   size_t max_bytes_ = 0;
-  void* data_ = nullptr;  // the buffers, then the signal slots and counters: one mapping for every rank
-  size_t mapped_bytes_ = 0;
-  uint32_t* signal_ = nullptr;
+  std::vector<int32_t> devices_;
+  std::unique_ptr<PeerMemory> mem_;  // the buffers, then the signal slots and counters
   volatile int* abort_host_ = nullptr;
+};
+
+// The sum of two ranks' messages moved by the copy engines (no SMs taken from the GEMMs beside it,
+// unlike NCCL's kernels or P2pAllReduce): each rank copies its message into the peer's receive
+// buffer (cudaMemcpyAsync to peer memory over NVLink), the ranks order themselves with stream
+// memory operations on flags in each other's memory (no host wait), and each adds the two messages
+// locally, fused with the residual add and RMSNorm. Calls are ordered by a host counter that both
+// ranks advance alike, so a call may not be recorded into a CUDA graph (replays would not advance
+// it): the caller uses it for eager steps only. Large messages: a prefill chunk's sums (src/parallel/README.md).
+class CopyEngineSum {
+ public:
+  // Collective. Null on every rank alike unless world is 2 and APUS_TP_CE is not 0; `devices` as
+  // P2pAllReduce::devices() (each pair has peer access).
+  static std::unique_ptr<CopyEngineSum> create(int rank, const std::vector<int32_t>& devices, const PeerGather& gather);
+  ~CopyEngineSum();  // as ~PeerMemory
+  CopyEngineSum(const CopyEngineSum&) = delete;
+  CopyEngineSum& operator=(const CopyEngineSum&) = delete;
+
+  // x, residual and out: contiguous, same shape and float dtype, 16-byte aligned, x within a buffer.
+  bool fits(const Tensor& x, const Tensor& residual, const Tensor& out) const;
+  // residual += x + the peer's x; out = RMSNorm(residual) * w, queued on `stream` (not capturing).
+  void run_add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
+                        cudaStream_t stream);
+  // The group failed: streams waiting for the peer's flags stop waiting (from any thread).
+  void abort();
+
+ private:
+  CopyEngineSum() = default;
+  int device_ = 0;
+  std::unique_ptr<PeerMemory> mem_;  // two receive buffers, then the flags
+  char* peer_ = nullptr;             // the peer's mapping
+  uint32_t calls_ = 0;
+  cudaStream_t abort_stream_ = nullptr;
 };
 
 }  // namespace apus::cuda
