@@ -231,6 +231,12 @@ class Backend {
   // sample() and fetch_draws() at once (tests).
   bool sample_to_host(const Tensor& logits, const std::vector<SampleRow>& rows, int32_t* ids);
 
+  // The rows to run a step's lm_head at for m rows of logits (a product whose row count changes
+  // from step to step; rows past m are computed and not read): a GPU backend rounds up to one of a
+  // few sizes, because cuBLAS's first product of each new shape waits for the whole device. The
+  // CPU returns m.
+  virtual int64_t logit_rows_bucket(int64_t m) const { return m; }
+
   // Recorded op sequences (CUDA graphs). Between begin_capture() and end_capture() the ops are
   // recorded, not run (no upload_step, copy_to_host or synchronize in between, and nothing may be
   // allocated); replay(g) runs them again on the same buffers, whose contents may have changed.

@@ -265,18 +265,21 @@ class CudaBackend final : public Backend {
         APUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
       }
       // The largest quantized matrix, dequantized: prefill (and F32 models) multiply it with cuBLAS.
-      grow_quant_scratch(host.out() * host.in());
+      grow(quant_scratch_, act_, host.out() * host.in(), false);
       out.parts.push_back(std::move(fused));
       i = j;
     }
     return out;
   }
 
-  // Room for a dequantized [elements] matrix in the activation dtype.
-  void grow_quant_scratch(int64_t elements) {
-    if (quant_scratch_.nbytes() >= size_t(elements) * dtype_size(act_)) return;
-    if (!graphs_.empty()) retired_.push_back(quant_scratch_);  // a recorded graph may use it
-    quant_scratch_ = raw_alloc(act_, {elements});
+  // Room for `elements` of `dtype` in a scratch buffer that grows with the steps: replaced only when
+  // too small, by one half again as large as asked (freeing the old one waits for the whole device:
+  // fewer replacements while the steps' shapes grow), the old one kept while a recorded graph may
+  // use it. Without `spare`, an exact fit (a buffer sized once, at load).
+  void grow(Tensor& scratch, DType dtype, int64_t elements, bool spare = true) {
+    if (scratch.nbytes() >= size_t(elements) * dtype_size(dtype)) return;
+    if (!graphs_.empty()) retired_.push_back(scratch);
+    scratch = raw_alloc(dtype, {spare ? elements + elements / 2 : elements});
   }
 
   static cuda::QuantArgs quant_args(const QuantWeight& q) {
@@ -297,10 +300,7 @@ class CudaBackend final : public Backend {
   std::pair<const void*, int64_t> quant_input(const Tensor& x, const QuantWeight& q) {
     if (q.perm.empty()) return {x.data, x.row_stride};
     const int64_t m = x.rows(), k = q.in();
-    if (gather_scratch_.nbytes() < size_t(m * k) * dtype_size(act_)) {
-      if (!graphs_.empty()) retired_.push_back(gather_scratch_);  // a recorded graph may use it
-      gather_scratch_ = raw_alloc(act_, {std::max<int64_t>(m * k, 64 * k)});
-    }
+    grow(gather_scratch_, act_, std::max<int64_t>(m * k, 64 * k));
     launched(cuda::gather_cols(act_, x.data, x.row_stride, q.perm.ptr<int32_t>(), m, k, gather_scratch_.data, k,
                                stream_),
              "gather_cols");
@@ -320,7 +320,7 @@ class CudaBackend final : public Backend {
                "quant_matmul");
       return;
     }
-    grow_quant_scratch(n * k);  // sized at load; grows only if the activation dtype changed since
+    grow(quant_scratch_, act_, n * k, false);  // sized at load; grows only if the activation dtype changed since
     launched(cuda::quant_dequantize(act_, a, quant_scratch_.data, k, stream_), "quant_dequantize");
     gemm(quant_scratch_.data, k, xin, x_stride, m, n, k, bias, y, y_stride, y_dtype);
   }
@@ -555,10 +555,7 @@ class CudaBackend final : public Backend {
     p.num_splits = cuda::attention_splits(p, props_.multiProcessorCount);
     const size_t scratch = cuda::attention_scratch_floats(p);
     if (scratch > 0) {
-      if (size_t(attention_scratch_.numel()) < scratch) {
-        if (!graphs_.empty()) retired_.push_back(attention_scratch_);  // a recorded graph may use it
-        attention_scratch_ = raw_alloc(DType::F32, {int64_t(scratch)});
-      }
+      grow(attention_scratch_, DType::F32, int64_t(scratch));
       p.partial = attention_scratch_.ptr<float>();
     }
     if (profile_->skips("attention")) return;
@@ -689,7 +686,7 @@ class CudaBackend final : public Backend {
       const int chunk = any_drawn ? std::min(n, kSampleChunk) : n;
       float* scratch = nullptr;
       if (any_drawn) {
-        if (sample_scratch_.numel() < int64_t(chunk) * vocab) sample_scratch_ = raw_alloc(DType::F32, {chunk * vocab});
+        grow(sample_scratch_, DType::F32, chunk * vocab);
         scratch = sample_scratch_.ptr<float>();
       }
       cuda::TimedOp t(*profile_, "sample", n);
@@ -772,6 +769,12 @@ class CudaBackend final : public Backend {
   cudaStream_t stream() const { return stream_; }
   int device_index() const { return device_; }
   cuda::OpProfile& profile() { return *profile_; }
+
+  // Up to 64 rows as they are (the GEMV's, and few shapes), then multiples of 128 (at most 2.4 % more
+  // rows from ~1,000 on). cuBLAS's first GEMM of each new row count waited for the device (~one step)
+  // in the offline run's first steps, where the logit rows grow by ~32 a step: 0.4 s of its ~20.8
+  // (H200, session 16).
+  int64_t logit_rows_bucket(int64_t m) const override { return m <= 64 ? m : (m + 127) / 128 * 128; }
 
   // With APUS_CUDA_PROFILE the ops are timed one by one, eagerly (and on one stream: the profile's
   // events are stream 0's).
@@ -897,10 +900,7 @@ class CudaBackend final : public Backend {
       p.offset[i] = lp.offset;
     }
     const int64_t need = x.rows() * cuda::kLoraMaxParts * p.rank;
-    if (lora_scratch_.numel() < need) {
-      if (!graphs_.empty()) retired_.push_back(lora_scratch_);  // a recorded graph may use it
-      lora_scratch_ = raw_alloc(DType::F32, {std::max<int64_t>(need, 256 * cuda::kLoraMaxParts * 64)});
-    }
+    grow(lora_scratch_, DType::F32, std::max<int64_t>(need, 256 * cuda::kLoraMaxParts * 64));
     return p;
   }
 
