@@ -182,7 +182,8 @@ bool launch_norm_vec(T* residual, int64_t res_stride, const T* x, const T* x2, i
   if (C > 4) return false;
   const unsigned threads = unsigned((nchunks + C - 1) / C + 31) / 32 * 32;
   const int ic = int(cols);
-  auto* kernel = C == 1   ? (early_next ? rms_norm_vec_kernel<T, 1, Addends, true> : rms_norm_vec_kernel<T, 1, Addends, false>)
+  auto* kernel = C == 1   ? (early_next ? rms_norm_vec_kernel<T, 1, Addends, true>
+                                       : rms_norm_vec_kernel<T, 1, Addends, false>)
                  : C == 2 ? rms_norm_vec_kernel<T, 2, Addends, false>
                  : C == 3 ? rms_norm_vec_kernel<T, 3, Addends, false>
                           : rms_norm_vec_kernel<T, 4, Addends, false>;
@@ -409,8 +410,8 @@ cudaError_t add2_rms_norm(DType dt, void* residual, const void* x, const void* x
                           float eps, void* out, int64_t rows, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   APUS_DISPATCH_FLOAT(dt, T, {
-    if (launch_norm_vec<T, 2>(static_cast<T*>(residual), cols, static_cast<const T*>(x), static_cast<const T*>(x2), cols,
-                              w, cols, eps, static_cast<T*>(out), cols, rows, false, stream))
+    if (launch_norm_vec<T, 2>(static_cast<T*>(residual), cols, static_cast<const T*>(x), static_cast<const T*>(x2),
+                              cols, w, cols, eps, static_cast<T*>(out), cols, rows, false, stream))
       return cudaGetLastError();
   });
   return cudaErrorInvalidValue;

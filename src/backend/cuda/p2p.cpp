@@ -101,12 +101,18 @@ PeerMemory::PeerMemory(size_t bytes, int rank, const std::vector<int32_t>& devic
     access[p].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
   }
   of_rank_.assign(devices.size(), nullptr);
-  of_rank_[size_t(rank)] = reinterpret_cast<void*>(base);  // owned (unmapped by the destructor) from here
-  check_driver(d.set_access(base, mapped_bytes_, access.data(), access.size()), "cuMemSetAccess");
-  check_cuda(cudaMemset(local(), 0, mapped_bytes_), "cudaMemset");
-  check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // zeroed before any peer writes it
-  const std::vector<int32_t> all = gather(pointer_words(local()));
-  for (size_t p = 0; p < devices.size(); ++p) of_rank_[p] = words_pointer(all, 2 * p);
+  of_rank_[size_t(rank)] = reinterpret_cast<void*>(base);
+  try {
+    check_driver(d.set_access(base, mapped_bytes_, access.data(), access.size()), "cuMemSetAccess");
+    check_cuda(cudaMemset(local(), 0, mapped_bytes_), "cudaMemset");
+    check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // zeroed before any peer writes it
+    const std::vector<int32_t> all = gather(pointer_words(local()));
+    for (size_t p = 0; p < devices.size(); ++p) of_rank_[p] = words_pointer(all, 2 * p);
+  } catch (...) {
+    d.unmap(base, mapped_bytes_);  // no destructor for a constructor that throws
+    d.unreserve(base, mapped_bytes_);
+    throw;
+  }
 }
 
 PeerMemory::~PeerMemory() {
@@ -199,7 +205,8 @@ CUdeviceptr ce_flag(char* mapping, int f) {
 std::unique_ptr<CopyEngineSum> CopyEngineSum::create(int rank, const std::vector<int32_t>& devices,
                                                      const PeerGather& gather) {
   const char* env = std::getenv("APUS_TP_CE");
-  if (devices.size() != 2 || (env && std::string(env) == "0")) return nullptr;  // alike on every rank (one process)
+  // The same answer on every rank (one process, one environment).
+  if (devices.size() != 2 || (env && std::string(env) == "0")) return nullptr;
   std::unique_ptr<CopyEngineSum> r(new CopyEngineSum());
   r->device_ = devices[size_t(rank)];
   r->mem_ = std::make_unique<PeerMemory>(2 * kCeBufferBytes + kCeFlags * sizeof(uint32_t), rank, devices, gather);
@@ -229,18 +236,25 @@ void CopyEngineSum::run_add_rms_norm(const Tensor& x, Tensor& residual, const Te
   const uint32_t n = ++calls_;
   const int slot = int(n & 1u);
   char* mine = mem_->local();
+  auto wait = [&](int f, uint32_t value) {
+    check_driver(d.wait_value(stream, ce_flag(mine, f), value, CU_STREAM_WAIT_VALUE_GEQ), "cuStreamWaitValue32");
+  };
+  // A write waits for what is before it on the stream and is fenced after it (the default flags).
+  auto tell_peer = [&](int f) {
+    check_driver(d.write_value(stream, ce_flag(peer_, f), n, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32");
+  };
   // The peer's buffer `slot` was last filled two calls ago: wait until the peer has read that.
-  if (n > 2) check_driver(d.wait_value(stream, ce_flag(mine, kFreed0 + slot), n - 2, CU_STREAM_WAIT_VALUE_GEQ), "cuStreamWaitValue32");
-  check_cuda(cudaMemcpyAsync(peer_ + size_t(slot) * kCeBufferBytes, x.data, x.nbytes(), cudaMemcpyDeviceToDevice, stream),
+  if (n > 2) wait(kFreed0 + slot, n - 2);
+  check_cuda(cudaMemcpyAsync(peer_ + size_t(slot) * kCeBufferBytes, x.data, x.nbytes(), cudaMemcpyDeviceToDevice,
+                             stream),
              "cudaMemcpyAsync to the peer");
-  // The write waits for the copy before it (stream order) and is fenced after it (the default flags).
-  check_driver(d.write_value(stream, ce_flag(peer_, kArrived0 + slot), n, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32");
-  check_driver(d.wait_value(stream, ce_flag(mine, kArrived0 + slot), n, CU_STREAM_WAIT_VALUE_GEQ), "cuStreamWaitValue32");
+  tell_peer(kArrived0 + slot);
+  wait(kArrived0 + slot, n);
   // Two addends in either order give the same bits: both ranks get the same sum.
   check_cuda(add2_rms_norm(x.dtype, residual.data, x.data, mine + size_t(slot) * kCeBufferBytes, w.ptr<float>(),
                            x.cols(), eps, out.data, x.rows(), stream),
              "add2_rms_norm");
-  check_driver(d.write_value(stream, ce_flag(peer_, kFreed0 + slot), n, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32");
+  tell_peer(kFreed0 + slot);
 }
 
 void CopyEngineSum::abort() {
