@@ -17,7 +17,8 @@
 # APUS_LORA_OVERLAP=0), tp
 # (tensor parallelism on every GPU of the machine: its tests, greedy parity and the Qwen2.5-7B shape's
 # figures at TP 1, 2 and 4, peer-to-peer sums on and off), tpquick (its tests and offline throughput
-# at TP 1 and 2 only, TP 2 also with APUS_TP_OVERLAP_TOKENS=4096), tpnodes (Llama-3-70B at TP 4, two
+# at TP 1 and 2 only, TP 2 also with APUS_TP_OVERLAP_TOKENS=4096 and with APUS_TP_CE=0; then the op
+# profiles of TP 1 and 2, summed, in tp_profile.log), tpnodes (Llama-3-70B at TP 4, two
 # processes as two "nodes", and a rank that fails or is killed; one call each: together they run
 # longer than a device call may), int4
 # (the quantized-model suites on the GPU, the int4 kernels alone per layer shape, then int4 GPTQ
@@ -279,9 +280,21 @@ if part tpquick; then  # the tests, then offline throughput at TP 1 and 2 (a few
   for tp in 1 2; do
     run timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size $tp --num-prompts 1000 --input-len 512 --output-len 256
   done
-  # TP=2 with prefill chunks as two overlapped halves (DecoderModel::split_tokens, off by default).
+  # TP=2 with prefill chunks as two overlapped halves (DecoderModel::split_tokens, off by default),
+  # and with the large sums through NCCL instead of the copy engines.
   run env APUS_TP_OVERLAP_TOKENS=4096 timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size 2 \
     --num-prompts 1000 --input-len 512 --output-len 256
+  run env APUS_TP_CE=0 timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size 2 \
+    --num-prompts 1000 --input-len 512 --output-len 256
+  # Where TP=2's time goes against TP=1's: device time per op (eager, one stream), 300 requests,
+  # summed by op (bench/op_profile_sum.awk) into tp_profile.log; at TP=2 over both ranks' tables
+  # (each rank's backend prints one), so a rank's own time is half.
+  for tp in 1 2; do
+    echo "==== op profile, TP=$tp" >> "$OUT/tp_profile.log"
+    APUS_CUDA_PROFILE=1 timeout -k 5 150 $B/apus bench throughput $Q7 --tensor-parallel-size $tp --num-prompts 300 \
+      --input-len 512 --output-len 256 2> /tmp/tp_profile_$tp.txt | grep -E "^batched" >> "$OUT/tp_profile.log"
+    awk -f bench/op_profile_sum.awk /tmp/tp_profile_$tp.txt >> "$OUT/tp_profile.log"
+  done
 fi
 if part tp; then
 export APUS_TP_P2P=${APUS_TP_P2P:-1}  # the peer-to-peer all-reduce (the default) under test; off below for comparison
@@ -404,6 +417,7 @@ fi
 if part tp || part tpnodes || part tpquick; then
   [ -f "$OUT/tp_tests.log" ] && grep -E "PASSED|FAILED|largest errors" "$OUT/tp_tests.log" | head -60
   grep -E "^====|^exit|greedy tokens|tensor parallel|parallel   |backend|^load|prefill  |decode  |batched|KV cache|rror|node 0 ended" "$OUT/tp_bench.log"
+  [ -f "$OUT/tp_profile.log" ] && cat "$OUT/tp_profile.log"
 fi
 if part lora; then
   grep -E "tests passed|PASSED|FAILED|largest" "$OUT/lora_tests.log"; grep -E "ERROR SUMMARY" "$OUT/lora_memcheck.log"
