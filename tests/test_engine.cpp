@@ -87,6 +87,20 @@ TEST_F(EngineTest, BatchOf32EqualsEachAlone) {
   EXPECT_EQ(e.blocks().num_free(), 512);
 }
 
+// More logit rows than a GPU backend runs its lm_head at as they are (Backend::logit_rows_bucket: from
+// 65 rows it rounds up to 128s) in buffers reserved larger, as the engine reserves them for a GPU: the
+// rows computed past the real ones change no token.
+TEST_F(EngineTest, ManyLogitRowsInReservedBuffersEqualEachAlone) {
+  model_->reserve(512, 256);
+  std::mt19937 rng(5);
+  std::vector<Request> reqs;
+  for (int i = 0; i < 100; ++i) reqs.push_back(greedy(random_prompt(rng, 1 + int(rng() % 12)), 1 + int(rng() % 6)));
+  Engine e(*model_, config(512, 512));
+  auto batched = run_to_completion(e, reqs);
+  EXPECT_GT(e.stats().steps, 0u);
+  for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(batched[i][0].new_tokens, alone(reqs[i])) << "request " << i;
+}
+
 // EngineStats' host time per step phase: every phase of every step is counted, and together they
 // are no more than the run's wall time.
 TEST_F(EngineTest, StepPhaseTimesAddUpWithinTheRun) {
