@@ -396,13 +396,9 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache, const StepVie
   backend_.rms_norm(fh, weights_.final_norm, c.rms_norm_eps, fh);
   // The product at the backend's row bucket where the buffers hold it (the rows past R hold earlier
   // steps' values and are not read).
-  const int64_t bucket = backend_.logit_rows_bucket(R);
-  if (bucket > R && bucket <= w.logit_capacity) {
-    Tensor all = rows_of(w.logits, bucket);
-    backend_.linear(rows_of(w.final_h, bucket), weights_.lm_head, all);
-  } else {
-    backend_.linear(fh, weights_.lm_head, lg);
-  }
+  const int64_t bucket = backend_.logit_rows_bucket(R), rows = bucket <= w.logit_capacity ? bucket : R;
+  Tensor product = rows_of(w.logits, rows);
+  backend_.linear(rows_of(w.final_h, rows), weights_.lm_head, product);
   if (!group_) return;
   if (sv.argmax_only) {  // this rank's best of its real vocabulary rows (not the padding's zeros)
     const int64_t first = weights_.shard.vocab0,

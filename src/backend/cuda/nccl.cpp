@@ -155,11 +155,11 @@ class NcclCollectives final : public Collectives {
   // engines (two ranks), else NCCL's sum and then the norm.
   void all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
                                Backend& backend) override {
-    const bool skip = cuda::profile_of(backend_).skips("all_reduce");  // diagnosis: all_reduce skips the sum
-    const bool p2p = !skip && p2p_ && p2p_->fits(x) && p2p_->fits(residual) && p2p_->fits(out) &&
-                     residual.shape == x.shape && out.shape == x.shape && residual.dtype == x.dtype &&
-                     out.dtype == x.dtype && w.dtype == DType::F32;
-    const bool ce = !skip && !p2p && ce_ && w.dtype == DType::F32 && ce_->fits(x, residual, out) && !capturing();
+    const bool alike = !cuda::profile_of(backend_).skips("all_reduce") &&  // diagnosis: all_reduce skips the sum
+                       residual.shape == x.shape && out.shape == x.shape && residual.dtype == x.dtype &&
+                       out.dtype == x.dtype && w.dtype == DType::F32;
+    const bool p2p = alike && p2p_ && p2p_->fits(x) && p2p_->fits(residual) && p2p_->fits(out);
+    const bool ce = alike && !p2p && ce_ && ce_->fits(x) && ce_->fits(residual) && ce_->fits(out) && !capturing();
     if (!p2p && !ce) {
       Collectives::all_reduce_add_rms_norm(x, residual, w, eps, out, backend);
       return;

@@ -220,14 +220,11 @@ CopyEngineSum::~CopyEngineSum() {
   mem_.reset();
 }
 
-bool CopyEngineSum::fits(const Tensor& x, const Tensor& residual, const Tensor& out) const {
-  auto ok = [&](const Tensor& t) {
-    return t.device == Device::CUDA && t.contiguous() && t.shape == x.shape && t.dtype == x.dtype &&
-           (reinterpret_cast<uintptr_t>(t.data) & 15u) == 0;
-  };
-  const int64_t per_chunk = 16 / int64_t(dtype_size(x.dtype));  // add2_rms_norm's rows
-  return (x.dtype == DType::F32 || x.dtype == DType::F16 || x.dtype == DType::BF16) && x.nbytes() <= kCeBufferBytes &&
-         x.cols() % per_chunk == 0 && x.cols() <= 4096 * per_chunk && ok(x) && ok(residual) && ok(out);
+bool CopyEngineSum::fits(const Tensor& t) const {
+  const int64_t per_chunk = 16 / int64_t(dtype_size(t.dtype));  // add2_rms_norm's rows
+  return t.device == Device::CUDA && t.contiguous() &&
+         (t.dtype == DType::F32 || t.dtype == DType::F16 || t.dtype == DType::BF16) && t.nbytes() <= kCeBufferBytes &&
+         t.cols() % per_chunk == 0 && t.cols() <= 4096 * per_chunk && (reinterpret_cast<uintptr_t>(t.data) & 15u) == 0;
 }
 
 void CopyEngineSum::run_add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,

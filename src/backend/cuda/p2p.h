@@ -88,9 +88,10 @@ class CopyEngineSum {
   CopyEngineSum(const CopyEngineSum&) = delete;
   CopyEngineSum& operator=(const CopyEngineSum&) = delete;
 
-  // x, residual and out: contiguous, same shape and float dtype, 16-byte aligned, x within a buffer.
-  bool fits(const Tensor& x, const Tensor& residual, const Tensor& out) const;
-  // residual += x + the peer's x; out = RMSNorm(residual) * w, queued on `stream` (not capturing).
+  // Whether x, residual or out can take part: contiguous, float dtype, 16-byte aligned, within a buffer.
+  bool fits(const Tensor& t) const;
+  // residual += x + the peer's x; out = RMSNorm(residual) * w, queued on `stream` (not capturing); x,
+  // residual and out each fit and have one shape and dtype.
   void run_add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
                         cudaStream_t stream);
   // The group failed: streams waiting for the peer's flags stop waiting (from any thread).
