@@ -17,8 +17,9 @@
 # APUS_LORA_OVERLAP=0), tp
 # (tensor parallelism on every GPU of the machine: its tests, greedy parity and the Qwen2.5-7B shape's
 # figures at TP 1, 2 and 4, peer-to-peer sums on and off), tpquick (its tests and offline throughput
-# at TP 1 and 2 only, TP 2 also with APUS_TP_OVERLAP_TOKENS=4096 and with APUS_TP_CE=0; then the op
-# profiles of TP 1 and 2, summed, in tp_profile.log), tpnodes (Llama-3-70B at TP 4, two
+# at TP 1 and 2 only, TP 2 also with APUS_TP_OVERLAP_TOKENS=4096, with APUS_TP_CE=0, and with the decode
+# steps' sums on the copy engines, whole and split), tpprofile (the op profiles of TP 1 and 2, summed,
+# in tp_profile.log), tpnodes (Llama-3-70B at TP 4, two
 # processes as two "nodes", and a rank that fails or is killed; one call each: together they run
 # longer than a device call may), int4
 # (the quantized-model suites on the GPU, the int4 kernels alone per layer shape, then int4 GPTQ
@@ -65,7 +66,7 @@ TARGETS="apus"
 part test && TARGETS="$TARGETS test_backend_ops test_decode_graphs test_golden_gpu test_engine_gpu"
 part lora && TARGETS="$TARGETS test_backend_ops test_lora_gpu"
 part int4 && TARGETS="$TARGETS test_backend_ops test_golden_gpu test_quant_model_gpu"
-(part tp || part tpquick) && TARGETS="$TARGETS test_tensor_parallel_gpu test_golden_gpu"
+(part tp || part tpquick || part tpprofile) && TARGETS="$TARGETS test_tensor_parallel_gpu test_golden_gpu"
 part decode && TARGETS="$TARGETS test_backend_ops test_decode_graphs test_golden_gpu test_engine_gpu"
 # The int4 decode kernels alone (bench/quant_kernel_bench.cu, not a CMake target), built beside.
 if part int4; then
@@ -275,8 +276,10 @@ tp_tests() {
     && APUS_TP_TIMEOUT=60 bounded 150 ./tests/test_golden_gpu --gtest_filter='*tp*')
 }
 if part tpquick; then  # the tests, then offline throughput at TP 1 and 2 (a few minutes of two GPUs)
-  tp_tests > "$TL" 2>&1
-  echo "tensor-parallel GPU tests ($NG GPUs): exit $?"
+  if [ "${APUS_GPU_TP_TESTS:-1}" != 0 ]; then  # =0: the figures only
+    tp_tests > "$TL" 2>&1
+    echo "tensor-parallel GPU tests ($NG GPUs): exit $?"
+  fi
   for tp in 1 2; do
     run timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size $tp --num-prompts 1000 --input-len 512 --output-len 256
   done
@@ -286,6 +289,14 @@ if part tpquick; then  # the tests, then offline throughput at TP 1 and 2 (a few
     --num-prompts 1000 --input-len 512 --output-len 256
   run env APUS_TP_CE=0 timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size 2 \
     --num-prompts 1000 --input-len 512 --output-len 256
+  # The eager decode steps' sums (~1,000 rows, 7 MB) through the copy engines too (the peer-to-peer
+  # kernel kept for graph-sized steps, up to 2 MB), unsplit and with those steps as two halves.
+  for split in 0 512; do
+    run env APUS_TP_P2P_MAX_BYTES=2097152 APUS_TP_OVERLAP_TOKENS=$split timeout -k 5 120 $B/apus bench throughput $Q7 \
+      --tensor-parallel-size 2 --num-prompts 1000 --input-len 512 --output-len 256
+  done
+fi
+if part tpprofile; then
   # Where TP=2's time goes against TP=1's: device time per op (eager, one stream), 300 requests,
   # summed by op (bench/op_profile_sum.awk) into tp_profile.log; at TP=2 over both ranks' tables
   # (each rank's backend prints one), so a rank's own time is half.
@@ -414,7 +425,7 @@ if part decode; then
   grep -E "^====|^exit|FAILED|PASSED" "$OUT/decode_tests.log" | head -40
   grep -E "^====|decode  |prefill  |batched|attention" "$OUT/decode_bench.log"
 fi
-if part tp || part tpnodes || part tpquick; then
+if part tp || part tpnodes || part tpquick || part tpprofile; then
   [ -f "$OUT/tp_tests.log" ] && grep -E "PASSED|FAILED|largest errors" "$OUT/tp_tests.log" | head -60
   grep -E "^====|^exit|greedy tokens|tensor parallel|parallel   |backend|^load|prefill  |decode  |batched|KV cache|rror|node 0 ended" "$OUT/tp_bench.log"
   [ -f "$OUT/tp_profile.log" ] && cat "$OUT/tp_profile.log"

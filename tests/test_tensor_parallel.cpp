@@ -135,6 +135,16 @@ TEST(TensorParallel, BusyEngineMatchesTheWholeModel) {
   Engine e(engines->model(), small_cache(24));
   got = run_to_completion(e, busy_requests());
   for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got[i][0].new_tokens, want[i][0].new_tokens) << "request " << i;
+  // Unsplit, each row-parallel product (o, down) made in chunks of 3 rows, each chunk copied to the
+  // peer from the copy engines' own stream while the next is made.
+  engines.reset();
+  {
+    ScopedEnv whole("APUS_TP_OVERLAP_TOKENS", "0"), chunks("APUS_TP_CE_CHUNK_ROWS", "3");
+    engines = group_of(o, kTp);
+  }
+  Engine chunked(engines->model(), small_cache(24));
+  got = run_to_completion(chunked, busy_requests());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got[i][0].new_tokens, want[i][0].new_tokens) << "request " << i;
 #endif
 }
 

@@ -44,7 +44,8 @@ bool Backend::sample_to_host(const Tensor& logits, const std::vector<SampleRow>&
 }
 
 void Collectives::all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
-                                          Backend& backend) {
+                                          Backend& backend, const RowProducer* produce) {
+  if (produce) (*produce)(0, x.rows());
   all_reduce(x);
   backend.add_rms_norm(residual, x, w, eps, out);
 }

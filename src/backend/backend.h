@@ -6,6 +6,7 @@
 // Weight matrices are in weight_dtype() of their stored dtype; norm weights and biases are F32.
 // Integer metadata is I32. Tensors passed to a backend live on its device.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -100,11 +101,14 @@ class Collectives {
   virtual void all_reduce(Tensor& x) = 0;
   // out[R, world * n] = every rank's x[R, n] (contiguous) side by side, in rank order.
   virtual void all_gather_cols(const Tensor& x, Tensor& out) = 0;
+  // Queues the work that writes rows [r0, r1) of a collective's input on the backend's current stream.
+  using RowProducer = std::function<void(int64_t r0, int64_t r1)>;
   // all_reduce(x), then backend.add_rms_norm(residual, x, w, eps, out): the sum added into the
   // residual stream and normalized, in one pass where the collectives can (x is then left as it
-  // was, not summed).
+  // was, not summed). With `produce`, x is not computed yet: the collective calls it for every row,
+  // in order, before it reads them, and may send rows on their way while the next are produced.
   virtual void all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
-                                       Backend& backend);
+                                       Backend& backend, const RowProducer* produce = nullptr);
   // Rank 0's `words` to every rank (replacing theirs); a host call that waits.
   virtual void broadcast_words(std::vector<int32_t>& words) = 0;
   // Stops this rank's part of the group (a rank died): later calls fail with `why`, and calls

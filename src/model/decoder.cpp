@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "core/error.h"
 
@@ -300,7 +301,7 @@ bool DecoderModel::layer_attention(int i, const StepViews& sv, KvCache& cache, c
   backend_.attention(q, cache.layers[size_t(i)], ab, attn);
   if (tap && !(*tap)(LinearSlot::kO, attn)) return false;
   if (lo) backend_.linear_lora(attn, L.o, sv.lora_slots, lo->o, tmp);
-  else backend_.linear(attn, L.o, tmp);
+  else row_parallel(attn, L.o, tmp, tap == nullptr);
   return true;
 }
 
@@ -325,7 +326,7 @@ bool DecoderModel::layer_mlp(int i, const StepViews& sv, const LinearTap* tap) {
   }
   if (tap && !(*tap)(LinearSlot::kDown, act)) return false;
   if (lo) backend_.linear_lora(act, L.down, sv.lora_slots, lo->down, tmp);
-  else backend_.linear(act, L.down, tmp);
+  else row_parallel(act, L.down, tmp, tap == nullptr);
   return true;
 }
 
@@ -339,8 +340,13 @@ void DecoderModel::run_layers_split(const StepViews (&half)[2], KvCache& cache) 
   const int sums = backend_.streams() > 1 ? 1 : 0;  // the sums' stream
   struct Back {  // stream 0 current again however this ends (a failed collective throws)
     Backend& b;
-    ~Back() { b.set_stream(0); }
-  } back{backend_};
+    bool& splitting;
+    ~Back() {
+      b.set_stream(0);
+      splitting = false;
+    }
+  } back{backend_, splitting_};
+  splitting_ = true;
   auto on = [&](int stream, int after) {  // the next phase: on `stream`, once mark `after` is reached
     backend_.set_stream(stream);
     backend_.wait_mark(after);
@@ -369,13 +375,42 @@ void DecoderModel::run_layers_split(const StepViews (&half)[2], KvCache& cache) 
 }
 
 void DecoderModel::add_rms_norm(Tensor& x, Tensor& partial, const Tensor& w, Tensor& out) {
-  if (group_) group_->all_reduce_add_rms_norm(partial, x, w, config_.rms_norm_eps, out, backend_);
-  else backend_.add_rms_norm(x, partial, w, config_.rms_norm_eps, out);
+  if (!group_) {
+    backend_.add_rms_norm(x, partial, w, config_.rms_norm_eps, out);
+    return;
+  }
+  if (!deferred_.w) {
+    group_->all_reduce_add_rms_norm(partial, x, w, config_.rms_norm_eps, out, backend_);
+    return;
+  }
+  const Deferred d = std::exchange(deferred_, Deferred{});
+  APUS_CHECK(d.out.data == partial.data && d.out.shape == partial.shape, "a deferred product is not this sum's input");
+  const Collectives::RowProducer produce = [&](int64_t r0, int64_t r1) {
+    Tensor rows = d.out.rows_view(r0, r1 - r0);
+    backend_.linear(d.in.rows_view(r0, r1 - r0), *d.w, rows);
+  };
+  group_->all_reduce_add_rms_norm(partial, x, w, config_.rms_norm_eps, out, backend_, &produce);
 }
 
 void DecoderModel::add_mlp_output(Tensor& x, Tensor& partial) {
+  run_deferred();
   if (group_) group_->all_reduce(partial);
   backend_.add(x, partial);
+}
+
+void DecoderModel::row_parallel(const Tensor& in, const Linear& w, Tensor& out, bool defer) {
+  if (!group_ || !defer || splitting_) {
+    backend_.linear(in, w, out);
+    return;
+  }
+  APUS_CHECK(!deferred_.w, "a deferred product was never used");
+  deferred_ = {in, out, &w};
+}
+
+void DecoderModel::run_deferred() {
+  if (!deferred_.w) return;
+  Deferred d = std::exchange(deferred_, Deferred{});
+  backend_.linear(d.in, *d.w, d.out);
 }
 
 void DecoderModel::run_layers(const StepViews& sv, KvCache& cache, const StepViews (*halves)[2]) {
@@ -383,6 +418,7 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache, const StepVie
   Workspace& w = *ws_;
   const int64_t T = sv.T, R = sv.R;
   Tensor x = rows_of(w.x, T), tmp = rows_of(w.tmp, T);
+  deferred_ = {};  // one left by a step that failed half-way is not this step's
   embed_tokens(sv.tokens, x);
   if (halves) {
     run_layers_split(*halves, cache);
@@ -452,6 +488,7 @@ void DecoderModel::forward_layer(const StepBatch& in, KvCache& cache, int layer,
              config_.hidden_size);
   Workspace& w = workspace(T, 0);
   const StepViews sv = upload_meta(in, T, 0, in.max_blocks, 0, cache, w.meta_host, w.meta_device);
+  deferred_ = {};
   if (!run_layer(layer, sv, cache, hidden, false, tap ? &tap : nullptr)) return;
   Tensor tmp = rows_of(w.tmp, T);
   add_mlp_output(hidden, tmp);

@@ -133,6 +133,11 @@ class DecoderModel {
   // x += partial (summed over the ranks first), then out = RMSNorm(x) * w; or without the norm.
   void add_rms_norm(Tensor& x, Tensor& partial, const Tensor& w, Tensor& out);
   void add_mlp_output(Tensor& x, Tensor& partial);
+  // out = in W^T for a row-parallel layer (o, down) whose sum over the ranks comes next. With tensor
+  // parallelism and `defer`, the product is left to that sum (add_rms_norm), which makes it in row
+  // chunks and may send each on its way while the next is made (Collectives::RowProducer).
+  void row_parallel(const Tensor& in, const Linear& w, Tensor& out, bool defer);
+  void run_deferred();  // queues a deferred product whole, if any
   // Logit rows of adapters that replace lm_head (modules_to_save), recomputed with theirs.
   void lora_lm_heads(const StepBatch& in);
   void forward_graph(const StepBatch& in, KvCache& cache, int bucket, int width);
@@ -152,6 +157,11 @@ class DecoderModel {
   bool pad_decode_ = false;  // decode steps padded to their graph's shape (where graphs exist)
   bool use_graphs_ = false;
   int64_t split_tokens_ = 0;  // split_tokens()
+  struct Deferred {
+    Tensor in, out;
+    const Linear* w = nullptr;
+  } deferred_;              // row_parallel()
+  bool splitting_ = false;  // inside run_layers_split: products are not deferred (the sums are on stream 1)
 };
 
 }  // namespace apus

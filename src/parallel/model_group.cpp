@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <iostream>
 #include <map>
 
@@ -37,8 +38,8 @@ class GroupMember final : public Collectives {
   int world() const override { return inner_.world(); }
   void all_reduce(Tensor& x) override { inner_.all_reduce(x); }
   void all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
-                               Backend& backend) override {
-    inner_.all_reduce_add_rms_norm(x, residual, w, eps, out, backend);
+                               Backend& backend, const RowProducer* produce) override {
+    inner_.all_reduce_add_rms_norm(x, residual, w, eps, out, backend, produce);
   }
   void all_gather_cols(const Tensor& x, Tensor& out) override { inner_.all_gather_cols(x, out); }
   void broadcast_words(std::vector<int32_t>& words) override { inner_.broadcast_words(words); }
@@ -109,6 +110,47 @@ double env_seconds(const char* name, double fallback) {
 
 }  // namespace
 
+// Rank 0's messages to the other ranks of this process, through host memory. A rank takes its next
+// step as soon as rank 0 has written it and queues it behind the step before; through
+// broadcast_words (an NCCL broadcast queued on the stream behind the step before, then a copy to
+// the host) its thread first waited for its device to finish that step, and the group waited, at
+// the new step's first sum, for that rank's host to prepare it (uploads, RoPE tables, launches).
+class ModelGroup::Mailbox {
+ public:
+  explicit Mailbox(int ranks) : queues_(size_t(ranks)) {}
+  void post(const std::vector<int32_t>& words) {
+    const auto m = std::make_shared<const std::vector<int32_t>>(words);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (size_t r = 1; r < queues_.size(); ++r) queues_[r].push_back(m);
+    }
+    cv_.notify_all();
+  }
+  // Rank `local`'s next message; false once the group has failed.
+  bool take(int local, std::vector<int32_t>& words) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    auto& q = queues_[size_t(local)];
+    cv_.wait(lock, [&] { return closed_ || !q.empty(); });
+    if (closed_) return false;
+    words = *q.front();
+    q.pop_front();
+    return true;
+  }
+  void close() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      closed_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool closed_ = false;
+  std::vector<std::deque<std::shared_ptr<const std::vector<int32_t>>>> queues_;
+};
+
 struct ModelGroup::Rank {
   int global = 0, local = 0;
   std::unique_ptr<Backend> backend;
@@ -157,6 +199,9 @@ ModelGroup::ModelGroup(const LoadOptions& load, const std::string& device, int t
     apus::fail("--device cuda: this apus was built without CUDA");
 #endif
   }
+  // APUS_TP_HOST_STEPS=0: the step messages through broadcast_words on one node too (to compare).
+  if (const char* e = std::getenv("APUS_TP_HOST_STEPS"); par.nnodes == 1 && !(e && std::strcmp(e, "0") == 0))
+    mailbox_ = std::make_unique<Mailbox>(local);
   collectives_.resize(size_t(local));
   for (int l = 0; l < local; ++l) {
     auto r = std::make_unique<Rank>();
@@ -241,7 +286,7 @@ ModelGroup::~ModelGroup() {
     if (ok) {
       try {
         std::vector<int32_t> w{kStop};
-        ranks_[0]->member->broadcast_words(w);
+        send(*ranks_[0], w);
       } catch (const std::exception&) {
       }
     }
@@ -303,6 +348,7 @@ void ModelGroup::abort_group(const std::string& why) {
                  why.c_str(), grace);
     std::_Exit(1);
   }).detach();
+  if (mailbox_) mailbox_->close();
   for (auto& c : collectives_)
     if (c) c->abort(why);
   if (rendezvous_) rendezvous_->hang_up();
@@ -355,7 +401,27 @@ void ModelGroup::send_step(const StepBatch& b, const KvCache& cache) {
   for (const auto* v : {&b.tokens, &b.q_start, &b.ctx_len, &b.block_table, &b.slot_mapping, &b.logit_rows,
                         &b.prompt_len, &b.lora_slots})
     w.vec(*v);
-  r.member->broadcast_words(r.words);
+  send(r, r.words);
+}
+
+void ModelGroup::send(Rank& r, std::vector<int32_t>& words) {
+  if (!mailbox_) {
+    r.member->broadcast_words(words);
+    return;
+  }
+  mailbox_->post(words);
+  // The stop is also a collective: a rank unmaps its peer-to-peer buffers only after one that
+  // follows their last use (src/parallel/README.md, teardown).
+  if (words.size() == 1 && words[0] == kStop) r.member->broadcast_words(words);
+}
+
+void ModelGroup::receive(Rank& r) {
+  if (!mailbox_) {
+    r.member->broadcast_words(r.words);
+    return;
+  }
+  if (!mailbox_->take(r.local, r.words)) apus::fail("tensor parallel group stopped");
+  if (r.words.size() == 1 && r.words[0] == kStop) r.member->broadcast_words(r.words);  // rank 0's stop collective
 }
 
 std::pair<double, double> ModelGroup::all_reduce_rounds(Rank& r) {
@@ -378,7 +444,7 @@ ModelGroup::AllReduceFigures ModelGroup::measure_all_reduce() {
   APUS_CHECK(leader() && world_ > 1, "measure_all_reduce: node 0 of a tensor-parallel group only");
   Rank& r = *ranks_[0];
   std::vector<int32_t> w{kMeasure};
-  r.member->broadcast_words(w);
+  send(r, w);
   const auto [big_s, small_s] = all_reduce_rounds(r);
   AllReduceFigures f;
   f.bus_bandwidth = 2.0 * double(world_ - 1) / world_ * double(kBigAllReduce) / big_s;
@@ -394,7 +460,7 @@ void ModelGroup::run_worker(Rank& r) {
       std::vector<int32_t> live;
       StepBatch b;
       for (int64_t step = 0;; ++step) {
-        r.member->broadcast_words(r.words);
+        receive(r);
         StepReader in(r.words);
         const int32_t cmd = in.word();
         if (cmd == kMeasure) {

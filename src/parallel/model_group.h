@@ -59,6 +59,9 @@ class ModelGroup {
   // The measure_all_reduce() rounds (every rank runs them); returns the seconds of each timed part.
   std::pair<double, double> all_reduce_rounds(Rank& r);
   void send_step(const StepBatch& b, const KvCache& cache);
+  // Rank 0's message to the other ranks (r is rank 0), and a rank's next one (into r.words).
+  void send(Rank& r, std::vector<int32_t>& words);
+  void receive(Rank& r);
   // Stops every rank of this process (and tells the other nodes).
   void abort_group(const std::string& why);
   void release(Rank& r);
@@ -70,6 +73,8 @@ class ModelGroup {
   std::vector<std::unique_ptr<Rank>> ranks_;                // by local index
   std::vector<std::thread> threads_;
   std::unique_ptr<Rendezvous> rendezvous_;
+  class Mailbox;
+  std::unique_ptr<Mailbox> mailbox_;  // one node: the step messages through host memory
   std::mutex mutex_;
   std::string failure_;
   bool stopped_ = false;

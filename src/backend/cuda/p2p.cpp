@@ -212,10 +212,19 @@ std::unique_ptr<CopyEngineSum> CopyEngineSum::create(int rank, const std::vector
   r->mem_ = std::make_unique<PeerMemory>(2 * kCeBufferBytes + kCeFlags * sizeof(uint32_t), rank, devices, gather);
   r->peer_ = r->mem_->of(1 - rank);
   check_cuda(cudaStreamCreateWithFlags(&r->abort_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  check_cuda(cudaStreamCreateWithFlags(&r->copy_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  for (cudaEvent_t& e : r->chunk_done_) check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  check_cuda(cudaEventCreateWithFlags(&r->sent_, cudaEventDisableTiming), "cudaEventCreate");
+  if (const char* rows = std::getenv("APUS_TP_CE_CHUNK_ROWS")) r->chunk_rows_ = std::atoll(rows);
   return r;
 }
 
 CopyEngineSum::~CopyEngineSum() {
+  if (copy_stream_) cudaStreamSynchronize(copy_stream_);
+  for (cudaEvent_t e : chunk_done_)
+    if (e) cudaEventDestroy(e);
+  if (sent_) cudaEventDestroy(sent_);
+  if (copy_stream_) cudaStreamDestroy(copy_stream_);
   if (abort_stream_) cudaStreamDestroy(abort_stream_);
   mem_.reset();
 }
@@ -228,30 +237,50 @@ bool CopyEngineSum::fits(const Tensor& t) const {
 }
 
 void CopyEngineSum::run_add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
-                                     cudaStream_t stream) {
+                                     cudaStream_t stream, const std::function<void(int64_t, int64_t)>* produce) {
   const Driver& d = driver();
   const uint32_t n = ++calls_;
   const int slot = int(n & 1u);
   char* mine = mem_->local();
-  auto wait = [&](int f, uint32_t value) {
-    check_driver(d.wait_value(stream, ce_flag(mine, f), value, CU_STREAM_WAIT_VALUE_GEQ), "cuStreamWaitValue32");
+  auto wait = [&](cudaStream_t s, int f, uint32_t value) {
+    check_driver(d.wait_value(s, ce_flag(mine, f), value, CU_STREAM_WAIT_VALUE_GEQ), "cuStreamWaitValue32");
   };
   // A write waits for what is before it on the stream and is fenced after it (the default flags).
-  auto tell_peer = [&](int f) {
-    check_driver(d.write_value(stream, ce_flag(peer_, f), n, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32");
+  auto tell_peer = [&](cudaStream_t s, int f) {
+    check_driver(d.write_value(s, ce_flag(peer_, f), n, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32");
   };
+  const int64_t rows = x.rows(), row_bytes = int64_t(x.nbytes()) / std::max<int64_t>(rows, 1);
+  const int chunks = produce == nullptr || chunk_rows_ <= 0
+                         ? 1
+                         : int(std::clamp<int64_t>((rows + chunk_rows_ - 1) / chunk_rows_, 1, kMaxChunks));
+  // Unproduced (or one chunk): the copy on `stream` itself, after the product.
+  if (produce && chunks == 1) (*produce)(0, rows);
+  const cudaStream_t cs = chunks > 1 ? copy_stream_ : stream;
   // The peer's buffer `slot` was last filled two calls ago: wait until the peer has read that.
-  if (n > 2) wait(kFreed0 + slot, n - 2);
-  check_cuda(cudaMemcpyAsync(peer_ + size_t(slot) * kCeBufferBytes, x.data, x.nbytes(), cudaMemcpyDeviceToDevice,
-                             stream),
-             "cudaMemcpyAsync to the peer");
-  tell_peer(kArrived0 + slot);
-  wait(kArrived0 + slot, n);
+  if (n > 2) wait(cs, kFreed0 + slot, n - 2);
+  for (int c = 0; c < chunks; ++c) {
+    const int64_t r0 = rows * c / chunks, r1 = rows * (c + 1) / chunks;
+    if (chunks > 1) {
+      (*produce)(r0, r1);
+      check_cuda(cudaEventRecord(chunk_done_[c], stream), "cudaEventRecord");
+      check_cuda(cudaStreamWaitEvent(cs, chunk_done_[c], 0), "cudaStreamWaitEvent");
+    }
+    check_cuda(cudaMemcpyAsync(peer_ + size_t(slot) * kCeBufferBytes + size_t(r0 * row_bytes),
+                               static_cast<const char*>(x.data) + r0 * row_bytes, size_t((r1 - r0) * row_bytes),
+                               cudaMemcpyDeviceToDevice, cs),
+               "cudaMemcpyAsync to the peer");
+  }
+  tell_peer(cs, kArrived0 + slot);
+  if (chunks > 1) {  // x (read by the copies) is written again only after them
+    check_cuda(cudaEventRecord(sent_, cs), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(stream, sent_, 0), "cudaStreamWaitEvent");
+  }
+  wait(stream, kArrived0 + slot, n);
   // Two addends in either order give the same bits: both ranks get the same sum.
   check_cuda(add2_rms_norm(x.dtype, residual.data, x.data, mine + size_t(slot) * kCeBufferBytes, w.ptr<float>(),
                            x.cols(), eps, out.data, x.rows(), stream),
              "add2_rms_norm");
-  tell_peer(kFreed0 + slot);
+  tell_peer(stream, kFreed0 + slot);
 }
 
 void CopyEngineSum::abort() {

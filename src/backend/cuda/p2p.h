@@ -91,9 +91,11 @@ class CopyEngineSum {
   // Whether x, residual or out can take part: contiguous, float dtype, 16-byte aligned, within a buffer.
   bool fits(const Tensor& t) const;
   // residual += x + the peer's x; out = RMSNorm(residual) * w, queued on `stream` (not capturing); x,
-  // residual and out each fit and have one shape and dtype.
+  // residual and out each fit and have one shape and dtype. With `produce` (Collectives::RowProducer),
+  // x's rows are first produced on `stream` in chunks of APUS_TP_CE_CHUNK_ROWS (default 8,192; 0:
+  // one), each chunk copied to the peer from a stream of its own while the next is produced.
   void run_add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
-                        cudaStream_t stream);
+                        cudaStream_t stream, const std::function<void(int64_t, int64_t)>* produce = nullptr);
   // The group failed: streams waiting for the peer's flags stop waiting (from any thread).
   void abort();
 
@@ -104,6 +106,11 @@ class CopyEngineSum {
   char* peer_ = nullptr;             // the peer's mapping
   uint32_t calls_ = 0;
   cudaStream_t abort_stream_ = nullptr;
+  cudaStream_t copy_stream_ = nullptr;  // the copies of produced chunks
+  static constexpr int kMaxChunks = 8;
+  cudaEvent_t chunk_done_[kMaxChunks] = {};  // a chunk produced (on the caller's stream)
+  cudaEvent_t sent_ = nullptr;               // the copies done: x may be written again
+  int64_t chunk_rows_ = 8192;
 };
 
 }  // namespace apus::cuda
