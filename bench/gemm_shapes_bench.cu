@@ -5,9 +5,11 @@
 // algorithm cuBLASLt's heuristic offers (up to 16) timed one by one, the fastest reported, and the
 // same with the bias in cuBLASLt's epilogue. It answers whether choosing the algorithm ourselves (qkv
 // runs at ~470-510 TFLOP/s where the other layers reach ~700-790: bench/RESULTS.md session 15) would
-// pay. Built by hand on the GPU machine:
+// pay. With an argument N (tensor parallelism), one rank's part of each layer: qkv, gate_up and
+// lm_head with n / N columns, o and down with k / N (issue 11: at TP=2 the decode steps' GEMMs take
+// 13 % longer than half of TP=1's; src/parallel/README.md). Built by hand on the GPU machine:
 //
-//   nvcc -std=c++17 -O3 -arch=sm_90a bench/gemm_shapes_bench.cu -lcublasLt -lcublas -o gbench && ./gbench
+//   nvcc -std=c++17 -O3 -arch=sm_90a bench/gemm_shapes_bench.cu -lcublasLt -lcublas -o gbench && ./gbench [N]
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -109,16 +111,17 @@ float best_lt(Lt& lt, int m, int n, int k, const void* w, const void* x, void* y
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const int tp = argc > 1 ? std::max(1, std::atoi(argv[1])) : 1;
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  std::printf("%s, %d SMs; one rank's layers at tensor parallel size %d\n", prop.name, prop.multiProcessorCount, tp);
   struct Shape {
     const char* name;
     int n, k;
   };
-  const Shape shapes[] = {{"qkv", 4608, 3584}, {"o", 3584, 3584}, {"gate_up", 37888, 3584}, {"down", 3584, 18944},
-                          {"lm_head", 152064, 3584}};
+  const Shape shapes[] = {{"qkv", 4608 / tp, 3584}, {"o", 3584, 3584 / tp}, {"gate_up", 37888 / tp, 3584},
+                          {"down", 3584, 18944 / tp}, {"lm_head", 152064 / tp, 3584}};
   const int rows[] = {1000, 2048, 16384};
   size_t max_w = 0, max_x = 0, max_y = 0;
   for (const Shape& s : shapes)
