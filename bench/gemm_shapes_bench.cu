@@ -3,11 +3,12 @@
 // of the offline run's steps (1,000 decodes, 2,048- and 16,384-token prefill steps). For each shape:
 // cublasGemmEx as the backend calls it (beta 0, and beta 1 as for a layer with a bias), then every
 // algorithm cuBLASLt's heuristic offers (up to 16) timed one by one, the fastest reported, and the
-// same with the bias in cuBLASLt's epilogue. It answers whether choosing the algorithm ourselves (qkv
-// runs at ~470-510 TFLOP/s where the other layers reach ~700-790: bench/RESULTS.md session 15) would
-// pay. With an argument N (tensor parallelism), one rank's part of each layer: qkv, gate_up and
-// lm_head with n / N columns, o and down with k / N (issue 11: at TP=2 the decode steps' GEMMs take
-// 13 % longer than half of TP=1's; src/parallel/README.md). Built by hand on the GPU machine:
+// same with the bias in cuBLASLt's epilogue; last, GemmEx and the best algorithm "cold" (each call
+// right after a kernel that writes 256 MB: other data in L2 and the GPU busy, as inside a step).
+// It answers whether choosing the algorithm ourselves (qkv runs at ~470-510 TFLOP/s where the other
+// layers reach ~700-790: bench/RESULTS.md session 15) would pay. With an argument N (tensor
+// parallelism), one rank's part of each layer: qkv, gate_up and lm_head with n / N columns, o and
+// down with k / N (bench/RESULTS.md session 17). Built by hand on the GPU machine:
 //
 //   nvcc -std=c++17 -O3 -arch=sm_90a bench/gemm_shapes_bench.cu -lcublasLt -lcublas -o gbench && ./gbench [N]
 #include <cublasLt.h>
@@ -37,6 +38,19 @@ __global__ void fill(__nv_bfloat16* p, size_t n, unsigned seed) {
   }
 }
 
+// Writes a buffer far larger than L2 (the "cold" timings: each call starts with other data in L2 and
+// the GPU busy, as a layer does inside a step, instead of after the same call).
+__global__ void flush_kernel(uint4* p, size_t n) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    p[i] = make_uint4(unsigned(i), 0, 0, 0);
+}
+struct Flush {
+  uint4* buf = nullptr;
+  size_t n = (size_t(256) << 20) / sizeof(uint4);
+  void operator()() const { flush_kernel<<<1024, 512>>>(buf, n); }
+};
+const Flush* g_flush = nullptr;  // set: every timed call of median_us comes right after a flush
+
 // Median device time of fn() in microseconds (events around each of `iters` calls after 3 warm-ups).
 template <typename F>
 float median_us(F fn, int iters = 15) {
@@ -46,6 +60,7 @@ float median_us(F fn, int iters = 15) {
   for (int i = 0; i < 3; ++i) fn();
   std::vector<float> t;
   for (int i = 0; i < iters; ++i) {
+    if (g_flush) (*g_flush)();
     CK(cudaEventRecord(a));
     fn();
     CK(cudaEventRecord(b));
@@ -67,7 +82,8 @@ struct Lt {
 };
 
 // Every algorithm the heuristic offers for y = x w^T (+ bias in the epilogue), timed; the fastest.
-float best_lt(Lt& lt, int m, int n, int k, const void* w, const void* x, void* y, const void* bias, int* tried) {
+float best_lt(Lt& lt, int m, int n, int k, const void* w, const void* x, void* y, const void* bias, int* tried,
+              const Flush* cold = nullptr, float* best_cold = nullptr) {
   cublasLtMatmulDesc_t desc;
   CK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
@@ -100,6 +116,14 @@ float best_lt(Lt& lt, int m, int n, int k, const void* w, const void* x, void* y
       CK(cublasLtMatmul(lt.h, desc, &alpha, w, A, x, B, &beta, y, C, y, C, &res[i].algo, lt.ws, lt.ws_bytes, 0));
     });
     best = std::min(best, us);
+    if (cold) {
+      g_flush = cold;
+      const float cold_us = median_us([&] {
+        CK(cublasLtMatmul(lt.h, desc, &alpha, w, A, x, B, &beta, y, C, y, C, &res[i].algo, lt.ws, lt.ws_bytes, 0));
+      });
+      g_flush = nullptr;
+      *best_cold = std::min(*best_cold, cold_us);
+    }
   }
   cublasLtMatmulPreferenceDestroy(pref);
   cublasLtMatrixLayoutDestroy(A);
@@ -146,8 +170,11 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&lt.ws, lt.ws_bytes));
   CK(cublasSetWorkspace(blas, lt.ws, lt.ws_bytes));
 
-  std::printf("%-8s %6s | %-22s | %-22s | %-28s | %-22s\n", "layer", "rows", "GemmEx beta 0 (us, TF/s)",
-              "GemmEx beta 1", "best Lt algo (of tried)", "best Lt + bias epilogue");
+  Flush flush;
+  CK(cudaMalloc(&flush.buf, flush.n * sizeof(uint4)));
+  std::printf("%-8s %6s | %-22s | %-22s | %-28s | %-22s | %-26s\n", "layer", "rows", "GemmEx beta 0 (us, TF/s)",
+              "GemmEx beta 1", "best Lt algo (of tried)", "best Lt + bias epilogue",
+              "cold: GemmEx / best Lt");
   for (const Shape& s : shapes) {
     for (int m : rows) {
       if (s.n > 100000 && m > 2048) continue;  // lm_head runs on the rows that need logits only
@@ -162,11 +189,21 @@ int main(int argc, char** argv) {
         });
         (beta_one ? b1 : b0) = us;
       }
+      const float alpha = 1.0f, beta = 0.0f;
+      g_flush = &flush;
+      const float cold_ex = median_us([&] {
+        CK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, s.n, m, s.k, &alpha, w, CUDA_R_16BF, s.k, x, CUDA_R_16BF, s.k,
+                        &beta, y, CUDA_R_16BF, s.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      });
+      g_flush = nullptr;
       int tried = 0, tried_b = 0;
-      const float lt_us = best_lt(lt, m, s.n, s.k, w, x, y, nullptr, &tried);
+      float cold_lt = 1e30f;
+      const float lt_us = best_lt(lt, m, s.n, s.k, w, x, y, nullptr, &tried, &flush, &cold_lt);
       const float ltb_us = best_lt(lt, m, s.n, s.k, w, x, y, bias, &tried_b);
-      std::printf("%-8s %6d | %8.1f %6.0f        | %8.1f %6.0f        | %8.1f %6.0f (of %2d)      | %8.1f %6.0f (of %2d)\n",
-                  s.name, m, b0, tf(b0), b1, tf(b1), lt_us, tf(lt_us), tried, ltb_us, tf(ltb_us), tried_b);
+      std::printf("%-8s %6d | %8.1f %6.0f        | %8.1f %6.0f        | %8.1f %6.0f (of %2d)      | %8.1f %6.0f (of %2d)"
+                  "      | %8.1f %8.1f\n",
+                  s.name, m, b0, tf(b0), b1, tf(b1), lt_us, tf(lt_us), tried, ltb_us, tf(ltb_us), tried_b, cold_ex,
+                  cold_lt);
     }
   }
   return 0;
