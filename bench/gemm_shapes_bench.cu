@@ -22,12 +22,6 @@
 
 #include "bench_check.cuh"
 
-inline void bench_check(cublasStatus_t s, const char* what, const char* file, int line) {
-  if (s == CUBLAS_STATUS_SUCCESS) return;
-  std::fprintf(stderr, "%s:%d %s: status %d\n", file, line, what, int(s));
-  std::exit(1);
-}
-
 namespace {
 
 __global__ void fill(__nv_bfloat16* p, size_t n, unsigned seed) {
@@ -49,18 +43,17 @@ struct Flush {
   size_t n = (size_t(256) << 20) / sizeof(uint4);
   void operator()() const { flush_kernel<<<1024, 512>>>(buf, n); }
 };
-const Flush* g_flush = nullptr;  // set: every timed call of median_us comes right after a flush
-
-// Median device time of fn() in microseconds (events around each of `iters` calls after 3 warm-ups).
+// Median device time of fn() in microseconds (events around each of `iters` calls after 3 warm-ups),
+// each timed call right after `flush` where one is given.
 template <typename F>
-float median_us(F fn, int iters = 15) {
+float median_us(F fn, const Flush* flush = nullptr, int iters = 15) {
   cudaEvent_t a, b;
   CK(cudaEventCreate(&a));
   CK(cudaEventCreate(&b));
   for (int i = 0; i < 3; ++i) fn();
   std::vector<float> t;
   for (int i = 0; i < iters; ++i) {
-    if (g_flush) (*g_flush)();
+    if (flush) (*flush)();
     CK(cudaEventRecord(a));
     fn();
     CK(cudaEventRecord(b));
@@ -112,18 +105,11 @@ float best_lt(Lt& lt, int m, int n, int k, const void* w, const void* x, void* y
   for (int i = 0; i < got; ++i) {
     if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
     ++*tried;
-    const float us = median_us([&] {
+    auto run = [&] {
       CK(cublasLtMatmul(lt.h, desc, &alpha, w, A, x, B, &beta, y, C, y, C, &res[i].algo, lt.ws, lt.ws_bytes, 0));
-    });
-    best = std::min(best, us);
-    if (cold) {
-      g_flush = cold;
-      const float cold_us = median_us([&] {
-        CK(cublasLtMatmul(lt.h, desc, &alpha, w, A, x, B, &beta, y, C, y, C, &res[i].algo, lt.ws, lt.ws_bytes, 0));
-      });
-      g_flush = nullptr;
-      *best_cold = std::min(*best_cold, cold_us);
-    }
+    };
+    best = std::min(best, median_us(run));
+    if (cold) *best_cold = std::min(*best_cold, median_us(run, cold));
   }
   cublasLtMatmulPreferenceDestroy(pref);
   cublasLtMatrixLayoutDestroy(A);
@@ -180,22 +166,15 @@ int main(int argc, char** argv) {
       if (s.n > 100000 && m > 2048) continue;  // lm_head runs on the rows that need logits only
       const double flop = 2.0 * m * double(s.n) * s.k;
       auto tf = [&](float us) { return flop / (us * 1e-6) / 1e12; };
-      float b0 = 0, b1 = 0;
-      for (int beta_one = 0; beta_one < 2; ++beta_one) {
-        const float alpha = 1.0f, beta = beta_one ? 1.0f : 0.0f;
-        const float us = median_us([&] {
+      auto gemm_ex = [&](float beta) {
+        return [&, beta] {
+          const float alpha = 1.0f;
           CK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, s.n, m, s.k, &alpha, w, CUDA_R_16BF, s.k, x, CUDA_R_16BF,
                           s.k, &beta, y, CUDA_R_16BF, s.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        });
-        (beta_one ? b1 : b0) = us;
-      }
-      const float alpha = 1.0f, beta = 0.0f;
-      g_flush = &flush;
-      const float cold_ex = median_us([&] {
-        CK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, s.n, m, s.k, &alpha, w, CUDA_R_16BF, s.k, x, CUDA_R_16BF, s.k,
-                        &beta, y, CUDA_R_16BF, s.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-      });
-      g_flush = nullptr;
+        };
+      };
+      const float b0 = median_us(gemm_ex(0.0f)), b1 = median_us(gemm_ex(1.0f));
+      const float cold_ex = median_us(gemm_ex(0.0f), &flush);
       int tried = 0, tried_b = 0;
       float cold_lt = 1e30f;
       const float lt_us = best_lt(lt, m, s.n, s.k, w, x, y, nullptr, &tried, &flush, &cold_lt);

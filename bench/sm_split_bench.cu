@@ -26,11 +26,6 @@
 
 #include "bench_check.cuh"
 
-inline void bench_check(cublasStatus_t s, const char* what, const char* file, int line) {
-  if (s == CUBLAS_STATUS_SUCCESS) return;
-  std::fprintf(stderr, "%s:%d %s: cuBLAS status %d\n", file, line, what, int(s));
-  std::exit(1);
-}
 inline void bench_check(CUresult r, const char* what, const char* file, int line) {
   if (r == CUDA_SUCCESS) return;
   const char* name = nullptr;

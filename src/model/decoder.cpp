@@ -379,17 +379,11 @@ void DecoderModel::add_rms_norm(Tensor& x, Tensor& partial, const Tensor& w, Ten
     backend_.add_rms_norm(x, partial, w, config_.rms_norm_eps, out);
     return;
   }
-  if (!deferred_.w) {
-    group_->all_reduce_add_rms_norm(partial, x, w, config_.rms_norm_eps, out, backend_);
-    return;
-  }
   const Deferred d = std::exchange(deferred_, Deferred{});
-  APUS_CHECK(d.out.data == partial.data && d.out.shape == partial.shape, "a deferred product is not this sum's input");
-  const Collectives::RowProducer produce = [&](int64_t r0, int64_t r1) {
-    Tensor rows = d.out.rows_view(r0, r1 - r0);
-    backend_.linear(d.in.rows_view(r0, r1 - r0), *d.w, rows);
-  };
-  group_->all_reduce_add_rms_norm(partial, x, w, config_.rms_norm_eps, out, backend_, &produce);
+  APUS_CHECK(!d.w || (d.out.data == partial.data && d.out.shape == partial.shape),
+             "a deferred product is not this sum's input");
+  const Collectives::RowProducer produce = [&](int64_t r0, int64_t r1) { d.run(backend_, r0, r1); };
+  group_->all_reduce_add_rms_norm(partial, x, w, config_.rms_norm_eps, out, backend_, d.w ? &produce : nullptr);
 }
 
 void DecoderModel::add_mlp_output(Tensor& x, Tensor& partial) {
@@ -409,8 +403,8 @@ void DecoderModel::row_parallel(const Tensor& in, const Linear& w, Tensor& out, 
 
 void DecoderModel::run_deferred() {
   if (!deferred_.w) return;
-  Deferred d = std::exchange(deferred_, Deferred{});
-  backend_.linear(d.in, *d.w, d.out);
+  const Deferred d = std::exchange(deferred_, Deferred{});
+  d.run(backend_, 0, d.out.rows());
 }
 
 void DecoderModel::run_layers(const StepViews& sv, KvCache& cache, const StepViews (*halves)[2]) {

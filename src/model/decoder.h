@@ -160,6 +160,10 @@ class DecoderModel {
   struct Deferred {
     Tensor in, out;
     const Linear* w = nullptr;
+    void run(Backend& b, int64_t r0, int64_t r1) const {  // rows [r0, r1) of the product
+      Tensor rows = out.rows_view(r0, r1 - r0);
+      b.linear(in.rows_view(r0, r1 - r0), *w, rows);
+    }
   } deferred_;              // row_parallel()
   bool splitting_ = false;  // inside run_layers_split: products are not deferred (the sums are on stream 1)
 };

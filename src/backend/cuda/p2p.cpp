@@ -253,25 +253,24 @@ void CopyEngineSum::run_add_rms_norm(const Tensor& x, Tensor& residual, const Te
   const int chunks = produce == nullptr || chunk_rows_ <= 0
                          ? 1
                          : int(std::clamp<int64_t>((rows + chunk_rows_ - 1) / chunk_rows_, 1, kMaxChunks));
-  // Unproduced (or one chunk): the copy on `stream` itself, after the product.
-  if (produce && chunks == 1) (*produce)(0, rows);
+  // One chunk: the copy on `stream` itself, after the product.
   const cudaStream_t cs = chunks > 1 ? copy_stream_ : stream;
-  // The peer's buffer `slot` was last filled two calls ago: wait until the peer has read that.
-  if (n > 2) wait(cs, kFreed0 + slot, n - 2);
   for (int c = 0; c < chunks; ++c) {
     const int64_t r0 = rows * c / chunks, r1 = rows * (c + 1) / chunks;
-    if (chunks > 1) {
-      (*produce)(r0, r1);
+    if (produce) (*produce)(r0, r1);
+    if (cs != stream) {
       check_cuda(cudaEventRecord(chunk_done_[c], stream), "cudaEventRecord");
       check_cuda(cudaStreamWaitEvent(cs, chunk_done_[c], 0), "cudaStreamWaitEvent");
     }
+    // The peer's buffer `slot` was last filled two calls ago: wait until the peer has read that.
+    if (c == 0 && n > 2) wait(cs, kFreed0 + slot, n - 2);
     check_cuda(cudaMemcpyAsync(peer_ + size_t(slot) * kCeBufferBytes + size_t(r0 * row_bytes),
                                static_cast<const char*>(x.data) + r0 * row_bytes, size_t((r1 - r0) * row_bytes),
                                cudaMemcpyDeviceToDevice, cs),
                "cudaMemcpyAsync to the peer");
   }
   tell_peer(cs, kArrived0 + slot);
-  if (chunks > 1) {  // x (read by the copies) is written again only after them
+  if (cs != stream) {  // x (read by the copies) is written again only after them
     check_cuda(cudaEventRecord(sent_, cs), "cudaEventRecord");
     check_cuda(cudaStreamWaitEvent(stream, sent_, 0), "cudaStreamWaitEvent");
   }
