@@ -87,7 +87,8 @@ float time_us(const Mat& mat, int iters, F&& call) {
 
 }  // namespace apus::cuda::qbench
 
-// QBENCH_ONLY=TEXT: only the variants whose name holds TEXT (to profile one with ncu).
+// QBENCH_ONLY=TEXT: only the variants whose name holds TEXT (to profile one with ncu); QBENCH_SWEEP=1:
+// only the decode kernel by block count (below).
 int main() {
   const char* only = std::getenv("QBENCH_ONLY");
   using namespace apus;
@@ -128,6 +129,33 @@ int main() {
     int64_t n, k;
   };
   const Shape shapes[] = {{"gate_up", 37888, 3584}, {"down", 3584, 18944}, {"qkv", 4608, 3584}, {"o", 3584, 3584}};
+  // QBENCH_SWEEP=1: one row, 4 bits, the decode kernel's variants over a range of column counts (16
+  // columns a block) at qkv's and down's k: how the time grows with the blocks an SM gets.
+  if (std::getenv("QBENCH_SWEEP") != nullptr) {
+    using B = __nv_bfloat16;
+    std::printf("\nsweep: 1 row, 4 bits, group 128; us/call (GB/s) by blocks of 16 columns\n");
+    for (const int64_t k : {int64_t(3584), kMaxK}) {
+      std::printf("k %lld\n%8s %8s | %-13s | %-13s | %-13s | %-13s\n", static_cast<long long>(k), "blocks", "n",
+                  "K8 U2 O24", "K16 U2 O32", "K4 U2 O32", "K8 U4 O24");
+      for (int b = 96; b <= 432; b += 12) {
+        const int64_t n = 16 * int64_t(b);
+        Mat mat = make(n, k, 4, 128);
+        std::printf("%8d %8lld", b, static_cast<long long>(n));
+        for (auto f : {launch_qmv<B, B, 4, true, true, 8, 2, 24>, launch_qmv<B, B, 4, true, true, 16, 2, 32>,
+                       launch_qmv<B, B, 4, true, true, 4, 2, 32>, launch_qmv<B, B, 4, true, true, 8, 4, 24>}) {
+          const float t = time_us(mat, 100, [&](const QuantArgs& w) { return f(w, x, k, 1, nullptr, y, n, nullptr, false); });
+          std::printf(" | %6.2f (%4.0f)", t, mat.bytes / (t * 1e-6) / 1e9);
+        }
+        std::printf("\n");
+        for (QuantArgs& w : mat.copies) {
+          CK(cudaFree(const_cast<uint8_t*>(w.qweight)));
+          CK(cudaFree(const_cast<uint16_t*>(w.scales)));
+          CK(cudaFree(const_cast<uint8_t*>(w.zeros)));
+        }
+      }
+    }
+    return 0;
+  }
   for (const int bits : {4, 8}) {
     if (bits == 8 && only != nullptr) continue;
     std::printf("\n%d bits, group 128, bf16 activations: us/call (GB/s of weights)\n", bits);
@@ -173,6 +201,8 @@ int main() {
           {"m1 K4 U2 O32", 1, launch_qmv<B, B, 4, true, true, 4, 2, 32>},
           {"m1 K8 U2 O24", 1, launch_qmv<B, B, 4, true, true, 8, 2, 24>},
           {"m1 K8 U4 O16", 1, launch_qmv<B, B, 4, true, true, 8, 4, 16>},
+          {"m1 K8 U4 O24", 1, launch_qmv<B, B, 4, true, true, 8, 4, 24>},
+          {"m1 K16 U4 O32", 1, launch_qmv<B, B, 4, true, true, 16, 4, 32>},
           {"m1 K16 U2 O32", 1, launch_qmv<B, B, 4, true, true, 16, 2, 32>},
           {"m8 K8 U2 O24", 8, launch_qmv<B, B, 4, true, true, 8, 2, 24>},
           {"m8 K16 U2 O32", 8, launch_qmv<B, B, 4, true, true, 16, 2, 32>},

@@ -140,8 +140,9 @@ class NcclCollectives final : public Collectives {
                x.describe());
     alive();
     cuda::TimedOp t(cuda::profile_of(backend_), "all_reduce", x.rows());
-    if (cuda::profile_of(backend_).skips("all_reduce")) return;  // diagnosis: the sum's marginal cost
     const bool p2p = p2p_ && p2p_->fits(x);
+    // Diagnosis: the sum's marginal cost ("all_reduce", or one path's: "all_reduce p2p", "all_reduce nccl").
+    if (cuda::profile_of(backend_).skips("all_reduce", p2p ? " p2p" : " nccl")) return;
     trace("all_reduce", x, p2p ? "p2p" : "nccl");
     if (p2p) {
       check_cuda(p2p_->run(x, stream()), "p2p_all_reduce");
@@ -155,11 +156,16 @@ class NcclCollectives final : public Collectives {
   // engines (two ranks; rows sent while the next are produced), else NCCL's sum and then the norm.
   void all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out,
                                Backend& backend, const RowProducer* produce) override {
-    const bool alike = !cuda::profile_of(backend_).skips("all_reduce") &&  // diagnosis: all_reduce skips the sum
-                       residual.shape == x.shape && out.shape == x.shape && residual.dtype == x.dtype &&
+    const bool alike = residual.shape == x.shape && out.shape == x.shape && residual.dtype == x.dtype &&
                        out.dtype == x.dtype && w.dtype == DType::F32;
     const bool p2p = alike && p2p_ && p2p_->fits(x) && p2p_->fits(residual) && p2p_->fits(out);
     const bool ce = alike && !p2p && ce_ && ce_->fits(x) && ce_->fits(residual) && ce_->fits(out) && !capturing();
+    // Diagnosis: the sum skipped, the norm kept ("all_reduce", or one path's: "all_reduce ce", ...).
+    if (cuda::profile_of(backend_).skips("all_reduce", p2p ? " p2p" : ce ? " ce" : " nccl")) {
+      if (produce) (*produce)(0, x.rows());
+      backend.add_rms_norm(residual, x, w, eps, out);
+      return;
+    }
     // The profile times the producer's ops on their own.
     if (produce && (!ce || cuda::profile_of(backend_).on())) {
       (*produce)(0, x.rows());
