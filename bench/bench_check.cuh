@@ -1,5 +1,5 @@
 // Error checks for the hand-built GPU benchmarks (quant_kernel_bench.cu, gemm_shapes_bench.cu,
-// sm_split_bench.cu, decode_attn_bench.cu): CK(call) prints the call, its place and the error, then
+// sm_split_bench.cu, attention_bench.cu): CK(call) prints the call, its place and the error, then
 // exits; CUDA runtime and cuBLAS statuses here, a bench that calls other libraries adds a
 // bench_check overload for theirs.
 #pragma once
