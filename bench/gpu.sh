@@ -18,8 +18,8 @@
 # (tensor parallelism on every GPU of the machine: its tests, greedy parity and the Qwen2.5-7B shape's
 # figures at TP 1, 2 and 4, peer-to-peer sums on and off), tpquick (its tests and offline throughput
 # at TP 1 and 2 only, TP 2 also with APUS_TP_OVERLAP_TOKENS=4096, with APUS_TP_CE=0, and with the decode
-# steps' sums on the copy engines, whole and split; APUS_GPU_TP_VARIANTS=0: TP 1 and 2 only), tpprofile (the op profiles of TP 1 and 2, summed,
-# in tp_profile.log), tpnodes (Llama-3-70B at TP 4, two
+# steps' sums on the copy engines, whole and split; APUS_GPU_TP_VARIANTS=0: TP 1 and 2 only),
+# tpprofile (the op profiles of TP 1 and 2, summed, in tp_profile.log), tpnodes (Llama-3-70B at TP 4, two
 # processes as two "nodes", and a rank that fails or is killed; one call each: together they run
 # longer than a device call may), int4
 # (the quantized-model suites on the GPU, the int4 kernels alone per layer shape, then int4 GPTQ
@@ -285,16 +285,18 @@ if part tpquick; then  # the tests, then offline throughput at TP 1 and 2 (a few
   done
   # TP=2 with prefill chunks as two overlapped halves (DecoderModel::split_tokens, off by default),
   # and with the large sums through NCCL instead of the copy engines (APUS_GPU_TP_VARIANTS=0: not).
-  [ "${APUS_GPU_TP_VARIANTS:-1}" != 0 ] && run env APUS_TP_OVERLAP_TOKENS=4096 timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size 2 \
-    --num-prompts 1000 --input-len 512 --output-len 256
-  [ "${APUS_GPU_TP_VARIANTS:-1}" != 0 ] && run env APUS_TP_CE=0 timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size 2 \
-    --num-prompts 1000 --input-len 512 --output-len 256
-  # The eager decode steps' sums (~1,000 rows, 7 MB) through the copy engines too (the peer-to-peer
-  # kernel kept for graph-sized steps, up to 2 MB), unsplit and with those steps as two halves.
-  for split in 0 512; do
-    [ "${APUS_GPU_TP_VARIANTS:-1}" != 0 ] && run env APUS_TP_P2P_MAX_BYTES=2097152 APUS_TP_OVERLAP_TOKENS=$split timeout -k 5 120 $B/apus bench throughput $Q7 \
-      --tensor-parallel-size 2 --num-prompts 1000 --input-len 512 --output-len 256
-  done
+  if [ "${APUS_GPU_TP_VARIANTS:-1}" != 0 ]; then
+    run env APUS_TP_OVERLAP_TOKENS=4096 timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size 2 \
+      --num-prompts 1000 --input-len 512 --output-len 256
+    run env APUS_TP_CE=0 timeout -k 5 120 $B/apus bench throughput $Q7 --tensor-parallel-size 2 \
+      --num-prompts 1000 --input-len 512 --output-len 256
+    # The eager decode steps' sums (~1,000 rows, 7 MB) through the copy engines too (the peer-to-peer
+    # kernel kept for graph-sized steps, up to 2 MB), unsplit and with those steps as two halves.
+    for split in 0 512; do
+      run env APUS_TP_P2P_MAX_BYTES=2097152 APUS_TP_OVERLAP_TOKENS=$split timeout -k 5 120 $B/apus bench throughput \
+        $Q7 --tensor-parallel-size 2 --num-prompts 1000 --input-len 512 --output-len 256
+    done
+  fi
 fi
 if part tpprofile; then
   # Where TP=2's time goes against TP=1's: device time per op (eager, one stream), 300 requests,
