@@ -70,6 +70,15 @@ cudaError_t launch_qmm_u(const QuantArgs& w, const void* x, int64_t x_stride, in
                        y_stride);
 }
 
+void release(Mat& mat) {
+  for (QuantArgs& w : mat.copies) {
+    CK(cudaFree(const_cast<uint8_t*>(w.qweight)));
+    CK(cudaFree(const_cast<uint16_t*>(w.scales)));
+    CK(cudaFree(const_cast<uint8_t*>(w.zeros)));
+  }
+  mat.copies.clear();
+}
+
 template <typename F>
 float time_us(const Mat& mat, int iters, F&& call) {
   cudaEvent_t a, b;
@@ -147,11 +156,7 @@ int main() {
           std::printf(" | %6.2f (%4.0f)", t, mat.bytes / (t * 1e-6) / 1e9);
         }
         std::printf("\n");
-        for (QuantArgs& w : mat.copies) {
-          CK(cudaFree(const_cast<uint8_t*>(w.qweight)));
-          CK(cudaFree(const_cast<uint16_t*>(w.scales)));
-          CK(cudaFree(const_cast<uint8_t*>(w.zeros)));
-        }
+        release(mat);
       }
     }
     return 0;
@@ -249,12 +254,7 @@ int main() {
           std::printf("  differs from the default: largest |diff| %.3g of largest |y| %.3g\n", worst, scale);
       }
     }
-    for (Mat& mt : mats)
-      for (QuantArgs& w : mt.copies) {
-        CK(cudaFree(const_cast<uint8_t*>(w.qweight)));
-        CK(cudaFree(const_cast<uint16_t*>(w.scales)));
-        CK(cudaFree(const_cast<uint8_t*>(w.zeros)));
-      }
+    for (Mat& mt : mats) release(mt);
   }
   return 0;
 }
