@@ -190,6 +190,21 @@ int main() {
         std::printf(" %lld rows %.1f us (%4.0f GB/s)", static_cast<long long>(m), tn, mats[0].bytes / (tn * 1e-6) / 1e9);
       }
       std::printf("\n");
+      // One row with the weights already in L2 (one copy, called again and again): what a layer
+      // would cost if its weights were fetched into L2 ahead of it (layers that fit in L2 only).
+      std::printf("%-8s", "1, L2");
+      for (size_t i = 0; i < mats.size(); ++i) {
+        if (mats[i].bytes > 0.5 * prop.l2CacheSize) {
+          std::printf(" | %-13s", "(> L2 / 2)");
+          continue;
+        }
+        Mat hot{{mats[i].copies[0]}, mats[i].bytes};
+        const float tn = time_us(hot, 100, [&](const QuantArgs& w) {
+          return quant_matmul(DType::BF16, DType::BF16, w, x, shapes[i].k, 1, nullptr, y, shapes[i].n, nullptr);
+        });
+        std::printf(" | %6.1f (%4.0f)", tn, mats[i].bytes / (tn * 1e-6) / 1e9);
+      }
+      std::printf("\n");
     }
     if (bits == 4) {
       // Variants of the kernels, timed and checked against the default for their rows.
