@@ -1,5 +1,7 @@
 // `apus bench latency`: one prompt, then decode, timed; decode is compared with the floor set by
 // memory bandwidth (weight + KV bytes per token over the read bandwidth this machine shows now).
+// `apus bench throughput`: many requests offline; on a GPU compared with the floor set by the
+// device's matrix-product rate and copy rate (print_floor).
 #include <chrono>
 #include <cstring>
 #include <random>
@@ -46,6 +48,13 @@ double measure_read_bandwidth(int threads) {
     best = std::max(best, double(n) * 4 / s);
   }
   return best;
+}
+
+// Parameters of the decoder's matrices, the 2 * params FLOPs a token costs (embedding and lm_head
+// aside; not matrix_bytes / dtype size: a quantized model's bytes are codes).
+double decoder_matrix_params(const ModelConfig& c) {
+  const double H = double(c.hidden_size), q = double(c.q_size()), kv = double(c.kv_size());
+  return c.num_layers * (H * (q + 2 * kv) + q * H + 3 * H * double(c.intermediate_size));
 }
 
 // With tensor parallelism: the group's size and its all-reduce speed, measured now.
@@ -118,10 +127,7 @@ void run_latency(const LatencyArgs& a) {
   const double gemm_flops = backend->measure_matmul_flops();
   if (gemm_flops > 0) {
     const double n = a.input_len;  // lm_head runs for the last token only
-    // The decoder's matrices (not matrix_bytes / dtype size: a quantized model's bytes are codes).
-    const double H = double(c.hidden_size), q = double(c.q_size()), kv = double(c.kv_size());
-    const double params = c.num_layers * (H * (q + 2 * kv) + q * H + 3 * H * double(c.intermediate_size));
-    const double flops = 2.0 * params * n + 2.0 * c.num_layers * double(c.q_size()) * n * n;
+    const double flops = 2.0 * decoder_matrix_params(c) * n + 2.0 * c.num_layers * double(c.q_size()) * n * n;
     const double rate = flops / prefill_s;
     std::cout << fmt::format("prefill rate     {:.1f} TFLOP/s ({:.1f} TFLOP of matrices and attention)\n", rate / 1e12,
                              flops / 1e12);
@@ -193,6 +199,33 @@ void print_throughput(const char* label, const ThroughputResult& r, size_t n) {
                            100.0 * (s.schedule_s + s.outputs_s) / r.seconds);
 }
 
+// The workload's floor on this device: every matrix product at the cuBLAS rate measured here and
+// the decode steps' reads of their whole context's keys and values at the copy rate, nothing else
+// (no norm, activation, RoPE, prefill attention, sampling or host time, no overlap), split ideally
+// over a tensor-parallel group's GPUs. A decode step for output j of a request reads prompt + j positions.
+void print_floor(const DecoderModel& m, Backend& backend, const std::vector<Request>& reqs, double gemm_rate,
+                 double copy_rate, int world, const ThroughputResult& run) {
+  const ModelConfig& c = m.config();
+  const double per_pos = double(KvCache::bytes_per_block(c, 1, backend.activation_dtype()));
+  double tokens = 0, logit_rows = 0, kv_positions = 0;
+  for (const Request& r : reqs) {
+    const double in = double(r.prompt.size()), out = double(r.params.max_tokens);
+    tokens += in + out - 1;  // every prompt token, and every output but the last, passes the layers
+    logit_rows += out;
+    kv_positions += (out - 1) * in + (out - 1) * out / 2;
+  }
+  const double flops = 2.0 * decoder_matrix_params(c) * tokens + 2.0 * double(c.hidden_size) * double(c.vocab_size) * logit_rows;
+  const double kv_bytes = per_pos * kv_positions;
+  const double seconds = (flops / gemm_rate + kv_bytes / copy_rate) / world;
+  const double floor_tps = double(run.output_tokens) / seconds;
+  std::cout << fmt::format("floor        {:.0f} output tokens/s: {:.2f} PFLOP of matrix products at {:.1f} TFLOP/s (cuBLAS "
+                           "bf16 8192^3, measured) + {:.2f} TB of decode KV reads at {:.1f} GB/s (copy rate){}; run "
+                           "at {:.2f} of it\n",
+                           floor_tps, flops / 1e15, gemm_rate / 1e12, kv_bytes / 1e12, copy_rate / 1e9,
+                           world > 1 ? fmt::format(", split over {} GPUs", world) : std::string(),
+                           (double(run.output_tokens) / run.seconds) / floor_tps);
+}
+
 void run_throughput(const ThroughputArgs& a) {
   const auto group = a.model.load_group();
   if (!group) return;
@@ -219,8 +252,12 @@ void run_throughput(const ThroughputArgs& a) {
   std::cout << fmt::format("workload     {} requests, {} ({} in / {} out nominal), max_num_seqs {}, max_num_batched_tokens {}\n",
                            reqs.size(), a.work.dataset, a.work.input_len, a.work.output_len, cfg.scheduler.max_num_seqs,
                            cfg.scheduler.max_num_batched_tokens);
+  // The device's rates for the floor below (GPUs), measured before the run, while memory is free.
+  const double gemm_rate = backend->measure_matmul_flops();
+  const double copy_rate = gemm_rate > 0 ? backend->measure_copy_bandwidth() : 0.0;
   const ThroughputResult batched = time_engine(*m, cfg, reqs);
   print_throughput("batched", batched, reqs.size());
+  if (gemm_rate > 0 && copy_rate > 0) print_floor(*m, *backend, reqs, gemm_rate, copy_rate, group->world(), batched);
   if (a.compare_sequential) {
     cfg.scheduler.max_num_seqs = 1;
     const ThroughputResult seq = time_engine(*m, cfg, reqs);
