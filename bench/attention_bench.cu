@@ -36,20 +36,6 @@ __global__ void fill(__nv_bfloat16* p, int64_t n, uint32_t seed) {
   }
 }
 
-double copy_rate(void* a, void* b, size_t bytes) {
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
-  CK(cudaEventRecord(e0));
-  for (int i = 0; i < 10; ++i) CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-  CK(cudaEventRecord(e1));
-  CK(cudaEventSynchronize(e1));
-  float ms = 0;
-  CK(cudaEventElapsedTime(&ms, e0, e1));
-  return 2.0 * bytes * 10 / (ms * 1e-3);  // read + write
-}
-
 // Device time of one paged_attention call, averaged over `iters`.
 double time_us(const AttentionParams& p, int iters) {
   for (int i = 0; i < 3; ++i) CK(apus::cuda::paged_attention(p, nullptr));
@@ -88,7 +74,7 @@ int main(int argc, char** argv) {
   fill<<<1024, 256>>>(k, kv_elems, 1);
   fill<<<1024, 256>>>(v, kv_elems, 2);
   fill<<<1024, 256>>>(q, rows_max * heads * hd, 3);
-  const double rate = copy_rate(k, v, size_t(kv_elems) * 2 / 2);
+  const double rate = bench_copy_rate(k, v, size_t(kv_elems) * 2 / 2, 10);
   fill<<<1024, 256>>>(v, kv_elems, 2);
   float* partial;
   CK(cudaMalloc(&partial, size_t(rows_max) * heads * apus::cuda::kMaxSplits * (hd + 2) * 4));

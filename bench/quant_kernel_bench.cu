@@ -111,17 +111,7 @@ int main() {
     void *a, *b;
     CK(cudaMalloc(&a, sz));
     CK(cudaMalloc(&b, sz));
-    CK(cudaMemcpy(b, a, sz, cudaMemcpyDeviceToDevice));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    CK(cudaEventRecord(e0));
-    for (int i = 0; i < 5; ++i) CK(cudaMemcpyAsync(b, a, sz, cudaMemcpyDeviceToDevice));
-    CK(cudaEventRecord(e1));
-    CK(cudaEventSynchronize(e1));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    std::printf("copy bandwidth (read + write): %.0f GB/s\n", 2.0 * 5 * double(sz) / (ms * 1e-3) / 1e9);
+    std::printf("copy bandwidth (read + write): %.0f GB/s\n", bench_copy_rate(a, b, sz, 5) / 1e9);
     CK(cudaFree(a));
     CK(cudaFree(b));
   }
