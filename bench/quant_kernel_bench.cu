@@ -210,6 +210,8 @@ int main() {
       const V vs[] = {
           {"m1 K4 U2 O32", 1, launch_qmv<B, B, 4, true, true, 4, 2, 32>},
           {"m1 K8 U2 O24", 1, launch_qmv<B, B, 4, true, true, 8, 2, 24>},
+          {"m1 K8 U2 O32", 1, launch_qmv<B, B, 4, true, true, 8, 2, 32>},
+          {"m1 K14 U2 O28", 1, launch_qmv<B, B, 4, true, true, 14, 2, 28>},
           {"m1 K8 U4 O16", 1, launch_qmv<B, B, 4, true, true, 8, 4, 16>},
           {"m1 K8 U4 O24", 1, launch_qmv<B, B, 4, true, true, 8, 4, 24>},
           {"m1 K16 U4 O32", 1, launch_qmv<B, B, 4, true, true, 16, 4, 32>},
