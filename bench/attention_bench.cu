@@ -38,17 +38,7 @@ __global__ void fill(__nv_bfloat16* p, int64_t n, uint32_t seed) {
 
 // Device time of one paged_attention call, averaged over `iters`.
 double time_us(const AttentionParams& p, int iters) {
-  for (int i = 0; i < 3; ++i) CK(apus::cuda::paged_attention(p, nullptr));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  CK(cudaEventRecord(e0));
-  for (int i = 0; i < iters; ++i) CK(apus::cuda::paged_attention(p, nullptr));
-  CK(cudaEventRecord(e1));
-  CK(cudaEventSynchronize(e1));
-  float ms = 0;
-  CK(cudaEventElapsedTime(&ms, e0, e1));
-  return ms * 1e3 / iters;
+  return bench_mean_us(iters, [&](int) { CK(apus::cuda::paged_attention(p, nullptr)); });
 }
 
 }  // namespace

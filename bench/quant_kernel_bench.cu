@@ -81,17 +81,7 @@ void release(Mat& mat) {
 
 template <typename F>
 float time_us(const Mat& mat, int iters, F&& call) {
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) CK(call(mat.copies[size_t(i) % mat.copies.size()]));
-  CK(cudaEventRecord(a));
-  for (int i = 0; i < iters; ++i) CK(call(mat.copies[size_t(i) % mat.copies.size()]));
-  CK(cudaEventRecord(b));
-  CK(cudaEventSynchronize(b));
-  float ms = 0;
-  CK(cudaEventElapsedTime(&ms, a, b));
-  return ms * 1000.0f / float(iters);
+  return float(bench_mean_us(iters, [&](int i) { CK(call(mat.copies[size_t(i) % mat.copies.size()])); }));
 }
 
 }  // namespace apus::cuda::qbench

@@ -450,14 +450,15 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
     // twice the codes in flight per column (H100, kernel bench: down 22.1 -> 15.5 us, o 5.7 -> 4.7;
     // qkv's 288 blocks and gate_up's 2,368 run faster with 8). Not without FACTOR: at 64 registers
     // a thread its per-fragment scaling spills. The choice depends on the shape only, not on m.
-    const bool factor = w.groups == 1 || w.group_size % (4 * 128 / BITS) == 0;
+    constexpr int kChunk = 4 * 128 / BITS;  // k values of a warp's chunk (qmv_kernel's KC)
+    const bool factor = w.groups == 1 || w.group_size % kChunk == 0;
     const bool one_wave = ceil_div(w.n, 16) <= 2u * unsigned(device_attribute<cudaDevAttrMultiProcessorCount>());
     // Tiled codes (kernels.h) are the common case (k a multiple of 128 at 4 bits); rows one after
     // another only for smaller layers, and then only the general variant.
     if (w.tile_rows == 8) {
       // One-wave layers whose k is a multiple of 14 warps' chunk pairs (o at k 3,584): 14 warps, each
       // the same number of rounds (4.2 against 4.5 us with 16, two of which had nothing to do).
-      if (BITS == 4 && factor && one_wave && w.k % (14 * kQvGroup * (512 / BITS)) == 0)
+      if (BITS == 4 && factor && one_wave && w.k % (14 * kQvGroup * kChunk) == 0)
         return launch_qmv<T, OutT, BITS, true, true, 14, 2, 28>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
       if (factor && one_wave)
         return launch_qmv<T, OutT, BITS, true, true, 16, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
