@@ -63,7 +63,7 @@ Mat make(int64_t n, int64_t k, int bits, int group) {
 // The batch kernel with other numbers of chunks in flight (MT 16-row tiles, NT 8-column tiles).
 template <int MT, int U, int NT = 2>
 cudaError_t launch_qmm_u(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                         int64_t y_stride, cudaStream_t stream, bool) {
+                         int64_t y_stride, cudaStream_t stream, bool, const NormFold&) {
   using B = __nv_bfloat16;
   return launch_kernel(qmm_kernel<B, B, 4, MT, U, NT>, ceil_div(w.n, 8 * NT) * ceil_div(m, int64_t(MT * 16)),
                        kQWarps * 32, 0, stream, w, static_cast<const B*>(x), x_stride, int(m), bias, static_cast<B*>(y),
@@ -132,7 +132,7 @@ int main() {
         std::printf("%8d %8lld", b, static_cast<long long>(n));
         for (auto f : {launch_qmv<B, B, 4, true, true, 8, 2, 24>, launch_qmv<B, B, 4, true, true, 16, 2, 32>,
                        launch_qmv<B, B, 4, true, true, 4, 2, 32>, launch_qmv<B, B, 4, true, true, 8, 4, 24>}) {
-          const float t = time_us(mat, 100, [&](const QuantArgs& w) { return f(w, x, k, 1, nullptr, y, n, nullptr, false); });
+          const float t = time_us(mat, 100, [&](const QuantArgs& w) { return f(w, x, k, 1, nullptr, y, n, nullptr, false, NormFold{}); });
           std::printf(" | %6.2f (%4.0f)", t, mat.bytes / (t * 1e-6) / 1e9);
         }
         std::printf("\n");
@@ -192,7 +192,7 @@ int main() {
         const char* name;
         int64_t m;
         cudaError_t (*f)(const QuantArgs&, const void*, int64_t, int64_t, const float*, void*, int64_t, cudaStream_t,
-                         bool);
+                         bool, const NormFold&);
       };
       using B = __nv_bfloat16;
       // The decode kernel's variants: warps splitting K, chunks in flight, warps per SM; the batch
@@ -232,7 +232,7 @@ int main() {
           // The same results as the default kernel for these rows, bit for bit (the same sums in the same order).
           const QuantArgs& w0 = mats[i].copies[0];
           CK(quant_matmul(DType::BF16, DType::BF16, w0, x, s.k, v.m, nullptr, y_ref, s.n, nullptr));
-          CK(v.f(w0, x, s.k, v.m, nullptr, y, s.n, nullptr, false));
+          CK(v.f(w0, x, s.k, v.m, nullptr, y, s.n, nullptr, false, NormFold{}));
           const size_t count = size_t(v.m * s.n);
           CK(cudaMemcpy(got.data(), y, count * 2, cudaMemcpyDeviceToHost));
           CK(cudaMemcpy(want.data(), y_ref, count * 2, cudaMemcpyDeviceToHost));
@@ -242,7 +242,7 @@ int main() {
             scale = std::max(scale, double(std::fabs(bf(want[e]))));
           }
           const float t = time_us(mats[i], 100, [&](const QuantArgs& w) {
-            return v.f(w, x, s.k, int(v.m), nullptr, y, s.n, nullptr, false);
+            return v.f(w, x, s.k, int(v.m), nullptr, y, s.n, nullptr, false, NormFold{});
           });
           std::printf(" | %6.1f (%4.0f)", t, mats[i].bytes / (t * 1e-6) / 1e9);
         }

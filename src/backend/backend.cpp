@@ -30,6 +30,14 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int num_threads
 #endif
 }
 
+void Backend::linear_add_prescale(const Tensor&, const Linear&, Tensor&, const Tensor&, Tensor&, Tensor&) {
+  APUS_CHECK(false, "{}: no norm folding (norm_fold_applies is false)", name());
+}
+
+void Backend::linear_rms_scaled(const Tensor&, const Tensor&, float, const Linear&, Tensor&, bool) {
+  APUS_CHECK(false, "{}: no norm folding (norm_fold_applies is false)", name());
+}
+
 void Backend::rope_store_kv(Tensor& qk, const Tensor& cos, const Tensor& sin, int head_dim, const Tensor& v,
                             const Tensor& slot_mapping, KvLayer& cache) {
   rope(qk, cos, sin, head_dim);

@@ -27,6 +27,7 @@ struct DecoderModel::Graph {
 struct DecoderModel::Workspace {
   int64_t capacity = 0, logit_capacity = 0;
   Tensor x, h, qkv, attn, gate_up, act, tmp, final_h, logits;
+  Tensor norm_sums;  // norm folding (Backend::linear_add_prescale): F32 [kNormFoldRows, hidden / 16]
   Tensor gathered;  // tensor parallelism: every rank's logits side by side [rows, world * vocab_padded]
   Tensor best, candidates;  // and for argmax_only steps: this rank's [rows, 2], every rank's [rows, 2 * world]
   // The step's metadata in one host buffer of 4-byte words (token ids, rows, block tables, rope
@@ -131,6 +132,8 @@ DecoderModel::Workspace& DecoderModel::workspace(int64_t tokens, int64_t logit_r
     w.act = backend_.alloc(a, {T, c.intermediate_size});
     w.capacity = T;
   }
+  if (w.norm_sums.empty())
+    w.norm_sums = backend_.alloc(DType::F32, {kNormFoldRows, (c.hidden_size + Backend::kNormFoldCols - 1) / Backend::kNormFoldCols});
   if (logit_rows > w.logit_capacity) {
     w.final_h = backend_.alloc(a, {logit_rows, c.hidden_size});
     w.logits = backend_.alloc(DType::F32, {logit_rows, weights_.lm_head.out_features});
@@ -252,18 +255,37 @@ DecoderModel::StepViews DecoderModel::upload_meta(const StepBatch& in, int64_t p
 
 // Decoder layer i on the residual stream x (whose pending MLP output from layer i - 1 is still in
 // the workspace's tmp when `add_pending`); leaves this layer's MLP output in tmp, not yet added (nor,
-// with tensor parallelism, summed over the ranks: add_mlp_output() does both).
+// with tensor parallelism, summed over the ranks: add_mlp_output() does both) — unless the norm
+// before layer i + 1 is folded (Folds::next): then down has added it and prescaled h.
 // A tap that returns false stops the layer before that linear layer; returns whether it ran to the end.
 bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor& x, bool add_pending,
-                             const LinearTap* tap) {
-  layer_input_norm(i, sv, x, add_pending);
-  if (!layer_attention(i, sv, cache, tap)) return false;
-  layer_mlp_norm(i, sv, x);
-  return layer_mlp(i, sv, tap);
+                             const LinearTap* tap, bool next_follows) {
+  const auto& layers = weights_.layers;
+  const size_t l = size_t(i);
+  Folds f;
+  f.input = add_pending && i > 0 && folds(sv, tap, layers[l - 1].down, layers[l].qkv);
+  f.mlp = folds(sv, tap, layers[l].o, layers[l].gate_up);
+  f.next = next_follows && l + 1 < layers.size() && folds(sv, tap, layers[l].down, layers[l + 1].qkv);
+  if (!f.input) layer_input_norm(i, sv, x, add_pending);
+  if (!layer_attention(i, sv, cache, tap, f, x)) return false;
+  if (!f.mlp) layer_mlp_norm(i, sv, x);
+  return layer_mlp(i, sv, tap, f, x);
+}
+
+// Whether the norm between `producer` and `consumer` is folded into them in this step (only where
+// nothing else stands between them: no tensor parallelism, LoRA or tap).
+bool DecoderModel::folds(const StepViews& sv, const LinearTap* tap, const Linear& producer, const Linear& consumer) const {
+  return !group_ && !splitting_ && tap == nullptr && sv.lora_slots.empty() && sv.T <= kNormFoldRows &&
+         backend_.norm_fold_applies(producer, consumer, sv.T);
 }
 
 // The layer's phases; the norms take the sums over the ranks, the others only this rank's part.
 // Each works on the workspace rows of its step (StepViews::row0), h in and tmp out.
+void DecoderModel::fold_norm(const Tensor& in, const Linear& w, Tensor& x, const Tensor& norm_w, Tensor& h, int64_t rows) {
+  Tensor sums = rows_of(ws_->norm_sums, rows);
+  backend_.linear_add_prescale(in, w, x, norm_w, h, sums);
+}
+
 void DecoderModel::layer_input_norm(int i, const StepViews& sv, Tensor& x, bool add_pending) {
   Workspace& w = *ws_;
   Tensor h = sv.rows(w.h), tmp = sv.rows(w.tmp);
@@ -272,7 +294,8 @@ void DecoderModel::layer_input_norm(int i, const StepViews& sv, Tensor& x, bool 
   else add_rms_norm(x, tmp, L.attn_norm, h);  // x += previous MLP out
 }
 
-bool DecoderModel::layer_attention(int i, const StepViews& sv, KvCache& cache, const LinearTap* tap) {
+bool DecoderModel::layer_attention(int i, const StepViews& sv, KvCache& cache, const LinearTap* tap, const Folds& f,
+                                   Tensor& x) {
   const ModelConfig& c = config_;
   Workspace& w = *ws_;
   const AttentionBatch& ab = sv.ab;
@@ -286,6 +309,7 @@ bool DecoderModel::layer_attention(int i, const StepViews& sv, KvCache& cache, c
   const LoraLayer* lo = sv.lora_slots.empty() ? nullptr : &lora_->layer(i);
   if (tap && !(*tap)(LinearSlot::kQkv, h)) return false;
   if (lo) backend_.linear_lora(h, L.qkv, sv.lora_slots, lo->qkv, qkv);
+  else if (f.input) backend_.linear_rms_scaled(h, rows_of(w.norm_sums, sv.T), c.rms_norm_eps, L.qkv, qkv, false);
   else backend_.linear(h, L.qkv, qkv);
   if (c.qk_norm) {
     backend_.rms_norm(q, L.q_norm, c.rms_norm_eps, q);
@@ -301,6 +325,7 @@ bool DecoderModel::layer_attention(int i, const StepViews& sv, KvCache& cache, c
   backend_.attention(q, cache.layers[size_t(i)], ab, attn);
   if (tap && !(*tap)(LinearSlot::kO, attn)) return false;
   if (lo) backend_.linear_lora(attn, L.o, sv.lora_slots, lo->o, tmp);
+  else if (f.mlp) fold_norm(attn, L.o, x, L.mlp_norm, h, sv.T);
   else row_parallel(attn, L.o, tmp, tap == nullptr);
   return true;
 }
@@ -311,7 +336,7 @@ void DecoderModel::layer_mlp_norm(int i, const StepViews& sv, Tensor& x) {
   add_rms_norm(x, tmp, weights_.layers[size_t(i)].mlp_norm, h);  // row-parallel: the sum of the ranks' heads
 }
 
-bool DecoderModel::layer_mlp(int i, const StepViews& sv, const LinearTap* tap) {
+bool DecoderModel::layer_mlp(int i, const StepViews& sv, const LinearTap* tap, const Folds& f, Tensor& x) {
   Workspace& w = *ws_;
   Tensor h = sv.rows(w.h), tmp = sv.rows(w.tmp);
   Tensor gate_up = sv.rows(w.gate_up), act = sv.rows(w.act);
@@ -321,11 +346,14 @@ bool DecoderModel::layer_mlp(int i, const StepViews& sv, const LinearTap* tap) {
   if (lo) {
     backend_.linear_lora(h, L.gate_up, sv.lora_slots, lo->gate_up, gate_up);
     backend_.silu_mul(gate_up, act);
+  } else if (f.mlp) {
+    backend_.linear_rms_scaled(h, rows_of(w.norm_sums, sv.T), config_.rms_norm_eps, L.gate_up, act, true);
   } else {
     backend_.linear_silu_mul(h, L.gate_up, gate_up, act);
   }
   if (tap && !(*tap)(LinearSlot::kDown, act)) return false;
   if (lo) backend_.linear_lora(act, L.down, sv.lora_slots, lo->down, tmp);
+  else if (f.next) fold_norm(act, L.down, x, weights_.layers[size_t(i) + 1].attn_norm, h, sv.T);
   else row_parallel(act, L.down, tmp, tap == nullptr);
   return true;
 }
@@ -359,7 +387,7 @@ void DecoderModel::run_layers_split(const StepViews (&half)[2], KvCache& cache) 
       layer_input_norm(i, half[p], x[p], i > 0);
       backend_.mark(0 + p);
       on(0, 0 + p);
-      layer_attention(i, half[p], cache, nullptr);
+      layer_attention(i, half[p], cache, nullptr, Folds{}, x[p]);
       backend_.mark(2 + p);
     }
     for (int p = 0; p < 2; ++p) {
@@ -367,7 +395,7 @@ void DecoderModel::run_layers_split(const StepViews (&half)[2], KvCache& cache) 
       layer_mlp_norm(i, half[p], x[p]);
       backend_.mark(4 + p);
       on(0, 4 + p);
-      layer_mlp(i, half[p], nullptr);
+      layer_mlp(i, half[p], nullptr, Folds{}, x[p]);
       backend_.mark(6 + p);
     }
   }
@@ -417,7 +445,7 @@ void DecoderModel::run_layers(const StepViews& sv, KvCache& cache, const StepVie
   if (halves) {
     run_layers_split(*halves, cache);
   } else {
-    for (int i = 0; i < c.num_layers; ++i) run_layer(i, sv, cache, x, i > 0, nullptr);
+    for (int i = 0; i < c.num_layers; ++i) run_layer(i, sv, cache, x, i > 0, nullptr, true);
   }
   add_mlp_output(x, tmp);
   if (R == 0) return;
@@ -483,7 +511,7 @@ void DecoderModel::forward_layer(const StepBatch& in, KvCache& cache, int layer,
   Workspace& w = workspace(T, 0);
   const StepViews sv = upload_meta(in, T, 0, in.max_blocks, 0, cache, w.meta_host, w.meta_device);
   deferred_ = {};
-  if (!run_layer(layer, sv, cache, hidden, false, tap ? &tap : nullptr)) return;
+  if (!run_layer(layer, sv, cache, hidden, false, tap ? &tap : nullptr, false)) return;
   Tensor tmp = rows_of(w.tmp, T);
   add_mlp_output(hidden, tmp);
 }

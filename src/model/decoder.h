@@ -125,11 +125,23 @@ class DecoderModel {
   // `halves` (tensor parallelism, large steps): the step's two halves, run by run_layers_split.
   void run_layers(const StepViews& v, KvCache& cache, const StepViews (*halves)[2] = nullptr);
   void run_layers_split(const StepViews (&half)[2], KvCache& cache);
-  bool run_layer(int i, const StepViews& v, KvCache& cache, Tensor& x, bool add_pending, const LinearTap* tap);
+  // next_follows: layer i + 1 runs next on x (the norm before it may be folded into this one's down).
+  bool run_layer(int i, const StepViews& v, KvCache& cache, Tensor& x, bool add_pending, const LinearTap* tap,
+                 bool next_follows);
+  // Norm folding (Backend::norm_fold_applies; src/backend/cuda/README.md): which of a layer's norms its
+  // projections take on. input: the input norm (the previous layer's down added x and prescaled h);
+  // mlp: the MLP norm (o does, gate_up scales); next: the next layer's input norm (down does).
+  struct Folds {
+    bool input = false, mlp = false, next = false;
+  };
+  static constexpr int64_t kNormFoldRows = 16;  // rows of the workspace's partial sums
+  bool folds(const StepViews& v, const LinearTap* tap, const Linear& producer, const Linear& consumer) const;
+  // The producer's side: x += in W^T, h = norm_w * x (prescaled), the partial sums in the workspace.
+  void fold_norm(const Tensor& in, const Linear& w, Tensor& x, const Tensor& norm_w, Tensor& h, int64_t rows);
   void layer_input_norm(int i, const StepViews& v, Tensor& x, bool add_pending);
-  bool layer_attention(int i, const StepViews& v, KvCache& cache, const LinearTap* tap);
+  bool layer_attention(int i, const StepViews& v, KvCache& cache, const LinearTap* tap, const Folds& f, Tensor& x);
   void layer_mlp_norm(int i, const StepViews& v, Tensor& x);
-  bool layer_mlp(int i, const StepViews& v, const LinearTap* tap);
+  bool layer_mlp(int i, const StepViews& v, const LinearTap* tap, const Folds& f, Tensor& x);
   // x += partial (summed over the ranks first), then out = RMSNorm(x) * w; or without the norm.
   void add_rms_norm(Tensor& x, Tensor& partial, const Tensor& w, Tensor& out);
   void add_mlp_output(Tensor& x, Tensor& partial);

@@ -402,6 +402,76 @@ TEST_P(BackendOps, StoreKvSkipsPaddingSlots) {
   expect_close(make_view(cc.v.data, DType::F32, flat), make_view(gc.v.data, dt_, flat, Device::CUDA), "store_kv v", 1e-7);
 }
 
+// Norm folding (Backend::linear_add_prescale then linear_rms_scaled; BF16 int4 decode batches on
+// CUDA): against linear, add_rms_norm, then linear / linear_silu_mul on the CPU, for consumers whose
+// chunks lie in one group (groups of 128: chunk sums scaled) or not (480 columns, groups of 32), one
+// with a bias; the residual updated as add_rms_norm updates it; rows
+// independent of the batch (graphs pad decode batches to powers of two). Other dtypes: not folded.
+TEST_P(BackendOps, NormFoldIsAddRmsNormThenLinear) {
+  const int64_t kp = 256, nc = 200, inter = 120;
+  const float eps = 1e-6f;
+  for (const int64_t hidden : {int64_t(512), int64_t(480)}) {
+    const int64_t group = hidden % 128 == 0 ? 128 : 32;
+    auto quant = [&](int64_t n, int64_t k, int64_t g) {
+      std::vector<int32_t> g_idx(static_cast<size_t>(k));
+      for (int64_t i = 0; i < k; ++i) g_idx[size_t(i)] = int32_t(i / g);
+      return random_quant(4, n, k, g, g_idx);
+    };
+    const QuantWeight qp = quant(hidden, kp, 128), qc = quant(nc, hidden, group), qg = quant(2 * inter, hidden, group);
+    const Tensor bc = random({nc}), nw = random({hidden}, 0.5f, 1.5f);
+    const Linear cp{{LinearPart{{}, {}, qp}}, kp, hidden}, cc{{LinearPart{{}, bc, qc}}, hidden, nc},
+        cg{{LinearPart{{}, {}, qg}}, hidden, 2 * inter};
+    const Linear gp = gpu_->prepare_linear(cp), gc = gpu_->prepare_linear(Linear{{LinearPart{{}, to_gpu_f32(bc), qc}}, hidden, nc}),
+                 gg = gpu_->prepare_linear(cg);
+    const bool applies = gpu_->norm_fold_applies(gp, gc, 1) && gpu_->norm_fold_applies(gp, gg, 8);
+    if (dt_ != DType::BF16) {
+      EXPECT_FALSE(applies);
+      continue;
+    }
+    ASSERT_TRUE(applies);
+    EXPECT_FALSE(gpu_->norm_fold_applies(gp, gc, 9));
+    const Tensor gnw = to_gpu_f32(nw);
+    const int64_t parts = (hidden + Backend::kNormFoldCols - 1) / Backend::kNormFoldCols;
+    const Tensor x8 = random({8, kp}), res8 = random({8, hidden}, -4.0f, 4.0f);
+    Tensor first_c, first_g;  // the 8-row batch's outputs, on the host
+    for (const int64_t m : {int64_t(8), int64_t(1), int64_t(3)}) {
+      const std::string what = fmt::format("norm fold hidden={} m={}", hidden, m);
+      const Tensor x = x8.rows_view(0, m), res = res8.rows_view(0, m);
+      // The CPU: the product, the residual add and the norm, then the consumers.
+      Tensor y = host_tensor(DType::F32, {m, hidden}), r = host_tensor(DType::F32, {m, hidden});
+      Tensor h = host_tensor(DType::F32, {m, hidden}), c = host_tensor(DType::F32, {m, nc});
+      Tensor gu = host_tensor(DType::F32, {m, 2 * inter}), act = host_tensor(DType::F32, {m, inter});
+      cpu_->linear(x, cp, y);
+      for (int64_t i = 0; i < y.numel(); ++i) y.ptr<float>()[i] = round_to(y.ptr<float>()[i], dt_);
+      std::copy(res.ptr<float>(), res.ptr<float>() + res.numel(), r.ptr<float>());
+      cpu_->add_rms_norm(r, y, nw, eps, h);
+      for (int64_t i = 0; i < h.numel(); ++i) h.ptr<float>()[i] = round_to(h.ptr<float>()[i], dt_);
+      cpu_->linear(h, cc, c);
+      cpu_->linear_silu_mul(h, cg, gu, act);
+      // The GPU, folded.
+      Tensor gres = to_gpu(res), pre = poisoned({m, hidden}), sums = gpu_->alloc(DType::F32, {m, parts});
+      Tensor gcout = poisoned({m, nc}), gact = poisoned({m, inter});
+      gpu_->linear_add_prescale(to_gpu(x), gp, gres, gnw, pre, sums);
+      gpu_->linear_rms_scaled(pre, sums, eps, gc, gcout, false);
+      gpu_->linear_rms_scaled(pre, sums, eps, gg, gact, true);
+      expect_close(r, gres, what + " residual");
+      expect_close(c, gcout, what + " qkv");
+      expect_close(act, gact, what + " gate_up");
+      const Tensor hc = to_host(gcout), hg = to_host(gact);
+      if (m == 8) {
+        first_c = hc, first_g = hg;
+        continue;
+      }
+      for (int64_t row = 0; row < m; ++row) {
+        for (int64_t col = 0; col < nc; ++col)
+          ASSERT_EQ(hc.row<float>(row)[col], first_c.row<float>(row)[col]) << what << " row " << row;
+        for (int64_t col = 0; col < inter; ++col)
+          ASSERT_EQ(hg.row<float>(row)[col], first_g.row<float>(row)[col]) << what << " row " << row;
+      }
+    }
+  }
+}
+
 TEST_P(BackendOps, RmsNormPlainPerHeadInPlaceAndFusedAdd) {
   for (int64_t rows : {1, 5, 129}) {
     for (int64_t cols : {64, 896, 3584, 8192}) {
@@ -583,6 +653,24 @@ TEST_P(BackendOps, SampleGreedyIsTheFirstMaximum) {
     std::vector<int32_t> ids(rows.size(), -1);
     ASSERT_TRUE(gpu_->sample_to_host(to_gpu_f32(logits), rows, ids.data()));
     for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(ids[i], 1000 + rows[i].row) << "row " << rows[i].row << " V " << V;
+  }
+  // Few rows of a large vocabulary (each row in many blocks): a tie across them, and rows with no
+  // finite maximum (all -inf, all NaN: token 0; NaN but one number: that number's).
+  const int64_t V = 152064;
+  Tensor logits = random({4, V}, -8.0f, 8.0f);
+  logits.row<float>(0)[151999] = logits.row<float>(0)[151000] = logits.row<float>(0)[152063] = 9.0f;
+  std::fill_n(logits.row<float>(1), V, -INFINITY);
+  std::fill_n(logits.row<float>(2), V, std::nanf(""));
+  logits.row<float>(2)[70001] = -1.0f;
+  std::fill_n(logits.row<float>(3), V, std::nanf(""));
+  const Tensor glogits = to_gpu_f32(logits);
+  for (int n = 1; n <= 4; ++n) {
+    std::vector<SampleRow> rows;
+    for (int32_t r = 0; r < n; ++r) rows.push_back(SampleRow{r, 0.0f, 0});
+    std::vector<int32_t> ids(rows.size(), -1);
+    ASSERT_TRUE(gpu_->sample_to_host(glogits, rows, ids.data()));
+    const int32_t want[4] = {151000, 0, 70001, 0};
+    for (int r = 0; r < n; ++r) EXPECT_EQ(ids[size_t(r)], want[r]) << "row " << r << " of " << n;
   }
 }
 

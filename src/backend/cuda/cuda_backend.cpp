@@ -111,6 +111,8 @@ class CudaBackend final : public Backend {
     const char* o = std::getenv("APUS_LORA_OVERLAP");
     lora_overlap_ = o == nullptr || std::string(o) != "0";
     if (const char* e = std::getenv("APUS_CUDA_EARLY_NORM")) early_norm_ = std::string(e) == "1" ? 1 : 0;
+    const char* f = std::getenv("APUS_CUDA_NORM_FOLD");
+    norm_fold_ = f == nullptr || std::string(f) != "0";
   }
 
   ~CudaBackend() override {
@@ -434,6 +436,75 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // Norm folding (Backend) on the int4 / int8 decode kernel: BF16 activations (the prescaled
+  // norm_w * residual is not normalised, so F16 could overflow where the norm's output does not),
+  // single-part quantized layers, decode-sized batches. Measured: bench/RESULTS.md, session 20.
+  static_assert(kNormFoldCols == cuda::kNormFoldCols, "the decode kernel's blocks are the partial sums' columns");
+  bool norm_fold_applies(const Linear& producer, const Linear& consumer, int64_t rows) const override {
+    return folds(producer, rows) && folds(consumer, rows) && producer.out_features == consumer.in_features;
+  }
+  bool folds(const Linear& l, int64_t rows) const {
+    return norm_fold_ && act_ == DType::BF16 && rows >= 1 && rows <= cuda::kQuantGemvMaxRows && l.parts.size() == 1 &&
+           !l.parts[0].quant.empty();
+  }
+
+  void linear_add_prescale(const Tensor& x, const Linear& w, Tensor& residual, const Tensor& norm_w, Tensor& prescaled,
+                           Tensor& sums) override {
+    const int64_t m = x.rows(), n = w.out_features;
+    activation(x, "linear_add_prescale");
+    activation(residual, "linear_add_prescale");
+    activation(prescaled, "linear_add_prescale");
+    APUS_CHECK(folds(w, m) && x.cols() == w.in_features && residual.rows() == m && residual.cols() == n &&
+                   prescaled.rows() == m && prescaled.cols() == n && norm_w.numel() == n &&
+                   norm_w.dtype == DType::F32 && sums.dtype == DType::F32 && sums.rows() >= m &&
+                   sums.cols() >= (n + kNormFoldCols - 1) / kNormFoldCols && quant_kernels_take(x, w.parts[0].quant, m),
+               "linear_add_prescale: {} rows of {} for weight [{}, {}], residual {}, prescaled {}, sums {}", m,
+               x.describe(), n, w.in_features, residual.describe(), prescaled.describe(), sums.describe());
+    const std::string shape = fmt::format(" n={} k={}", n, w.in_features);
+    if (profile_->skips("linear", shape)) return;
+    cuda::TimedOp t(*profile_, "linear_add_prescale", m, shape);
+    const LinearPart& p = w.parts[0];
+    cuda::NormFold f;
+    f.residual = residual.data;
+    f.res_stride = residual.row_stride;
+    f.norm_w = norm_w.ptr<float>();
+    f.sums = sums.ptr<float>();
+    f.sums_stride = sums.row_stride;
+    const auto [xin, x_stride] = quant_input(x, p.quant);
+    launched(cuda::quant_matmul(act_, act_, quant_args(p.quant), xin, x_stride, m,
+                                p.bias.empty() ? nullptr : p.bias.ptr<float>(), prescaled.data, prescaled.row_stride,
+                                stream_, false, f),
+             "quant_matmul (add, prescale)");
+  }
+
+  void linear_rms_scaled(const Tensor& prescaled, const Tensor& sums, float eps, const Linear& w, Tensor& out,
+                         bool silu_mul) override {
+    const int64_t m = prescaled.rows(), k = w.in_features;
+    activation(prescaled, "linear_rms_scaled");
+    activation(out, "linear_rms_scaled");
+    APUS_CHECK(folds(w, m) && prescaled.cols() == k && out.rows() == m &&
+                   out.cols() == (silu_mul ? w.out_features / 2 : w.out_features) && sums.dtype == DType::F32 &&
+                   sums.rows() >= m && sums.cols() >= (k + kNormFoldCols - 1) / kNormFoldCols &&
+                   quant_kernels_take(prescaled, w.parts[0].quant, m),
+               "linear_rms_scaled: input {} / output {} / sums {} for weight [{}, {}]", prescaled.describe(),
+               out.describe(), sums.describe(), w.out_features, k);
+    const std::string shape = fmt::format(" n={} k={}", w.out_features, k);
+    if (profile_->skips(silu_mul ? "linear_silu_mul" : "linear", shape)) return;
+    cuda::TimedOp t(*profile_, silu_mul ? "linear_silu_mul_rms_scaled" : "linear_rms_scaled", m, shape);
+    const LinearPart& p = w.parts[0];
+    cuda::NormFold f;
+    f.sums = sums.ptr<float>();
+    f.sums_stride = sums.row_stride;
+    f.parts = int((k + kNormFoldCols - 1) / kNormFoldCols);
+    f.cols = float(k);
+    f.eps = eps;
+    const auto [xin, x_stride] = quant_input(prescaled, p.quant);
+    launched(cuda::quant_matmul(act_, act_, quant_args(p.quant), xin, x_stride, m,
+                                p.bias.empty() ? nullptr : p.bias.ptr<float>(), out.data, out.row_stride, stream_,
+                                silu_mul, f),
+             "quant_matmul (rms scaled)");
+  }
+
   // For decode-sized batches one kernel (our GEMV, or the int4 decode kernel) computes each gate
   // column beside its up column, rounds both as linear() writes them and stores silu(gate) * up as
   // silu_mul() does: the two ops' bits without writing gate_up. Else the two ops.
@@ -690,10 +761,18 @@ class CudaBackend final : public Backend {
         scratch = sample_scratch_.ptr<float>();
       }
       cuda::TimedOp t(*profile_, "sample", n);
-      for (int s = 0; s < n; s += chunk)
-        launched(cuda::sample(logits.ptr<float>(), logits.row_stride, vocab, dev_args + s, std::min(chunk, n - s),
-                              scratch, drawn.ptr<int32_t>() + s, stream_),
-                 "sample");
+      // Greedy rows only: a row's maximum found by several blocks where the rows are few.
+      if (const int slices = any_drawn ? 1 : cuda::greedy_slices(vocab, n, props_.multiProcessorCount); slices > 1) {
+        grow(greedy_candidates_, DType::F32, int64_t(n) * 2 * slices);
+        launched(cuda::greedy(logits.ptr<float>(), logits.row_stride, vocab, dev_args, n, slices,
+                              greedy_candidates_.ptr<float>(), drawn.ptr<int32_t>(), stream_),
+                 "greedy");
+      } else {
+        for (int s = 0; s < n; s += chunk)
+          launched(cuda::sample(logits.ptr<float>(), logits.row_stride, vocab, dev_args + s, std::min(chunk, n - s),
+                                scratch, drawn.ptr<int32_t>() + s, stream_),
+                   "sample");
+      }
     }
     queue_fetch_draws(drawn, n);
     return true;
@@ -943,7 +1022,7 @@ class CudaBackend final : public Backend {
   int sample_count_ = 0;
   cublasHandle_t blas_ = nullptr;
   DType act_ = DType::BF16;
-  Tensor blas_workspace_, errors_, attention_scratch_, sample_buffer_, sample_scratch_;
+  Tensor blas_workspace_, errors_, attention_scratch_, sample_buffer_, sample_scratch_, greedy_candidates_;
   Tensor lora_scratch_;  // the shrunk activations of Backend::lora (grown like attention_scratch_)
   cudaStream_t lora_stream_ = nullptr;  // linear_lora's shrink, beside the base GEMM
   cudaEvent_t lora_fork_ = nullptr, lora_join_ = nullptr;
@@ -956,6 +1035,7 @@ class CudaBackend final : public Backend {
   bool gemv_ = true;                    // APUS_CUDA_GEMV=0: cuBLAS for every linear layer
   bool quant_layers_ = false;           // an int4 / int8 layer has been prepared (early_norm)
   int early_norm_ = -1;                 // APUS_CUDA_EARLY_NORM: -1 unset, 0, 1
+  bool norm_fold_ = true;               // APUS_CUDA_NORM_FOLD=0: never fold norms (norm_fold_applies)
   std::map<int, cudaGraphExec_t> graphs_;
   int next_graph_ = 0;
   std::vector<Tensor> retired_;         // buffers replaced while graphs that use them live

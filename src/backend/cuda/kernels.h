@@ -104,9 +104,25 @@ inline int quant_tile_rows(int64_t row_bytes) { return row_bytes % 64 == 0 ? 8 :
 // of the two ranges, their number.
 constexpr int kQuantMmaMaxRows = 64;
 constexpr int kQuantGemvMaxRows = 8;
+// Norm folding (Backend::linear_add_prescale / linear_rms_scaled) in the decode kernel: BF16, m <=
+// kQuantGemvMaxRows, y in dt. A producer (residual set; not with silu): y = norm_w * residual after
+// residual += the product (rounded), and sums[r][b] the squares of the new residual over block b's
+// kNormFoldCols columns. A consumer (sums set, residual null): the product scaled per row by
+// 1 / sqrt(sum of sums[r][0, parts) / cols + eps) before the bias (and the SiLU).
+constexpr int kNormFoldCols = 16;  // Backend::kNormFoldCols: the decode kernel's columns a block
+struct NormFold {
+  void* residual = nullptr;
+  int64_t res_stride = 0;
+  const float* norm_w = nullptr;
+  float* sums = nullptr;  // written by a producer, read by a consumer
+  int64_t sums_stride = 0;
+  int parts = 0;
+  float cols = 0.0f, eps = 0.0f;
+};
 // silu (m <= kQuantGemvMaxRows, y in dt): w is a gate_up layer, y[m, n / 2] = silu(gate) * up as gemv's.
 cudaError_t quant_matmul(DType dt, DType out_dt, const QuantArgs& w, const void* x, int64_t x_stride, int64_t m,
-                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream, bool silu = false);
+                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream, bool silu = false,
+                         const NormFold& fold = NormFold{});
 // The whole weight as `dt` [n, k] (row stride out_stride), for a cuBLAS product (prefill, F32 models).
 cudaError_t quant_dequantize(DType dt, const QuantArgs& w, void* out, int64_t out_stride, cudaStream_t stream);
 // out[r, c] = x[r, perm[c]] (act-order layers' activations in the weight's column order).
@@ -125,6 +141,14 @@ struct SampleArgs {
 };
 cudaError_t sample(const float* logits, int64_t stride, int64_t vocab, const SampleArgs* args, int rows,
                    float* scratch, int32_t* out, cudaStream_t stream);
+// Rows that are all greedy, each row's slices in blocks of their own, then pick_greedy over the
+// slices' bests: one block a row (sample) reads a 152k vocabulary in ~18 us on an H100, the slices
+// of one row in a few. greedy_slices: how many (1: sample's one block a row is as good); candidates
+// holds rows * 2 * slices floats.
+constexpr int64_t kGreedySlice = 2048;  // columns a block takes at least
+int greedy_slices(int64_t vocab, int rows, int multiprocessors);
+cudaError_t greedy(const float* logits, int64_t stride, int64_t vocab, const SampleArgs* args, int rows, int slices,
+                   float* candidates, int32_t* out, cudaStream_t stream);
 // Backend::pick_greedy: out[r] = greedy_token of row r of candidates [rows, 2 * ranks] (contiguous).
 cudaError_t pick_greedy(const float* candidates, int64_t rows, int ranks, int32_t* out, cudaStream_t stream);
 // Backend::argmax_rows: out F32 [rows, 2] (contiguous) = each row's first maximum and its column + offset.

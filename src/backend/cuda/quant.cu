@@ -31,6 +31,8 @@
 //   batches to powers of two).
 // - dequantize_kernel: the whole matrix in the activation dtype (prefill, F32 models), then cuBLAS.
 // - gather_cols_kernel: x[:, perm] for act-order (desc_act) checkpoints, once per layer.
+#include <type_traits>
+
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 
@@ -300,10 +302,12 @@ constexpr int kQvGroup = 2;  // consecutive chunks a warp of qmv_kernel takes (o
 // gate's silu_half columns, then up's): the block's 16 columns are gate's columns 8 blockIdx.x ..
 // + 7 and the same 8 of up, each summed as without it, and y [m, silu_half] gets silu(gate) * up
 // from both rounded to OutT (= T), as linear + silu_mul would.
-template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC>
+enum Fold { kFoldNone, kFoldProduce, kFoldConsume };  // a NormFold's side, or none
+
+template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC, int FOLD = kFoldNone>
 __global__ void __launch_bounds__(KS * 32, OCC / KS)
     qmv_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, const float* __restrict__ bias,
-               OutT* __restrict__ y, int64_t y_stride, int silu_half) {
+               OutT* __restrict__ y, int64_t y_stride, int silu_half, NormFold fold) {
   constexpr int KL = 128 / BITS;           // k values per lane per chunk
   constexpr int J = KL / 4;                // mmas per chunk
   constexpr int KC = 4 * KL;               // k values per warp per chunk
@@ -395,6 +399,33 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
     compute(i0, r);
   }
 
+  // Norm folding (NormFold, kernels.h). A consumer's 1 / rms per row, from the producer's partial
+  // sums in a fixed order, by the last warp (where K does not split evenly it has a round fewer).
+  __shared__ float inv_s[kQuantGemvMaxRows];
+  constexpr bool produce = FOLD == kFoldProduce, consume = FOLD == kFoldConsume;
+  if (consume && ks == KS - 1)
+    for (int r = 0; r < m; ++r) {
+      const float* sr = fold.sums + int64_t(r) * fold.sums_stride;
+      float t = 0.0f;
+#pragma unroll 8
+      for (int p = lane; p < fold.parts; p += 32) t += sr[p];
+      t = warp_sum(t);
+      if (lane == 0) inv_s[r] = rsqrtf(t / fold.cols + fold.eps);
+    }
+  // C fragment: element e of lane (g, t4) is output column g (+8 for e >= 2), row 2 t4 + e % 2.
+  auto row_of = [t4](int e) { return 2 * t4 + (e % 2); };
+  auto col_of = [n0, g](int e) { return n0 + g + (e >= 2 ? 8 : 0); };
+  // A producer's residual and norm weight, loaded while the other warps finish.
+  T* res = static_cast<T*>(fold.residual);
+  float rv[4] = {0.0f, 0.0f, 0.0f, 0.0f}, nw[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (produce && ks == 0)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (row_of(e) < m && col_of(e) < w.n) {
+        rv[e] = to_f(res[int64_t(row_of(e)) * fold.res_stride + col_of(e)]);
+        nw[e] = fold.norm_w[col_of(e)];
+      }
+
   __shared__ float red[KS - 1][4][32];
   if (ks > 0)
 #pragma unroll
@@ -407,8 +438,33 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
     v[e] = acc[e];
 #pragma unroll
     for (int q = 0; q < KS - 1; ++q) v[e] += red[q][e][lane];
+    if (consume && row_of(e) < m) v[e] *= inv_s[row_of(e)];  // with silu too: gate and up of row 2 t4 + e % 2
   }
-  // C fragment: element e of lane (g, t4) is output column g (+8 for e >= 2), row 2 t4 + e % 2.
+  if constexpr (produce) {
+    // residual += y (rounded as linear() writes it), y = norm_w * residual; the squares of the new
+    // residual summed over the block's columns per row: columns g and g + 8 in the lane, then g in
+    // order over the lanes of the row (lane bits 2-4).
+    float sq[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = row_of(e);
+      const int64_t col = col_of(e);
+      if (r >= m || col >= w.n) continue;
+      const float h = to_f(from_f<T>(rv[e] + to_f(from_f<T>(v[e] + (bias ? bias[col] : 0.0f)))));
+      res[int64_t(r) * fold.res_stride + col] = from_f<T>(h);
+      y[int64_t(r) * y_stride + col] = from_f<OutT>(nw[e] * h);
+      sq[e % 2] += h * h;
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1) sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], o);
+    if (g == 0)
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        if (2 * t4 + i < m) fold.sums[int64_t(2 * t4 + i) * fold.sums_stride + blockIdx.x] = sq[i];
+    return;
+  }
   if (silu_half > 0) {  // elements e and e + 2: gate's and up's column n0 + g
     const int64_t col = n0 + g;
 #pragma unroll
@@ -422,28 +478,29 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   }
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
-    const int r = 2 * t4 + (e % 2);
-    const int64_t col = n0 + g + (e >= 2 ? 8 : 0);
+    const int r = row_of(e);
+    const int64_t col = col_of(e);
     if (r < m && col < w.n) y[int64_t(r) * y_stride + col] = from_f<OutT>(v[e] + (bias ? bias[col] : 0.0f));
   }
 }
 
 // KS: warps splitting K, U: chunks in flight per round, OCC: warps per multiprocessor the registers
 // must allow.
-template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC>
+template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC, int FOLD = kFoldNone>
 cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                       int64_t y_stride, cudaStream_t stream, bool silu) {
+                       int64_t y_stride, cudaStream_t stream, bool silu, const NormFold& fold) {
   const int half = silu ? int(w.n / 2) : 0;
   if (TILED != (w.tile_rows == 8)) return cudaErrorInvalidValue;
-  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, TILED, KS, U, OCC>, silu ? ceil_div(half, 8) : ceil_div(w.n, 16), KS * 32, 0,
-                stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride, half);
+  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, TILED, KS, U, OCC, FOLD>, silu ? ceil_div(half, 8) : ceil_div(w.n, 16), KS * 32, 0,
+                stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride, half, fold);
   return cudaGetLastError();
 }
 
-template <typename T, typename OutT, int BITS>
+template <typename T, typename OutT, int BITS, int FOLD = kFoldNone>
 cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                       int64_t y_stride, cudaStream_t stream, bool silu) {
+                       int64_t y_stride, cudaStream_t stream, bool silu, const NormFold& fold) {
   if (silu && (m > kQuantGemvMaxRows || w.n % 2 != 0)) return cudaErrorInvalidValue;
+  if (FOLD != kFoldNone && (m > kQuantGemvMaxRows || (FOLD == kFoldProduce && silu))) return cudaErrorInvalidValue;
   if (m <= kQuantGemvMaxRows) {
     // FACTOR when every warp chunk (128 k values at 4 bits, 64 at 8) lies inside one group. Where
     // the blocks (16 columns each, also with silu) fit in one wave at two an SM, blocks of 16 warps:
@@ -459,18 +516,18 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
       // One-wave layers whose k is a multiple of 14 warps' chunk pairs (o at k 3,584): 14 warps, each
       // the same number of rounds (4.2 against 4.5 us with 16, two of which had nothing to do).
       if (BITS == 4 && factor && one_wave && w.k % (14 * kQvGroup * kChunk) == 0)
-        return launch_qmv<T, OutT, BITS, true, true, 14, 2, 28>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+        return launch_qmv<T, OutT, BITS, true, true, 14, 2, 28, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
       if (factor && one_wave)
-        return launch_qmv<T, OutT, BITS, true, true, 16, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+        return launch_qmv<T, OutT, BITS, true, true, 16, 2, 32, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
       // gate_up + SiLU at 64 registers a thread (4 blocks an SM): 29.0 against 30.0 us (qkv is slower
       // so: 6.5 against 5.7). The same sums as at 24 warps an SM: only the register budget differs.
       if (BITS == 4 && factor && silu)
-        return launch_qmv<T, OutT, BITS, true, true, 8, 2, 32>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
-      if (factor) return launch_qmv<T, OutT, BITS, true, true, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
-      return launch_qmv<T, OutT, BITS, false, true, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+        return launch_qmv<T, OutT, BITS, true, true, 8, 2, 32, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
+      if (factor) return launch_qmv<T, OutT, BITS, true, true, 8, 2, 24, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
+      return launch_qmv<T, OutT, BITS, false, true, 8, 2, 24, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
     }
-    if (factor) return launch_qmv<T, OutT, BITS, true, false, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
-    return launch_qmv<T, OutT, BITS, false, false, 8, 2, 24>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+    if (factor) return launch_qmv<T, OutT, BITS, true, false, 8, 2, 24, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
+    return launch_qmv<T, OutT, BITS, false, false, 8, 2, 24, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
   }
   // 32 columns a block (NT 4: each activation load serves twice the weights), one chunk in flight;
   // 9-16 rows one row tile, more two, in slices of 32 rows (neighbouring blocks).
@@ -491,9 +548,18 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
 
 template <typename T, typename OutT>
 cudaError_t launch_qmm_bits(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
-                            int64_t y_stride, cudaStream_t stream, bool silu) {
-  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
-  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+                            int64_t y_stride, cudaStream_t stream, bool silu, const NormFold& fold) {
+  // Norm folding: its own kernels (BF16 only), so that the others keep their registers.
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && std::is_same_v<OutT, T>) {
+    if (fold.residual != nullptr)
+      return w.bits == 4 ? launch_qmm<T, OutT, 4, kFoldProduce>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold)
+                         : launch_qmm<T, OutT, 8, kFoldProduce>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
+    if (fold.sums != nullptr)
+      return w.bits == 4 ? launch_qmm<T, OutT, 4, kFoldConsume>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold)
+                         : launch_qmm<T, OutT, 8, kFoldConsume>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
+  }
+  if (w.bits == 4) return launch_qmm<T, OutT, 4>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
+  return launch_qmm<T, OutT, 8>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
 }
 
 // One thread per 32-bit word of codes (8 4-bit or 4 8-bit weights), in the layer's column order,
@@ -538,18 +604,21 @@ __global__ void gather_cols_kernel(const T* __restrict__ x, int64_t x_stride, co
 }  // namespace
 
 cudaError_t quant_matmul(DType dt, DType out_dt, const QuantArgs& w, const void* x, int64_t x_stride, int64_t m,
-                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream, bool silu) {
+                         const float* bias, void* y, int64_t y_stride, cudaStream_t stream, bool silu,
+                         const NormFold& fold) {
   if (m <= 0 || w.n <= 0) return cudaSuccess;
   if (m > kQuantMmaMaxRows || (w.bits != 4 && w.bits != 8) || w.k % 32 != 0) return cudaErrorInvalidValue;
   if (silu && out_dt != dt) return cudaErrorInvalidValue;
+  if ((fold.residual != nullptr || fold.sums != nullptr) && (dt != DType::BF16 || out_dt != dt))
+    return cudaErrorInvalidValue;
   if (dt == DType::BF16) {
     if (out_dt == DType::F32)
-      return launch_qmm_bits<__nv_bfloat16, float>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+      return launch_qmm_bits<__nv_bfloat16, float>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
     if (out_dt == DType::BF16)
-      return launch_qmm_bits<__nv_bfloat16, __nv_bfloat16>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+      return launch_qmm_bits<__nv_bfloat16, __nv_bfloat16>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
   } else if (dt == DType::F16) {
-    if (out_dt == DType::F32) return launch_qmm_bits<__half, float>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
-    if (out_dt == DType::F16) return launch_qmm_bits<__half, __half>(w, x, x_stride, m, bias, y, y_stride, stream, silu);
+    if (out_dt == DType::F32) return launch_qmm_bits<__half, float>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
+    if (out_dt == DType::F16) return launch_qmm_bits<__half, __half>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
   }
   return cudaErrorInvalidValue;
 }

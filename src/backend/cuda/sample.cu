@@ -12,6 +12,7 @@
 // tokens and the draw itself are block-wide prefix sums over the row in id order.
 #include <cub/block/block_scan.cuh>
 
+#include <algorithm>
 #include <climits>
 
 #include "backend/cuda/device_util.cuh"
@@ -310,6 +311,26 @@ __global__ void __launch_bounds__(kThreads) argmax_rows_kernel(const float* x, i
   }
 }
 
+// Greedy rows, `gridDim.x` blocks a row: each block's slice of the row (slices of `slice` columns,
+// the last shorter) to its first maximum and its column, out [rows, 2 * slices] as argmax_rows
+// writes them; pick_greedy's first largest of those is the row's first maximum (a slice with no
+// value above -inf offers its first column at -inf, which only an all -inf or NaN row picks: column 0,
+// as block_argmax gives).
+__global__ void __launch_bounds__(kThreads) argmax_slices_kernel(const float* logits, int64_t stride, int64_t vocab,
+                                                                 const SampleArgs* args, int64_t slice, float* out) {
+  pdl_begin();
+  __shared__ Shared sh;
+  const int64_t lo = int64_t(blockIdx.x) * slice;
+  float mx;
+  int best;
+  block_argmax(logits + int64_t(args[blockIdx.y].row) * stride + lo, min(slice, vocab - lo), sh, &mx, &best);
+  if (threadIdx.x == 0) {
+    float* o = out + 2 * (int64_t(blockIdx.y) * gridDim.x + blockIdx.x);
+    o[0] = mx;
+    o[1] = float(best + lo);
+  }
+}
+
 // Backend::pick_greedy: a thread per row, greedy_token's rule (sample/sampler.cpp).
 __global__ void pick_greedy_kernel(const float* c, int64_t rows, int ranks, int32_t* out) {
   pdl_begin();
@@ -334,6 +355,23 @@ cudaError_t argmax_rows(const float* x, int64_t stride, int64_t rows, int64_t n,
                         cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   launch_kernel(argmax_rows_kernel, unsigned(rows), kThreads, 0, stream, x, stride, n, offset, out);
+  return cudaGetLastError();
+}
+
+int greedy_slices(int64_t vocab, int rows, int multiprocessors) {
+  const int64_t want = (2 * int64_t(multiprocessors) + rows - 1) / rows;  // about two blocks an SM
+  return int(std::clamp<int64_t>(std::min(want, (vocab + kGreedySlice - 1) / kGreedySlice), 1, 1024));
+}
+
+cudaError_t greedy(const float* logits, int64_t stride, int64_t vocab, const SampleArgs* args, int rows, int slices,
+                   float* candidates, int32_t* out, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  // 16-byte aligned slices (a multiple of 4 columns), none of them empty.
+  const int64_t slice = ((vocab + slices - 1) / slices + 3) / 4 * 4;
+  const int used = int((vocab + slice - 1) / slice);
+  launch_kernel(argmax_slices_kernel, dim3(unsigned(used), unsigned(rows)), kThreads, 0, stream, logits, stride, vocab,
+                args, slice, candidates);
+  launch_kernel(pick_greedy_kernel, unsigned((rows + 127) / 128), 128, 0, stream, candidates, int64_t(rows), used, out);
   return cudaGetLastError();
 }
 
