@@ -394,24 +394,25 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   Round r;
   load(0, r);
   pdl_begin();
+  // Norm folding (NormFold, kernels.h). A consumer's 1 / rms per row, from the producer's partial
+  // sums in a fixed order, by the last warp before its first round (where K does not split evenly
+  // it has a round fewer; its first codes are on their way meanwhile).
+  __shared__ float inv_s[kQuantGemvMaxRows];
+  if (FOLD == kFoldConsume && ks == KS - 1)
+    for (int row = 0; row < m; ++row) {
+      const float* sr = fold.sums + int64_t(row) * fold.sums_stride;
+      float t = 0.0f;
+#pragma unroll 8
+      for (int p = lane; p < fold.parts; p += 32) t += sr[p];
+      t = warp_sum(t);
+      if (lane == 0) inv_s[row] = rsqrtf(t / fold.cols + fold.eps);
+    }
   for (int i0 = 0; chunk(i0) < chunks; i0 += U) {
     if (i0 > 0) load(i0, r);
     compute(i0, r);
   }
 
-  // Norm folding (NormFold, kernels.h). A consumer's 1 / rms per row, from the producer's partial
-  // sums in a fixed order, by the last warp (where K does not split evenly it has a round fewer).
-  __shared__ float inv_s[kQuantGemvMaxRows];
   constexpr bool produce = FOLD == kFoldProduce, consume = FOLD == kFoldConsume;
-  if (consume && ks == KS - 1)
-    for (int r = 0; r < m; ++r) {
-      const float* sr = fold.sums + int64_t(r) * fold.sums_stride;
-      float t = 0.0f;
-#pragma unroll 8
-      for (int p = lane; p < fold.parts; p += 32) t += sr[p];
-      t = warp_sum(t);
-      if (lane == 0) inv_s[r] = rsqrtf(t / fold.cols + fold.eps);
-    }
   // C fragment: element e of lane (g, t4) is output column g (+8 for e >= 2), row 2 t4 + e % 2.
   auto row_of = [t4](int e) { return 2 * t4 + (e % 2); };
   auto col_of = [n0, g](int e) { return n0 + g + (e >= 2 ? 8 : 0); };
