@@ -203,13 +203,13 @@ class Backend {
     silu_mul(gate_up, out);
   }
   // Norm folding: the RMSNorm between a producer (o, down) and the consumer after it (qkv, gate_up)
-  // without a kernel of its own (src/backend/cuda/README.md, "Norm folding"). The producer adds its product
-  // (rounded as linear() writes it) into the residual stream, writes prescaled = norm_w * residual
-  // (rounded) and, per row, the sums of squares of the new residual over each kNormFoldCols
-  // columns: sums F32 [rows, >= ceil(n / kNormFoldCols)]. The consumer multiplies its product's sums
-  // by each row's 1 / sqrt(mean + eps) from those before the bias. The result is add_rms_norm then
-  // the product's up to rounding (x / rms is not rounded before the weight). Where a backend folds
-  // (norm_fold_applies: these two layers at this many rows) it implements both ops.
+  // without a kernel of its own (src/backend/cuda/README.md, "Norm folding"). The producer adds its
+  // product (rounded as linear() writes it) into the residual stream, writes prescaled = norm_w *
+  // residual (rounded) and, per row, the sums of squares of the new residual over each
+  // kNormFoldCols columns: sums F32 [rows, >= ceil(n / kNormFoldCols)]. The consumer multiplies its
+  // product's sums by each row's 1 / sqrt(mean + eps) from those before the bias. The result is
+  // add_rms_norm then the product's up to rounding (x / rms is not rounded before the weight). Where
+  // a backend folds (norm_fold_applies: these two layers at this many rows) it implements both ops.
   static constexpr int64_t kNormFoldCols = 16;
   virtual bool norm_fold_applies(const Linear& /*producer*/, const Linear& /*consumer*/, int64_t /*rows*/) const {
     return false;

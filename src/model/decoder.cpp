@@ -132,8 +132,10 @@ DecoderModel::Workspace& DecoderModel::workspace(int64_t tokens, int64_t logit_r
     w.act = backend_.alloc(a, {T, c.intermediate_size});
     w.capacity = T;
   }
-  if (w.norm_sums.empty())
-    w.norm_sums = backend_.alloc(DType::F32, {kNormFoldRows, (c.hidden_size + Backend::kNormFoldCols - 1) / Backend::kNormFoldCols});
+  if (w.norm_sums.empty()) {
+    const int64_t parts = (c.hidden_size + Backend::kNormFoldCols - 1) / Backend::kNormFoldCols;
+    w.norm_sums = backend_.alloc(DType::F32, {kNormFoldRows, parts});
+  }
   if (logit_rows > w.logit_capacity) {
     w.final_h = backend_.alloc(a, {logit_rows, c.hidden_size});
     w.logits = backend_.alloc(DType::F32, {logit_rows, weights_.lm_head.out_features});
@@ -274,18 +276,20 @@ bool DecoderModel::run_layer(int i, const StepViews& sv, KvCache& cache, Tensor&
 
 // Whether the norm between `producer` and `consumer` is folded into them in this step (only where
 // nothing else stands between them: no tensor parallelism, LoRA or tap).
-bool DecoderModel::folds(const StepViews& sv, const LinearTap* tap, const Linear& producer, const Linear& consumer) const {
+bool DecoderModel::folds(const StepViews& sv, const LinearTap* tap, const Linear& producer,
+                         const Linear& consumer) const {
   return !group_ && !splitting_ && tap == nullptr && sv.lora_slots.empty() && sv.T <= kNormFoldRows &&
          backend_.norm_fold_applies(producer, consumer, sv.T);
 }
 
-// The layer's phases; the norms take the sums over the ranks, the others only this rank's part.
-// Each works on the workspace rows of its step (StepViews::row0), h in and tmp out.
-void DecoderModel::fold_norm(const Tensor& in, const Linear& w, Tensor& x, const Tensor& norm_w, Tensor& h, int64_t rows) {
+void DecoderModel::fold_norm(const Tensor& in, const Linear& w, Tensor& x, const Tensor& norm_w, Tensor& h,
+                             int64_t rows) {
   Tensor sums = rows_of(ws_->norm_sums, rows);
   backend_.linear_add_prescale(in, w, x, norm_w, h, sums);
 }
 
+// The layer's phases; the norms take the sums over the ranks, the others only this rank's part.
+// Each works on the workspace rows of its step (StepViews::row0), h in and tmp out.
 void DecoderModel::layer_input_norm(int i, const StepViews& sv, Tensor& x, bool add_pending) {
   Workspace& w = *ws_;
   Tensor h = sv.rows(w.h), tmp = sv.rows(w.tmp);

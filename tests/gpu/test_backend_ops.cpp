@@ -421,8 +421,8 @@ TEST_P(BackendOps, NormFoldIsAddRmsNormThenLinear) {
     const Tensor bc = random({nc}), nw = random({hidden}, 0.5f, 1.5f);
     const Linear cp{{LinearPart{{}, {}, qp}}, kp, hidden}, cc{{LinearPart{{}, bc, qc}}, hidden, nc},
         cg{{LinearPart{{}, {}, qg}}, hidden, 2 * inter};
-    const Linear gp = gpu_->prepare_linear(cp), gc = gpu_->prepare_linear(Linear{{LinearPart{{}, to_gpu_f32(bc), qc}}, hidden, nc}),
-                 gg = gpu_->prepare_linear(cg);
+    const Linear gp = gpu_->prepare_linear(cp), gg = gpu_->prepare_linear(cg),
+                 gc = gpu_->prepare_linear(Linear{{LinearPart{{}, to_gpu_f32(bc), qc}}, hidden, nc});
     const bool applies = gpu_->norm_fold_applies(gp, gc, 1) && gpu_->norm_fold_applies(gp, gg, 8);
     if (dt_ != DType::BF16) {
       EXPECT_FALSE(applies);

@@ -397,8 +397,9 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
   // Norm folding (NormFold, kernels.h). A consumer's 1 / rms per row, from the producer's partial
   // sums in a fixed order, by the last warp before its first round (where K does not split evenly
   // it has a round fewer; its first codes are on their way meanwhile).
+  constexpr bool produce = FOLD == kFoldProduce, consume = FOLD == kFoldConsume;
   __shared__ float inv_s[kQuantGemvMaxRows];
-  if (FOLD == kFoldConsume && ks == KS - 1)
+  if (consume && ks == KS - 1)
     for (int row = 0; row < m; ++row) {
       const float* sr = fold.sums + int64_t(row) * fold.sums_stride;
       float t = 0.0f;
@@ -412,7 +413,6 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
     compute(i0, r);
   }
 
-  constexpr bool produce = FOLD == kFoldProduce, consume = FOLD == kFoldConsume;
   // C fragment: element e of lane (g, t4) is output column g (+8 for e >= 2), row 2 t4 + e % 2.
   auto row_of = [t4](int e) { return 2 * t4 + (e % 2); };
   auto col_of = [n0, g](int e) { return n0 + g + (e >= 2 ? 8 : 0); };
@@ -492,8 +492,9 @@ cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int6
                        int64_t y_stride, cudaStream_t stream, bool silu, const NormFold& fold) {
   const int half = silu ? int(w.n / 2) : 0;
   if (TILED != (w.tile_rows == 8)) return cudaErrorInvalidValue;
-  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, TILED, KS, U, OCC, FOLD>, silu ? ceil_div(half, 8) : ceil_div(w.n, 16), KS * 32, 0,
-                stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride, half, fold);
+  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, TILED, KS, U, OCC, FOLD>, silu ? ceil_div(half, 8) : ceil_div(w.n, 16),
+                KS * 32, 0, stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride,
+                half, fold);
   return cudaGetLastError();
 }
 
@@ -503,6 +504,7 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
   if (silu && (m > kQuantGemvMaxRows || w.n % 2 != 0)) return cudaErrorInvalidValue;
   if (FOLD != kFoldNone && (m > kQuantGemvMaxRows || (FOLD == kFoldProduce && silu))) return cudaErrorInvalidValue;
   if (m <= kQuantGemvMaxRows) {
+    auto qmv = [&](auto launch) { return launch(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold); };
     // FACTOR when every warp chunk (128 k values at 4 bits, 64 at 8) lies inside one group. Where
     // the blocks (16 columns each, also with silu) fit in one wave at two an SM, blocks of 16 warps:
     // twice the codes in flight per column (H100, kernel bench: down 22.1 -> 15.5 us, o 5.7 -> 4.7;
@@ -517,18 +519,16 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
       // One-wave layers whose k is a multiple of 14 warps' chunk pairs (o at k 3,584): 14 warps, each
       // the same number of rounds (4.2 against 4.5 us with 16, two of which had nothing to do).
       if (BITS == 4 && factor && one_wave && w.k % (14 * kQvGroup * kChunk) == 0)
-        return launch_qmv<T, OutT, BITS, true, true, 14, 2, 28, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
-      if (factor && one_wave)
-        return launch_qmv<T, OutT, BITS, true, true, 16, 2, 32, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
+        return qmv(launch_qmv<T, OutT, BITS, true, true, 14, 2, 28, FOLD>);
+      if (factor && one_wave) return qmv(launch_qmv<T, OutT, BITS, true, true, 16, 2, 32, FOLD>);
       // gate_up + SiLU at 64 registers a thread (4 blocks an SM): 29.0 against 30.0 us (qkv is slower
       // so: 6.5 against 5.7). The same sums as at 24 warps an SM: only the register budget differs.
-      if (BITS == 4 && factor && silu)
-        return launch_qmv<T, OutT, BITS, true, true, 8, 2, 32, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
-      if (factor) return launch_qmv<T, OutT, BITS, true, true, 8, 2, 24, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
-      return launch_qmv<T, OutT, BITS, false, true, 8, 2, 24, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
+      if (BITS == 4 && factor && silu) return qmv(launch_qmv<T, OutT, BITS, true, true, 8, 2, 32, FOLD>);
+      if (factor) return qmv(launch_qmv<T, OutT, BITS, true, true, 8, 2, 24, FOLD>);
+      return qmv(launch_qmv<T, OutT, BITS, false, true, 8, 2, 24, FOLD>);
     }
-    if (factor) return launch_qmv<T, OutT, BITS, true, false, 8, 2, 24, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
-    return launch_qmv<T, OutT, BITS, false, false, 8, 2, 24, FOLD>(w, x, x_stride, m, bias, y, y_stride, stream, silu, fold);
+    if (factor) return qmv(launch_qmv<T, OutT, BITS, true, false, 8, 2, 24, FOLD>);
+    return qmv(launch_qmv<T, OutT, BITS, false, false, 8, 2, 24, FOLD>);
   }
   // 32 columns a block (NT 4: each activation load serves twice the weights), one chunk in flight;
   // 9-16 rows one row tile, more two, in slices of 32 rows (neighbouring blocks).
