@@ -313,18 +313,26 @@ class CudaBackend final : public Backend {
   // batches of 16-bit activations, else the dequantized matrix through cuBLAS.
   void quant_linear(const Tensor& x, const LinearPart& p, void* y, int64_t y_stride, DType y_dtype) {
     const QuantWeight& q = p.quant;
-    const cuda::QuantArgs a = quant_args(q);
     const int64_t m = x.rows(), k = q.in(), n = q.out();
-    const float* bias = p.bias.empty() ? nullptr : p.bias.ptr<float>();
-    const auto [xin, x_stride] = quant_input(x, q);
     if (quant_kernels_take(x, q, m)) {
-      launched(cuda::quant_matmul(act_, y_dtype, a, xin, x_stride, m, bias, y, y_stride, stream_),
-               "quant_matmul");
+      quant_mma(x, p, y, y_stride, y_dtype);
       return;
     }
+    const auto [xin, x_stride] = quant_input(x, q);
     grow(quant_scratch_, act_, n * k, false);  // sized at load; grows only if the activation dtype changed since
-    launched(cuda::quant_dequantize(act_, a, quant_scratch_.data, k, stream_), "quant_dequantize");
-    gemm(quant_scratch_.data, k, xin, x_stride, m, n, k, bias, y, y_stride, y_dtype);
+    launched(cuda::quant_dequantize(act_, quant_args(q), quant_scratch_.data, k, stream_), "quant_dequantize");
+    gemm(quant_scratch_.data, k, xin, x_stride, m, n, k, p.bias.empty() ? nullptr : p.bias.ptr<float>(), y, y_stride,
+         y_dtype);
+  }
+
+  // A quantized part on the tensor-core kernels (where quant_kernels_take): its activations
+  // (quant_input), bias and codes into cuda::quant_matmul, with the SiLU or a norm fold where asked.
+  void quant_mma(const Tensor& x, const LinearPart& p, void* y, int64_t y_stride, DType y_dtype, bool silu = false,
+                 const cuda::NormFold& fold = cuda::NormFold{}) {
+    const auto [xin, x_stride] = quant_input(x, p.quant);
+    launched(cuda::quant_matmul(act_, y_dtype, quant_args(p.quant), xin, x_stride, x.rows(),
+                                p.bias.empty() ? nullptr : p.bias.ptr<float>(), y, y_stride, stream_, silu, fold),
+             "quant_matmul");
   }
 
   // Row-major y[m, n] = x[m, k] w[n, k]^T (+ bias[n]) through cuBLAS (column-major y^T = w^T(op T)
@@ -463,18 +471,13 @@ class CudaBackend final : public Backend {
     const std::string shape = fmt::format(" n={} k={}", n, w.in_features);
     if (profile_->skips("linear", shape)) return;
     cuda::TimedOp t(*profile_, "linear_add_prescale", m, shape);
-    const LinearPart& p = w.parts[0];
     cuda::NormFold f;
     f.residual = residual.data;
     f.res_stride = residual.row_stride;
     f.norm_w = norm_w.ptr<float>();
     f.sums = sums.ptr<float>();
     f.sums_stride = sums.row_stride;
-    const auto [xin, x_stride] = quant_input(x, p.quant);
-    launched(cuda::quant_matmul(act_, act_, quant_args(p.quant), xin, x_stride, m,
-                                p.bias.empty() ? nullptr : p.bias.ptr<float>(), prescaled.data, prescaled.row_stride,
-                                stream_, false, f),
-             "quant_matmul (add, prescale)");
+    quant_mma(x, w.parts[0], prescaled.data, prescaled.row_stride, act_, false, f);
   }
 
   void linear_rms_scaled(const Tensor& prescaled, const Tensor& sums, float eps, const Linear& w, Tensor& out,
@@ -491,18 +494,13 @@ class CudaBackend final : public Backend {
     const std::string shape = fmt::format(" n={} k={}", w.out_features, k);
     if (profile_->skips(silu_mul ? "linear_silu_mul" : "linear", shape)) return;
     cuda::TimedOp t(*profile_, silu_mul ? "linear_silu_mul_rms_scaled" : "linear_rms_scaled", m, shape);
-    const LinearPart& p = w.parts[0];
     cuda::NormFold f;
     f.sums = sums.ptr<float>();
     f.sums_stride = sums.row_stride;
     f.parts = int((k + kNormFoldCols - 1) / kNormFoldCols);
     f.cols = float(k);
     f.eps = eps;
-    const auto [xin, x_stride] = quant_input(prescaled, p.quant);
-    launched(cuda::quant_matmul(act_, act_, quant_args(p.quant), xin, x_stride, m,
-                                p.bias.empty() ? nullptr : p.bias.ptr<float>(), out.data, out.row_stride, stream_,
-                                silu_mul, f),
-             "quant_matmul (rms scaled)");
+    quant_mma(prescaled, w.parts[0], out.data, out.row_stride, act_, silu_mul, f);
   }
 
   // For decode-sized batches one kernel (our GEMV, or the int4 decode kernel) computes each gate
@@ -520,10 +518,7 @@ class CudaBackend final : public Backend {
     const float* bias = p != nullptr && !p->bias.empty() ? p->bias.ptr<float>() : nullptr;
     if (p != nullptr && !p->quant.empty() && m <= cuda::kQuantGemvMaxRows && quant_kernels_take(x, p->quant, m)) {
       cuda::TimedOp t(*profile_, "linear_silu_mul", m, fmt::format(" n={} k={}", w.out_features, w.in_features));
-      const auto [xin, x_stride] = quant_input(x, p->quant);
-      launched(cuda::quant_matmul(act_, act_, quant_args(p->quant), xin, x_stride, m, bias, out.data, out.row_stride,
-                                  stream_, true),
-               "quant_matmul (silu)");
+      quant_mma(x, *p, out.data, out.row_stride, act_, true);
       return;
     }
     if (p != nullptr && p->quant.empty() && gemv_ && m <= cuda::kGemvMaxRows &&

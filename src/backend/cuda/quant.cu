@@ -304,7 +304,7 @@ constexpr int kQvGroup = 2;  // consecutive chunks a warp of qmv_kernel takes (o
 // from both rounded to OutT (= T), as linear + silu_mul would.
 enum Fold { kFoldNone, kFoldProduce, kFoldConsume };  // a NormFold's side, or none
 
-template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC, int FOLD = kFoldNone>
+template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC, Fold FOLD = kFoldNone>
 __global__ void __launch_bounds__(KS * 32, OCC / KS)
     qmv_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, const float* __restrict__ bias,
                OutT* __restrict__ y, int64_t y_stride, int silu_half, NormFold fold) {
@@ -487,7 +487,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
 
 // KS: warps splitting K, U: chunks in flight per round, OCC: warps per multiprocessor the registers
 // must allow.
-template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC, int FOLD = kFoldNone>
+template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC, Fold FOLD = kFoldNone>
 cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                        int64_t y_stride, cudaStream_t stream, bool silu, const NormFold& fold) {
   const int half = silu ? int(w.n / 2) : 0;
@@ -498,7 +498,7 @@ cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int6
   return cudaGetLastError();
 }
 
-template <typename T, typename OutT, int BITS, int FOLD = kFoldNone>
+template <typename T, typename OutT, int BITS, Fold FOLD = kFoldNone>
 cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                        int64_t y_stride, cudaStream_t stream, bool silu, const NormFold& fold) {
   if (silu && (m > kQuantGemvMaxRows || w.n % 2 != 0)) return cudaErrorInvalidValue;
