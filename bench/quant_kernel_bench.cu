@@ -87,7 +87,9 @@ float time_us(const Mat& mat, int iters, F&& call) {
 }  // namespace apus::cuda::qbench
 
 // QBENCH_ONLY=TEXT: only the variants whose name holds TEXT (to profile one with ncu); QBENCH_SWEEP=1:
-// only the decode kernel by block count (below).
+// only the decode kernel by block count; QBENCH_BALANCE=1: only what uneven work costs it (below).
+// Kernels timed back to back here can rank otherwise inside the captured step (PDL overlap with the
+// kernels around them): a variant is kept only on `apus bench latency` figures.
 int main() {
   const char* only = std::getenv("QBENCH_ONLY");
   using namespace apus;
@@ -138,6 +140,51 @@ int main() {
         std::printf("\n");
         release(mat);
       }
+    }
+    return 0;
+  }
+  // QBENCH_BALANCE=1: one row, 4 bits, how much the decode kernel loses to work that does not divide
+  // evenly: over the warps of a block (a layer's chunk pairs against the warps splitting K) and over
+  // the SMs (down's 224 blocks at two an SM on 132 SMs). "down, even" has down's bytes in 264 blocks
+  // of 63 chunk pairs (k 16,128): what a split of the work balanced over every warp would take
+  // (H200, session 21: 13.3 us against down's 15.1; bench/RESULTS.md).
+  if (std::getenv("QBENCH_BALANCE") != nullptr) {
+    using B = __nv_bfloat16;
+    using L = cudaError_t (*)(const QuantArgs&, const void*, int64_t, int64_t, const float*, void*, int64_t,
+                              cudaStream_t, bool, const NormFold&);
+    struct Case {
+      const char* name;
+      int64_t n, k;
+      bool silu;
+      L f;
+    };
+    const Case cases[] = {
+        {"down K16 U2 O32", 3584, kMaxK, false, launch_qmv<B, B, 4, true, true, 16, 2, 32>},
+        {"down, even K16 U2 O32", 4224, 16128, false, launch_qmv<B, B, 4, true, true, 16, 2, 32>},
+        {"down K8 U2 O32", 3584, kMaxK, false, launch_qmv<B, B, 4, true, true, 8, 2, 32>},
+        {"gate_up+silu K8 U2 O32", 37888, 3584, true, launch_qmv<B, B, 4, true, true, 8, 2, 32>},
+        {"gate_up+silu K7 U2 O28", 37888, 3584, true, launch_qmv<B, B, 4, true, true, 7, 2, 28>},
+        {"gate_up+silu K14 U2 O28", 37888, 3584, true, launch_qmv<B, B, 4, true, true, 14, 2, 28>},
+        {"gate_up+silu K7 U2 O21", 37888, 3584, true, launch_qmv<B, B, 4, true, true, 7, 2, 21>},
+        {"qkv K8 U2 O24", 4608, 3584, false, launch_qmv<B, B, 4, true, true, 8, 2, 24>},
+        {"qkv K7 U2 O28", 4608, 3584, false, launch_qmv<B, B, 4, true, true, 7, 2, 28>},
+        {"qkv K7 U2 O21", 4608, 3584, false, launch_qmv<B, B, 4, true, true, 7, 2, 21>},
+        {"qkv K14 U2 O28", 4608, 3584, false, launch_qmv<B, B, 4, true, true, 14, 2, 28>},
+        {"o K14 U2 O28", 3584, 3584, false, launch_qmv<B, B, 4, true, true, 14, 2, 28>},
+        {"o K7 U2 O28", 3584, 3584, false, launch_qmv<B, B, 4, true, true, 7, 2, 28>},
+    };
+    std::printf("\nbalance: 1 row, 4 bits, group 128; us/call (GB/s of weights), three runs\n");
+    for (const Case& c : cases) {
+      Mat mat = make(c.n, c.k, 4, 128);
+      std::printf("%-26s", c.name);
+      for (int run = 0; run < 3; ++run) {
+        const float t = time_us(mat, 200, [&](const QuantArgs& w) {
+          return c.f(w, x, c.k, 1, nullptr, y, c.silu ? c.n / 2 : c.n, nullptr, c.silu, NormFold{});
+        });
+        std::printf(" | %6.2f (%4.0f)", t, mat.bytes / (t * 1e-6) / 1e9);
+      }
+      std::printf("\n");
+      release(mat);
     }
     return 0;
   }
