@@ -211,6 +211,8 @@ class Backend {
   // add_rms_norm then the product's up to rounding (x / rms is not rounded before the weight). Where
   // a backend folds (norm_fold_applies: these two layers at this many rows) it implements both ops.
   static constexpr int64_t kNormFoldCols = 16;
+  // Columns of `sums` for a layer of `cols` outputs (producer) or inputs (consumer).
+  static constexpr int64_t norm_fold_parts(int64_t cols) { return (cols + kNormFoldCols - 1) / kNormFoldCols; }
   virtual bool norm_fold_applies(const Linear& /*producer*/, const Linear& /*consumer*/, int64_t /*rows*/) const {
     return false;
   }

@@ -133,8 +133,7 @@ DecoderModel::Workspace& DecoderModel::workspace(int64_t tokens, int64_t logit_r
     w.capacity = T;
   }
   if (w.norm_sums.empty()) {
-    const int64_t parts = (c.hidden_size + Backend::kNormFoldCols - 1) / Backend::kNormFoldCols;
-    w.norm_sums = backend_.alloc(DType::F32, {kNormFoldRows, parts});
+    w.norm_sums = backend_.alloc(DType::F32, {kNormFoldRows, Backend::norm_fold_parts(c.hidden_size)});
   }
   if (logit_rows > w.logit_capacity) {
     w.final_h = backend_.alloc(a, {logit_rows, c.hidden_size});

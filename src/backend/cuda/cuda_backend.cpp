@@ -465,7 +465,7 @@ class CudaBackend final : public Backend {
     APUS_CHECK(folds(w, m) && x.cols() == w.in_features && residual.rows() == m && residual.cols() == n &&
                    prescaled.rows() == m && prescaled.cols() == n && norm_w.numel() == n &&
                    norm_w.dtype == DType::F32 && sums.dtype == DType::F32 && sums.rows() >= m &&
-                   sums.cols() >= (n + kNormFoldCols - 1) / kNormFoldCols && quant_kernels_take(x, w.parts[0].quant, m),
+                   sums.cols() >= norm_fold_parts(n) && quant_kernels_take(x, w.parts[0].quant, m),
                "linear_add_prescale: {} rows of {} for weight [{}, {}], residual {}, prescaled {}, sums {}", m,
                x.describe(), n, w.in_features, residual.describe(), prescaled.describe(), sums.describe());
     const std::string shape = fmt::format(" n={} k={}", n, w.in_features);
@@ -487,7 +487,7 @@ class CudaBackend final : public Backend {
     activation(out, "linear_rms_scaled");
     APUS_CHECK(folds(w, m) && prescaled.cols() == k && out.rows() == m &&
                    out.cols() == (silu_mul ? w.out_features / 2 : w.out_features) && sums.dtype == DType::F32 &&
-                   sums.rows() >= m && sums.cols() >= (k + kNormFoldCols - 1) / kNormFoldCols &&
+                   sums.rows() >= m && sums.cols() >= norm_fold_parts(k) &&
                    quant_kernels_take(prescaled, w.parts[0].quant, m),
                "linear_rms_scaled: input {} / output {} / sums {} for weight [{}, {}]", prescaled.describe(),
                out.describe(), sums.describe(), w.out_features, k);
@@ -497,7 +497,7 @@ class CudaBackend final : public Backend {
     cuda::NormFold f;
     f.sums = sums.ptr<float>();
     f.sums_stride = sums.row_stride;
-    f.parts = int((k + kNormFoldCols - 1) / kNormFoldCols);
+    f.parts = int(norm_fold_parts(k));
     f.cols = float(k);
     f.eps = eps;
     quant_mma(prescaled, w.parts[0], out.data, out.row_stride, act_, silu_mul, f);
