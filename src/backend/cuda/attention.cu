@@ -290,6 +290,13 @@ __global__ void combine_splits_kernel(AttentionParams p) {
   const int64_t tok = blockIdx.x;
   const int head = blockIdx.y, hd = p.head_dim, S = p.num_splits;
   const float* part = p.partial + (tok * p.heads + head) * S * (hd + 2);
+  // Every split's value of the thread's first dim, loaded beside the maxima and sums: one round trip
+  // to L2 before the merge, not two (~0.7 of the 2.7 us this kernel took in a decode layer, H200,
+  // step tracer: bench/RESULTS.md session 23).
+  const int d0 = int(threadIdx.x);
+  float first[kMaxSplits];
+#pragma unroll
+  for (int s = 0; s < kMaxSplits; ++s) first[s] = s < S && d0 < hd ? part[s * (hd + 2) + d0] : 0.0f;
   if (threadIdx.x < 32) {
     const int s = int(threadIdx.x);
     const float m = s < S ? part[s * (hd + 2) + hd] : -INFINITY, l = s < S ? part[s * (hd + 2) + hd + 1] : 0.0f;
@@ -299,13 +306,15 @@ __global__ void combine_splits_kernel(AttentionParams p) {
     if (s == 0) total = sum;
   }
   __syncthreads();
-  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+  trace_mark(1);
+  for (int d = d0; d < hd; d += blockDim.x) {
     float a = 0.0f;
 #pragma unroll
     for (int s = 0; s < kMaxSplits; ++s)
-      if (s < S) a += part[s * (hd + 2) + d] * weight[s];
+      if (s < S) a += (d == d0 ? first[s] : part[s * (hd + 2) + d]) * weight[s];
     static_cast<T*>(p.out)[tok * p.out_stride + int64_t(head) * hd + d] = from_f<T>(a / total);
   }
+  trace_mark(3);
 }
 
 // After a kernel that wrote num_splits > 1 partial results: the merge.

@@ -474,7 +474,13 @@ void CudaBackend::replay(int graph) {
   APUS_CHECK(it != graphs_.end(), "replay: no graph {}", graph);
   static const bool trace = std::getenv("APUS_TP_TRACE") != nullptr;
   if (trace) std::fprintf(stderr, "tp-trace device %d replays graph %d\n", device_, graph);
+#ifdef APUS_CUDA_TRACE
+  const bool traced = cuda::trace_replay_begin(stream_);
+#endif
   APUS_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+#ifdef APUS_CUDA_TRACE
+  if (traced) cuda::trace_replay_end(stream_);
+#endif
 }
 
 void CudaBackend::drop_graph(int graph) {

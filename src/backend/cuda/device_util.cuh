@@ -182,12 +182,70 @@ cudaError_t allow_shared_memory(size_t smem) {
 // keys and values: the kernel before this one may still run), and its blocks take their places on
 // the multiprocessors early: worth it only where measured (single-row norms before int4
 // projections, src/backend/cuda/README.md).
+#ifdef APUS_CUDA_TRACE
+// The step tracer (a build with -DAPUS_CUDA_TRACE=ON only; trace.cu): while armed, thread 0 of every
+// block records the global timer just before and just after pdl_begin()'s wait, and at the
+// trace_mark(tag) points a kernel may have. Every .cu file has its own copy of g_trace (no
+// relocatable device code), installed through trace_register.
+struct TraceRecord {
+  unsigned long long pre, post;       // ns: the block at its wait (its loads before it issued), and released
+  unsigned grid, threads, block, sm;  // blocks in the grid, threads a block, this block, its multiprocessor
+};
+constexpr int kTraceMarks = 4;  // trace_mark tags 1..3 (slot 0 unused)
+struct TraceState {
+  unsigned armed, n, cap, pad;
+  unsigned long long* marks;  // [cap][kTraceMarks] ns, 0 where a block passed no such mark
+  TraceRecord rec[1];         // cap of them
+};
+void trace_register(cudaError_t (*install)(TraceState*));
+namespace {
+__device__ TraceState* g_trace = nullptr;
+__shared__ unsigned long long* g_trace_marks;  // this block's marks (thread 0's), null when not recorded
+cudaError_t trace_install(TraceState* s) { return cudaMemcpyToSymbol(g_trace, &s, sizeof s); }
+[[maybe_unused]] const bool g_trace_registered = (trace_register(trace_install), true);
+}  // namespace
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
+// Thread 0 of a recorded block notes the time (a store, no wait); after pdl_begin() only.
+__device__ __forceinline__ void trace_mark(int tag) {
+  if (threadIdx.x + threadIdx.y + threadIdx.z == 0 && g_trace_marks != nullptr) g_trace_marks[tag] = global_ns();
+}
+#else
+__device__ __forceinline__ void trace_mark(int) {}
+#endif
+
 template <bool EarlyNext = false>
 __device__ __forceinline__ void pdl_begin() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#ifdef APUS_CUDA_TRACE
+  TraceState* const ts = g_trace;
+  const bool rec = ts != nullptr && threadIdx.x + threadIdx.y + threadIdx.z == 0 &&
+                   *static_cast<volatile unsigned*>(&ts->armed) != 0;
+  unsigned long long pre = 0, *marks = nullptr;
+  unsigned slot = 0, cap = 0;
+  if (rec) {  // the loads' and the atomic's round trips overlap the wait
+    pre = global_ns();
+    cap = ts->cap;
+    marks = ts->marks;
+    slot = atomicAdd(&ts->n, 1u);
+  }
+#endif
   if constexpr (EarlyNext) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   asm volatile("griddepcontrol.wait;" ::: "memory");
   if constexpr (!EarlyNext) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#ifdef APUS_CUDA_TRACE
+  if (threadIdx.x + threadIdx.y + threadIdx.z == 0)
+    g_trace_marks = rec && slot < cap ? marks + slot * kTraceMarks : nullptr;
+  if (rec && slot < cap) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %smid;" : "=r"(sm));
+    ts->rec[slot] = {pre, global_ns(), gridDim.x * gridDim.y * gridDim.z, blockDim.x * blockDim.y * blockDim.z,
+                     blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), sm};
+  }
+#endif
 #endif
 }
 

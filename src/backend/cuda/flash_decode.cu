@@ -35,9 +35,16 @@ template <typename T, int HD>
 __host__ __device__ constexpr size_t tile_bytes() { return size_t(kKeys) * padded_row<HD>() * sizeof(T); }
 template <typename T, int HD>
 __host__ __device__ constexpr size_t warp_bytes() { return 2 * tile_bytes<T, HD>() + kKeys * sizeof(int); }
+// Row stride (floats) of the warps' outputs in the final merge: 8 past HD, so that the float2 stores of
+// a C fragment's rows g = 0..3 (a half warp) fall in 32 different banks. With HD itself every row
+// began in bank 0 and the 8 rows of a fragment conflicted 8 ways: ~1.2 of the 2.2 us a block spent
+// merging its warps (H200, step tracer, bench/RESULTS.md session 23).
+template <int HD>
+__host__ __device__ constexpr int merge_row() { return HD + 8; }
 template <typename T, int HD>
 constexpr size_t decode_smem() {
-  const size_t warps = kWarps * warp_bytes<T, HD>(), merge = size_t(kWarps) * kRows * (HD + 2) * sizeof(float);
+  const size_t warps = kWarps * warp_bytes<T, HD>();
+  const size_t merge = size_t(kWarps) * kRows * (merge_row<HD>() + 2) * sizeof(float);
   return size_t(kRows) * padded_row<HD>() * sizeof(T) + (warps > merge ? warps : merge);
 }
 
@@ -127,6 +134,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
   __pipeline_commit();
   __pipeline_wait_prior(0);  // the queries, and the whole first tile
   __syncthreads();
+  trace_mark(1);
   uint32_t qf[HD / 16][4];
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) ldmatrix_x4(qf[kk], q_s + (lane % 16) * LD + kk * 16 + (lane / 16) * 8);
@@ -170,18 +178,18 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
   }
   __syncthreads();  // every warp is done with its tiles
+  trace_mark(2);
   float* c_m = reinterpret_cast<float*>(area);  // [warp][row]
   float* c_l = c_m + kWarps * kRows;
-  float* c_o = c_l + kWarps * kRows;  // [warp][row][HD]
+  float* c_o = c_l + kWarps * kRows;  // [warp][row][merge_row<HD>()]
+  constexpr int LO = merge_row<HD>();
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = warp * kRows + g + 8 * h;
     if (t == 0) c_m[r] = m[h], c_l[r] = l[h];
 #pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      c_o[r * HD + n * 8 + 2 * t] = o[n][2 * h];
-      c_o[r * HD + n * 8 + 2 * t + 1] = o[n][2 * h + 1];
-    }
+    for (int n = 0; n < HD / 8; ++n)
+      *reinterpret_cast<float2*>(c_o + r * LO + n * 8 + 2 * t) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
   }
   __syncthreads();
   for (int i = threadIdx.x; i < group * HD; i += kWarps * 32) {
@@ -196,7 +204,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
         const float mw = c_m[w * kRows + r];
         const float f = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
         sum += c_l[w * kRows + r] * f;
-        a += c_o[(w * kRows + r) * HD + d] * f;
+        a += c_o[(w * kRows + r) * LO + d] * f;
       }
     }
     if (p.num_splits == 1) {
@@ -210,6 +218,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
       }
     }
   }
+  trace_mark(3);
 }
 
 template <typename T, int HD>

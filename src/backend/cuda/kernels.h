@@ -14,6 +14,13 @@ namespace apus::cuda {
 // Fails (apus::Error) naming `what` when a CUDA runtime call did not succeed.
 void check_cuda(cudaError_t e, const char* what);
 
+#ifdef APUS_CUDA_TRACE
+// The step tracer (trace.cu): true where this replay is the one to trace (then call
+// trace_replay_end after queuing it).
+bool trace_replay_begin(cudaStream_t stream);
+void trace_replay_end(cudaStream_t stream);
+#endif
+
 // Kernels that validate indices record the first bad one here; the backend reports it as an
 // apus::Error at its next synchronizing call (a kernel cannot throw).
 struct DeviceError {

@@ -412,6 +412,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
     if (i0 > 0) load(i0, r);
     compute(i0, r);
   }
+  trace_mark(1);
 
   // C fragment: element e of lane (g, t4) is output column g (+8 for e >= 2), row 2 t4 + e % 2.
   auto row_of = [t4](int e) { return 2 * t4 + (e % 2); };
@@ -432,6 +433,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
 #pragma unroll
     for (int e = 0; e < 4; ++e) red[ks - 1][e][lane] = acc[e];
   __syncthreads();
+  trace_mark(2);
   if (ks > 0) return;
   float v[4];
 #pragma unroll
