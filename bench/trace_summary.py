@@ -10,7 +10,9 @@ usage: trace_summary.py apus_trace.csv [--all]
 Per kernel shape (blocks x threads, in order of first appearance): launches, mean µs on the critical
 path, how long its first block had waited (lead), blocks that became resident only after the release
 (late), and the spread of its releases; --all lists every launch too. Kernels with trace_mark(tag)
-points (m1..m3) also get, per tag, when the last of their blocks passed it, from their first release.
+points (m1..m3) also get, per tag, when the last of their blocks passed it, from their first release;
+those marking their entry (m0) how long after the previous kernel's release their first block
+started, and how long a block took from its entry to its wait.
 """
 import csv
 import sys
@@ -59,7 +61,17 @@ def main():
         lead, late, spread = (mean([l[k] for l in ls]) for k in ("lead", "late", "spread"))
         print(f"{sig[0]:6d} x {sig[1]:4d}  {len(ls):8d}  {mean(ds) / 1000:17.2f}  {lead / 1000:7.2f}"
               f"  {late:11.1f}  {spread / 1000:9.2f}  {sum(ds) / 1000:8.1f}")
+    for i, l in enumerate(launches):  # entries (m0): launch latency and preamble
+        ent = [r for r in l["recs"] if r.get("m0", 0)]
+        if i > 0 and ent:
+            l["entry"] = min(r["m0"] for r in ent) - launches[i - 1]["start"]
+            l["preamble"] = sorted(r["pre"] - r["m0"] for r in ent)[len(ent) // 2]
     for sig, ls in by.items():
+        es = [l for l in ls if "entry" in l]
+        if es:
+            entry, pre = (sum(l[k] for l in es) / len(es) / 1000 for k in ("entry", "preamble"))
+            print(f"    {sig[0]} x {sig[1]}: first block entered {entry:.2f} µs after the previous kernel's release; "
+                  f"entry to its wait {pre:.2f} µs (median block)")
         for tag in ("m1", "m2", "m3"):
             last = [max(r[tag] for r in l["recs"]) - l["start"] for l in ls if any(r.get(tag, 0) for r in l["recs"])]
             if last:

@@ -19,6 +19,8 @@
 #include <cuda_pipeline.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
@@ -283,9 +285,11 @@ __global__ void __launch_bounds__(kWarps * 32) paged_attention_kernel(AttentionP
 // The splits' maxima and sums are read at once by one warp and every split's value of a dim at once
 // (a chain of loads per split made this kernel ~2-3 us of a decode layer's attention).
 static_assert(kMaxSplits <= 32, "combine_splits_kernel reads the splits' maxima and sums with one warp");
-template <typename T>
+template <typename T, bool EarlyNext>
 __global__ void combine_splits_kernel(AttentionParams p) {
-  pdl_begin();
+  const unsigned long long t0 = trace_now();
+  pdl_begin<EarlyNext>();
+  trace_mark(0, t0);
   __shared__ float weight[kMaxSplits], total;
   const int64_t tok = blockIdx.x;
   const int head = blockIdx.y, hd = p.head_dim, S = p.num_splits;
@@ -323,7 +327,16 @@ cudaError_t combine_splits(const AttentionParams& p, cudaStream_t stream) {
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess || p.num_splits == 1) return e;
   const unsigned threads = p.head_dim >= 128 ? 128 : (p.head_dim + 31) / 32 * 32;
-  launch_kernel(combine_splits_kernel<T>, dim3(unsigned(p.tokens), unsigned(p.heads)), threads, 0, stream, p);
+  // APUS_CUDA_EARLY_MERGE=1 (session 23's pending experiment): the next kernel (o_proj) launches as
+  // the merge starts, so that its blocks, whose launch takes ~2 us, are in place when the merge ends;
+  // with APUS_CUDA_O_NO_PRELOAD=1 (quant.cu) they load nothing meanwhile (session 13's early merge
+  // lost 8 % with o's codes loading during attention).
+  static const bool early = [] {
+    const char* e = std::getenv("APUS_CUDA_EARLY_MERGE");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  launch_kernel(early ? combine_splits_kernel<T, true> : combine_splits_kernel<T, false>,
+                dim3(unsigned(p.tokens), unsigned(p.heads)), threads, 0, stream, p);
   return cudaGetLastError();
 }
 

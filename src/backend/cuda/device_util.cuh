@@ -191,7 +191,7 @@ struct TraceRecord {
   unsigned long long pre, post;       // ns: the block at its wait (its loads before it issued), and released
   unsigned grid, threads, block, sm;  // blocks in the grid, threads a block, this block, its multiprocessor
 };
-constexpr int kTraceMarks = 4;  // trace_mark tags 1..3 (slot 0 unused)
+constexpr int kTraceMarks = 4;  // trace_mark tags: 0 the kernel's entry, 1..3 its own points
 struct TraceState {
   unsigned armed, n, cap, pad;
   unsigned long long* marks;  // [cap][kTraceMarks] ns, 0 where a block passed no such mark
@@ -209,12 +209,16 @@ __device__ __forceinline__ unsigned long long global_ns() {
   asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
   return t;
 }
-// Thread 0 of a recorded block notes the time (a store, no wait); after pdl_begin() only.
-__device__ __forceinline__ void trace_mark(int tag) {
-  if (threadIdx.x + threadIdx.y + threadIdx.z == 0 && g_trace_marks != nullptr) g_trace_marks[tag] = global_ns();
+__device__ __forceinline__ unsigned long long trace_now() { return global_ns(); }
+// Thread 0 of a recorded block notes the time `t` (a store, no wait) as mark `tag`; after pdl_begin()
+// only. Tag 0 is the kernel's entry: `const auto t0 = trace_now();` as its first line, then
+// `trace_mark(0, t0)` after pdl_begin() (launch latency against the time its preamble takes).
+__device__ __forceinline__ void trace_mark(int tag, unsigned long long t = global_ns()) {
+  if (threadIdx.x + threadIdx.y + threadIdx.z == 0 && g_trace_marks != nullptr) g_trace_marks[tag] = t;
 }
 #else
-__device__ __forceinline__ void trace_mark(int) {}
+__device__ __forceinline__ unsigned long long trace_now() { return 0; }
+__device__ __forceinline__ void trace_mark(int, unsigned long long = 0) {}
 #endif
 
 template <bool EarlyNext = false>

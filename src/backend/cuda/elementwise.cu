@@ -239,7 +239,9 @@ __global__ void rope_store_kv_kernel(T* qk, int64_t qk_stride, int q_heads, int 
                                      const float* cos, const float* sin, int half, const T* v, int64_t v_stride,
                                      const int32_t* slots, T* k_cache, T* v_cache, int64_t num_slots,
                                      DeviceError* err) {
+  const unsigned long long t0 = trace_now();
   pdl_begin();
+  trace_mark(0, t0);
   const int64_t kv_row = int64_t(kv_heads) * head_dim;
   const int64_t t = blockIdx.x;
   const int h = int(blockIdx.y * blockDim.y + threadIdx.y), j = int(threadIdx.x);

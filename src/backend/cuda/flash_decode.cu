@@ -50,6 +50,7 @@ constexpr size_t decode_smem() {
 
 template <typename T, int HD>
 __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionParams p) {
+  const unsigned long long t0 = trace_now();
   constexpr int LD = padded_row<HD>();
   constexpr int kChunks = HD * int(sizeof(T)) / 16, kEpc = 16 / int(sizeof(T));  // 16-byte chunks of a row
   extern __shared__ float4 smem_raw[];
@@ -117,6 +118,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_decode_kernel(AttentionPara
   const int fresh = pos < khi ? pos : -1;
   if (warp < ntiles) issue(klo + warp * kKeys, fresh);
   pdl_begin();
+  trace_mark(0, t0);
 
   // The group's queries (rows past it are zeros), as the mma's A fragments; the new position's key
   // and value where the first tile holds it.

@@ -62,6 +62,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
                                                            const T* __restrict__ x, int64_t x_stride, int m,
                                                            const float* __restrict__ bias, OutT* __restrict__ y,
                                                            int64_t y_stride, int n, int k, int silu_half) {
+  const unsigned long long t0 = trace_now();
   constexpr int E = 16 / int(sizeof(T));
   constexpr int kStep = 32 * E;
   constexpr int kHalf = kWarps / 2;
@@ -75,6 +76,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
   const T* wr = w + int64_t(col) * w_stride;
   if (lane * 128 < min(k, kUnroll * kStep) * int(sizeof(T))) prefetch_l2(reinterpret_cast<const char*>(wr) + lane * 128);
   pdl_begin();
+  trace_mark(0, t0);
   if (silu_half == 0 && !in) return;
   const T* xr[M];
 #pragma unroll

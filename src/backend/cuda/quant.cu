@@ -31,6 +31,8 @@
 //   batches to powers of two).
 // - dequantize_kernel: the whole matrix in the activation dtype (prefill, F32 models), then cuBLAS.
 // - gather_cols_kernel: x[:, perm] for act-order (desc_act) checkpoints, once per layer.
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "backend/cuda/device_util.cuh"
@@ -304,10 +306,12 @@ constexpr int kQvGroup = 2;  // consecutive chunks a warp of qmv_kernel takes (o
 // from both rounded to OutT (= T), as linear + silu_mul would.
 enum Fold { kFoldNone, kFoldProduce, kFoldConsume };  // a NormFold's side, or none
 
-template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC, Fold FOLD = kFoldNone>
+template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC, Fold FOLD = kFoldNone,
+          bool PRELOAD = true>
 __global__ void __launch_bounds__(KS * 32, OCC / KS)
     qmv_kernel(QuantArgs w, const T* __restrict__ x, int64_t x_stride, int m, const float* __restrict__ bias,
                OutT* __restrict__ y, int64_t y_stride, int silu_half, NormFold fold) {
+  const unsigned long long t0 = trace_now();
   constexpr int KL = 128 / BITS;           // k values per lane per chunk
   constexpr int J = KL / 4;                // mmas per chunk
   constexpr int KC = 4 * KL;               // k values per warp per chunk
@@ -390,10 +394,11 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
     }
   };
   // The first round's codes are loaded before waiting for the kernel before this one (weights are
-  // not written during a step): with PDL their latency overlaps that kernel's tail.
+  // not written during a step): with PDL their latency overlaps that kernel's tail. !PRELOAD: after.
   Round r;
-  load(0, r);
+  if constexpr (PRELOAD) load(0, r);
   pdl_begin();
+  trace_mark(0, t0);
   // Norm folding (NormFold, kernels.h). A consumer's 1 / rms per row, from the producer's partial
   // sums in a fixed order, by the last warp before its first round (where K does not split evenly
   // it has a round fewer; its first codes are on their way meanwhile).
@@ -409,7 +414,7 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
       if (lane == 0) inv_s[row] = rsqrtf(t / fold.cols + fold.eps);
     }
   for (int i0 = 0; chunk(i0) < chunks; i0 += U) {
-    if (i0 > 0) load(i0, r);
+    if (i0 > 0 || !PRELOAD) load(i0, r);
     compute(i0, r);
   }
   trace_mark(1);
@@ -489,14 +494,15 @@ __global__ void __launch_bounds__(KS * 32, OCC / KS)
 
 // KS: warps splitting K, U: chunks in flight per round, OCC: warps per multiprocessor the registers
 // must allow.
-template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC, Fold FOLD = kFoldNone>
+template <typename T, typename OutT, int BITS, bool FACTOR, bool TILED, int KS, int U, int OCC, Fold FOLD = kFoldNone,
+          bool PRELOAD = true>
 cudaError_t launch_qmv(const QuantArgs& w, const void* x, int64_t x_stride, int64_t m, const float* bias, void* y,
                        int64_t y_stride, cudaStream_t stream, bool silu, const NormFold& fold) {
   const int half = silu ? int(w.n / 2) : 0;
   if (TILED != (w.tile_rows == 8)) return cudaErrorInvalidValue;
-  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, TILED, KS, U, OCC, FOLD>, silu ? ceil_div(half, 8) : ceil_div(w.n, 16),
-                KS * 32, 0, stream, w, static_cast<const T*>(x), x_stride, int(m), bias, static_cast<OutT*>(y), y_stride,
-                half, fold);
+  launch_kernel(qmv_kernel<T, OutT, BITS, FACTOR, TILED, KS, U, OCC, FOLD, PRELOAD>,
+                silu ? ceil_div(half, 8) : ceil_div(w.n, 16), KS * 32, 0, stream, w, static_cast<const T*>(x), x_stride,
+                int(m), bias, static_cast<OutT*>(y), y_stride, half, fold);
   return cudaGetLastError();
 }
 
@@ -520,8 +526,15 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
     if (w.tile_rows == 8) {
       // One-wave layers whose k is a multiple of 14 warps' chunk pairs (o at k 3,584): 14 warps, each
       // the same number of rounds (4.2 against 4.5 us with 16, two of which had nothing to do).
+      // APUS_CUDA_O_NO_PRELOAD=1 (session 23's pending experiment, with APUS_CUDA_EARLY_MERGE=1 in
+      // attention.cu): no codes loaded before the wait, so that blocks launched early only sit resident.
+      static const bool no_preload = [] {
+        const char* e = std::getenv("APUS_CUDA_O_NO_PRELOAD");
+        return e != nullptr && std::strcmp(e, "1") == 0;
+      }();
       if (BITS == 4 && factor && one_wave && w.k % (14 * kQvGroup * kChunk) == 0)
-        return qmv(launch_qmv<T, OutT, BITS, true, true, 14, 2, 28, FOLD>);
+        return no_preload ? qmv(launch_qmv<T, OutT, BITS, true, true, 14, 2, 28, FOLD, false>)
+                          : qmv(launch_qmv<T, OutT, BITS, true, true, 14, 2, 28, FOLD>);
       if (factor && one_wave) return qmv(launch_qmv<T, OutT, BITS, true, true, 16, 2, 32, FOLD>);
       // gate_up + SiLU at 64 registers a thread (4 blocks an SM): 29.0 against 30.0 us (qkv is slower
       // so: 6.5 against 5.7). The same sums as at 24 warps an SM: only the register budget differs.

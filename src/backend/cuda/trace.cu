@@ -1,7 +1,7 @@
 // The step tracer's host side (device_util.cuh; built with -DAPUS_CUDA_TRACE=ON only): the
 // APUS_CUDA_TRACE_STEP-th replay of a captured step (counting from 1) is traced, and every block's
 // record is written to APUS_CUDA_TRACE_FILE (default apus_trace.csv) as
-// `pre,post,grid,threads,block,sm,m1,m2,m3` (m: trace_mark times, 0 for none).
+// `pre,post,grid,threads,block,sm,m0,m1,m2,m3` (m: trace_mark times, 0 for none; m0 the entry).
 // bench/trace_summary.py turns it into kernels and their times on the step's critical path.
 #ifdef APUS_CUDA_TRACE
 #include <cstddef>
@@ -63,12 +63,12 @@ void trace_replay_end(cudaStream_t stream) {
   const char* path = std::getenv("APUS_CUDA_TRACE_FILE");
   std::FILE* f = std::fopen(path != nullptr ? path : "apus_trace.csv", "w");
   if (f == nullptr) return;
-  std::fprintf(f, "pre,post,grid,threads,block,sm,m1,m2,m3\n");
+  std::fprintf(f, "pre,post,grid,threads,block,sm,m0,m1,m2,m3\n");
   for (unsigned i = 0; i < n; ++i) {
     const TraceRecord& r = rec[i];
     const unsigned long long* m = &marks[size_t(i) * kTraceMarks];
-    std::fprintf(f, "%llu,%llu,%u,%u,%u,%u,%llu,%llu,%llu\n", r.pre, r.post, r.grid, r.threads, r.block, r.sm, m[1],
-                 m[2], m[3]);
+    std::fprintf(f, "%llu,%llu,%u,%u,%u,%u,%llu,%llu,%llu,%llu\n", r.pre, r.post, r.grid, r.threads, r.block, r.sm,
+                 m[0], m[1], m[2], m[3]);
   }
   std::fclose(f);
   std::fprintf(stderr, "apus: traced replay %ld: %u blocks (%u recorded)\n", g_replays, head.n, n);
