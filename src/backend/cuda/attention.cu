@@ -19,8 +19,6 @@
 #include <cuda_pipeline.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
@@ -331,10 +329,7 @@ cudaError_t combine_splits(const AttentionParams& p, cudaStream_t stream) {
   // the merge starts, so that its blocks, whose launch takes ~2 us, are in place when the merge ends;
   // with APUS_CUDA_O_NO_PRELOAD=1 (quant.cu) they load nothing meanwhile (session 13's early merge
   // lost 8 % with o's codes loading during attention).
-  static const bool early = [] {
-    const char* e = std::getenv("APUS_CUDA_EARLY_MERGE");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
+  static const bool early = env_switch("APUS_CUDA_EARLY_MERGE", false);
   launch_kernel(early ? combine_splits_kernel<T, true> : combine_splits_kernel<T, false>,
                 dim3(unsigned(p.tokens), unsigned(p.heads)), threads, 0, stream, p);
   return cudaGetLastError();

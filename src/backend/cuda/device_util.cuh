@@ -204,17 +204,17 @@ __shared__ unsigned long long* g_trace_marks;  // this block's marks (thread 0's
 cudaError_t trace_install(TraceState* s) { return cudaMemcpyToSymbol(g_trace, &s, sizeof s); }
 [[maybe_unused]] const bool g_trace_registered = (trace_register(trace_install), true);
 }  // namespace
-__device__ __forceinline__ unsigned long long global_ns() {
+__device__ __forceinline__ unsigned long long trace_now() {  // the global timer, ns
   unsigned long long t;
   asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
   return t;
 }
-__device__ __forceinline__ unsigned long long trace_now() { return global_ns(); }
+__device__ __forceinline__ bool trace_thread() { return threadIdx.x + threadIdx.y + threadIdx.z == 0; }
 // Thread 0 of a recorded block notes the time `t` (a store, no wait) as mark `tag`; after pdl_begin()
 // only. Tag 0 is the kernel's entry: `const auto t0 = trace_now();` as its first line, then
 // `trace_mark(0, t0)` after pdl_begin() (launch latency against the time its preamble takes).
-__device__ __forceinline__ void trace_mark(int tag, unsigned long long t = global_ns()) {
-  if (threadIdx.x + threadIdx.y + threadIdx.z == 0 && g_trace_marks != nullptr) g_trace_marks[tag] = t;
+__device__ __forceinline__ void trace_mark(int tag, unsigned long long t = trace_now()) {
+  if (trace_thread() && g_trace_marks != nullptr) g_trace_marks[tag] = t;
 }
 #else
 __device__ __forceinline__ unsigned long long trace_now() { return 0; }
@@ -226,12 +226,11 @@ __device__ __forceinline__ void pdl_begin() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #ifdef APUS_CUDA_TRACE
   TraceState* const ts = g_trace;
-  const bool rec = ts != nullptr && threadIdx.x + threadIdx.y + threadIdx.z == 0 &&
-                   *static_cast<volatile unsigned*>(&ts->armed) != 0;
+  const bool rec = ts != nullptr && trace_thread() && *static_cast<volatile unsigned*>(&ts->armed) != 0;
   unsigned long long pre = 0, *marks = nullptr;
   unsigned slot = 0, cap = 0;
   if (rec) {  // the loads' and the atomic's round trips overlap the wait
-    pre = global_ns();
+    pre = trace_now();
     cap = ts->cap;
     marks = ts->marks;
     slot = atomicAdd(&ts->n, 1u);
@@ -241,12 +240,11 @@ __device__ __forceinline__ void pdl_begin() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
   if constexpr (!EarlyNext) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #ifdef APUS_CUDA_TRACE
-  if (threadIdx.x + threadIdx.y + threadIdx.z == 0)
-    g_trace_marks = rec && slot < cap ? marks + slot * kTraceMarks : nullptr;
+  if (trace_thread()) g_trace_marks = rec && slot < cap ? marks + slot * kTraceMarks : nullptr;
   if (rec && slot < cap) {
     unsigned sm;
     asm volatile("mov.u32 %0, %smid;" : "=r"(sm));
-    ts->rec[slot] = {pre, global_ns(), gridDim.x * gridDim.y * gridDim.z, blockDim.x * blockDim.y * blockDim.z,
+    ts->rec[slot] = {pre, trace_now(), gridDim.x * gridDim.y * gridDim.z, blockDim.x * blockDim.y * blockDim.z,
                      blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), sm};
   }
 #endif
@@ -274,13 +272,18 @@ int device_attribute() {
   return v;
 }
 
+// A kernel file's on/off switch from the environment: `on` unless NAME=0 where on by default, off
+// unless NAME=1 where off.
+inline bool env_switch(const char* name, bool on) {
+  const char* e = std::getenv(name);
+  if (e == nullptr) return on;
+  return on ? std::strcmp(e, "0") != 0 : std::strcmp(e, "1") == 0;
+}
+
 // Whether launches on the current device use PDL: compute capability 9.0 or more, unless
 // APUS_CUDA_PDL=0.
 inline bool pdl_enabled() {
-  static const bool allowed = [] {
-    const char* e = std::getenv("APUS_CUDA_PDL");
-    return e == nullptr || std::strcmp(e, "0") != 0;
-  }();
+  static const bool allowed = env_switch("APUS_CUDA_PDL", true);
   return allowed && device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 9;
 }
 

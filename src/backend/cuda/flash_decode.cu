@@ -14,9 +14,6 @@
 // ~190 us per layer against ~110 us of KV bytes (bench/RESULTS.md).
 #include <cuda_pipeline.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/flash_tile.cuh"
 #include "backend/cuda/kernels.h"
@@ -237,10 +234,8 @@ cudaError_t launch_decode(const AttentionParams& p, cudaStream_t stream) {
 bool flash_decode_applies(const AttentionParams& p) {
   const size_t es = p.dt == DType::F32 ? 4 : 2;
   const int group = p.heads / p.kv_heads;
-  static const bool on = [] {  // APUS_CUDA_FLASH_DECODE=0: the CUDA-core kernel instead (for comparison)
-    const char* e = std::getenv("APUS_CUDA_FLASH_DECODE");
-    return e == nullptr || std::strcmp(e, "0") != 0;
-  }();
+  // APUS_CUDA_FLASH_DECODE=0: the CUDA-core kernel instead (for comparison)
+  static const bool on = env_switch("APUS_CUDA_FLASH_DECODE", true);
   return on && p.dt != DType::F32 && (p.head_dim == 64 || p.head_dim == 128) && p.single_seqs != 0 && group >= 2 &&
          group <= kRows && (p.q_stride * es) % 16 == 0;
 }

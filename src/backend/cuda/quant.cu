@@ -31,8 +31,6 @@
 //   batches to powers of two).
 // - dequantize_kernel: the whole matrix in the activation dtype (prefill, F32 models), then cuBLAS.
 // - gather_cols_kernel: x[:, perm] for act-order (desc_act) checkpoints, once per layer.
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "backend/cuda/device_util.cuh"
@@ -528,10 +526,7 @@ cudaError_t launch_qmm(const QuantArgs& w, const void* x, int64_t x_stride, int6
       // the same number of rounds (4.2 against 4.5 us with 16, two of which had nothing to do).
       // APUS_CUDA_O_NO_PRELOAD=1 (session 23's pending experiment, with APUS_CUDA_EARLY_MERGE=1 in
       // attention.cu): no codes loaded before the wait, so that blocks launched early only sit resident.
-      static const bool no_preload = [] {
-        const char* e = std::getenv("APUS_CUDA_O_NO_PRELOAD");
-        return e != nullptr && std::strcmp(e, "1") == 0;
-      }();
+      static const bool no_preload = env_switch("APUS_CUDA_O_NO_PRELOAD", false);
       if (BITS == 4 && factor && one_wave && w.k % (14 * kQvGroup * kChunk) == 0)
         return no_preload ? qmv(launch_qmv<T, OutT, BITS, true, true, 14, 2, 28, FOLD, false>)
                           : qmv(launch_qmv<T, OutT, BITS, true, true, 14, 2, 28, FOLD>);
